@@ -1,0 +1,183 @@
+"""Wire schemas shared by the service and the students.
+
+This module is the whole contract between a student and the teacher service. It imports
+pydantic only, so `student_client` can use it without pulling in the service's database or
+torch code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Anything larger than this is a unit error or a diverged student, not a gradient norm.
+MAX_MAGNITUDE = 1e12
+
+StudentId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
+CurriculumName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+Count = Annotated[int, Field(ge=0, le=10**12)]
+
+# The signals a report may carry by name; any of them can be a curriculum's reward.
+NAMED_SIGNALS = (
+    "grad_norm_mean",
+    "grad_norm_episode",
+    "critic_grad_norm_mean",
+    "critic_grad_norm_episode",
+    "episode_return",
+    "success",
+    "env_steps",
+    "grad_updates",
+)
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StudentContext(WireModel):
+    """What the student knows about its last episode; the teacher may condition on it."""
+
+    last_return: FiniteFloat | None = None
+    last_task: list[FiniteFloat] | None = Field(default=None, max_length=64)
+
+
+class ProposeRequest(WireModel):
+    curriculum: CurriculumName
+    student_id: StudentId
+    context: StudentContext | None = None
+
+
+class Task(WireModel):
+    """A task in the teacher's own coordinates."""
+
+    index: int | None = Field(default=None, description="Index in a discrete task space.")
+    name: str | None = None
+    values: list[float] = Field(description="Coordinates: maze cells or box values.")
+
+
+class Proposal(WireModel):
+    proposal_id: str
+    curriculum: str
+    student_id: str
+    task: Task | None = Field(description="None when the environment picks its own start (env-default).")
+    reset_options: dict[str, Any] = Field(description="Pass exactly this to env.reset(options=...).")
+    teacher_version: int
+    expires_at: datetime
+
+
+class Signals(WireModel):
+    """What the student measured while training on one episode.
+
+    Gradient norms are of the actor (`grad_norm_*`) and critic (`critic_grad_norm_*`):
+    `*_mean` is the mean over the episode's updates of ||g_t||, `*_episode` is ||(1/N) sum_t g_t||.
+    They are None for an episode that had no gradient update (before learning starts).
+    """
+
+    grad_norm_mean: FiniteFloat | None = Field(default=None, ge=0)
+    grad_norm_episode: FiniteFloat | None = Field(default=None, ge=0)
+    critic_grad_norm_mean: FiniteFloat | None = Field(default=None, ge=0)
+    critic_grad_norm_episode: FiniteFloat | None = Field(default=None, ge=0)
+    episode_return: FiniteFloat | None = None
+    success: bool | None = None
+    env_steps: Count | None = None
+    grad_updates: Count | None = None
+    extra: dict[Annotated[str, Field(min_length=1, max_length=64)], FiniteFloat] = Field(
+        default_factory=dict, max_length=64
+    )
+
+    def value(self, signal: str) -> float | None:
+        """The number a teacher is rewarded with: a named signal or `extra.<name>`."""
+        if signal.startswith("extra."):
+            return self.extra.get(signal.removeprefix("extra."))
+        raw = getattr(self, signal)
+        return None if raw is None else float(raw)
+
+
+class ReportRequest(WireModel):
+    proposal_id: str = Field(min_length=1, max_length=64)
+    student_id: StudentId
+    signals: Signals
+
+
+class ReportAck(WireModel):
+    proposal_id: str
+    reward: float | None = Field(description="The teacher's reward for this proposal; None if the signal was missing.")
+    teacher_version: int = Field(description="Teacher version after this report was applied.")
+    teacher_updated: bool = Field(description="Whether this report completed a batch and updated the teacher.")
+
+
+class EvaluationRequest(WireModel):
+    """An evaluation of a student on the environment's default start and goal distribution."""
+
+    curriculum: CurriculumName
+    student_id: StudentId
+    env_steps: Count
+    episodes: Annotated[int, Field(ge=1, le=10**6)]
+    success_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    mean_return: FiniteFloat
+
+
+class EvaluationAck(WireModel):
+    evaluation_id: int
+
+
+# ---------------------------------------------------------------- curricula
+
+
+class PresetTaskSpace(WireModel):
+    """A task space derived from a gymnasium-robotics environment id (mazes, AdroitHandRelocate-v1)."""
+
+    kind: Literal["preset"] = "preset"
+    env_id: str = Field(min_length=1, max_length=128)
+
+
+class NamedTask(WireModel):
+    name: str = Field(min_length=1, max_length=128)
+    reset_options: dict[str, Any] = Field(default_factory=dict)
+    values: list[FiniteFloat] | None = None
+
+
+class DiscreteTaskSpace(WireModel):
+    """Your own environment: a list of named tasks, each with the reset options it stands for."""
+
+    kind: Literal["discrete"] = "discrete"
+    tasks: list[NamedTask] = Field(min_length=1, max_length=10_000)
+
+
+class BoxTaskSpace(WireModel):
+    """Your own environment: a box; the student gets `{option_key: [values...]}` as reset options."""
+
+    kind: Literal["box"] = "box"
+    low: list[FiniteFloat] = Field(min_length=1, max_length=64)
+    high: list[FiniteFloat] = Field(min_length=1, max_length=64)
+    names: list[str] | None = None
+    option_key: str = Field(default="task", min_length=1, max_length=64)
+
+
+TaskSpaceSpec = Annotated[Union[PresetTaskSpace, DiscreteTaskSpace, BoxTaskSpace], Field(discriminator="kind")]
+
+
+class TeacherSpec(WireModel):
+    algorithm: str = Field(default="gradnorm-reinforce", description="A registered teacher, see GET /teachers.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The teacher's own parameters.")
+
+
+class CurriculumCreate(WireModel):
+    name: CurriculumName
+    task_space: TaskSpaceSpec
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    reward_signal: str = Field(default="grad_norm_mean", description="A named signal or `extra.<name>`.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    proposal_ttl_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
+        default=None, description="Seconds before an unreported proposal expires; the service default if None."
+    )
+
+
+class CurriculumInfo(CurriculumCreate):
+    task_space_summary: dict[str, Any]
+    teacher_version: int
+    teacher_updates: int
+    created_at: datetime
