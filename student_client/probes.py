@@ -1,0 +1,100 @@
+"""Gradient-norm probes: the signals a student reports to its teacher.
+
+For one episode with updates t = 1..N and a parameter group's gradient vector g_t (all its
+parameters as one vector):
+
+* ``mean``    = (1/N) sum_t ||g_t||   (the paper's "average gradient per time-step")
+* ``episode`` = ||(1/N) sum_t g_t||   (the paper's "overall episode gradient")
+
+The running sum of g_t is kept in tensors of our own, updated with ``add_``: the paper's code kept
+*views* of ``.grad``, which the next ``zero_grad`` overwrote (defect 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Gradient statistics of one episode; ``None`` when the episode had no update."""
+
+    mean: float | None
+    episode: float | None
+    updates: int
+
+
+class GradNormAccumulator:
+    """Accumulates ||g_t|| and sum_t g_t over the updates of one episode for a set of parameters."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self._grad_sum = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        self._norm_sum = torch.zeros((), dtype=torch.float64)
+        self.updates = 0
+
+    @torch.no_grad()
+    def record(self) -> None:
+        """Record the gradients now in ``.grad`` as one update (call after backward, before zeroing)."""
+        pairs = [(s, p.grad) for s, p in zip(self._grad_sum, self.params) if p.grad is not None]
+        if not pairs:
+            return
+        sums, grads = zip(*pairs)
+        norms = torch._foreach_norm(grads)
+        self._norm_sum += torch.linalg.vector_norm(torch.stack(norms))
+        torch._foreach_add_(sums, grads)  # copies the values into our own storage
+        self.updates += 1
+
+    @torch.no_grad()
+    def pop(self) -> GradStats:
+        """Return this episode's statistics and start a new episode."""
+        if self.updates == 0:
+            return GradStats(None, None, 0)
+        n = self.updates
+        mean = float(self._norm_sum) / n
+        episode = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._grad_sum)))) / n
+        for s in self._grad_sum:
+            s.zero_()
+        self._norm_sum.zero_()
+        self.updates = 0
+        return GradStats(mean, episode, n)
+
+
+class GradNormTracker:
+    """Gradient-norm probes for external trainers (e.g. Stable-Baselines3), by optimizer hooks.
+
+    ``attach(optimizer, name)`` records each ``optimizer.step()`` as one update of that optimizer's
+    parameters, through a step pre-hook, so the trainer's code stays unmodified. Parameters without
+    a gradient at a step count as zero. ``pop()`` returns and resets the statistics of every
+    attached group, e.g. at the end of an episode.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict[str, GradNormAccumulator] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def attach(self, optimizer: torch.optim.Optimizer, name: str) -> None:
+        """Record every step of ``optimizer`` under ``name`` (e.g. "actor", "critic")."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        acc = GradNormAccumulator(params)
+        self.groups[name] = acc
+        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: acc.record()))
+
+    def attach_module(self, module: torch.nn.Module, name: str) -> GradNormAccumulator:
+        """Track ``module``'s parameters; the caller marks each update with ``record()`` on the result."""
+        acc = GradNormAccumulator(module.parameters())
+        self.groups[name] = acc
+        return acc
+
+    def pop(self) -> dict[str, GradStats]:
+        """Statistics since the last ``pop`` for each attached group."""
+        return {name: acc.pop() for name, acc in self.groups.items()}
+
+    def detach(self) -> None:
+        """Remove the optimizer hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
