@@ -1,0 +1,203 @@
+"""HTTP client of the teacher service, sync (`TeacherClient`) and async (`AsyncTeacherClient`).
+
+Connection errors and 5xx answers are retried with exponential backoff (tenacity); a retried report
+is safe because the service answers a repeated report with its first answer. A 4xx answer is not
+retried: it raises `TeacherError` with the status code and the server's ``detail``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+
+import httpx
+import tenacity
+from pydantic import BaseModel, TypeAdapter
+
+from teacher_service.wire import (
+    CurriculumCreate,
+    CurriculumInfo,
+    EvaluationAck,
+    EvaluationRequest,
+    Proposal,
+    ProposeRequest,
+    ReportAck,
+    ReportRequest,
+    Signals,
+    StudentContext,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+M = TypeVar("M")
+
+
+class TeacherError(Exception):
+    """The service answered with an error status (or could not be reached: `TeacherUnavailableError`)."""
+
+    def __init__(self, status_code: int | None, detail: Any) -> None:
+        super().__init__(f"teacher service error {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+class TeacherUnavailableError(TeacherError):
+    """Connection failure, timeout or 5xx answer that persisted through the retries."""
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text
+    error = TeacherUnavailableError if response.status_code >= 500 else TeacherError
+    raise error(response.status_code, detail)
+
+
+def _retry_options(attempts: int, max_backoff_s: float) -> dict[str, Any]:
+    return dict(
+        retry=tenacity.retry_if_exception_type((httpx.TransportError, TeacherUnavailableError)),
+        wait=tenacity.wait_exponential(multiplier=0.1, max=max_backoff_s),
+        stop=tenacity.stop_after_attempt(attempts),
+        reraise=True,
+    )
+
+
+def _parse(response: httpx.Response, model: Any) -> Any:
+    if model is None:
+        return None
+    return TypeAdapter(model).validate_python(response.json())
+
+
+def _body(model: BaseModel | None) -> dict | None:
+    return None if model is None else model.model_dump(mode="json", exclude_none=True)
+
+
+class _Base:
+    def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
+                 max_backoff_s: float) -> None:
+        self.url = (url or os.environ.get("TEACHER_URL") or DEFAULT_URL).rstrip("/")
+        token = token if token is not None else os.environ.get("TEACHER_TOKEN")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = httpx.Timeout(timeout_s)
+        self._retry = _retry_options(attempts, max_backoff_s)
+
+
+class TeacherClient(_Base):
+    """Synchronous client; token from the argument or ``TEACHER_TOKEN``, URL from ``TEACHER_URL``."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0,
+                 attempts: int = 5, max_backoff_s: float = 5.0) -> None:
+        super().__init__(url, token, timeout_s, attempts, max_backoff_s)
+        self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=self._timeout)
+
+    def _request(self, method: str, path: str, body: BaseModel | None = None, model: Any = None) -> Any:
+        for attempt in tenacity.Retrying(**self._retry):
+            with attempt:
+                try:
+                    response = self._http.request(method, path, json=_body(body))
+                except httpx.TransportError as exc:
+                    raise TeacherUnavailableError(None, repr(exc)) from exc
+                _raise_for_status(response)
+        return _parse(response, model)
+
+    def propose(self, curriculum: str, student_id: str, context: StudentContext | None = None) -> Proposal:
+        """Ask for the next task of ``student_id``."""
+        return self._request("POST", "/propose", ProposeRequest(curriculum=curriculum, student_id=student_id,
+                                                                context=context), Proposal)
+
+    def report(self, proposal_id: str, student_id: str, signals: Signals) -> ReportAck:
+        """Report what the student measured on the episode of ``proposal_id`` (idempotent)."""
+        return self._request("POST", "/report", ReportRequest(proposal_id=proposal_id, student_id=student_id,
+                                                              signals=signals), ReportAck)
+
+    def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
+        """Post an evaluation on the environment's default task distribution."""
+        return self._request("POST", "/evaluations", evaluation, EvaluationAck)
+
+    def create_curriculum(self, spec: CurriculumCreate) -> CurriculumInfo:
+        """Create a curriculum (needs the admin token)."""
+        return self._request("POST", "/curricula", spec, CurriculumInfo)
+
+    def get_curriculum(self, name: str) -> CurriculumInfo:
+        return self._request("GET", f"/curricula/{name}", model=CurriculumInfo)
+
+    def list_curricula(self) -> list[CurriculumInfo]:
+        return self._request("GET", "/curricula", model=list[CurriculumInfo])
+
+    def delete_curriculum(self, name: str) -> None:
+        self._request("DELETE", f"/curricula/{name}")
+
+    def health(self) -> bool:
+        """Whether the service answers ``/healthz`` (one attempt, no retry)."""
+        try:
+            return self._http.get("/healthz").is_success
+        except httpx.TransportError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> TeacherClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTeacherClient(_Base):
+    """Asynchronous client with the same methods as `TeacherClient`, awaitable."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0,
+                 attempts: int = 5, max_backoff_s: float = 5.0) -> None:
+        super().__init__(url, token, timeout_s, attempts, max_backoff_s)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
+
+    async def _request(self, method: str, path: str, body: BaseModel | None = None, model: Any = None) -> Any:
+        async for attempt in tenacity.AsyncRetrying(**self._retry):
+            with attempt:
+                try:
+                    response = await self._http.request(method, path, json=_body(body))
+                except httpx.TransportError as exc:
+                    raise TeacherUnavailableError(None, repr(exc)) from exc
+                _raise_for_status(response)
+        return _parse(response, model)
+
+    async def propose(self, curriculum: str, student_id: str, context: StudentContext | None = None) -> Proposal:
+        return await self._request("POST", "/propose", ProposeRequest(curriculum=curriculum, student_id=student_id,
+                                                                      context=context), Proposal)
+
+    async def report(self, proposal_id: str, student_id: str, signals: Signals) -> ReportAck:
+        return await self._request("POST", "/report", ReportRequest(proposal_id=proposal_id, student_id=student_id,
+                                                                    signals=signals), ReportAck)
+
+    async def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
+        return await self._request("POST", "/evaluations", evaluation, EvaluationAck)
+
+    async def create_curriculum(self, spec: CurriculumCreate) -> CurriculumInfo:
+        return await self._request("POST", "/curricula", spec, CurriculumInfo)
+
+    async def get_curriculum(self, name: str) -> CurriculumInfo:
+        return await self._request("GET", f"/curricula/{name}", model=CurriculumInfo)
+
+    async def list_curricula(self) -> list[CurriculumInfo]:
+        return await self._request("GET", "/curricula", model=list[CurriculumInfo])
+
+    async def delete_curriculum(self, name: str) -> None:
+        await self._request("DELETE", f"/curricula/{name}")
+
+    async def health(self) -> bool:
+        try:
+            return (await self._http.get("/healthz")).is_success
+        except httpx.TransportError:
+            return False
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncTeacherClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,73 @@
+"""A durable local outbox: messages for the teacher survive a teacher outage and a worker restart."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from teacher_service.wire import EvaluationRequest, ReportRequest
+
+from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Pending reports and evaluations, persisted to a JSON file on every change (atomic replace).
+
+    Messages are delivered in order; delivery stops at the first unreachable-teacher error and
+    resumes on the next ``flush``. A message the service rejects with a 4xx (e.g. 410: the
+    proposal expired during a long outage) can never be delivered; it is moved to ``rejected``,
+    kept in the file for the record, and logged.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.pending: list[dict] = []
+        self.rejected: list[dict] = []
+        if path is not None and path.exists():
+            saved = json.loads(path.read_text())
+            self.pending, self.rejected = saved["pending"], saved["rejected"]
+
+    def put_report(self, report: ReportRequest) -> None:
+        self._put({"kind": "report", "body": report.model_dump(mode="json")})
+
+    def put_evaluation(self, evaluation: EvaluationRequest) -> None:
+        self._put({"kind": "evaluation", "body": evaluation.model_dump(mode="json")})
+
+    def flush(self, client: TeacherClient) -> int:
+        """Deliver what is pending; return how many messages were delivered."""
+        delivered = 0
+        while self.pending:
+            message = self.pending[0]
+            try:
+                if message["kind"] == "report":
+                    report = ReportRequest.model_validate(message["body"])
+                    client.report(report.proposal_id, report.student_id, report.signals)
+                else:
+                    client.evaluate(EvaluationRequest.model_validate(message["body"]))
+            except TeacherUnavailableError:
+                break
+            except TeacherError as exc:
+                log.warning("teacher rejected a %s (%s): %s", message["kind"], exc.status_code, exc.detail)
+                self.rejected.append({**message, "status_code": exc.status_code, "detail": str(exc.detail)})
+            self.pending.pop(0)
+            delivered += 1
+            self._save()
+        return delivered
+
+    def _put(self, message: dict) -> None:
+        self.pending.append(message)
+        self._save()
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"pending": self.pending, "rejected": self.rejected}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

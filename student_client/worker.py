@@ -1,0 +1,318 @@
+"""The student worker: trains SAC on the tasks a teacher proposes and reports each episode's signals.
+
+Per episode: propose, reset on the task (checked), act and train (one update per env step once
+learning starts), report the signals of *that* episode under its own proposal id. If the teacher is
+unreachable the worker trains on the environment's default tasks and keeps its reports in a durable
+outbox (``outbox.json`` in the checkpoint dir) until the teacher is back. Checkpoints (networks,
+optimizers, replay buffer, counters, RNG) let a killed worker resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
+
+from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
+from student_client.envs import EnvAdapter, make_env
+from student_client.outbox import Outbox
+from student_client.sac import PRESETS, SAC, make_buffer, preset_for_env
+
+log = logging.getLogger("student_client.worker")
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Episode:
+    """What one episode measured."""
+
+    steps: int = 0
+    ret: float = 0.0
+    success: bool = False
+
+
+class Worker:
+    """One student process; see the module docstring."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.env = make_env(args.env)
+        self.eval_env = make_env(args.env)
+        config = PRESETS[args.preset or preset_for_env(args.env)]()
+        overrides = {k: getattr(args, k) for k in ("learning_starts", "random_steps") if getattr(args, k) is not None}
+        self.config = replace(config, **overrides)
+        self.agent = SAC(self.env.obs_dim, self.env.act_dim, self.env.action_space.low, self.env.action_space.high,
+                         self.config)
+        self.buffer = make_buffer(self.config, args.steps, self.env.obs_dim, self.env.act_dim, args.seed)
+        self.client = TeacherClient(args.teacher, args.token, timeout_s=args.timeout, attempts=3, max_backoff_s=1.0)
+        self.dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(self.dir / "outbox.json" if self.dir else None)
+        self.step = 0
+        self.episode = 0
+        self.next_eval = args.eval_every
+        self.next_checkpoint = args.checkpoint_every
+        self.last_return: float | None = None
+        self.last_task: list[float] | None = None
+        self.teacher_down_until = 0.0
+        self.stop_requested = False
+        self.student_id = args.student_id or re.sub(r"[^A-Za-z0-9_.:@\-]", "-", f"{socket.gethostname()}-s{args.seed}")
+        self._seed(args.seed)
+        if self.dir and (self.dir / CHECKPOINT).exists():
+            self.load()
+        self.writer = None
+        if args.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(args.tensorboard)
+
+    # ------------------------------------------------------------ teacher
+
+    def _teacher_reachable(self) -> bool:
+        return time.monotonic() >= self.teacher_down_until
+
+    def _mark_teacher_down(self) -> None:
+        if self._teacher_reachable():
+            log.warning("teacher unreachable; training on env-default tasks, reports kept in the outbox")
+        self.teacher_down_until = time.monotonic() + self.args.retry_every
+
+    def propose(self) -> Proposal | None:
+        """The teacher's next task, or None (env default) while the teacher is unreachable."""
+        if not self._teacher_reachable():
+            return None
+        task = self.last_task if self.last_task is not None and len(self.last_task) <= 64 else None
+        context = StudentContext(last_return=self.last_return, last_task=task)
+        try:
+            return self.client.propose(self.args.curriculum, self.student_id, context)
+        except TeacherUnavailableError:
+            self._mark_teacher_down()
+            return None
+
+    def flush(self) -> None:
+        """Deliver the outbox if the teacher may be reachable."""
+        if self.outbox.pending and self._teacher_reachable():
+            self.outbox.flush(self.client)
+            if self.outbox.pending:
+                self._mark_teacher_down()
+
+    # ------------------------------------------------------------ training
+
+    def run(self) -> None:
+        """Train until ``--steps`` env steps or a stop signal, then checkpoint and drain the outbox."""
+        bar = tqdm(total=self.args.steps, initial=self.step, unit="step", mininterval=1.0, dynamic_ncols=True,
+                   disable=self.args.no_progress)
+        start_time, start_step = time.monotonic(), self.step
+        try:
+            while self.step < self.args.steps and not self.stop_requested:
+                self.flush()
+                proposal = self.propose()
+                episode = self.run_episode(proposal, bar)
+                self.finish_episode(proposal, episode)
+                rate = (self.step - start_step) / max(time.monotonic() - start_time, 1e-9)
+                bar.set_postfix(ret=f"{episode.ret:.2f}", success=int(episode.success), refresh=False)
+                if self.writer:
+                    self.writer.add_scalar("perf/steps_per_s", rate, self.step)
+                if self.dir and self.step >= self.next_checkpoint:
+                    self.save()
+                    self.next_checkpoint = self.step + self.args.checkpoint_every
+        finally:
+            bar.close()
+            if self.dir:
+                self.save()
+            self.drain()
+            if self.writer:
+                self.writer.close()
+
+    def run_episode(self, proposal: Proposal | None, bar: tqdm) -> Episode:
+        options = proposal.reset_options if proposal else {}
+        obs = self.env.reset(options, seed=self.args.seed if self.episode == 0 and self.step == 0 else None)
+        episode = Episode()
+        learning = self.config.learning_starts
+        batch_size = self.config.batch_size
+        while True:
+            if self.step < self.config.random_steps:
+                action = self.env.action_space.sample()
+            else:
+                action = self.agent.act(obs)
+            next_obs, reward, terminated, truncated, success = self.env.step(action)
+            self.buffer.add(obs, action, reward, next_obs, terminated)
+            obs = next_obs
+            self.step += 1
+            episode.steps += 1
+            episode.ret += reward
+            episode.success |= success
+            if self.step >= learning and self.buffer.size >= batch_size:
+                self.agent.update(self.buffer.sample(batch_size))
+            bar.update(1)
+            if self.args.eval_every and self.step >= self.next_eval:
+                self.evaluate()
+                self.next_eval = self.step + self.args.eval_every
+            if terminated or truncated or self.step >= self.args.steps or self.stop_requested:
+                return episode
+
+    def finish_episode(self, proposal: Proposal | None, episode: Episode) -> None:
+        """Report this episode's signals under its own proposal id and log them."""
+        actor, critic = self.agent.pop_grad_stats()
+        signals = Signals(
+            grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
+            critic_grad_norm_mean=critic.mean, critic_grad_norm_episode=critic.episode,
+            episode_return=episode.ret, success=episode.success, env_steps=episode.steps, grad_updates=actor.updates,
+        )
+        if proposal is not None:
+            self.outbox.put_report(ReportRequest(proposal_id=proposal.proposal_id, student_id=self.student_id,
+                                                 signals=signals))
+            self.flush()
+            self.last_task = proposal.task.values if proposal.task else None
+        else:
+            self.last_task = None
+        self.last_return = episode.ret
+        self.episode += 1
+        record = {"episode": self.episode, "step": self.step,
+                  "proposal_id": proposal.proposal_id if proposal else None,
+                  **signals.model_dump(exclude={"extra"})}
+        if self.dir:
+            with open(self.dir / "episodes.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.writer:
+            for key, value in record.items():
+                if key not in ("episode", "step", "proposal_id") and value is not None:
+                    self.writer.add_scalar(f"episode/{key}", float(value), self.step)
+
+    def evaluate(self) -> None:
+        """Deterministic policy on the env's default start/goal distribution; posted to /evaluations."""
+        returns, successes = [], []
+        for _ in range(self.args.eval_episodes):
+            obs = self.eval_env.reset()
+            ret, success, done = 0.0, False, False
+            while not done:
+                obs, reward, terminated, truncated, succ = self.eval_env.step(self.agent.act(obs, deterministic=True))
+                ret += reward
+                success |= succ
+                done = terminated or truncated
+            returns.append(ret)
+            successes.append(success)
+        evaluation = EvaluationRequest(curriculum=self.args.curriculum, student_id=self.student_id,
+                                       env_steps=self.step, episodes=len(returns),
+                                       success_rate=float(np.mean(successes)), mean_return=float(np.mean(returns)))
+        log.info("evaluation at %d steps: success %.2f, return %.2f", self.step, evaluation.success_rate,
+                 evaluation.mean_return)
+        if self.writer:
+            self.writer.add_scalar("eval/success_rate", evaluation.success_rate, self.step)
+            self.writer.add_scalar("eval/mean_return", evaluation.mean_return, self.step)
+        self.outbox.put_evaluation(evaluation)
+        self.flush()
+
+    def drain(self) -> None:
+        """At exit: keep delivering the outbox for up to ``--drain-timeout`` seconds."""
+        deadline = time.monotonic() + self.args.drain_timeout
+        while self.outbox.pending and time.monotonic() < deadline and not self.stop_requested:
+            self.outbox.flush(self.client)
+            if self.outbox.pending:
+                time.sleep(min(self.args.retry_every, max(deadline - time.monotonic(), 0)))
+        if self.outbox.pending:
+            log.warning("%d messages left in the outbox; they are delivered on the next start",
+                        len(self.outbox.pending))
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.env.action_space.seed(seed)
+
+    def save(self) -> None:
+        """Write the checkpoint atomically."""
+        state: dict[str, Any] = {
+            "env_id": self.args.env, "student_id": self.student_id, "step": self.step, "episode": self.episode,
+            "next_eval": self.next_eval, "last_return": self.last_return, "last_task": self.last_task,
+            "agent": self.agent.state_dict(), "buffer": self.buffer.state_dict(),
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "action_space": self.env.action_space.np_random.bit_generator.state},
+        }
+        tmp = self.dir / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.dir / CHECKPOINT)
+
+    def load(self) -> None:
+        state = torch.load(self.dir / CHECKPOINT, weights_only=False)
+        if state["env_id"] != self.args.env:
+            raise ValueError(f"checkpoint is for {state['env_id']}, not {self.args.env}")
+        self.agent.load_state_dict(state["agent"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.step, self.episode, self.next_eval = state["step"], state["episode"], state["next_eval"]
+        self.next_checkpoint = self.step + self.args.checkpoint_every
+        self.last_return, self.last_task = state["last_return"], state["last_task"]
+        self.student_id = self.args.student_id or state["student_id"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.env.action_space.np_random.bit_generator.state = rng["action_space"]
+        # A fresh env stream, reproducible from the seed and the resume point.
+        self.env.reset(seed=self.args.seed + self.step)
+        log.info("resumed from %s at step %d", self.dir / CHECKPOINT, self.step)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: finishing the episode, checkpointing and exiting", signum)
+        self.stop_requested = True
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="student-worker", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", default=os.environ.get("TEACHER_URL", "http://127.0.0.1:8000"),
+                   help="teacher service URL (env TEACHER_URL)")
+    p.add_argument("--token", default=None, help="bearer token (default: env TEACHER_TOKEN)")
+    p.add_argument("--curriculum", required=True, help="curriculum name on the teacher")
+    p.add_argument("--env", required=True, help="environment id, e.g. PointMaze_UMaze-v3")
+    p.add_argument("--steps", type=int, required=True, help="total env steps of the run (resumes count)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="SAC preset (default: by env)")
+    p.add_argument("--learning-starts", type=int, default=None, help="override the preset's first update step")
+    p.add_argument("--random-steps", type=int, default=None, help="override the preset's random-action steps")
+    p.add_argument("--student-id", default=None, help="default: <hostname>-s<seed>, or the checkpoint's")
+    p.add_argument("--eval-every", type=int, default=5000, help="env steps between evaluations (0: never)")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint, outbox and episode log; resumes from it")
+    p.add_argument("--checkpoint-every", type=int, default=10000, help="env steps between checkpoints")
+    p.add_argument("--tensorboard", default=None, help="write TensorBoard scalars to this directory")
+    p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
+    p.add_argument("--retry-every", type=float, default=5.0, help="seconds between tries while the teacher is down")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to deliver the outbox at exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``student-worker``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(1)
+    worker = Worker(args)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    try:
+        worker.run()
+    except TeacherError as exc:  # 4xx on propose: wrong curriculum, token, ...; retrying cannot help
+        raise SystemExit(f"student-worker: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()
