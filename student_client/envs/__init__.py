@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
+from student_client.envs import adroit, maze
 from student_client.envs.base import EnvAdapter, TaskMismatchError
 
 
-def make_env(env_id: str, **make_kwargs) -> EnvAdapter:
-    """The adapter for a gymnasium-robotics environment id."""
+def family(env_id: str) -> ModuleType:
+    """The family module (options check and verification) of a gymnasium-robotics environment id."""
     if env_id.startswith(("PointMaze_", "AntMaze_")):
-        from student_client.envs.maze import MazeAdapter
-
-        return MazeAdapter(env_id, **make_kwargs)
+        return maze
     if env_id.startswith("AdroitHandRelocate"):
-        from student_client.envs.adroit import AdroitRelocateAdapter
-
-        return AdroitRelocateAdapter(env_id, **make_kwargs)
+        return adroit
     raise ValueError(f"no adapter for {env_id!r}: supported are PointMaze_*, AntMaze_*, AdroitHandRelocate*")
 
 
-__all__ = ["EnvAdapter", "TaskMismatchError", "make_env"]
+def make_env(env_id: str, **make_kwargs: Any) -> EnvAdapter:
+    """The adapter for a gymnasium-robotics environment id."""
+    return EnvAdapter(env_id, family(env_id), **make_kwargs)
+
+
+__all__ = ["EnvAdapter", "TaskMismatchError", "family", "make_env"]

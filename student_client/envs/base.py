@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import gymnasium_robotics
@@ -15,14 +15,25 @@ class TaskMismatchError(ValueError):
     """The reset options are malformed, or the environment did not start where the teacher said."""
 
 
+class EnvFamily(Protocol):
+    """A family module (``maze``, ``adroit``): how to read and check the teacher's reset options."""
+
+    def env_options(self, env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
+        """Validate the options and convert them to what ``env.reset`` expects; raise `TaskMismatchError`."""
+
+    def verify(self, env: gym.Env, options: dict[str, Any]) -> None:
+        """After reset: raise `TaskMismatchError` unless the env is where ``options`` said."""
+
+
 class EnvAdapter:
     """Wraps one gymnasium env: ``reset(options)`` applies and verifies the teacher's task.
 
     Empty options mean the environment's own default start and goal.
     """
 
-    def __init__(self, env_id: str, **make_kwargs: Any) -> None:
+    def __init__(self, env_id: str, family: EnvFamily, **make_kwargs: Any) -> None:
         self.env_id = env_id
+        self.family = family
         self.env = gym.make(env_id, **make_kwargs)
         self.action_space = self.env.action_space
         self.obs_dim = int(self._flatten(self.env.observation_space.sample()).shape[0])
@@ -31,9 +42,9 @@ class EnvAdapter:
     def reset(self, options: dict[str, Any] | None = None, seed: int | None = None) -> np.ndarray:
         """Reset on the given task (``{}``/``None``: env default) and return the flat observation."""
         if options:
-            env_options = self._env_options(options)
+            env_options = self.family.env_options(self.env.unwrapped, options)
             obs, _ = self.env.reset(seed=seed, options=env_options)
-            self._verify(options)
+            self.family.verify(self.env.unwrapped, options)
         else:
             obs, _ = self.env.reset(seed=seed)
         return self._flatten(obs)
@@ -52,11 +63,3 @@ class EnvAdapter:
             parts = [obs[k] for k in ("observation", "achieved_goal", "desired_goal") if k in obs]
             return np.concatenate([np.asarray(p, dtype=np.float32).ravel() for p in parts])
         return np.asarray(obs, dtype=np.float32).ravel()
-
-    def _env_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Validate the teacher's options and convert them to what the env's reset expects."""
-        raise NotImplementedError
-
-    def _verify(self, options: dict[str, Any]) -> None:
-        """Raise `TaskMismatchError` unless the env now is in the state ``options`` asked for."""
-        raise NotImplementedError
