@@ -1,0 +1,54 @@
+"""The application factory: everything the service is, wired together from one Settings object."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from teacher_service.api import curricula, episodes
+from teacher_service.auth import load_tokens
+from teacher_service.db import create_tables, make_engine
+from teacher_service.errors import ApiError
+from teacher_service.hub import TeacherHub
+from teacher_service.middleware import BodySizeLimit
+from teacher_service.settings import Settings
+
+log = logging.getLogger("teacher_service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+
+    app = FastAPI(
+        title="ACL teacher service",
+        version="0.1.0",
+        description="Curriculum teachers for RL students: `POST /propose` before an episode, `POST /report` after it.",
+    )
+    app.state.settings = settings
+    app.state.hub = TeacherHub(settings, engine)
+    app.state.tokens = load_tokens(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only location and message: echoing the input back could contain NaN, which is not JSON.
+        errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(curricula.router)
+    app.include_router(episodes.router)
+    return app

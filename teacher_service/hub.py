@@ -1,0 +1,330 @@
+"""The hub hosts the teachers: it turns API calls into teacher decisions and durable database rows.
+
+Every request is one database transaction, committed before the response. The teacher of a
+curriculum lives in memory as a cache of the checkpoint stored in its `curricula` row; the row's
+`teacher_version` says whether the cache is current, so several service processes can share one
+database. Reports take a lock on the curriculum row (SQLite: the database write lock) so that a
+teacher update is applied exactly once and in order; see README "Several replicas".
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pydantic
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from teacher_service import wire
+from teacher_service.db import Curriculum, Evaluation, Proposal, TeacherUpdate, make_sessionmaker, utcnow
+from teacher_service.errors import BadRequest, Conflict, Gone, NotFound
+from teacher_service.settings import Settings
+from teacher_service.task_spaces import DiscreteSpace, TaskSpace, build_task_space
+from teacher_service.teachers import REGISTRY, Context, Experience, Teacher, build_teacher
+
+
+@dataclass
+class Runtime:
+    """A curriculum's teacher in memory, valid while `version` equals the stored teacher_version."""
+
+    curriculum_id: int
+    spec: wire.CurriculumCreate
+    space: TaskSpace
+    teacher: Teacher
+    version: int = -1  # -1: state not loaded yet, or in doubt
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def validation_message(exc: pydantic.ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in exc.errors())
+
+
+def check_reward_signal(signal: str) -> None:
+    if signal in wire.NAMED_SIGNALS or (signal.startswith("extra.") and len(signal) > len("extra.")):
+        return
+    raise BadRequest(f"unknown reward_signal {signal!r}: use one of {', '.join(wire.NAMED_SIGNALS)} or 'extra.<name>'")
+
+
+class TeacherHub:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = make_sessionmaker(engine)
+        self._runtimes: dict[int, Runtime] = {}
+        self._runtimes_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ curricula
+
+    def build(self, spec: wire.CurriculumCreate) -> tuple[TaskSpace, Teacher]:
+        """Task space and fresh teacher for a spec; BadRequest with the reason if it is unusable."""
+        check_reward_signal(spec.reward_signal)
+        try:
+            space = build_task_space(spec.task_space)
+        except ValueError as exc:
+            raise BadRequest(f"task_space: {exc}") from exc
+        if spec.teacher.algorithm not in REGISTRY:
+            known = ", ".join(sorted(REGISTRY))
+            raise BadRequest(f"unknown teacher algorithm {spec.teacher.algorithm!r}: known are {known}")
+        try:
+            teacher = build_teacher(spec.teacher.algorithm, space, spec.teacher.params, spec.seed)
+        except pydantic.ValidationError as exc:
+            raise BadRequest(f"teacher.params: {validation_message(exc)}") from exc
+        return space, teacher
+
+    def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
+        _, teacher = self.build(spec)
+        with self.sessions.begin() as session:
+            existing = session.scalar(select(Curriculum).where(Curriculum.name == spec.name))
+            if existing is not None:
+                if exist_ok:
+                    return self._info(existing)
+                raise Conflict(f"curriculum {spec.name!r} already exists")
+            row = Curriculum(name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes())
+            session.add(row)
+            session.flush()
+            return self._info(row)
+
+    def list_curricula(self) -> list[wire.CurriculumInfo]:
+        with self.sessions() as session:
+            return [self._info(row) for row in session.scalars(select(Curriculum).order_by(Curriculum.id))]
+
+    def get_curriculum(self, name: str) -> wire.CurriculumInfo:
+        with self.sessions() as session:
+            return self._info(self._row(session, name))
+
+    def delete_curriculum(self, name: str) -> None:
+        with self.sessions.begin() as session:
+            row = self._row(session, name)
+            session.delete(row)
+        with self._runtimes_lock:
+            self._runtimes.pop(row.id, None)
+
+    def _row(self, session: Session, name: str, for_update: bool = False) -> Curriculum:
+        query = select(Curriculum).where(Curriculum.name == name)
+        row = session.scalar(query.with_for_update() if for_update else query)
+        if row is None:
+            raise NotFound(f"curriculum {name!r} not found")
+        return row
+
+    def _info(self, row: Curriculum) -> wire.CurriculumInfo:
+        runtime = self._runtime(row)
+        return wire.CurriculumInfo(
+            **row.spec,
+            task_space_summary=runtime.space.summary(),
+            teacher_version=row.teacher_version,
+            teacher_updates=row.teacher_updates,
+            created_at=row.created_at,
+        )
+
+    # ------------------------------------------------------------------ teacher cache
+
+    def _runtime(self, row: Curriculum) -> Runtime:
+        with self._runtimes_lock:
+            runtime = self._runtimes.get(row.id)
+            if runtime is None:
+                spec = wire.CurriculumCreate.model_validate(row.spec)
+                space, teacher = self.build(spec)
+                runtime = Runtime(row.id, spec, space, teacher)
+                self._runtimes[row.id] = runtime
+            return runtime
+
+    def _sync(self, session: Session, runtime: Runtime, row: Curriculum) -> None:
+        """Load the stored checkpoint if another process (or a failed commit) made the cache stale.
+
+        Call with runtime.lock held."""
+        if runtime.version != row.teacher_version:
+            state = session.scalar(select(Curriculum.teacher_state).where(Curriculum.id == row.id))
+            runtime.teacher.load_state_bytes(state)
+            runtime.version = row.teacher_version
+
+    # ------------------------------------------------------------------ propose
+
+    def propose(self, request: wire.ProposeRequest) -> wire.Proposal:
+        now = utcnow()
+        with self.sessions.begin() as session:
+            row = self._row(session, request.curriculum)
+            runtime = self._runtime(row)
+            context = self._context(session, runtime, request) if runtime.teacher.uses_context else Context()
+            with runtime.lock:
+                self._sync(session, runtime, row)
+                decision = runtime.teacher.propose(context)
+                version = runtime.version
+            space = runtime.space
+            if decision.task_index is not None:
+                task, options = space.task(decision.task_index), space.reset_options(decision.task_index)
+            elif decision.task_values is not None:
+                task, options = space.task(decision.task_values), space.reset_options(decision.task_values)
+            else:
+                task, options = None, {}
+            ttl = runtime.spec.proposal_ttl_s or self.settings.proposal_ttl_s
+            proposal = Proposal(
+                proposal_id=uuid.uuid4().hex,
+                curriculum_id=row.id,
+                student_id=request.student_id,
+                task_index=decision.task_index,
+                task_values=task.values if task else None,
+                reset_options=options,
+                teacher_version=version,
+                teacher_input=decision.teacher_input,
+                created_at=now,
+                expires_at=now + timedelta(seconds=ttl),
+            )
+            session.add(proposal)
+        return wire.Proposal(
+            proposal_id=proposal.proposal_id,
+            curriculum=row.name,
+            student_id=request.student_id,
+            task=task,
+            reset_options=options,
+            teacher_version=version,
+            expires_at=proposal.expires_at,
+        )
+
+    def _context(self, session: Session, runtime: Runtime, request: wire.ProposeRequest) -> Context:
+        """The student's last episode: from the request if it says, else from its last report here."""
+        space = runtime.space
+        given = request.context
+        if given is not None and given.last_task is not None:
+            if len(given.last_task) != space.feature_dim:
+                raise BadRequest(f"context.last_task must have {space.feature_dim} values for this task space")
+            return Context(given.last_return, space.features_of_values(given.last_task))
+        last = session.execute(
+            select(Proposal.task_index, Proposal.task_values, Proposal.signals)
+            .where(
+                Proposal.curriculum_id == runtime.curriculum_id,
+                Proposal.student_id == request.student_id,
+                Proposal.reported_at.is_not(None),
+            )
+            .order_by(Proposal.seq.desc())
+            .limit(1)
+        ).first()
+        if last is None or last.task_values is None:
+            return Context()
+        if isinstance(space, DiscreteSpace) and last.task_index is not None:
+            features = space.features(last.task_index)
+        else:
+            features = space.features_of_values(last.task_values)
+        return Context(last.signals.get("episode_return"), features)
+
+    # ------------------------------------------------------------------ report
+
+    def report(self, request: wire.ReportRequest) -> wire.ReportAck:
+        now = utcnow()
+        runtime: Runtime | None = None
+        updated = False
+        try:
+            with self.sessions.begin() as session:
+                curriculum_id = session.scalar(
+                    select(Proposal.curriculum_id).where(Proposal.proposal_id == request.proposal_id)
+                )
+                if curriculum_id is None:
+                    raise NotFound(f"proposal {request.proposal_id!r} not found")
+                # The row lock orders all reports of a curriculum, across service processes too.
+                row = session.scalar(select(Curriculum).where(Curriculum.id == curriculum_id).with_for_update())
+                proposal = session.scalar(select(Proposal).where(Proposal.proposal_id == request.proposal_id))
+                signals = request.signals.model_dump(mode="json")
+                if proposal.student_id != request.student_id:
+                    raise Conflict(
+                        f"proposal {request.proposal_id!r} was made for student {proposal.student_id!r}, "
+                        f"not {request.student_id!r}"
+                    )
+                if proposal.ack is not None:
+                    if proposal.signals == signals:
+                        return wire.ReportAck.model_validate(proposal.ack)  # a resend: the first answer again
+                    raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals")
+                if now > proposal.expires_at:
+                    raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
+
+                runtime = self._runtime(row)
+                reward = request.signals.value(runtime.spec.reward_signal)
+                proposal.reported_at, proposal.signals, proposal.reward = now, signals, reward
+                with runtime.lock:
+                    self._sync(session, runtime, row)
+                    if reward is not None and runtime.teacher.batch_size > 0:
+                        self._close_trajectory(session, runtime, proposal)
+                        updated = self._maybe_update(session, runtime, row)
+                    ack = wire.ReportAck(
+                        proposal_id=proposal.proposal_id,
+                        reward=reward,
+                        teacher_version=row.teacher_version,
+                        teacher_updated=updated,
+                    )
+                    proposal.ack = ack.model_dump(mode="json")
+            return ack
+        except BaseException:
+            if updated and runtime is not None:
+                runtime.version = -1  # the update was not committed: reload the checkpoint next time
+            raise
+
+    def _close_trajectory(self, session: Session, runtime: Runtime, proposal: Proposal) -> None:
+        """Group this student's rewarded episodes into trajectories of `horizon` consecutive ones."""
+        session.flush()
+        open_seqs = session.scalars(
+            select(Proposal.seq)
+            .where(
+                Proposal.curriculum_id == runtime.curriculum_id,
+                Proposal.student_id == proposal.student_id,
+                Proposal.reward.is_not(None),
+                Proposal.trajectory.is_(None),
+            )
+            .order_by(Proposal.seq)
+        ).all()
+        horizon = runtime.teacher.horizon
+        for start in range(0, len(open_seqs) - horizon + 1, horizon):
+            members = open_seqs[start : start + horizon]
+            session.execute(update(Proposal).where(Proposal.seq.in_(members)).values(trajectory=members[0]))
+
+    def _maybe_update(self, session: Session, runtime: Runtime, row: Curriculum) -> bool:
+        ready = (
+            Proposal.curriculum_id == runtime.curriculum_id,
+            Proposal.trajectory.is_not(None),
+            Proposal.consumed_version.is_(None),
+        )
+        if session.scalar(select(func.count()).where(*ready)) < runtime.teacher.batch_size:
+            return False
+        rows = session.scalars(select(Proposal).where(*ready).order_by(Proposal.seq)).all()
+        batch = [
+            Experience(
+                seq=p.seq,
+                student_id=p.student_id,
+                trajectory=p.trajectory,
+                task_index=p.task_index,
+                task_values=p.task_values,
+                teacher_input=p.teacher_input,
+                reward=p.reward,
+            )
+            for p in rows
+        ]
+        stats = runtime.teacher.update(batch)
+        version = row.teacher_version + 1
+        row.teacher_version, row.teacher_updates = version, row.teacher_updates + 1
+        row.teacher_state = runtime.teacher.state_bytes()
+        for p in rows:
+            p.consumed_version = version
+        session.add(TeacherUpdate(curriculum_id=row.id, version=version, stats=stats))
+        runtime.version = version
+        return True
+
+    # ------------------------------------------------------------------ evaluations
+
+    def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
+        with self.sessions.begin() as session:
+            row = self._row(session, request.curriculum)
+            evaluation = Evaluation(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
+            session.add(evaluation)
+            session.flush()
+            return wire.EvaluationAck(evaluation_id=evaluation.id)
+
+    def teacher_state(self, name: str) -> dict[str, Any]:
+        """The current teacher's own description, fresh from the stored checkpoint."""
+        with self.sessions() as session:
+            row = self._row(session, name)
+            runtime = self._runtime(row)
+            with runtime.lock:
+                self._sync(session, runtime, row)
+                return runtime.teacher.describe()

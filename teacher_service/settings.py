@@ -1,0 +1,31 @@
+"""Service settings, read from environment variables prefixed `TEACHER_` (or a `.env` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TEACHER_", env_file=".env", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Interface to listen on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port to listen on.")
+    data_dir: Path = Field(default=Path("teacher-data"), description="Where the SQLite file and generated tokens live.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/teacher.db. PostgreSQL: postgresql+psycopg://..."
+    )
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token that manages curricula.")
+    student_token: SecretStr | None = Field(default=None, description="Bearer token that may propose and report.")
+    insecure: bool = Field(default=False, description="Run without authentication (never the default).")
+    proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    curricula_file: Path | None = Field(default=None, description="YAML file of curricula to create at start-up.")
+    log_level: str = Field(default="info")
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'teacher.db').resolve()}"

@@ -1,0 +1,135 @@
+"""What every teacher is: propose a task, learn from a batch of rewarded proposals, checkpoint itself.
+
+A teacher subclass registers itself under its `name` just by being defined in a module of this package.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from teacher_service.task_spaces import BoxSpace, DiscreteSpace, TaskSpace
+
+REGISTRY: dict[str, type["Teacher"]] = {}
+
+
+class TeacherParams(BaseModel):
+    """Parameters every teacher accepts; subclasses add their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Context:
+    """What the teacher may condition on: the student's last episode."""
+
+    last_return: float | None = None
+    last_task_features: np.ndarray | None = None
+
+
+@dataclass
+class Decision:
+    """A proposed task and what the teacher must remember to learn from its reward later."""
+
+    task_index: int | None = None
+    task_values: list[float] | None = None
+    teacher_input: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Experience:
+    """A reported proposal as a teacher learns from it."""
+
+    seq: int
+    student_id: str
+    trajectory: int  # proposals of one student grouped into one trajectory share this id
+    task_index: int | None
+    task_values: list[float] | None
+    teacher_input: dict[str, Any]
+    reward: float
+
+
+class Teacher:
+    name: ClassVar[str]
+    Params: ClassVar[type[TeacherParams]] = TeacherParams
+    # Batching contract with the service: `horizon` consecutive reported episodes of one student form
+    # a trajectory; the teacher is updated once `batch_size` episodes in complete trajectories wait.
+    # batch_size 0 means the teacher never learns.
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, space: TaskSpace, params: TeacherParams, seed: int) -> None:
+        self.space = space
+        self.params = params
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0
+
+    @property
+    def uses_context(self) -> bool:
+        """Whether propose() looks at the student's last episode (the service then looks it up)."""
+        return False
+
+    @property
+    def horizon(self) -> int:
+        return 1
+
+    @property
+    def batch_size(self) -> int:
+        return 0
+
+    def propose(self, context: Context) -> Decision:
+        raise NotImplementedError
+
+    def update(self, batch: list[Experience]) -> dict[str, Any]:
+        """Learn from a batch; returns statistics to keep (loss, reward statistics...)."""
+        raise NotImplementedError(f"{self.name} does not learn")
+
+    def describe(self) -> dict[str, Any]:
+        """The teacher's current state for inspection (distribution, parameters of interest)."""
+        return {}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def extra_state(self) -> dict[str, Any]:
+        """Subclasses add networks, optimizers and their own counters here."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def state_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"generator": self.generator.get_state(), "updates": self.updates, **self.extra_state()}, buffer)
+        return buffer.getvalue()
+
+    def load_state_bytes(self, blob: bytes) -> None:
+        state = torch.load(io.BytesIO(blob), weights_only=False)
+        self.generator.set_state(state.pop("generator"))
+        self.updates = state.pop("updates")
+        self.load_extra_state(state)
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def uniform_decision(self) -> Decision:
+        if isinstance(self.space, DiscreteSpace):
+            index = int(torch.randint(self.space.size, (1,), generator=self.generator))
+            return Decision(task_index=index)
+        unit = torch.rand(self.space.dim, generator=self.generator, dtype=torch.float64) * 2 - 1
+        return Decision(task_values=self.space.from_unit(unit.numpy()).tolist())
+
+
+def build_teacher(algorithm: str, space: TaskSpace, params: dict[str, Any], seed: int) -> Teacher:
+    """Raises KeyError for an unknown algorithm and pydantic.ValidationError for bad params."""
+    cls = REGISTRY[algorithm]
+    return cls(space, cls.Params.model_validate(params), seed)
+
+
+__all__ = ["BoxSpace", "Context", "Decision", "DiscreteSpace", "Experience", "Teacher", "TeacherParams", "build_teacher"]
