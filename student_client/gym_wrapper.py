@@ -64,12 +64,17 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self._return += float(reward)
         self._steps += 1
         self._success |= bool(info.get("success", False))
-        if (terminated or truncated) and self._proposal is not None:
-            signals = Signals(episode_return=self._return, success=self._success, env_steps=self._steps)
-            self._ended = (self._proposal, signals)
-            self._last_return = self._return
-            self._proposal = None
+        if terminated or truncated:
+            self._end_episode()
         return obs, reward, terminated, truncated, info
+
+    def _end_episode(self) -> None:
+        if self._proposal is None:
+            return
+        signals = Signals(episode_return=self._return, success=self._success, env_steps=self._steps)
+        self._ended = (self._proposal, signals)
+        self._last_return = self._return
+        self._proposal = None
 
     def flush(self) -> None:
         """Send the report of the episode that ended, with the gradient norms of its updates."""
@@ -88,5 +93,8 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self._ended = None
 
     def close(self) -> None:
+        """Report the last episode, also one cut short by the end of training, then close the env."""
+        if self._steps:
+            self._end_episode()
         self.flush()
         super().close()

@@ -1,0 +1,70 @@
+"""TeacherClient and AsyncTeacherClient against a real service process."""
+
+import asyncio
+
+import pytest
+
+from teacher_service.wire import EvaluationRequest, Signals
+
+from student_client import AsyncTeacherClient, TeacherClient, TeacherError, TeacherUnavailableError
+from tests.servers import free_port
+from tests.student_helpers import create_curriculum
+
+
+def test_propose_report_evaluate_and_errors(service):
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.student_token) as client:
+        assert [c.name for c in client.list_curricula()] == ["cl"]
+        proposal = client.propose("cl", "s-1")
+        assert set(proposal.reset_options) <= {"reset_cell", "goal_cell"}
+        signals = Signals(grad_norm_mean=0.5, episode_return=1.0, env_steps=300)
+        ack = client.report(proposal.proposal_id, "s-1", signals)
+        assert ack.proposal_id == proposal.proposal_id
+        assert client.report(proposal.proposal_id, "s-1", signals) == ack  # idempotent resend
+        client.evaluate(EvaluationRequest(curriculum="cl", student_id="s-1", env_steps=300, episodes=2,
+                                          success_rate=0.5, mean_return=1.0))
+        with pytest.raises(TeacherError) as err:
+            client.report(proposal.proposal_id, "s-2", signals)
+        assert err.value.status_code == 409 and "s-1" in err.value.detail
+        with pytest.raises(TeacherError) as err:
+            client.propose("missing", "s-1")
+        assert err.value.status_code == 404 and not isinstance(err.value, TeacherUnavailableError)
+    with TeacherClient(service.url, "wrong-token") as client, pytest.raises(TeacherError) as err:
+        client.propose("cl", "s-1")
+    assert err.value.status_code == 401
+
+
+def test_token_from_environment_and_admin_calls(service, monkeypatch):
+    monkeypatch.setenv("TEACHER_TOKEN", service.admin_token)
+    monkeypatch.setenv("TEACHER_URL", service.url)
+    with TeacherClient() as admin:
+        create_curriculum(service, "tmp")
+        assert admin.get_curriculum("tmp").name == "tmp"
+        admin.delete_curriculum("tmp")
+        with pytest.raises(TeacherError) as err:
+            admin.get_curriculum("tmp")
+        assert err.value.status_code == 404
+
+
+def test_unreachable_teacher_raises_after_retries():
+    with TeacherClient(f"http://127.0.0.1:{free_port()}", "t", attempts=3, max_backoff_s=0.05) as client:
+        assert not client.health()
+        with pytest.raises(TeacherUnavailableError) as err:
+            client.propose("cl", "s-1")
+        assert err.value.status_code is None
+
+
+def test_async_client(service):
+    create_curriculum(service, "acl")
+
+    async def main():
+        async with AsyncTeacherClient(service.url, service.student_token) as client:
+            assert await client.health()
+            proposals = await asyncio.gather(*(client.propose("acl", f"s-{i}") for i in range(4)))
+            acks = await asyncio.gather(*(client.report(p.proposal_id, p.student_id, Signals(grad_norm_mean=1.0))
+                                          for p in proposals))
+            return proposals, acks
+
+    proposals, acks = asyncio.run(main())
+    assert len({p.proposal_id for p in proposals}) == 4
+    assert [a.proposal_id for a in acks] == [p.proposal_id for p in proposals]

@@ -1,0 +1,120 @@
+"""End to end: a real service process and `student-worker` processes over real HTTP."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+import torch
+
+from tests.student_helpers import (REPO, create_curriculum, episode_log, start_worker, stored_evaluations,
+                                   stored_proposals, wait_exit, wait_for)
+
+GRAD_KEYS = ("grad_norm_mean", "grad_norm_episode", "critic_grad_norm_mean", "critic_grad_norm_episode")
+SIGNAL_KEYS = (*GRAD_KEYS, "episode_return", "success", "env_steps", "grad_updates")
+
+
+def assert_reports_match_log(stored: dict, log: list[dict], student_id: str) -> None:
+    """Each proposal's stored report is the worker's own record of the episode trained on it."""
+    for record in log:
+        if record["proposal_id"] is None:
+            continue
+        row = stored[record["proposal_id"]]
+        assert row["student_id"] == student_id
+        for key in SIGNAL_KEYS:
+            expected, got = record[key], row["signals"][key]
+            assert got == pytest.approx(expected) if isinstance(expected, float) else got == expected, key
+
+
+def test_two_workers_report_their_own_episodes(service, tmp_path):
+    create_curriculum(service, "e2e")
+    dirs = [tmp_path / "w1", tmp_path / "w2"]
+    procs = [start_worker(service, d, "e2e", 700, seed, "--eval-every", "600", "--eval-episodes", "1")
+             for seed, d in zip((1, 2), dirs)]
+    for proc, d in zip(procs, dirs):
+        wait_exit(proc, d)
+    stored = stored_proposals(service, "e2e")
+    for seed, d in zip((1, 2), dirs):
+        log = episode_log(d)
+        assert [r["env_steps"] for r in log] == [300, 300, 100]
+        assert [r["grad_updates"] for r in log] == [51, 300, 100]  # learning starts at step 250
+        assert all(r["proposal_id"] for r in log)
+        assert_reports_match_log(stored, log, f"student-{seed}")
+        for record in log:  # finite, positive gradient norms once learning started
+            assert all(math.isfinite(record[k]) and record[k] > 0 for k in GRAD_KEYS)
+    assert sum(row["signals"] is not None for row in stored.values()) == 6
+    evaluations = stored_evaluations(service, "e2e")
+    assert sorted((e[0], e[1], e[2]) for e in evaluations) == [("student-1", 600, 1), ("student-2", 600, 1)]
+
+
+def test_before_learning_starts_reports_carry_no_gradient(service, tmp_path):
+    create_curriculum(service, "early")
+    d = tmp_path / "w"
+    wait_exit(start_worker(service, d, "early", 300, 3, "--learning-starts", "1000", "--eval-every", "0"), d)
+    (record,) = episode_log(d)
+    row = stored_proposals(service, "early")[record["proposal_id"]]
+    assert row["signals"]["grad_updates"] == 0
+    assert all(row["signals"][k] is None for k in GRAD_KEYS)
+
+
+def test_killed_worker_resumes_from_checkpoint(service, tmp_path):
+    create_curriculum(service, "resume")
+    d = tmp_path / "w"
+    args = ("--checkpoint-every", "300", "--eval-every", "0")
+    proc = start_worker(service, d, "resume", 1500, 4, *args)
+    wait_for(lambda: len(episode_log(d)) >= 2 and (d / "checkpoint.pt").exists(), 120, "two episodes")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_step = torch.load(d / "checkpoint.pt", weights_only=False)["step"]
+    assert saved_step >= 300
+    before = len(episode_log(d))
+    wait_exit(start_worker(service, d, "resume", 1500, 4, *args), d)
+    log = episode_log(d)
+    after = log[before:]
+    assert after[0]["step"] == saved_step + after[0]["env_steps"]  # continues, not from 0
+    assert after[-1]["step"] == 1500
+    assert after[0]["grad_updates"] == after[0]["env_steps"]  # learning had already started
+    assert "resumed from" in (d / "worker.log").read_text()
+    assert_reports_match_log(stored_proposals(service, "resume"), log, "student-4")
+
+
+def test_worker_delivers_every_report_after_a_teacher_outage(service, tmp_path):
+    create_curriculum(service, "outage")
+    d = tmp_path / "w"
+    proc = start_worker(service, d, "outage", 3000, 5, "--retry-every", "0.5", "--eval-every", "0")
+    wait_for(lambda: any(r["signals"] for r in stored_proposals(service, "outage").values()), 120, "a first report")
+    service.stop()
+    down_from = len(episode_log(d))
+    wait_for(lambda: len(episode_log(d)) >= down_from + 2 or proc.poll() is not None, 120, "episodes while down")
+    training_while_down = episode_log(d)[down_from:]
+    restarted = datetime.utcnow()
+    service.start()
+    wait_exit(proc, d)
+    log = episode_log(d)
+    stored = stored_proposals(service, "outage")
+    proposed = [r["proposal_id"] for r in log if r["proposal_id"]]
+    assert any(r["proposal_id"] is None for r in training_while_down)  # env-default tasks while down
+    assert all(stored[pid]["signals"] is not None for pid in proposed)  # no report lost
+    assert set(proposed) == set(stored)  # every proposal the service made was trained on and reported
+    assert any(datetime.fromisoformat(stored[pid]["reported_at"]) >= restarted for pid in proposed)
+    assert_reports_match_log(stored, log, "student-5")
+    assert '"pending": []' in (d / "outbox.json").read_text()
+
+
+def test_sb3_example_runs_against_the_service(service, tmp_path):
+    pytest.importorskip("stable_baselines3")
+    create_curriculum(service, "sb3")
+    env = {**os.environ, "TEACHER_URL": service.url, "TEACHER_TOKEN": service.student_token, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "examples/sb3_pointmaze.py", "--curriculum", "sb3", "--steps", "400",
+                             "--learning-starts", "100"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [row["signals"] for row in stored_proposals(service, "sb3").values() if row["signals"]]
+    assert sorted(r["env_steps"] for r in reports) == [100, 300]
+    first = next(r for r in reports if r["env_steps"] == 300)
+    # SB3 updates after each step from step 100 on: steps 100..300 of the first episode.
+    assert first["grad_updates"] == 201
+    assert all(math.isfinite(first[k]) and first[k] > 0 for k in GRAD_KEYS)
