@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from teacher_service.errors import Unauthorized
+from teacher_service.errors import Forbidden, Unauthorized
 from teacher_service.settings import Settings
 
 log = logging.getLogger("teacher_service")
@@ -80,5 +80,5 @@ def require_student(role: str = Depends(_role)) -> str:
 
 def require_admin(role: str = Depends(_role)) -> str:
     if role != "admin":
-        raise Unauthorized("this needs the admin token")
+        raise Forbidden("this needs the admin token")
     return role
