@@ -45,9 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from teacher_service.app import create_app  # after logging is set up, so start-up messages show
+    import torch
 
-    app = create_app(settings)
+    # Teachers are tiny networks: extra threads only spin against the request threads.
+    torch.set_num_threads(1)
+    from teacher_service.app import create_app  # after logging is set up, so start-up messages show
+    from teacher_service.curricula_file import CurriculaFileError
+
+    try:
+        app = create_app(settings)
+    except CurriculaFileError as exc:
+        raise SystemExit(f"teacher-service: {exc}") from None
     tokens = app.state.tokens
     if tokens.insecure:
         print("WARNING: running with --insecure: anyone who reaches this port can change curricula.", flush=True)
