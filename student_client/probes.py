@@ -32,20 +32,18 @@ class GradNormAccumulator:
 
     def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
         self.params = [p for p in params if p.requires_grad]
-        self._grad_sum = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        dtype = self.params[0].dtype if self.params else torch.float32
+        self._grad_sum = torch.zeros(sum(p.numel() for p in self.params), dtype=dtype)
         self._norm_sum = torch.zeros((), dtype=torch.float64)
         self.updates = 0
 
     @torch.no_grad()
     def record(self) -> None:
         """Record the gradients now in ``.grad`` as one update (call after backward, before zeroing)."""
-        pairs = [(s, p.grad) for s, p in zip(self._grad_sum, self.params) if p.grad is not None]
-        if not pairs:
-            return
-        sums, grads = zip(*pairs)
-        norms = torch._foreach_norm(grads)
-        self._norm_sum += torch.linalg.vector_norm(torch.stack(norms))
-        torch._foreach_add_(sums, grads)  # copies the values into our own storage
+        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype) for p in self.params]
+        flat = torch.cat(grads)  # one vector, a copy: later changes to .grad cannot reach it
+        self._norm_sum += torch.linalg.vector_norm(flat)
+        self._grad_sum += flat
         self.updates += 1
 
     @torch.no_grad()
@@ -55,9 +53,8 @@ class GradNormAccumulator:
             return GradStats(None, None, 0)
         n = self.updates
         mean = float(self._norm_sum) / n
-        episode = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self._grad_sum)))) / n
-        for s in self._grad_sum:
-            s.zero_()
+        episode = float(torch.linalg.vector_norm(self._grad_sum)) / n
+        self._grad_sum.zero_()
         self._norm_sum.zero_()
         self.updates = 0
         return GradStats(mean, episode, n)

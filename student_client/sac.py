@@ -95,7 +95,17 @@ def preset_for_env(env_id: str) -> str:
 
 # ---------------------------------------------------------------- networks
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) = 2 sigmoid(2x) - 1: on CPU torch's tanh kernel is ~5x slower than its sigmoid."""
+    return torch.sigmoid(x * 2) * 2 - 1
+
+
+class FastTanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_tanh(x)
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": FastTanh}
 
 
 class Actor(nn.Module):
@@ -114,6 +124,9 @@ class Actor(nn.Module):
         low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
+        self.unit_bounds = bool(torch.all(low == -1) and torch.all(high == 1))  # skip the affine map
+        self.log_prob_offset = -float(act_dim) * (0.5 * math.log(2 * math.pi) + 2 * math.log(2)) - float(
+            self.action_scale.log().sum())
         self.act_dim = act_dim
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,15 +137,18 @@ class Actor(nn.Module):
         """A reparameterized action in the env's bounds and its log-probability."""
         mean, log_std = self(obs)
         eps = torch.randn_like(mean)
-        u = mean + log_std.exp() * eps
-        # log N(u) minus log|d tanh(u)/du| (stable form: 2 (log 2 - u - softplus(-2u))) minus log scale
-        log_prob = (-0.5 * eps.square() - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * self.act_dim
-        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        log_prob = log_prob - self.action_scale.log().sum()
-        return torch.tanh(u) * self.action_scale + self.action_bias, log_prob
+        u = torch.addcmul(mean, log_std.exp(), eps)
+        # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)); constants are folded into log_prob_offset.
+        log_prob = (u + F.softplus(u * -2)).mul(2).sub_(torch.addcmul(log_std, eps, eps, value=0.5)).sum(-1)
+        return self._squash(u), log_prob + self.log_prob_offset
 
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self(obs)[0]) * self.action_scale + self.action_bias
+        return self._squash(self(obs)[0])
+
+    def _squash(self, u: torch.Tensor) -> torch.Tensor:
+        action = fast_tanh(u)
+        return action if self.unit_bounds else action * self.action_scale + self.action_bias
 
 
 class EnsembleLinear(nn.Module):
