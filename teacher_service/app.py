@@ -14,6 +14,7 @@ from teacher_service import metrics
 from teacher_service.api import curricula, episodes, inspect
 from teacher_service.auth import load_tokens
 from teacher_service.curricula_file import create_curricula
+from teacher_service.curricula_file import create_curricula
 from teacher_service.db import create_tables, make_engine
 from teacher_service.errors import ApiError
 from teacher_service.hub import TeacherHub
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.hub = TeacherHub(settings, engine)
+    if settings.curricula_file:
+        create_curricula(app.state.hub, settings.curricula_file)
     if settings.curricula_file:
         create_curricula(app.state.hub, settings.curricula_file)
     app.state.tokens = load_tokens(settings)

@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from teacher_service.app import create_app  # after logging is set up, so start-up messages show
     from teacher_service.curricula_file import CurriculaFileError
+    from teacher_service.curricula_file import CurriculaFileError
 
     try:
+        try:
         app = create_app(settings)
+    except CurriculaFileError as exc:
+        raise SystemExit(f"teacher-service: {exc}") from None
     except CurriculaFileError as exc:
         raise SystemExit(f"teacher-service: {exc}") from None
     tokens = app.state.tokens
