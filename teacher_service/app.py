@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
-from teacher_service.api import curricula, episodes
+from teacher_service import metrics
+from teacher_service.api import curricula, episodes, inspect
 from teacher_service.auth import load_tokens
 from teacher_service.curricula_file import create_curricula
 from teacher_service.db import create_tables, make_engine
@@ -18,6 +21,7 @@ from teacher_service.middleware import BodySizeLimit
 from teacher_service.settings import Settings
 
 log = logging.getLogger("teacher_service")
+STATIC = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         create_curricula(app.state.hub, settings.curricula_file)
     app.state.tokens = load_tokens(settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.RequestMetrics)  # added last: outermost, so it also sees 413 answers
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -54,4 +59,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(curricula.router)
     app.include_router(episodes.router)
+    app.include_router(inspect.router)
+    app.include_router(metrics.router)
+
+    # The dashboard: public static files (everything local, no CDN); its API calls carry the token.
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
     return app

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from teacher_service import wire
+from teacher_service import metrics, wire
 from teacher_service.db import Curriculum, Evaluation, Proposal, TeacherUpdate, make_sessionmaker, utcnow
 from teacher_service.errors import BadRequest, Conflict, Gone, NotFound
 from teacher_service.settings import Settings
@@ -175,6 +175,7 @@ class TeacherHub:
                 expires_at=now + timedelta(seconds=ttl),
             )
             session.add(proposal)
+        metrics.PROPOSALS.labels(row.name).inc()
         return wire.Proposal(
             proposal_id=proposal.proposal_id,
             curriculum=row.name,
@@ -255,6 +256,10 @@ class TeacherHub:
                         teacher_updated=updated,
                     )
                     proposal.ack = ack.model_dump(mode="json")
+            # Counted once committed; a resend returned above and is not counted again.
+            metrics.REPORTS.labels(row.name).inc()
+            if updated:
+                metrics.UPDATES.labels(row.name).inc()
             return ack
         except BaseException:
             if updated and runtime is not None:

@@ -32,18 +32,6 @@ def delete_curriculum(name: str, hub: TeacherHub = Depends(get_hub)) -> Response
     return Response(status_code=204)
 
 
-@router.get("/curricula/{name}/teacher", dependencies=[Depends(require_student)])
-def get_teacher(name: str, hub: TeacherHub = Depends(get_hub)) -> dict:
-    """The teacher's version and its own description of its current state (e.g. its distribution)."""
-    info = hub.get_curriculum(name)
-    return {
-        "algorithm": info.teacher.algorithm,
-        "version": info.teacher_version,
-        "updates": info.teacher_updates,
-        "state": hub.teacher_state(name),
-    }
-
-
 @router.get("/teachers", dependencies=[Depends(require_student)])
 def list_teachers() -> dict[str, dict]:
     """The registered teacher algorithms and the JSON schema of their parameters."""
