@@ -1,0 +1,219 @@
+"""`acl-run` (`make run`): the teacher service on SQLite and a few student workers, as processes here.
+
+Ctrl-C stops the students first (each ends its episode, reports it and checkpoints), then the service.
+Running it again continues: the same data dir, the same student ids, the workers resume from their
+checkpoints and the teachers from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from teacher_service.auth import load_tokens
+from teacher_service.curricula_file import CurriculaFileError, load_curricula
+from teacher_service.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="acl-run",
+        description="Run the teacher service (SQLite in --data-dir) and student workers on this machine. "
+        "Ctrl-C stops everything with all state saved; run it again to continue.",
+        epilog="Arguments after `--` go to every student-worker, e.g. `acl-run -- --eval-every 0` "
+        "(see `student-worker --help`).",
+    )
+    p.add_argument("--students", type=int, default=2, help="number of student workers (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100_000, help="env steps per student, in total over all runs (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=Path("curricula.yaml"), help="curricula to create at start-up (default: %(default)s)")
+    p.add_argument("--curriculum", default=None, help="curriculum the students learn on (default: the first in --config)")
+    p.add_argument("--env", default=None, help="environment id (default: the curriculum's preset environment)")
+    p.add_argument("--data-dir", type=Path, default=Path("teacher-data"), help="database, tokens, students' checkpoints (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="service port (default: %(default)s)")
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])
+    args.worker_args = argv[split + 1 :]
+    return args
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    # A session of its own: the terminal's Ctrl-C reaches only us, and we stop the children in order
+    # (students first, while the service can still take their last reports).
+    with open(log_path, "a") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen], timeout: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def last_episodes(path: Path, n: int = 20) -> tuple[int, list[dict]]:
+    """How many episodes a worker has logged, and the last `n` of them."""
+    if not path.exists():
+        return 0, []
+    lines = path.read_text().splitlines()
+    return len(lines), [json.loads(line) for line in lines[-n:]]
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        try:
+            specs = {spec.name: spec for spec in load_curricula(args.config)}
+        except CurriculaFileError as exc:
+            raise SystemExit(f"acl-run: {exc}") from None
+        self.curriculum = args.curriculum or next(iter(specs), None)
+        if self.curriculum not in specs:
+            raise SystemExit(f"acl-run: no curriculum {self.curriculum!r} in {args.config}; it has: {', '.join(specs)}")
+        self.env_id = args.env or getattr(specs[self.curriculum].task_space, "env_id", None)
+        if self.env_id is None:
+            raise SystemExit(f"acl-run: curriculum {self.curriculum!r} has no preset environment; give --env")
+        self.args = args
+        self.data_dir = args.data_dir.resolve()
+        self.settings = Settings(data_dir=self.data_dir, port=args.port, curricula_file=args.config.resolve())
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        self.url = f"http://{host}:{self.settings.port}"
+        # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
+        self.tokens = load_tokens(self.settings)
+        self.student_ids = [f"{self.curriculum}-{i}" for i in range(args.students)]
+        self.service: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def student_dir(self, student_id: str) -> Path:
+        return self.data_dir / "students" / student_id
+
+    def start_service(self) -> None:
+        log_path = self.data_dir / "service.log"
+        self.service = spawn(
+            [sys.executable, "-m", "teacher_service.cli", "serve", "--data-dir", str(self.data_dir),
+             "--port", str(self.settings.port), "--curricula-file", str(self.settings.curricula_file)],
+            log_path,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.service.poll() is not None:
+                raise SystemExit(f"acl-run: the service exited; its log {log_path} ends:\n"
+                                 + log_path.read_text()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"acl-run: the service did not answer on {self.url} within 120 s; see {log_path}")
+
+    def start_workers(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if self.tokens.student:
+            env["TEACHER_TOKEN"] = self.tokens.student
+        for seed, student_id in enumerate(self.student_ids):
+            workdir = self.student_dir(student_id)
+            workdir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "student_client.worker", "--teacher", self.url,
+                   "--curriculum", self.curriculum, "--env", self.env_id, "--steps", str(self.args.steps),
+                   "--seed", str(seed), "--student-id", student_id, "--checkpoint-dir", str(workdir),
+                   "--no-progress", *self.args.worker_args]
+            self.workers.append(spawn(cmd, workdir / "worker.log", env))
+
+    def announce(self, console: Console) -> None:
+        try:
+            dashboard = httpx.get(f"{self.url}/", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            dashboard = False
+        console.print(f"Teacher service: [bold]{self.url}[/]"
+                      + ("  dashboard: /" if dashboard else "") + "  API docs: /docs"
+                      + f"  (log: {self.data_dir / 'service.log'})")
+        if self.tokens.insecure:
+            console.print("Tokens: none, the service runs with TEACHER_INSECURE")
+        elif self.tokens.path:
+            console.print(f"Tokens: {self.tokens.path} (owner-only; 'Authorization: Bearer <token>')")
+        else:
+            console.print("Tokens: TEACHER_ADMIN_TOKEN and TEACHER_STUDENT_TOKEN from the environment or .env")
+        console.print(f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
+                      f"{self.args.steps} steps each; checkpoints and logs in {self.data_dir / 'students'}")
+        console.print("Ctrl-C stops everything with all state saved; run the same command again to continue.")
+
+    def table(self) -> Table:
+        try:
+            info = httpx.get(f"{self.url}/curricula/{self.curriculum}", timeout=2,
+                             headers={"Authorization": f"Bearer {self.tokens.student or ''}"}).json()
+            teacher = f"teacher version {info['teacher_version']}"
+        except (httpx.HTTPError, ValueError, KeyError):
+            teacher = "service not answering"
+        table = Table(title=f"{self.curriculum}: {teacher}", title_justify="left")
+        for column in ("student", "state", "steps", "episodes", "return (last 20)", "success (last 20)",
+                       "grad norm (last)"):
+            table.add_column(column, justify="left" if column in ("student", "state") else "right")
+        for student_id, proc in zip(self.student_ids, self.workers):
+            count, recent = last_episodes(self.student_dir(student_id) / "episodes.jsonl")
+            code = proc.poll()
+            state = "running" if code is None else "done" if code == 0 else f"failed ({code}), see worker.log"
+            last = recent[-1] if recent else {}
+            grad = last.get("grad_norm_mean")
+            table.add_row(
+                student_id, state, f"{last.get('step', 0)}/{self.args.steps}", str(count),
+                f"{sum(r['episode_return'] for r in recent) / len(recent):.2f}" if recent else "-",
+                f"{sum(bool(r['success']) for r in recent) / len(recent):.0%}" if recent else "-",
+                f"{grad:.3g}" if grad is not None else "-",
+            )
+        return table
+
+    def run(self) -> int:
+        console = Console()
+        self.start_service()
+        try:
+            self.start_workers()
+            self.announce(console)
+            with Live(self.table(), console=console, auto_refresh=False) as live:
+                while any(proc.poll() is None for proc in self.workers):
+                    time.sleep(1)
+                    live.update(self.table(), refresh=True)
+            console.print(f"All students reached {self.args.steps} steps (or stopped); "
+                          "give a larger --steps to continue.")
+        except KeyboardInterrupt:
+            console.print("Stopping: students end their episode, report it and checkpoint...")
+        finally:
+            # Stop in order, and do not let a second Ctrl-C leave processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            stop(self.workers, timeout=120)
+            stop([self.service], timeout=30)
+        console.print(f"Stopped; all state is saved in {self.data_dir}")
+        failed = [sid for sid, proc in zip(self.student_ids, self.workers) if proc.returncode not in (0, -signal.SIGINT)]
+        for student_id in failed:
+            console.print(f"{student_id} failed; see {self.student_dir(student_id) / 'worker.log'}")
+        return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminate)
+    sys.exit(Run(args).run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""`acl-run`: the service and student workers as local processes; Ctrl-C saves everything, a rerun continues."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from tests.servers import free_port
+from tests.student_helpers import TINY, episode_log, wait_for
+
+CURRICULUM = "local"
+
+
+def teacher_versions(data_dir) -> list[int]:
+    with sqlite3.connect(data_dir / "teacher.db") as db:
+        return [v for (v,) in db.execute("SELECT version FROM teacher_updates ORDER BY id")]
+
+
+def reporting_students(data_dir) -> set[str]:
+    with sqlite3.connect(data_dir / "teacher.db") as db:
+        return {s for (s,) in db.execute("SELECT DISTINCT student_id FROM proposals WHERE reported_at IS NOT NULL")}
+
+
+def start(tmp_path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "teacher_service.local_run", "--students", "2", "--steps", "5000",
+           "--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "teacher-data"),
+           "--port", str(port), "--", *TINY, "--eval-every", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
+    spec = {"name": CURRICULUM, "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
+            "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
+    (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
+    data = tmp_path / "teacher-data"
+    students = [data / "students" / f"{CURRICULUM}-{i}" for i in range(2)]
+    port = free_port()
+
+    proc = start(tmp_path, port)
+    try:
+        wait_for(lambda: all(len(episode_log(d)) >= 2 for d in students) and teacher_versions(data), 240,
+                 "two episodes per student and a teacher update")
+    finally:
+        out = interrupt(proc)
+    assert f"http://127.0.0.1:{port}" in out and str(data / "tokens.json") in out
+    tokens = json.loads((data / "tokens.json").read_text())
+    versions = teacher_versions(data)
+    saved = {d: torch.load(d / "checkpoint.pt", weights_only=False)["step"] for d in students}
+    episodes = {d: len(episode_log(d)) for d in students}
+    for d in students:
+        assert saved[d] == episode_log(d)[-1]["step"]  # the checkpoint has every logged episode
+
+    proc = start(tmp_path, port)
+    try:
+        wait_for(lambda: all(len(episode_log(d)) >= episodes[d] + 2 for d in students)
+                 and len(teacher_versions(data)) > len(versions), 240, "more episodes and teacher updates")
+    finally:
+        interrupt(proc)
+    assert json.loads((data / "tokens.json").read_text()) == tokens
+    resumed = teacher_versions(data)
+    assert resumed == list(range(1, len(resumed) + 1)) and resumed[: len(versions)] == versions  # not reset
+    for d in students:
+        first_new = episode_log(d)[episodes[d]]
+        assert first_new["step"] == saved[d] + first_new["env_steps"]  # the step counter continues
+        assert first_new["grad_updates"] == first_new["env_steps"]  # learning had started: the agent was restored
+    assert reporting_students(data) == {f"{CURRICULUM}-0", f"{CURRICULUM}-1"}  # the same students, no new ids
