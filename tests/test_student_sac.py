@@ -85,3 +85,19 @@ def test_pointmaze_preset_and_checkpoint_roundtrip():
     restored = ReplayBuffer(200, OBS, ACT)
     restored.load_state_dict(buffer.state_dict())
     assert torch.equal(restored.sample(8).obs, buffer.sample(8).obs)
+
+
+def test_log_prob_matches_torch_distributions():
+    from torch.distributions import Normal, TransformedDistribution
+    from torch.distributions.transforms import AffineTransform, TanhTransform
+
+    torch.manual_seed(0)
+    agent = SAC(OBS, ACT, np.array([-2.0, 0.0]), np.array([2.0, 1.0]), SmallPreset())
+    obs = torch.randn(16, OBS)
+    torch.manual_seed(1)
+    actions, log_prob = agent.actor.sample(obs)
+    mean, log_std = agent.actor(obs)
+    dist = TransformedDistribution(Normal(mean, log_std.exp()),
+                                   [TanhTransform(), AffineTransform(agent.actor.action_bias, agent.actor.action_scale)])
+    torch.testing.assert_close(log_prob, dist.log_prob(actions).sum(-1), atol=2e-3, rtol=1e-4)
+    assert torch.all(actions[:, 0].abs() <= 2) and torch.all((actions[:, 1] >= 0) & (actions[:, 1] <= 1))

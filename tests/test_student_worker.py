@@ -119,3 +119,15 @@ def test_sb3_example_runs_against_the_service(service, tmp_path):
     assert (first["grad_updates"], last["grad_updates"]) == (200, 100)
     for report in reports:
         assert all(math.isfinite(report[k]) and report[k] > 0 for k in GRAD_KEYS)
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(service, tmp_path):
+    create_curriculum(service, "term")
+    d = tmp_path / "w"
+    proc = start_worker(service, d, "term", 100_000, 6, "--eval-every", "0")
+    wait_for(lambda: len(episode_log(d)) >= 1, 120, "an episode")
+    proc.send_signal(signal.SIGTERM)
+    wait_exit(proc, d, timeout=60)
+    log = episode_log(d)
+    assert torch.load(d / "checkpoint.pt", weights_only=False)["step"] == log[-1]["step"] < 100_000
+    assert_reports_match_log(stored_proposals(service, "term"), log, "student-6")
