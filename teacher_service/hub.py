@@ -24,6 +24,7 @@ from teacher_service import metrics, wire
 from teacher_service.db import Curriculum, Evaluation, Proposal, TeacherUpdate, make_sessionmaker, utcnow
 from teacher_service.errors import BadRequest, Conflict, Gone, NotFound
 from teacher_service.settings import Settings
+from teacher_service.signals import DERIVED_SIGNALS, compute_reward
 from teacher_service.task_spaces import DiscreteSpace, TaskSpace, build_task_space
 from teacher_service.teachers import REGISTRY, Context, Experience, Teacher, build_teacher
 
@@ -45,9 +46,14 @@ def validation_message(exc: pydantic.ValidationError) -> str:
 
 
 def check_reward_signal(signal: str) -> None:
-    if signal in wire.NAMED_SIGNALS or (signal.startswith("extra.") and len(signal) > len("extra.")):
+    if signal in wire.NAMED_SIGNALS or signal in DERIVED_SIGNALS:
         return
-    raise BadRequest(f"unknown reward_signal {signal!r}: use one of {', '.join(wire.NAMED_SIGNALS)} or 'extra.<name>'")
+    if signal.startswith("extra.") and len(signal) > len("extra."):
+        return
+    raise BadRequest(
+        f"unknown reward_signal {signal!r}: use one of {', '.join(wire.NAMED_SIGNALS)}, "
+        f"a derived signal ({', '.join(DERIVED_SIGNALS)}) or 'extra.<name>'"
+    )
 
 
 class TeacherHub:
@@ -74,6 +80,8 @@ class TeacherHub:
             teacher = build_teacher(spec.teacher.algorithm, space, spec.teacher.params, spec.seed)
         except pydantic.ValidationError as exc:
             raise BadRequest(f"teacher.params: {validation_message(exc)}") from exc
+        except ValueError as exc:  # the teacher refuses this task space
+            raise BadRequest(f"teacher {spec.teacher.algorithm!r}: {exc}") from exc
         return space, teacher
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
@@ -242,7 +250,7 @@ class TeacherHub:
                     raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
                 runtime = self._runtime(row)
-                reward = request.signals.value(runtime.spec.reward_signal)
+                reward = compute_reward(session, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
                 proposal.reported_at, proposal.signals, proposal.reward = now, signals, reward
                 with runtime.lock:
                     self._sync(session, runtime, row)
