@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(**overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    import torch
+
+    # Teachers are tiny networks: extra threads only spin against the request threads.
+    torch.set_num_threads(1)
     from teacher_service.app import create_app  # after logging is set up, so start-up messages show
     from teacher_service.curricula_file import CurriculaFileError
 

@@ -50,7 +50,8 @@ class Curriculum(Base):
     spec: Mapped[dict] = mapped_column(JSON)  # the CurriculumCreate body, as given
     teacher_version: Mapped[int] = mapped_column(Integer, default=0)
     teacher_updates: Mapped[int] = mapped_column(Integer, default=0)
-    teacher_state: Mapped[bytes] = mapped_column(LargeBinary)  # checkpoint of the whole teacher
+    # Checkpoint of the whole teacher; deferred: loaded only when a process's cached teacher is stale.
+    teacher_state: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
 
 
@@ -126,15 +127,17 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            # BEGIN IMMEDIATE takes the write lock up front, so two writers never deadlock on an upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers say so (see write_engine) and take the write lock up front with BEGIN IMMEDIATE,
+            # so a read-then-write transaction never fails to upgrade its lock; readers stay concurrent.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, writer: bool = False) -> sessionmaker:
+    """Sessions for reading, or (writer=True) for transactions that will write."""
+    return sessionmaker(engine.execution_options(writer=True) if writer else engine, expire_on_commit=False)
 
 
 def create_tables(engine: Engine) -> None:

@@ -9,8 +9,10 @@ teacher update is applied exactly once and in order; see README "Several replica
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import pydantic
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from teacher_service import metrics, wire
@@ -61,8 +64,18 @@ class TeacherHub:
         self.settings = settings
         self.engine = engine
         self.sessions = make_sessionmaker(engine)
+        self._writer_sessions = make_sessionmaker(engine, writer=True)
+        # SQLite has one writer at a time; queueing writers on a lock here wakes the next one at once,
+        # where SQLite's own busy handler would sleep and poll. PostgreSQL needs no such lock.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         self._runtimes: dict[int, Runtime] = {}
         self._runtimes_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that writes, committed on exit."""
+        with self._write_lock, self._writer_sessions.begin() as session:
+            yield session
 
     # ------------------------------------------------------------------ curricula
 
@@ -86,7 +99,7 @@ class TeacherHub:
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         _, teacher = self.build(spec)
-        with self.sessions.begin() as session:
+        with self.write() as session:
             existing = session.scalar(select(Curriculum).where(Curriculum.name == spec.name))
             if existing is not None:
                 if exist_ok:
@@ -106,7 +119,7 @@ class TeacherHub:
             return self._info(self._row(session, name))
 
     def delete_curriculum(self, name: str) -> None:
-        with self.sessions.begin() as session:
+        with self.write() as session:
             row = self._row(session, name)
             session.delete(row)
         with self._runtimes_lock:
@@ -154,7 +167,8 @@ class TeacherHub:
 
     def propose(self, request: wire.ProposeRequest) -> wire.Proposal:
         now = utcnow()
-        with self.sessions.begin() as session:
+        # Deciding only reads; the write transaction is a single insert, so the write lock is held briefly.
+        with self.sessions() as session:
             row = self._row(session, request.curriculum)
             runtime = self._runtime(row)
             context = self._context(session, runtime, request) if runtime.teacher.uses_context else Context()
@@ -162,27 +176,31 @@ class TeacherHub:
                 self._sync(session, runtime, row)
                 decision = runtime.teacher.propose(context)
                 version = runtime.version
-            space = runtime.space
-            if decision.task_index is not None:
-                task, options = space.task(decision.task_index), space.reset_options(decision.task_index)
-            elif decision.task_values is not None:
-                task, options = space.task(decision.task_values), space.reset_options(decision.task_values)
-            else:
-                task, options = None, {}
-            ttl = runtime.spec.proposal_ttl_s or self.settings.proposal_ttl_s
-            proposal = Proposal(
-                proposal_id=uuid.uuid4().hex,
-                curriculum_id=row.id,
-                student_id=request.student_id,
-                task_index=decision.task_index,
-                task_values=task.values if task else None,
-                reset_options=options,
-                teacher_version=version,
-                teacher_input=decision.teacher_input,
-                created_at=now,
-                expires_at=now + timedelta(seconds=ttl),
-            )
-            session.add(proposal)
+        space = runtime.space
+        if decision.task_index is not None:
+            task, options = space.task(decision.task_index), space.reset_options(decision.task_index)
+        elif decision.task_values is not None:
+            task, options = space.task(decision.task_values), space.reset_options(decision.task_values)
+        else:
+            task, options = None, {}
+        ttl = runtime.spec.proposal_ttl_s or self.settings.proposal_ttl_s
+        proposal = Proposal(
+            proposal_id=uuid.uuid4().hex,
+            curriculum_id=row.id,
+            student_id=request.student_id,
+            task_index=decision.task_index,
+            task_values=task.values if task else None,
+            reset_options=options,
+            teacher_version=version,
+            teacher_input=decision.teacher_input,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+        try:
+            with self.write() as session:
+                session.add(proposal)
+        except IntegrityError as exc:  # the curriculum was deleted meanwhile
+            raise NotFound(f"curriculum {request.curriculum!r} not found") from exc
         metrics.PROPOSALS.labels(row.name).inc()
         return wire.Proposal(
             proposal_id=proposal.proposal_id,
@@ -227,7 +245,7 @@ class TeacherHub:
         runtime: Runtime | None = None
         updated = False
         try:
-            with self.sessions.begin() as session:
+            with self.write() as session:
                 curriculum_id = session.scalar(
                     select(Proposal.curriculum_id).where(Proposal.proposal_id == request.proposal_id)
                 )
@@ -326,7 +344,7 @@ class TeacherHub:
     # ------------------------------------------------------------------ evaluations
 
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
-        with self.sessions.begin() as session:
+        with self.write() as session:
             row = self._row(session, request.curriculum)
             evaluation = Evaluation(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
             session.add(evaluation)

@@ -1,0 +1,108 @@
+"""Load on one service process: simulated students doing propose-then-report loops, next to an
+empty endpoint on the same server stack, in the same run. Prints requests/s, p50 and p99 latency
+for both, the ratio, and the error count. Needs wrk (`apt-get install wrk`).
+
+    python bench/service_load.py [--connections 256] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+TOKEN = "bench-token"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, process: subprocess.Popen) -> None:
+    for _ in range(300):
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    sys.exit(f"{url} did not come up")
+
+
+def wrk(url: str, script: str, connections: int, seconds: int, *args: str) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(HERE / script), url, "--", TOKEN, *args],
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": ms("50%"),
+        "p99": ms("99%"),
+        "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connections", type=int, default=256, help="concurrent simulated students")
+    parser.add_argument("--seconds", type=int, default=20, help="duration of each measurement")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    data = Path(tempfile.mkdtemp(prefix="service-load-"))
+    service_port, empty_port = free_port(), free_port()
+    env = {**os.environ, "TEACHER_ADMIN_TOKEN": TOKEN, "TEACHER_STUDENT_TOKEN": "student-" + TOKEN,
+           "TEACHER_DATA_DIR": str(data), "TEACHER_LOG_LEVEL": "warning"}
+    service = subprocess.Popen([sys.executable, "-m", "teacher_service.cli", "serve", "--port", str(service_port)], env=env)
+    empty = subprocess.Popen([sys.executable, str(HERE / "empty_app.py"), str(empty_port)], env=env)
+    service_url, empty_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{empty_port}"
+    try:
+        wait_up(f"{service_url}/healthz", service)
+        wait_up(f"{empty_url}/docs", empty)
+        curriculum = {"name": "bench", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
+                      "teacher": {"algorithm": "gradnorm-reinforce"}}
+        httpx.post(f"{service_url}/curricula", json=curriculum, headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
+
+        print(f"{args.connections} connections, {args.seconds} s each, one service process, SQLite (WAL)")
+        empty_stats = wrk(f"{empty_url}/empty", "empty.lua", args.connections, args.seconds)
+        loop_stats = wrk(service_url, "propose_report.lua", args.connections, args.seconds, "bench")
+        teacher = httpx.get(f"{service_url}/curricula/bench", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    finally:
+        service.terminate()
+        empty.terminate()
+        service.wait()
+        empty.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+    print(f"{'endpoint':<28}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}")
+    for name, s in (("empty POST (reference)", empty_stats), ("/propose + /report loop", loop_stats)):
+        print(f"{name:<28}{s['rps']:>10.0f}{s['p50']:>10.1f}{s['p99']:>10.1f}{s['errors']:>9}")
+    ratio = loop_stats["rps"] / empty_stats["rps"]
+    print(f"throughput ratio: {ratio:.2f} (target >= 0.60); p99 {loop_stats['p99']:.1f} ms (target <= 100); "
+          f"errors {loop_stats['errors']} (target 0); teacher updates during the run: {teacher['teacher_updates']}")
+
+
+if __name__ == "__main__":
+    main()
