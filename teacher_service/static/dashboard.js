@@ -84,7 +84,7 @@ function niceTicks(lo, hi, count = 5) {
 // lines: [{label, color, points: [[x, y]], band: [[x, low, high]]}]
 function lineChart(canvas, lines, xLabel) {
   const { ctx, width, height } = context2d(canvas);
-  const pad = { left: 52, right: 12, top: 22, bottom: 34 };
+  const pad = { left: 52, right: 22, top: 22, bottom: 34 };
   const all = lines.flatMap((l) => [...l.points, ...(l.band || []).flatMap(([x, lo, hi]) => [[x, lo], [x, hi]])])
     .filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   canvas.dataset.points = lines.reduce((n, l) => n + l.points.length, 0);
@@ -254,12 +254,12 @@ async function refresh() {
   renderStudents(students);
   $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
   document.body.dataset.curriculum = info.name;
-  document.body.dataset.refreshes = Number(document.body.dataset.refreshes || 0) + 1;
 }
 
 async function poll() {
   try {
     await refresh();
+    document.body.dataset.refreshes = Number(document.body.dataset.refreshes || 0) + 1;
   } catch (error) {
     if (error instanceof Unauthorized) {
       $("token-form").hidden = false;
