@@ -78,11 +78,8 @@ class ALPGMMTeacher(Teacher):
 
     # ------------------------------------------------------------------ propose
 
-    def _draw(self) -> float:
-        return float(torch.rand(1, generator=self.generator, dtype=torch.float64))
-
     def propose(self, context: Context) -> Decision:
-        if self.gmm is None or self._draw() < self.params.random_share:
+        if self.gmm is None or float(torch.rand(1, generator=self.generator)) < self.params.random_share:
             decision = self.uniform_decision()
             decision.teacher_input = {"component": None}
             return decision
