@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.servers import ServiceProcess
 from tests.student_helpers import create_curriculum, start_worker, wait_exit
 from tests.test_service_api import create, propose, report
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """One service for both tests (their curricula differ, the counters are compared as differences)."""
+    proc = ServiceProcess(tmp_path_factory.mktemp("metrics")).start()
+    yield proc
+    proc.stop()
 
 
 def scrape(service) -> dict[tuple[str, frozenset], float]:
