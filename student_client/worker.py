@@ -197,8 +197,9 @@ class Worker:
     def evaluate(self) -> None:
         """Deterministic policy on the env's default start/goal distribution; posted to /evaluations."""
         returns, successes = [], []
-        for _ in range(self.args.eval_episodes):
-            obs = self.eval_env.reset()
+        for i in range(self.args.eval_episodes):
+            # Seeded by the step: the same student evaluates on the same starts and goals, resumed or not.
+            obs = self.eval_env.reset(seed=self.args.seed * 1_000_003 + self.step if i == 0 else None)
             ret, success, done = 0.0, False, False
             while not done:
                 obs, reward, terminated, truncated, succ = self.eval_env.step(self.agent.act(obs, deterministic=True))

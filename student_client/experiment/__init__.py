@@ -1,0 +1,1 @@
+"""`acl-experiment`: curriculum conditions x seeds against a local teacher service; tables and plots."""
