@@ -99,16 +99,21 @@ class TeacherHub:
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         _, teacher = self.build(spec)
-        with self.write() as session:
-            existing = session.scalar(select(Curriculum).where(Curriculum.name == spec.name))
-            if existing is not None:
-                if exist_ok:
-                    return self._info(existing)
-                raise Conflict(f"curriculum {spec.name!r} already exists")
-            row = Curriculum(name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes())
-            session.add(row)
-            session.flush()
-            return self._info(row)
+        try:
+            with self.write() as session:
+                existing = session.scalar(select(Curriculum).where(Curriculum.name == spec.name))
+                if existing is not None:
+                    if exist_ok:
+                        return self._info(existing)
+                    raise Conflict(f"curriculum {spec.name!r} already exists")
+                row = Curriculum(name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes())
+                session.add(row)
+                session.flush()
+                return self._info(row)
+        except IntegrityError as exc:  # another replica created it since our check (PostgreSQL)
+            if not exist_ok:
+                raise Conflict(f"curriculum {spec.name!r} already exists") from exc
+            return self.get_curriculum(spec.name)
 
     def list_curricula(self) -> list[wire.CurriculumInfo]:
         with self.sessions() as session:
@@ -159,9 +164,13 @@ class TeacherHub:
 
         Call with runtime.lock held."""
         if runtime.version != row.teacher_version:
-            state = session.scalar(select(Curriculum.teacher_state).where(Curriculum.id == row.id))
+            # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
+            # proposing) a second statement could see a newer commit than `row` did.
+            version, state = session.execute(
+                select(Curriculum.teacher_version, Curriculum.teacher_state).where(Curriculum.id == row.id)
+            ).one()
             runtime.teacher.load_state_bytes(state)
-            runtime.version = row.teacher_version
+            runtime.version = version
 
     # ------------------------------------------------------------------ propose
 
@@ -242,55 +251,54 @@ class TeacherHub:
 
     def report(self, request: wire.ReportRequest) -> wire.ReportAck:
         now = utcnow()
-        runtime: Runtime | None = None
         updated = False
-        try:
-            with self.write() as session:
-                curriculum_id = session.scalar(
-                    select(Proposal.curriculum_id).where(Proposal.proposal_id == request.proposal_id)
+        with self.write() as session:
+            curriculum_id = session.scalar(
+                select(Proposal.curriculum_id).where(Proposal.proposal_id == request.proposal_id)
+            )
+            if curriculum_id is None:
+                raise NotFound(f"proposal {request.proposal_id!r} not found")
+            # The row lock orders all reports of a curriculum, across service processes too.
+            row = session.scalar(select(Curriculum).where(Curriculum.id == curriculum_id).with_for_update())
+            proposal = session.scalar(select(Proposal).where(Proposal.proposal_id == request.proposal_id))
+            signals = request.signals.model_dump(mode="json")
+            if proposal.student_id != request.student_id:
+                raise Conflict(
+                    f"proposal {request.proposal_id!r} was made for student {proposal.student_id!r}, "
+                    f"not {request.student_id!r}"
                 )
-                if curriculum_id is None:
-                    raise NotFound(f"proposal {request.proposal_id!r} not found")
-                # The row lock orders all reports of a curriculum, across service processes too.
-                row = session.scalar(select(Curriculum).where(Curriculum.id == curriculum_id).with_for_update())
-                proposal = session.scalar(select(Proposal).where(Proposal.proposal_id == request.proposal_id))
-                signals = request.signals.model_dump(mode="json")
-                if proposal.student_id != request.student_id:
-                    raise Conflict(
-                        f"proposal {request.proposal_id!r} was made for student {proposal.student_id!r}, "
-                        f"not {request.student_id!r}"
-                    )
-                if proposal.ack is not None:
-                    if proposal.signals == signals:
-                        return wire.ReportAck.model_validate(proposal.ack)  # a resend: the first answer again
-                    raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals")
-                if now > proposal.expires_at:
-                    raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
+            if proposal.ack is not None:
+                if proposal.signals == signals:
+                    return wire.ReportAck.model_validate(proposal.ack)  # a resend: the first answer again
+                raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals")
+            if now > proposal.expires_at:
+                raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
-                runtime = self._runtime(row)
-                reward = compute_reward(session, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
-                proposal.reported_at, proposal.signals, proposal.reward = now, signals, reward
-                with runtime.lock:
-                    self._sync(session, runtime, row)
-                    if reward is not None and runtime.teacher.batch_size > 0:
-                        self._close_trajectory(session, runtime, proposal)
-                        updated = self._maybe_update(session, runtime, row)
-                    ack = wire.ReportAck(
-                        proposal_id=proposal.proposal_id,
-                        reward=reward,
-                        teacher_version=row.teacher_version,
-                        teacher_updated=updated,
-                    )
-                    proposal.ack = ack.model_dump(mode="json")
-            # Counted once committed; a resend returned above and is not counted again.
-            metrics.REPORTS.labels(row.name).inc()
-            if updated:
-                metrics.UPDATES.labels(row.name).inc()
-            return ack
-        except BaseException:
-            if updated and runtime is not None:
-                runtime.version = -1  # the update was not committed: reload the checkpoint next time
-            raise
+            runtime = self._runtime(row)
+            reward = compute_reward(session, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
+            proposal.reported_at, proposal.signals, proposal.reward = now, signals, reward
+            with runtime.lock:
+                self._sync(session, runtime, row)
+                if reward is not None and runtime.teacher.batch_size > 0:
+                    self._close_trajectory(session, runtime, proposal)
+                    updated = self._maybe_update(session, runtime, row)
+                ack = wire.ReportAck(
+                    proposal_id=proposal.proposal_id,
+                    reward=reward,
+                    teacher_version=row.teacher_version,
+                    teacher_updated=updated,
+                )
+                proposal.ack = ack.model_dump(mode="json")
+                # Commit under the teacher's lock, then label the cache: no request of this process
+                # sees an update that is not stored (another replica could store that version).
+                session.commit()
+                if updated:
+                    runtime.version = row.teacher_version
+        # Counted once committed; a resend returned above and is not counted again.
+        metrics.REPORTS.labels(row.name).inc()
+        if updated:
+            metrics.UPDATES.labels(row.name).inc()
+        return ack
 
     def _close_trajectory(self, session: Session, runtime: Runtime, proposal: Proposal) -> None:
         """Group this student's rewarded episodes into trajectories of `horizon` consecutive ones."""
@@ -331,6 +339,9 @@ class TeacherHub:
             )
             for p in rows
         ]
+        # The teacher in memory is ahead of the database until report() commits, or broken if this
+        # fails half-way: unlabeled, so that no request uses it unless the commit succeeds.
+        runtime.version = -1
         stats = runtime.teacher.update(batch)
         version = row.teacher_version + 1
         row.teacher_version, row.teacher_updates = version, row.teacher_updates + 1
@@ -338,7 +349,6 @@ class TeacherHub:
         for p in rows:
             p.consumed_version = version
         session.add(TeacherUpdate(curriculum_id=row.id, version=version, stats=stats))
-        runtime.version = version
         return True
 
     # ------------------------------------------------------------------ evaluations

@@ -248,3 +248,24 @@ def test_two_replicas_apply_every_report_once_and_updates_in_order(tmp_path, pos
     assert version == n_updates == 32
     # The stored teacher went through all 32 updates: none was made on a stale copy and lost.
     assert torch.load(io.BytesIO(state), weights_only=False)["updates"] == 32
+
+
+def test_replicas_starting_together_create_the_curricula_once(tmp_path, postgres_url):
+    replicas = [ServiceProcess(tmp_path / f"r{i}", postgres_url,
+                               extra_env={"TEACHER_CURRICULA_FILE": str(REPO / "curricula.yaml")}) for i in range(3)]
+    for r in replicas:
+        r.data_dir.mkdir()
+    threads = [threading.Thread(target=r.start) for r in replicas]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for r in replicas:
+            with r.client() as client:
+                assert client.get("/healthz").status_code == 200
+    finally:
+        for r in replicas:
+            r.stop()
+    names = [n for (n,) in pg_rows(postgres_url, "SELECT name FROM curricula ORDER BY id")]
+    assert names == [c.name for c in load_curricula(REPO / "curricula.yaml")]
