@@ -141,7 +141,8 @@ class Run:
         except httpx.HTTPError:
             dashboard = False
         console.print(f"Teacher service: [bold]{self.url}[/]"
-                      + ("  dashboard: /" if dashboard else "") + "  API docs: /docs"
+                      + ("  dashboard: / (open it once with ?token=<student token>)" if dashboard else "")
+                      + "  API docs: /docs"
                       + f"  (log: {self.data_dir / 'service.log'})")
         if self.tokens.insecure:
             console.print("Tokens: none, the service runs with TEACHER_INSECURE")
