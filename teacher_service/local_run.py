@@ -140,19 +140,22 @@ class Run:
             dashboard = httpx.get(f"{self.url}/", timeout=5).status_code == 200
         except httpx.HTTPError:
             dashboard = False
-        console.print(f"Teacher service: [bold]{self.url}[/]"
-                      + ("  dashboard: / (open it once with ?token=<student token>)" if dashboard else "")
-                      + "  API docs: /docs"
-                      + f"  (log: {self.data_dir / 'service.log'})")
         if self.tokens.insecure:
-            console.print("Tokens: none, the service runs with TEACHER_INSECURE")
+            tokens = "none, the service runs with TEACHER_INSECURE"
         elif self.tokens.path:
-            console.print(f"Tokens: {self.tokens.path} (owner-only; 'Authorization: Bearer <token>')")
+            tokens = f"{self.tokens.path} (owner-only; 'Authorization: Bearer <token>')"
         else:
-            console.print("Tokens: TEACHER_ADMIN_TOKEN and TEACHER_STUDENT_TOKEN from the environment or .env")
-        console.print(f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
-                      f"{self.args.steps} steps each; checkpoints and logs in {self.data_dir / 'students'}")
-        console.print("Ctrl-C stops everything with all state saved; run the same command again to continue.")
+            tokens = "TEACHER_ADMIN_TOKEN and TEACHER_STUDENT_TOKEN from the environment or .env"
+        lines = [
+            f"Teacher service: [bold]{self.url}[/]"
+            + ("  dashboard: / (open it once with ?token=<student token>)" if dashboard else "")
+            + f"  API docs: /docs  (log: {self.data_dir / 'service.log'})",
+            f"Tokens: {tokens}",
+            f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
+            f"{self.args.steps} steps each; checkpoints and logs in {self.data_dir / 'students'}",
+            "Ctrl-C stops everything with all state saved; run the same command again to continue.",
+        ]
+        console.print("\n".join(lines), soft_wrap=True)  # soft: long URLs and paths stay whole
 
     def table(self) -> Table:
         try:
@@ -164,7 +167,8 @@ class Run:
         table = Table(title=f"{self.curriculum}: {teacher}", title_justify="left")
         for column in ("student", "state", "steps", "episodes", "return (last 20)", "success (last 20)",
                        "grad norm (last)"):
-            table.add_column(column, justify="left" if column in ("student", "state") else "right")
+            table.add_column(column, justify="left" if column in ("student", "state") else "right",
+                             no_wrap=column == "student")
         for student_id, proc in zip(self.student_ids, self.workers):
             count, recent = last_episodes(self.student_dir(student_id) / "episodes.jsonl")
             code = proc.poll()
