@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -108,7 +108,7 @@ class Experiment:
         self.tokens = load_tokens(self.settings)
         self.service: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
-        self.runs = [(c, s) for c in args.conditions for s in args.seeds]
+        self.runs = [(c, s) for c in args.conditions for s in args.seeds]  # grid order, for the outputs
 
     # ------------------------------------------------------------ service
 
@@ -184,7 +184,9 @@ class Experiment:
 
     def run_all(self, console: Console) -> list[str]:
         """Run every unfinished (condition, seed); the names of the runs that failed."""
-        pending = deque(run for run in self.runs if not (self.run_dir(*run) / "done").exists())
+        # Seed by seed, so that a partial run already compares every condition.
+        pending = deque(sorted((run for run in self.runs if not (self.run_dir(*run) / "done").exists()),
+                               key=lambda run: self.args.seeds.index(run[1])))
         if len(pending) < len(self.runs):
             console.print(f"Resuming: {len(self.runs) - len(pending)} of {len(self.runs)} runs already done")
         running: dict[tuple[str, int], tuple[subprocess.Popen, int]] = {}
