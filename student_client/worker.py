@@ -29,7 +29,7 @@ from tqdm import tqdm
 from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
 
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
-from student_client.envs import EnvAdapter, make_env
+from student_client.envs import make_env
 from student_client.outbox import Outbox
 from student_client.sac import PRESETS, SAC, make_buffer, preset_for_env
 

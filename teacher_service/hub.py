@@ -10,15 +10,15 @@ teacher update is applied exactly once and in order; see README "Several replica
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import pydantic
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -30,6 +30,55 @@ from teacher_service.settings import Settings
 from teacher_service.signals import DERIVED_SIGNALS, compute_reward
 from teacher_service.task_spaces import DiscreteSpace, TaskSpace, build_task_space
 from teacher_service.teachers import REGISTRY, Context, Experience, Teacher, build_teacher
+
+
+# Every column but the checkpoint, which is read only when a cached teacher is stale.
+CURRICULUM_COLUMNS = (
+    Curriculum.id,
+    Curriculum.name,
+    Curriculum.spec,
+    Curriculum.teacher_version,
+    Curriculum.teacher_updates,
+    Curriculum.created_at,
+)
+
+# The statements of /propose and /report, built once: on SQLite, building and hashing a statement
+# costs more than running it.
+CURRICULUM_BY_NAME = select(*CURRICULUM_COLUMNS).where(Curriculum.name == bindparam("name"))
+LAST_REPORT_OF_STUDENT = (
+    select(Proposal.task_index, Proposal.task_values, Proposal.signals)
+    .where(
+        Proposal.curriculum_id == bindparam("curriculum_id"),
+        Proposal.student_id == bindparam("student_id"),
+        Proposal.reported_at.is_not(None),
+    )
+    .order_by(Proposal.seq.desc())
+    .limit(1)
+)
+INSERT_PROPOSAL = insert(Proposal)
+LOCK_CURRICULUM_OF_PROPOSAL = (
+    select(*CURRICULUM_COLUMNS)
+    .where(
+        Curriculum.id
+        == select(Proposal.curriculum_id).where(Proposal.proposal_id == bindparam("proposal_id")).scalar_subquery()
+    )
+    .with_for_update()
+)
+PROPOSAL_BY_ID = select(Proposal).where(Proposal.proposal_id == bindparam("proposal_id"))
+READY_FOR_UPDATE = (
+    Proposal.curriculum_id == bindparam("curriculum_id"),
+    Proposal.trajectory.is_not(None),
+    Proposal.consumed_version.is_(None),
+)
+COUNT_OTHERS_READY = select(func.count()).where(*READY_FOR_UPDATE, Proposal.seq != bindparam("seq"))
+READY_ROWS = select(Proposal).where(*READY_FOR_UPDATE).order_by(Proposal.seq)
+OPEN_EPISODES_OF_STUDENT = select(Proposal.seq).where(
+    Proposal.curriculum_id == bindparam("curriculum_id"),
+    Proposal.student_id == bindparam("student_id"),
+    Proposal.reward.is_not(None),
+    Proposal.trajectory.is_(None),
+    Proposal.seq != bindparam("seq"),
+)
 
 
 @dataclass
@@ -101,15 +150,16 @@ class TeacherHub:
         _, teacher = self.build(spec)
         try:
             with self.write() as session:
-                existing = session.scalar(select(Curriculum).where(Curriculum.name == spec.name))
+                existing = session.execute(select(*CURRICULUM_COLUMNS).where(Curriculum.name == spec.name)).first()
                 if existing is not None:
                     if exist_ok:
                         return self._info(existing)
                     raise Conflict(f"curriculum {spec.name!r} already exists")
-                row = Curriculum(name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes())
-                session.add(row)
+                session.add(
+                    Curriculum(name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes())
+                )
                 session.flush()
-                return self._info(row)
+                return self._info(self.curriculum_row(session, spec.name))
         except IntegrityError as exc:  # another replica created it since our check (PostgreSQL)
             if not exist_ok:
                 raise Conflict(f"curriculum {spec.name!r} already exists") from exc
@@ -117,28 +167,30 @@ class TeacherHub:
 
     def list_curricula(self) -> list[wire.CurriculumInfo]:
         with self.sessions() as session:
-            return [self._info(row) for row in session.scalars(select(Curriculum).order_by(Curriculum.id))]
+            rows = session.execute(select(*CURRICULUM_COLUMNS).order_by(Curriculum.id))
+            return [self._info(row) for row in rows]
 
     def get_curriculum(self, name: str) -> wire.CurriculumInfo:
         with self.sessions() as session:
-            return self._info(self._row(session, name))
+            return self._info(self.curriculum_row(session, name))
 
     def delete_curriculum(self, name: str) -> None:
         with self.write() as session:
-            row = self._row(session, name)
-            session.delete(row)
+            row = self.curriculum_row(session, name)
+            # Proposals, updates and evaluations go with it (ON DELETE CASCADE).
+            session.execute(delete(Curriculum).where(Curriculum.id == row.id))
         with self._runtimes_lock:
             self._runtimes.pop(row.id, None)
 
-    def _row(self, session: Session, name: str, for_update: bool = False) -> Curriculum:
-        query = select(Curriculum).where(Curriculum.name == name)
-        row = session.scalar(query.with_for_update() if for_update else query)
+    def curriculum_row(self, session: Session, name: str) -> Row:
+        """The curriculum's columns except its checkpoint; NotFound if there is none by that name."""
+        row = session.execute(CURRICULUM_BY_NAME, {"name": name}).first()
         if row is None:
             raise NotFound(f"curriculum {name!r} not found")
         return row
 
-    def _info(self, row: Curriculum) -> wire.CurriculumInfo:
-        runtime = self._runtime(row)
+    def _info(self, row: Row) -> wire.CurriculumInfo:
+        runtime = self.runtime(row)
         return wire.CurriculumInfo(
             **row.spec,
             task_space_summary=runtime.space.summary(),
@@ -149,7 +201,8 @@ class TeacherHub:
 
     # ------------------------------------------------------------------ teacher cache
 
-    def _runtime(self, row: Curriculum) -> Runtime:
+    def runtime(self, row: Row) -> Runtime:
+        """The curriculum's task space and teacher in memory (the teacher may be stale: see current_teacher)."""
         with self._runtimes_lock:
             runtime = self._runtimes.get(row.id)
             if runtime is None:
@@ -159,7 +212,7 @@ class TeacherHub:
                 self._runtimes[row.id] = runtime
             return runtime
 
-    def _sync(self, session: Session, runtime: Runtime, row: Curriculum) -> None:
+    def _sync(self, session: Session, runtime: Runtime, row: Row) -> None:
         """Load the stored checkpoint if another process (or a failed commit) made the cache stale.
 
         Call with runtime.lock held."""
@@ -170,6 +223,9 @@ class TeacherHub:
                 select(Curriculum.teacher_version, Curriculum.teacher_state).where(Curriculum.id == row.id)
             ).one()
             runtime.teacher.load_state_bytes(state)
+            # Every process loading this checkpoint would draw the same proposals until the next
+            # update; mixing in the process id keeps replicas (and a restarted service) apart.
+            runtime.teacher.generator.manual_seed(hash((runtime.spec.seed, version, os.getpid())) & (2**63 - 1))
             runtime.version = version
 
     # ------------------------------------------------------------------ propose
@@ -178,8 +234,8 @@ class TeacherHub:
         now = utcnow()
         # Deciding only reads; the write transaction is a single insert, so the write lock is held briefly.
         with self.sessions() as session:
-            row = self._row(session, request.curriculum)
-            runtime = self._runtime(row)
+            row = self.curriculum_row(session, request.curriculum)
+            runtime = self.runtime(row)
             context = self._context(session, runtime, request) if runtime.teacher.uses_context else Context()
             with runtime.lock:
                 self._sync(session, runtime, row)
@@ -193,33 +249,36 @@ class TeacherHub:
         else:
             task, options = None, {}
         ttl = runtime.spec.proposal_ttl_s or self.settings.proposal_ttl_s
-        proposal = Proposal(
+        proposal = wire.Proposal(
             proposal_id=uuid.uuid4().hex,
-            curriculum_id=row.id,
-            student_id=request.student_id,
-            task_index=decision.task_index,
-            task_values=task.values if task else None,
-            reset_options=options,
-            teacher_version=version,
-            teacher_input=decision.teacher_input,
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl),
-        )
-        try:
-            with self.write() as session:
-                session.add(proposal)
-        except IntegrityError as exc:  # the curriculum was deleted meanwhile
-            raise NotFound(f"curriculum {request.curriculum!r} not found") from exc
-        metrics.PROPOSALS.labels(row.name).inc()
-        return wire.Proposal(
-            proposal_id=proposal.proposal_id,
             curriculum=row.name,
             student_id=request.student_id,
             task=task,
             reset_options=options,
             teacher_version=version,
-            expires_at=proposal.expires_at,
+            expires_at=now + timedelta(seconds=ttl),
         )
+        try:
+            with self.write() as session:
+                session.execute(
+                    INSERT_PROPOSAL,
+                    {
+                        "proposal_id": proposal.proposal_id,
+                        "curriculum_id": row.id,
+                        "student_id": request.student_id,
+                        "task_index": decision.task_index,
+                        "task_values": task.values if task else None,
+                        "reset_options": options,
+                        "teacher_version": version,
+                        "teacher_input": decision.teacher_input,
+                        "created_at": now,
+                        "expires_at": proposal.expires_at,
+                    },
+                )
+        except IntegrityError as exc:  # the curriculum was deleted meanwhile
+            raise NotFound(f"curriculum {request.curriculum!r} not found") from exc
+        metrics.PROPOSALS.labels(row.name).inc()
+        return proposal
 
     def _context(self, session: Session, runtime: Runtime, request: wire.ProposeRequest) -> Context:
         """The student's last episode: from the request if it says, else from its last report here."""
@@ -230,14 +289,7 @@ class TeacherHub:
                 raise BadRequest(f"context.last_task must have {space.feature_dim} values for this task space")
             return Context(given.last_return, space.features_of_values(given.last_task))
         last = session.execute(
-            select(Proposal.task_index, Proposal.task_values, Proposal.signals)
-            .where(
-                Proposal.curriculum_id == runtime.curriculum_id,
-                Proposal.student_id == request.student_id,
-                Proposal.reported_at.is_not(None),
-            )
-            .order_by(Proposal.seq.desc())
-            .limit(1)
+            LAST_REPORT_OF_STUDENT, {"curriculum_id": runtime.curriculum_id, "student_id": request.student_id}
         ).first()
         if last is None or last.task_values is None:
             return Context()
@@ -250,18 +302,16 @@ class TeacherHub:
     # ------------------------------------------------------------------ report
 
     def report(self, request: wire.ReportRequest) -> wire.ReportAck:
-        now = utcnow()
-        updated = False
+        signals = request.signals.model_dump(mode="json")
         with self.write() as session:
-            curriculum_id = session.scalar(
-                select(Proposal.curriculum_id).where(Proposal.proposal_id == request.proposal_id)
-            )
-            if curriculum_id is None:
+            # The row lock orders all reports of a curriculum, across service processes too; the
+            # proposal is read after it, so a concurrent resend on another replica is seen.
+            ids = {"proposal_id": request.proposal_id}
+            row = session.execute(LOCK_CURRICULUM_OF_PROPOSAL, ids).first()
+            if row is None:
                 raise NotFound(f"proposal {request.proposal_id!r} not found")
-            # The row lock orders all reports of a curriculum, across service processes too.
-            row = session.scalar(select(Curriculum).where(Curriculum.id == curriculum_id).with_for_update())
-            proposal = session.scalar(select(Proposal).where(Proposal.proposal_id == request.proposal_id))
-            signals = request.signals.model_dump(mode="json")
+            proposal = session.execute(PROPOSAL_BY_ID, ids).scalar_one()
+            now = utcnow()
             if proposal.student_id != request.student_id:
                 raise Conflict(
                     f"proposal {request.proposal_id!r} was made for student {proposal.student_id!r}, "
@@ -274,59 +324,58 @@ class TeacherHub:
             if now > proposal.expires_at:
                 raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
-            runtime = self._runtime(row)
+            runtime = self.runtime(row)
             reward = compute_reward(session, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
             proposal.reported_at, proposal.signals, proposal.reward = now, signals, reward
             with runtime.lock:
                 self._sync(session, runtime, row)
+                version = row.teacher_version
                 if reward is not None and runtime.teacher.batch_size > 0:
                     self._close_trajectory(session, runtime, proposal)
-                    updated = self._maybe_update(session, runtime, row)
+                    version = self._maybe_update(session, runtime, row, proposal)
                 ack = wire.ReportAck(
                     proposal_id=proposal.proposal_id,
                     reward=reward,
-                    teacher_version=row.teacher_version,
-                    teacher_updated=updated,
+                    teacher_version=version,
+                    teacher_updated=version != row.teacher_version,
                 )
                 proposal.ack = ack.model_dump(mode="json")
                 # Commit under the teacher's lock, then label the cache: no request of this process
                 # sees an update that is not stored (another replica could store that version).
                 session.commit()
-                if updated:
-                    runtime.version = row.teacher_version
+                runtime.version = version
         # Counted once committed; a resend returned above and is not counted again.
         metrics.REPORTS.labels(row.name).inc()
-        if updated:
+        if ack.teacher_updated:
             metrics.UPDATES.labels(row.name).inc()
         return ack
 
     def _close_trajectory(self, session: Session, runtime: Runtime, proposal: Proposal) -> None:
         """Group this student's rewarded episodes into trajectories of `horizon` consecutive ones."""
-        session.flush()
-        open_seqs = session.scalars(
-            select(Proposal.seq)
-            .where(
-                Proposal.curriculum_id == runtime.curriculum_id,
-                Proposal.student_id == proposal.student_id,
-                Proposal.reward.is_not(None),
-                Proposal.trajectory.is_(None),
-            )
-            .order_by(Proposal.seq)
-        ).all()
         horizon = runtime.teacher.horizon
+        open_seqs = [proposal.seq]
+        if horizon > 1:
+            with session.no_autoflush:
+                open_seqs += session.scalars(
+                    OPEN_EPISODES_OF_STUDENT,
+                    {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
+                ).all()
+            open_seqs.sort()
         for start in range(0, len(open_seqs) - horizon + 1, horizon):
             members = open_seqs[start : start + horizon]
-            session.execute(update(Proposal).where(Proposal.seq.in_(members)).values(trajectory=members[0]))
+            if proposal.seq in members:
+                proposal.trajectory = members[0]
+            others = [seq for seq in members if seq != proposal.seq]
+            if others:
+                session.execute(update(Proposal).where(Proposal.seq.in_(others)).values(trajectory=members[0]))
 
-    def _maybe_update(self, session: Session, runtime: Runtime, row: Curriculum) -> bool:
-        ready = (
-            Proposal.curriculum_id == runtime.curriculum_id,
-            Proposal.trajectory.is_not(None),
-            Proposal.consumed_version.is_(None),
-        )
-        if session.scalar(select(func.count()).where(*ready)) < runtime.teacher.batch_size:
-            return False
-        rows = session.scalars(select(Proposal).where(*ready).order_by(Proposal.seq)).all()
+    def _maybe_update(self, session: Session, runtime: Runtime, row: Row, proposal: Proposal) -> int:
+        """Update the teacher if a batch of complete trajectories waits; returns the teacher version."""
+        with session.no_autoflush:  # this report's own row is counted below, without writing it twice
+            waiting = session.scalar(COUNT_OTHERS_READY, {"curriculum_id": runtime.curriculum_id, "seq": proposal.seq})
+        if waiting + (proposal.trajectory is not None) < runtime.teacher.batch_size:
+            return row.teacher_version
+        rows = session.scalars(READY_ROWS, {"curriculum_id": runtime.curriculum_id}).all()
         batch = [
             Experience(
                 seq=p.seq,
@@ -344,28 +393,31 @@ class TeacherHub:
         runtime.version = -1
         stats = runtime.teacher.update(batch)
         version = row.teacher_version + 1
-        row.teacher_version, row.teacher_updates = version, row.teacher_updates + 1
-        row.teacher_state = runtime.teacher.state_bytes()
+        session.execute(
+            update(Curriculum)
+            .where(Curriculum.id == row.id)
+            .values(teacher_version=version, teacher_updates=row.teacher_updates + 1,
+                    teacher_state=runtime.teacher.state_bytes())
+        )
         for p in rows:
             p.consumed_version = version
         session.add(TeacherUpdate(curriculum_id=row.id, version=version, stats=stats))
-        return True
+        return version
 
     # ------------------------------------------------------------------ evaluations
 
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
         with self.write() as session:
-            row = self._row(session, request.curriculum)
+            row = self.curriculum_row(session, request.curriculum)
             evaluation = Evaluation(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
             session.add(evaluation)
             session.flush()
             return wire.EvaluationAck(evaluation_id=evaluation.id)
 
-    def teacher_state(self, name: str) -> dict[str, Any]:
-        """The current teacher's own description, fresh from the stored checkpoint."""
-        with self.sessions() as session:
-            row = self._row(session, name)
-            runtime = self._runtime(row)
-            with runtime.lock:
-                self._sync(session, runtime, row)
-                return runtime.teacher.describe()
+    @contextlib.contextmanager
+    def current_teacher(self, session: Session, row: Row) -> Iterator[Teacher]:
+        """The curriculum's teacher, synchronized with the stored checkpoint, held under its lock."""
+        runtime = self.runtime(row)
+        with runtime.lock:
+            self._sync(session, runtime, row)
+            yield runtime.teacher

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, Integer, cast, func, or_, select
+from sqlalchemy import Float, Integer, Row, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from teacher_service import wire
@@ -25,7 +25,6 @@ from teacher_service.errors import BadRequest, NotFound
 from teacher_service.hub import TeacherHub
 from teacher_service.task_spaces import BoxSpace
 from teacher_service.task_spaces.adroit import ADROIT_RELOCATE_ID, BALL_Z
-from teacher_service.teachers import Teacher
 
 ACTIVE_WITHIN_S = 300.0  # a student seen this recently counts as active
 SIGNAL_SERIES = ("reward", *wire.NAMED_SIGNALS)  # the default series of `signals`
@@ -89,17 +88,9 @@ class Inspector:
         self.hub = hub
 
     @contextmanager
-    def _curriculum(self, name: str) -> Iterator[tuple[Session, Curriculum]]:
+    def _curriculum(self, name: str) -> Iterator[tuple[Session, Row]]:
         with self.hub.sessions() as session:
-            yield session, self.hub._row(session, name)
-
-    @contextmanager
-    def _teacher(self, session: Session, row: Curriculum) -> Iterator[Teacher]:
-        """The current teacher, synchronized with the stored checkpoint, held under its lock."""
-        runtime = self.hub._runtime(row)
-        with runtime.lock:
-            self.hub._sync(session, runtime, row)
-            yield runtime.teacher
+            yield session, self.hub.curriculum_row(session, name)
 
     # ------------------------------------------------------------------ history
 
@@ -190,8 +181,8 @@ class Inspector:
 
         Teachers without a policy of their own (random, env-default) are described by their proposals."""
         with self._curriculum(name) as (session, row):
-            space = self.hub._runtime(row).space
-            with self._teacher(session, row) as teacher:
+            space = self.hub.runtime(row).space
+            with self.hub.current_teacher(session, row) as teacher:
                 state = teacher.describe()
                 box_sampler = getattr(teacher, "sample_values", None)
                 own = "probabilities" in state or "mean" in state
@@ -226,7 +217,7 @@ class Inspector:
             return {**base, **self._proposal_counts(session, row, space.size, buckets)}
 
     @staticmethod
-    def _stored_stats(session: Session, row: Curriculum, version: int) -> dict[str, Any]:
+    def _stored_stats(session: Session, row: Row, version: int) -> dict[str, Any]:
         stats = session.scalar(
             select(TeacherUpdate.stats).where(TeacherUpdate.curriculum_id == row.id, TeacherUpdate.version == version)
         )
@@ -345,7 +336,7 @@ class Inspector:
 
     def teacher(self, name: str) -> dict[str, Any]:
         with self._curriculum(name) as (session, row):
-            with self._teacher(session, row) as teacher:
+            with self.hub.current_teacher(session, row) as teacher:
                 state = teacher.describe()
             last = session.execute(
                 select(TeacherUpdate.version, TeacherUpdate.created_at, TeacherUpdate.stats)
