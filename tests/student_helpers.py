@@ -7,7 +7,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from teacher_service.wire import CurriculumCreate, PresetTaskSpace, TeacherSpec
@@ -41,15 +40,6 @@ def start_worker(service, workdir: Path, curriculum: str, steps: int, seed: int,
 def wait_exit(proc: subprocess.Popen, workdir: Path, timeout: float = 300) -> None:
     code = proc.wait(timeout=timeout)
     assert code == 0, (workdir / "worker.log").read_text()[-4000:]
-
-
-def wait_for(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def episode_log(workdir: Path) -> list[dict]:

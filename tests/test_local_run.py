@@ -10,8 +10,8 @@ import sys
 import torch
 import yaml
 
-from tests.servers import free_port
-from tests.student_helpers import TINY, episode_log, wait_for
+from tests.servers import free_port, wait_until
+from tests.student_helpers import TINY, episode_log
 
 CURRICULUM = "local"
 
@@ -51,7 +51,7 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
 
     proc = start(tmp_path, port)
     try:
-        wait_for(lambda: all(len(episode_log(d)) >= 2 for d in students) and teacher_versions(data), 240,
+        wait_until(lambda: all(len(episode_log(d)) >= 2 for d in students) and teacher_versions(data), 240,
                  "two episodes per student and a teacher update")
     finally:
         out = interrupt(proc)
@@ -65,7 +65,7 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
 
     proc = start(tmp_path, port)
     try:
-        wait_for(lambda: all(len(episode_log(d)) >= episodes[d] + 2 for d in students)
+        wait_until(lambda: all(len(episode_log(d)) >= episodes[d] + 2 for d in students)
                  and len(teacher_versions(data)) > len(versions), 240, "more episodes and teacher updates")
     finally:
         interrupt(proc)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from tests.student_helpers import (REPO, create_curriculum, episode_log, start_worker, stored_evaluations,
-                                   stored_proposals, wait_exit, wait_for)
+                                   stored_proposals, wait_exit)
+from tests.servers import wait_until
 
 GRAD_KEYS = ("grad_norm_mean", "grad_norm_episode", "critic_grad_norm_mean", "critic_grad_norm_episode")
 SIGNAL_KEYS = (*GRAD_KEYS, "episode_return", "success", "env_steps", "grad_updates")
@@ -65,7 +66,7 @@ def test_killed_worker_resumes_from_checkpoint(service, tmp_path):
     d = tmp_path / "w"
     args = ("--checkpoint-every", "300", "--eval-every", "0")
     proc = start_worker(service, d, "resume", 1500, 4, *args)
-    wait_for(lambda: len(episode_log(d)) >= 2 and (d / "checkpoint.pt").exists(), 120, "two episodes")
+    wait_until(lambda: len(episode_log(d)) >= 2 and (d / "checkpoint.pt").exists(), 120, "two episodes")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved_step = torch.load(d / "checkpoint.pt", weights_only=False)["step"]
@@ -85,10 +86,10 @@ def test_worker_delivers_every_report_after_a_teacher_outage(service, tmp_path):
     create_curriculum(service, "outage")
     d = tmp_path / "w"
     proc = start_worker(service, d, "outage", 3000, 5, "--retry-every", "0.5", "--eval-every", "0")
-    wait_for(lambda: any(r["signals"] for r in stored_proposals(service, "outage").values()), 120, "a first report")
+    wait_until(lambda: any(r["signals"] for r in stored_proposals(service, "outage").values()), 120, "a first report")
     service.stop()
     down_from = len(episode_log(d))
-    wait_for(lambda: len(episode_log(d)) >= down_from + 2 or proc.poll() is not None, 120, "episodes while down")
+    wait_until(lambda: len(episode_log(d)) >= down_from + 2 or proc.poll() is not None, 120, "episodes while down")
     training_while_down = episode_log(d)[down_from:]
     restarted = datetime.utcnow()
     service.start()
@@ -125,7 +126,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(service, tmp_path):
     create_curriculum(service, "term")
     d = tmp_path / "w"
     proc = start_worker(service, d, "term", 100_000, 6, "--eval-every", "0")
-    wait_for(lambda: len(episode_log(d)) >= 1, 120, "an episode")
+    wait_until(lambda: len(episode_log(d)) >= 1, 120, "an episode")
     proc.send_signal(signal.SIGTERM)
     wait_exit(proc, d, timeout=60)
     log = episode_log(d)

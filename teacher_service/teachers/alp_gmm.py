@@ -68,13 +68,7 @@ class ALPGMMTeacher(Teacher):
         # The fitted mixture over task coordinates (None until the first fit).
         self.gmm: dict[str, np.ndarray] | None = None
 
-    @property
-    def horizon(self) -> int:
-        return 1
-
-    @property
-    def batch_size(self) -> int:
-        return 1
+    batch_size = 1  # learns from every report
 
     # ------------------------------------------------------------------ propose
 

@@ -59,7 +59,9 @@ class Teacher:
     Params: ClassVar[type[TeacherParams]] = TeacherParams
     # Batching contract with the service: `horizon` consecutive reported episodes of one student form
     # a trajectory; the teacher is updated once `batch_size` episodes in complete trajectories wait.
-    # batch_size 0 means the teacher never learns.
+    # batch_size 0 means the teacher never learns. Subclasses override them as attributes or properties.
+    horizon: int = 1
+    batch_size: int = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,14 +78,6 @@ class Teacher:
     def uses_context(self) -> bool:
         """Whether propose() looks at the student's last episode (the service then looks it up)."""
         return False
-
-    @property
-    def horizon(self) -> int:
-        return 1
-
-    @property
-    def batch_size(self) -> int:
-        return 0
 
     def propose(self, context: Context) -> Decision:
         raise NotImplementedError

@@ -65,13 +65,7 @@ class Exp3Teacher(Teacher):
         self.weights = np.zeros(space.size)
         self.recent_rewards = np.zeros(0)
 
-    @property
-    def horizon(self) -> int:
-        return 1
-
-    @property
-    def batch_size(self) -> int:
-        return 1
+    batch_size = 1  # learns from every report
 
     def probabilities(self) -> np.ndarray:
         n = len(self.weights)
