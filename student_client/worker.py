@@ -53,6 +53,7 @@ class Worker:
         self.args = args
         self.env = make_env(args.env)
         self.eval_env = make_env(args.env)
+        self._seed(args.seed)  # before the networks are built: their initial weights come from torch's RNG
         config = PRESETS[args.preset or preset_for_env(args.env)]()
         overrides = {k: getattr(args, k) for k in ("learning_starts", "random_steps") if getattr(args, k) is not None}
         self.config = replace(config, **overrides)
@@ -73,7 +74,6 @@ class Worker:
         self.teacher_down_until = 0.0
         self.stop_requested = False
         self.student_id = args.student_id or re.sub(r"[^A-Za-z0-9_.:@\-]", "-", f"{socket.gethostname()}-s{args.seed}")
-        self._seed(args.seed)
         if self.dir and (self.dir / CHECKPOINT).exists():
             self.load()
         self.writer = None

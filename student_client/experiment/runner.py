@@ -48,6 +48,10 @@ CONDITIONS = {
     "random": Condition("random"),
     "gradnorm-mean": Condition("gradnorm-reinforce", "grad_norm_mean"),
     "gradnorm-episode": Condition("gradnorm-reinforce", "grad_norm_episode"),
+    # The paper's teacher makes ~20 small updates in a 100-episode run and hardly moves; this one can:
+    # context-free, each proposal credited with its own episode's gradient norm, a 6x larger step.
+    "gradnorm-mean-fast": Condition("gradnorm-reinforce", "grad_norm_mean",
+                                    {"lr": 0.03, "horizon": 1, "use_context": False}),
     # Short runs have few episodes: fit the mixture every 20 episodes, not 250.
     "alp-gmm": Condition("alp-gmm", "episode_return", {"fit_rate": 20}),
     "exp3": Condition("exp3", "return_progress"),
@@ -78,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--analyze-only", action="store_true", help="only redo the summary and plots from the CSVs")
     args = p.parse_args(argv)
     args.params = dict(_parse_params(item) for item in args.params)
+    # One run per (condition, seed): a repeated one would run twice on one checkpoint directory.
+    args.conditions, args.seeds = list(dict.fromkeys(args.conditions)), list(dict.fromkeys(args.seeds))
     return args
 
 
