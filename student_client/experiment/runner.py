@@ -305,6 +305,9 @@ def analyze(out: Path, threshold: float, console: Console) -> None:
     """summary.md and the plots from evaluations.csv and proposals.csv, for the config in experiment.json."""
     config = json.loads((out / "experiment.json").read_text())
     curves = stats.read_curves(out / "evaluations.csv")
+    if not curves:
+        console.print("No finished run has evaluations yet; nothing to summarize.")
+        return
     summaries = stats.summarize(curves, threshold, config["steps"])
     seeds = sorted({seed for runs in curves.values() for seed in runs})
     header = (f"# {config['env']}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {config['steps']} env steps "
