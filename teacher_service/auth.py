@@ -66,19 +66,19 @@ def load_tokens(settings: Settings) -> Tokens:
 _bearer = HTTPBearer(auto_error=False, description="Admin or student token")
 
 
-def _role(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+async def _role(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
     role = request.app.state.tokens.role(credentials.credentials if credentials else None)
     if role is None:
         raise Unauthorized("missing or wrong bearer token" if credentials else "missing bearer token")
     return role
 
 
-def require_student(role: str = Depends(_role)) -> str:
+async def require_student(role: str = Depends(_role)) -> str:
     """Students and admins may propose, report and read."""
     return role
 
 
-def require_admin(role: str = Depends(_role)) -> str:
+async def require_admin(role: str = Depends(_role)) -> str:
     if role != "admin":
         raise Forbidden("this needs the admin token")
     return role

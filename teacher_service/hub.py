@@ -10,7 +10,7 @@ teacher update is applied exactly once and in order; see README "Several replica
 from __future__ import annotations
 
 import contextlib
-import os
+import hashlib
 import threading
 import uuid
 from collections.abc import Iterator
@@ -223,9 +223,10 @@ class TeacherHub:
                 select(Curriculum.teacher_version, Curriculum.teacher_state).where(Curriculum.id == row.id)
             ).one()
             runtime.teacher.load_state_bytes(state)
-            # Every process loading this checkpoint would draw the same proposals until the next
-            # update; mixing in the process id keeps replicas (and a restarted service) apart.
-            runtime.teacher.generator.manual_seed(hash((runtime.spec.seed, version, os.getpid())) & (2**63 - 1))
+            # Every replica loading this checkpoint would draw the same proposals until the next update;
+            # a seed from the replica's id keeps them apart and stays reproducible for one replica.
+            salt = hashlib.sha256(f"{runtime.spec.seed}:{version}:{self.settings.replica_id}".encode()).digest()
+            runtime.teacher.generator.manual_seed(int.from_bytes(salt[:8], "little") >> 1)
             runtime.version = version
 
     # ------------------------------------------------------------------ propose

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -21,8 +22,13 @@ class Settings(BaseSettings):
     student_token: SecretStr | None = Field(default=None, description="Bearer token that may propose and report.")
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
     proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
+    request_threads: int = Field(default=4, ge=1, le=256, description="Threads serving requests (more for a remote PostgreSQL).")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
     curricula_file: Path | None = Field(default=None, description="YAML file of curricula to create at start-up.")
+    replica_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Tells apart service processes sharing one database, so each draws its own proposals.",
+    )
     log_level: str = Field(default="info")
 
     def resolved_database_url(self) -> str:

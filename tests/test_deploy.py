@@ -209,7 +209,8 @@ def test_two_replicas_apply_every_report_once_and_updates_in_order(tmp_path, pos
         data = tmp_path / f"replica-{i}"
         data.mkdir()
         replicas.append(ServiceProcess(data, postgres_url,
-                                       extra_env={"TEACHER_CURRICULA_FILE": str(tmp_path / "curricula.yaml")}).start())
+                                       extra_env={"TEACHER_CURRICULA_FILE": str(tmp_path / "curricula.yaml"),
+                                                  "TEACHER_REPLICA_ID": f"replica-{i}"}).start())
     acks, errors = [], []
 
     def student(k: int) -> None:

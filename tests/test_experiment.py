@@ -95,8 +95,6 @@ def test_miniature_grid_end_to_end(tmp_path):
     assert first and (again / "evaluations.csv").read_text().splitlines()[1:] == first
 
 
-@pytest.mark.xfail(strict=True, reason="the hub reseeds a teacher it loads with the service's process id "
-                   "(hub.py _sync), so the curriculum seed alone does not fix its proposals")
 def test_teacher_proposals_reproducible(tmp_path):
     def proposals(out):
         argv = ["--env", "PointMaze_UMazeDense-v3", "--conditions", "gradnorm-mean", "--seeds", "0", "--steps", "600",

@@ -21,7 +21,7 @@ Since = Annotated[datetime | None, Query(description="From this time on (ISO 860
 Until = Annotated[datetime | None, Query(description="Before this time (ISO 8601; UTC if no zone).")]
 
 
-def get_inspector(hub: TeacherHub = Depends(get_hub)) -> Inspector:
+async def get_inspector(hub: TeacherHub = Depends(get_hub)) -> Inspector:
     return Inspector(hub)
 
 
