@@ -55,6 +55,24 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> 
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def start_service(serve_args: list[str], url: str, log_path: Path, who: str,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`teacher-service serve` with these arguments, in the background, once it answers on /healthz."""
+    service = spawn([sys.executable, "-m", "teacher_service.cli", "serve", *serve_args], log_path, env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise SystemExit(f"{who}: the service exited; its log {log_path} ends:\n" + log_path.read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return service
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    service.kill()
+    raise SystemExit(f"{who}: the service did not answer on {url} within 120 s; see {log_path}")
+
+
 def stop(procs: list[subprocess.Popen], timeout: float) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -103,24 +121,11 @@ class Run:
         return self.data_dir / "students" / student_id
 
     def start_service(self) -> None:
-        log_path = self.data_dir / "service.log"
-        self.service = spawn(
-            [sys.executable, "-m", "teacher_service.cli", "serve", "--data-dir", str(self.data_dir),
-             "--port", str(self.settings.port), "--curricula-file", str(self.settings.curricula_file)],
-            log_path,
+        self.service = start_service(
+            ["--data-dir", str(self.data_dir), "--port", str(self.settings.port),
+             "--curricula-file", str(self.settings.curricula_file)],
+            self.url, self.data_dir / "service.log", "acl-run",
         )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.service.poll() is not None:
-                raise SystemExit(f"acl-run: the service exited; its log {log_path} ends:\n"
-                                 + log_path.read_text()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"acl-run: the service did not answer on {self.url} within 120 s; see {log_path}")
 
     def start_workers(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}

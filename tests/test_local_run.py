@@ -41,6 +41,16 @@ def interrupt(proc: subprocess.Popen) -> str:
     return out
 
 
+def run_until(proc: subprocess.Popen, check, what: str) -> str:
+    """Let acl-run work until `check()` holds, then Ctrl-C it; its output, also when it fails."""
+    try:
+        wait_until(lambda: proc.poll() is not None or check(), 240, what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; acl-run printed:\n{interrupt(proc)}") from None
+    assert proc.poll() is None, f"acl-run exited early:\n{proc.communicate()[0]}"
+    return interrupt(proc)
+
+
 def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
     spec = {"name": CURRICULUM, "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
             "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
@@ -49,12 +59,8 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
     students = [data / "students" / f"{CURRICULUM}-{i}" for i in range(2)]
     port = free_port()
 
-    proc = start(tmp_path, port)
-    try:
-        wait_until(lambda: all(len(episode_log(d)) >= 2 for d in students) and teacher_versions(data), 240,
-                 "two episodes per student and a teacher update")
-    finally:
-        out = interrupt(proc)
+    out = run_until(start(tmp_path, port), lambda: all(len(episode_log(d)) >= 2 for d in students)
+                    and teacher_versions(data), "two episodes per student and a teacher update")
     assert f"http://127.0.0.1:{port}" in out and str(data / "tokens.json") in out
     tokens = json.loads((data / "tokens.json").read_text())
     versions = teacher_versions(data)
@@ -63,12 +69,8 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
     for d in students:
         assert saved[d] == episode_log(d)[-1]["step"]  # the checkpoint has every logged episode
 
-    proc = start(tmp_path, port)
-    try:
-        wait_until(lambda: all(len(episode_log(d)) >= episodes[d] + 2 for d in students)
-                 and len(teacher_versions(data)) > len(versions), 240, "more episodes and teacher updates")
-    finally:
-        interrupt(proc)
+    run_until(start(tmp_path, port), lambda: all(len(episode_log(d)) >= episodes[d] + 2 for d in students)
+              and len(teacher_versions(data)) > len(versions), "more episodes and teacher updates")
     assert json.loads((data / "tokens.json").read_text()) == tokens
     resumed = teacher_versions(data)
     assert resumed == list(range(1, len(resumed) + 1)) and resumed[: len(versions)] == versions  # not reset

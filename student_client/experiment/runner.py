@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from teacher_service.auth import load_tokens
-from teacher_service.local_run import last_episodes, spawn, stop
+from teacher_service.local_run import last_episodes, spawn, start_service, stop
 from teacher_service.settings import Settings
 from student_client.experiment import plots, stats
 
@@ -123,21 +123,10 @@ class Experiment:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     def start_service(self) -> None:
-        log_path = self.service_dir / "service.log"
-        self.service = spawn([sys.executable, "-m", "teacher_service.cli", "serve", "--data-dir",
-                              str(self.service_dir), "--port", str(self.settings.port)], log_path,
-                             {**os.environ, "TEACHER_LOG_LEVEL": "warning"})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.service.poll() is not None:
-                raise SystemExit(f"acl-experiment: the service exited; see {log_path}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"acl-experiment: the service did not answer within 120 s; see {log_path}")
+        self.service = start_service(
+            ["--data-dir", str(self.service_dir), "--port", str(self.settings.port)], self.url,
+            self.service_dir / "service.log", "acl-experiment", {**os.environ, "TEACHER_LOG_LEVEL": "warning"},
+        )
 
     def create_curricula(self) -> None:
         registered = httpx.get(f"{self.url}/teachers", headers=self.headers(), timeout=30).json()
