@@ -27,7 +27,7 @@ def reporting_students(data_dir) -> set[str]:
 
 
 def start(tmp_path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "teacher_service.local_run", "--students", "2", "--steps", "5000",
+    cmd = [sys.executable, "-m", "teacher_service.local_run", "--students", "2", "--steps", "50000",
            "--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "teacher-data"),
            "--port", str(port), "--", *TINY, "--eval-every", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
