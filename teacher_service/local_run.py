@@ -203,11 +203,15 @@ class Run:
         except KeyboardInterrupt:
             console.print("Stopping: students end their episode, report it and checkpoint...")
         finally:
-            # Stop in order, and do not let a second Ctrl-C leave processes behind.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            stop(self.workers, timeout=120)
-            stop([self.service], timeout=30)
+            # Stop in order, and do not let a second Ctrl-C leave processes behind; then restore the
+            # handlers, since an ignored signal is inherited by every process started afterwards.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                stop(self.workers, timeout=120)
+                stop([self.service], timeout=30)
+            finally:
+                signal.signal(signal.SIGINT, previous[0])
+                signal.signal(signal.SIGTERM, previous[1])
         console.print(f"Stopped; all state is saved in {self.data_dir}")
         failed = [sid for sid, proc in zip(self.student_ids, self.workers) if proc.returncode not in (0, -signal.SIGINT)]
         for student_id in failed:

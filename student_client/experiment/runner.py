@@ -283,9 +283,14 @@ class Experiment:
             return 130
         finally:
             # Students first (each ends its episode, reports it and checkpoints), then the service.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            stop(self.workers, timeout=120)
-            stop([self.service], timeout=30)
+            # Ctrl-C is ignored meanwhile, then restored: an ignored SIGINT would be inherited by every
+            # process started later from this one (main() also runs in-process, in the tests).
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                stop(self.workers, timeout=120)
+                stop([self.service], timeout=30)
+            finally:
+                signal.signal(signal.SIGINT, previous)
         analyze(self.out, self.args.threshold, console)
         return 1 if failed else 0
 
