@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.engine import Engine
@@ -140,5 +141,14 @@ def make_sessionmaker(engine: Engine, writer: bool = False) -> sessionmaker:
     return sessionmaker(engine.execution_options(writer=True) if writer else engine, expire_on_commit=False)
 
 
+# Any fixed number: the key of the PostgreSQL advisory lock that serializes schema creation.
+_SCHEMA_LOCK_KEY = 7_240_311
+
+
 def create_tables(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Create missing tables. Replicas starting together on PostgreSQL take turns: two concurrent
+    CREATE TABLEs of the same name collide in the catalog (UniqueViolation on pg_type) otherwise."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        Base.metadata.create_all(conn)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import compose
@@ -255,17 +256,32 @@ def test_two_replicas_apply_every_report_once_and_updates_in_order(tmp_path, pos
     assert teacher.updates == 32
 
 
+def test_schema_creation_is_safe_when_replicas_start_together(postgres_url):
+    # Concurrent CREATE TABLEs of one name collide in PostgreSQL's catalog unless serialized.
+    engines = [make_engine(postgres_url) for _ in range(8)]
+    barrier = threading.Barrier(len(engines))
+
+    def create(engine):
+        barrier.wait()
+        create_tables(engine)
+
+    with ThreadPoolExecutor(len(engines)) as pool:
+        list(pool.map(create, engines))
+    tables = {n for (n,) in pg_rows(postgres_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == {"curricula", "proposals", "teacher_updates", "evaluations"}
+    for engine in engines:
+        engine.dispose()
+
+
 def test_replicas_starting_together_create_the_curricula_once(tmp_path, postgres_url):
     replicas = [ServiceProcess(tmp_path / f"r{i}", postgres_url,
                                extra_env={"TEACHER_CURRICULA_FILE": str(REPO / "curricula.yaml")}) for i in range(3)]
     for r in replicas:
         r.data_dir.mkdir()
-    threads = [threading.Thread(target=r.start) for r in replicas]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # Start all three at once; a replica that fails to start raises here with its log.
+        with ThreadPoolExecutor(len(replicas)) as pool:
+            list(pool.map(lambda r: r.start(), replicas))
         for r in replicas:
             with r.client() as client:
                 assert client.get("/healthz").status_code == 200
