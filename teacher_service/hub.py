@@ -1,6 +1,8 @@
 """The hub hosts the teachers: it turns API calls into teacher decisions and durable database rows.
 
-Every request is one database transaction, committed before the response. The teacher of a
+Every request is one database transaction, committed before the response. The request paths use
+SQLAlchemy Core on a connection (an ORM session costs more than the statements it runs here); the
+read-only inspection queries use sessions. The teacher of a
 curriculum lives in memory as a cache of the checkpoint stored in its `curricula` row; the row's
 `teacher_version` says whether the cache is current, so several service processes can share one
 database. Reports take a lock on the curriculum row (SQLite: the database write lock) so that a
@@ -19,7 +21,7 @@ from datetime import timedelta
 
 import pydantic
 from sqlalchemy import Row, bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -55,7 +57,7 @@ LAST_REPORT_OF_STUDENT = (
     .order_by(Proposal.seq.desc())
     .limit(1)
 )
-INSERT_PROPOSAL = insert(Proposal)
+INSERT_PROPOSAL = insert(Proposal.__table__)
 LOCK_CURRICULUM_OF_PROPOSAL = (
     select(*CURRICULUM_COLUMNS)
     .where(
@@ -64,14 +66,20 @@ LOCK_CURRICULUM_OF_PROPOSAL = (
     )
     .with_for_update()
 )
-PROPOSAL_BY_ID = select(Proposal).where(Proposal.proposal_id == bindparam("proposal_id"))
+PROPOSAL_BY_ID = select(Proposal.__table__).where(Proposal.proposal_id == bindparam("proposal_id"))
+MARK_REPORTED = (
+    update(Proposal.__table__)
+    .where(Proposal.seq == bindparam("seq_"))
+    .values(reported_at=bindparam("reported_at"), signals=bindparam("signals"), reward=bindparam("reward"),
+            trajectory=bindparam("trajectory"), ack=bindparam("ack"))
+)
 READY_FOR_UPDATE = (
     Proposal.curriculum_id == bindparam("curriculum_id"),
     Proposal.trajectory.is_not(None),
     Proposal.consumed_version.is_(None),
 )
 COUNT_OTHERS_READY = select(func.count()).where(*READY_FOR_UPDATE, Proposal.seq != bindparam("seq"))
-READY_ROWS = select(Proposal).where(*READY_FOR_UPDATE).order_by(Proposal.seq)
+READY_ROWS = select(Proposal.__table__).where(*READY_FOR_UPDATE).order_by(Proposal.seq)
 OPEN_EPISODES_OF_STUDENT = select(Proposal.seq).where(
     Proposal.curriculum_id == bindparam("curriculum_id"),
     Proposal.student_id == bindparam("student_id"),
@@ -112,8 +120,8 @@ class TeacherHub:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self.sessions = make_sessionmaker(engine)
-        self._writer_sessions = make_sessionmaker(engine, writer=True)
+        self.sessions = make_sessionmaker(engine)  # read-only ORM queries (inspection)
+        self._writer_engine = engine.execution_options(writer=True)
         # SQLite has one writer at a time; queueing writers on a lock here wakes the next one at once,
         # where SQLite's own busy handler would sleep and poll. PostgreSQL needs no such lock.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
@@ -121,10 +129,14 @@ class TeacherHub:
         self._runtimes_lock = threading.Lock()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self) -> Iterator[Connection]:
         """A transaction that writes, committed on exit."""
-        with self._write_lock, self._writer_sessions.begin() as session:
-            yield session
+        with self._write_lock, self._writer_engine.begin() as conn:
+            yield conn
+
+    def read(self) -> Connection:
+        """A connection for reads only: `with hub.read() as conn:`."""
+        return self.engine.connect()
 
     # ------------------------------------------------------------------ curricula
 
@@ -149,40 +161,41 @@ class TeacherHub:
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         _, teacher = self.build(spec)
         try:
-            with self.write() as session:
-                existing = session.execute(select(*CURRICULUM_COLUMNS).where(Curriculum.name == spec.name)).first()
+            with self.write() as conn:
+                existing = conn.execute(CURRICULUM_BY_NAME, {"name": spec.name}).first()
                 if existing is not None:
                     if exist_ok:
                         return self._info(existing)
                     raise Conflict(f"curriculum {spec.name!r} already exists")
-                session.add(
-                    Curriculum(name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes())
+                conn.execute(
+                    insert(Curriculum.__table__).values(
+                        name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes()
+                    )
                 )
-                session.flush()
-                return self._info(self.curriculum_row(session, spec.name))
+                return self._info(self.curriculum_row(conn, spec.name))
         except IntegrityError as exc:  # another replica created it since our check (PostgreSQL)
             if not exist_ok:
                 raise Conflict(f"curriculum {spec.name!r} already exists") from exc
             return self.get_curriculum(spec.name)
 
     def list_curricula(self) -> list[wire.CurriculumInfo]:
-        with self.sessions() as session:
-            rows = session.execute(select(*CURRICULUM_COLUMNS).order_by(Curriculum.id))
+        with self.read() as conn:
+            rows = conn.execute(select(*CURRICULUM_COLUMNS).order_by(Curriculum.id)).all()
             return [self._info(row) for row in rows]
 
     def get_curriculum(self, name: str) -> wire.CurriculumInfo:
-        with self.sessions() as session:
-            return self._info(self.curriculum_row(session, name))
+        with self.read() as conn:
+            return self._info(self.curriculum_row(conn, name))
 
     def delete_curriculum(self, name: str) -> None:
-        with self.write() as session:
-            row = self.curriculum_row(session, name)
+        with self.write() as conn:
+            row = self.curriculum_row(conn, name)
             # Proposals, updates and evaluations go with it (ON DELETE CASCADE).
-            session.execute(delete(Curriculum).where(Curriculum.id == row.id))
+            conn.execute(delete(Curriculum.__table__).where(Curriculum.id == row.id))
         with self._runtimes_lock:
             self._runtimes.pop(row.id, None)
 
-    def curriculum_row(self, session: Session, name: str) -> Row:
+    def curriculum_row(self, session: Session | Connection, name: str) -> Row:
         """The curriculum's columns except its checkpoint; NotFound if there is none by that name."""
         row = session.execute(CURRICULUM_BY_NAME, {"name": name}).first()
         if row is None:
@@ -212,7 +225,7 @@ class TeacherHub:
                 self._runtimes[row.id] = runtime
             return runtime
 
-    def _sync(self, session: Session, runtime: Runtime, row: Row) -> None:
+    def _sync(self, session: Session | Connection, runtime: Runtime, row: Row) -> None:
         """Load the stored checkpoint if another process (or a failed commit) made the cache stale.
 
         Call with runtime.lock held."""
@@ -234,12 +247,12 @@ class TeacherHub:
     def propose(self, request: wire.ProposeRequest) -> wire.Proposal:
         now = utcnow()
         # Deciding only reads; the write transaction is a single insert, so the write lock is held briefly.
-        with self.sessions() as session:
-            row = self.curriculum_row(session, request.curriculum)
+        with self.read() as conn:
+            row = self.curriculum_row(conn, request.curriculum)
             runtime = self.runtime(row)
-            context = self._context(session, runtime, request) if runtime.teacher.uses_context else Context()
+            context = self._context(conn, runtime, request) if runtime.teacher.uses_context else Context()
             with runtime.lock:
-                self._sync(session, runtime, row)
+                self._sync(conn, runtime, row)
                 decision = runtime.teacher.propose(context)
                 version = runtime.version
         space = runtime.space
@@ -260,8 +273,8 @@ class TeacherHub:
             expires_at=now + timedelta(seconds=ttl),
         )
         try:
-            with self.write() as session:
-                session.execute(
+            with self.write() as conn:
+                conn.execute(
                     INSERT_PROPOSAL,
                     {
                         "proposal_id": proposal.proposal_id,
@@ -281,7 +294,7 @@ class TeacherHub:
         metrics.PROPOSALS.labels(row.name).inc()
         return proposal
 
-    def _context(self, session: Session, runtime: Runtime, request: wire.ProposeRequest) -> Context:
+    def _context(self, conn: Connection, runtime: Runtime, request: wire.ProposeRequest) -> Context:
         """The student's last episode: from the request if it says, else from its last report here."""
         space = runtime.space
         given = request.context
@@ -289,7 +302,7 @@ class TeacherHub:
             if len(given.last_task) != space.feature_dim:
                 raise BadRequest(f"context.last_task must have {space.feature_dim} values for this task space")
             return Context(given.last_return, space.features_of_values(given.last_task))
-        last = session.execute(
+        last = conn.execute(
             LAST_REPORT_OF_STUDENT, {"curriculum_id": runtime.curriculum_id, "student_id": request.student_id}
         ).first()
         if last is None or last.task_values is None:
@@ -304,14 +317,14 @@ class TeacherHub:
 
     def report(self, request: wire.ReportRequest) -> wire.ReportAck:
         signals = request.signals.model_dump(mode="json")
-        with self.write() as session:
+        with self.write() as conn:
             # The row lock orders all reports of a curriculum, across service processes too; the
             # proposal is read after it, so a concurrent resend on another replica is seen.
             ids = {"proposal_id": request.proposal_id}
-            row = session.execute(LOCK_CURRICULUM_OF_PROPOSAL, ids).first()
+            row = conn.execute(LOCK_CURRICULUM_OF_PROPOSAL, ids).first()
             if row is None:
                 raise NotFound(f"proposal {request.proposal_id!r} not found")
-            proposal = session.execute(PROPOSAL_BY_ID, ids).scalar_one()
+            proposal = conn.execute(PROPOSAL_BY_ID, ids).one()
             now = utcnow()
             if proposal.student_id != request.student_id:
                 raise Conflict(
@@ -326,57 +339,60 @@ class TeacherHub:
                 raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
             runtime = self.runtime(row)
-            reward = compute_reward(session, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
-            proposal.reported_at, proposal.signals, proposal.reward = now, signals, reward
+            reward = compute_reward(conn, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
             with runtime.lock:
-                self._sync(session, runtime, row)
-                version = row.teacher_version
+                self._sync(conn, runtime, row)
+                trajectory, updating = None, False
                 if reward is not None and runtime.teacher.batch_size > 0:
-                    self._close_trajectory(session, runtime, proposal)
-                    version = self._maybe_update(session, runtime, row, proposal)
+                    trajectory = self._close_trajectory(conn, runtime, proposal)
+                    waiting = conn.scalar(COUNT_OTHERS_READY, {"curriculum_id": row.id, "seq": proposal.seq})
+                    updating = waiting + (trajectory is not None) >= runtime.teacher.batch_size
                 ack = wire.ReportAck(
                     proposal_id=proposal.proposal_id,
                     reward=reward,
-                    teacher_version=version,
-                    teacher_updated=version != row.teacher_version,
+                    teacher_version=row.teacher_version + updating,
+                    teacher_updated=updating,
                 )
-                proposal.ack = ack.model_dump(mode="json")
+                conn.execute(
+                    MARK_REPORTED,
+                    {"seq_": proposal.seq, "reported_at": now, "signals": signals, "reward": reward,
+                     "trajectory": trajectory, "ack": ack.model_dump(mode="json")},
+                )
+                if updating:
+                    self._update_teacher(conn, runtime, row)
                 # Commit under the teacher's lock, then label the cache: no request of this process
                 # sees an update that is not stored (another replica could store that version).
-                session.commit()
-                runtime.version = version
+                conn.commit()
+                runtime.version = ack.teacher_version
         # Counted once committed; a resend returned above and is not counted again.
         metrics.REPORTS.labels(row.name).inc()
         if ack.teacher_updated:
             metrics.UPDATES.labels(row.name).inc()
         return ack
 
-    def _close_trajectory(self, session: Session, runtime: Runtime, proposal: Proposal) -> None:
-        """Group this student's rewarded episodes into trajectories of `horizon` consecutive ones."""
+    def _close_trajectory(self, conn: Connection, runtime: Runtime, proposal: Row) -> int | None:
+        """Group this student's rewarded episodes into trajectories of `horizon` consecutive ones;
+        returns the trajectory this proposal completes, if it completes one."""
         horizon = runtime.teacher.horizon
-        open_seqs = [proposal.seq]
-        if horizon > 1:
-            with session.no_autoflush:
-                open_seqs += session.scalars(
-                    OPEN_EPISODES_OF_STUDENT,
-                    {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
-                ).all()
-            open_seqs.sort()
+        if horizon == 1:
+            return proposal.seq
+        open_seqs = conn.scalars(
+            OPEN_EPISODES_OF_STUDENT,
+            {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
+        ).all()
+        open_seqs = sorted([*open_seqs, proposal.seq])
+        trajectory = None
         for start in range(0, len(open_seqs) - horizon + 1, horizon):
             members = open_seqs[start : start + horizon]
             if proposal.seq in members:
-                proposal.trajectory = members[0]
+                trajectory = members[0]
             others = [seq for seq in members if seq != proposal.seq]
-            if others:
-                session.execute(update(Proposal).where(Proposal.seq.in_(others)).values(trajectory=members[0]))
+            conn.execute(update(Proposal.__table__).where(Proposal.seq.in_(others)).values(trajectory=members[0]))
+        return trajectory
 
-    def _maybe_update(self, session: Session, runtime: Runtime, row: Row, proposal: Proposal) -> int:
-        """Update the teacher if a batch of complete trajectories waits; returns the teacher version."""
-        with session.no_autoflush:  # this report's own row is counted below, without writing it twice
-            waiting = session.scalar(COUNT_OTHERS_READY, {"curriculum_id": runtime.curriculum_id, "seq": proposal.seq})
-        if waiting + (proposal.trajectory is not None) < runtime.teacher.batch_size:
-            return row.teacher_version
-        rows = session.scalars(READY_ROWS, {"curriculum_id": runtime.curriculum_id}).all()
+    def _update_teacher(self, conn: Connection, runtime: Runtime, row: Row) -> None:
+        """Update the teacher on the waiting batch of complete trajectories and store it."""
+        rows = conn.execute(READY_ROWS, {"curriculum_id": runtime.curriculum_id}).all()
         batch = [
             Experience(
                 seq=p.seq,
@@ -394,26 +410,26 @@ class TeacherHub:
         runtime.version = -1
         stats = runtime.teacher.update(batch)
         version = row.teacher_version + 1
-        session.execute(
-            update(Curriculum)
+        conn.execute(
+            update(Curriculum.__table__)
             .where(Curriculum.id == row.id)
             .values(teacher_version=version, teacher_updates=row.teacher_updates + 1,
                     teacher_state=runtime.teacher.state_bytes())
         )
-        for p in rows:
-            p.consumed_version = version
-        session.add(TeacherUpdate(curriculum_id=row.id, version=version, stats=stats))
-        return version
+        conn.execute(
+            update(Proposal.__table__).where(Proposal.seq.in_([p.seq for p in rows])).values(consumed_version=version)
+        )
+        conn.execute(insert(TeacherUpdate.__table__).values(curriculum_id=row.id, version=version, stats=stats))
 
     # ------------------------------------------------------------------ evaluations
 
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
-        with self.write() as session:
-            row = self.curriculum_row(session, request.curriculum)
-            evaluation = Evaluation(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
-            session.add(evaluation)
-            session.flush()
-            return wire.EvaluationAck(evaluation_id=evaluation.id)
+        with self.write() as conn:
+            row = self.curriculum_row(conn, request.curriculum)
+            result = conn.execute(
+                insert(Evaluation.__table__).values(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
+            )
+            return wire.EvaluationAck(evaluation_id=result.inserted_primary_key[0])
 
     @contextlib.contextmanager
     def current_teacher(self, session: Session, row: Row) -> Iterator[Teacher]:

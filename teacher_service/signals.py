@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection, Row
 
 from teacher_service import wire
 from teacher_service.db import Proposal
@@ -30,7 +30,7 @@ PROGRESS_WINDOW = 1_000
 SCALE_WINDOW = 100
 
 
-def earlier_reports(proposal: Proposal, *columns):
+def earlier_reports(proposal: Row, *columns):
     """The curriculum's reported proposals other than this one, the most recently reported first."""
     return (
         select(*columns)
@@ -43,13 +43,13 @@ def earlier_reports(proposal: Proposal, *columns):
     )
 
 
-def return_progress(session: Session, space: TaskSpace, proposal: Proposal, signals: wire.Signals) -> float | None:
+def return_progress(conn: Connection, space: TaskSpace, proposal: Row, signals: wire.Signals) -> float | None:
     if signals.episode_return is None or proposal.task_values is None:
         return None
     query = earlier_reports(proposal, Proposal.task_values, Proposal.signals).limit(PROGRESS_WINDOW)
     if isinstance(space, DiscreteSpace):
         query = query.where(Proposal.task_index == proposal.task_index)
-    previous = [row for row in session.execute(query) if row.signals.get("episode_return") is not None]
+    previous = [row for row in conn.execute(query) if row.signals.get("episode_return") is not None]
     if not previous:
         return None
     nearest = 0  # a discrete task's own last report
@@ -60,23 +60,23 @@ def return_progress(session: Session, space: TaskSpace, proposal: Proposal, sign
     return abs(signals.episode_return - previous[nearest].signals["episode_return"])
 
 
-def normalized(session: Session, proposal: Proposal, signals: wire.Signals, name: str) -> float | None:
+def normalized(conn: Connection, proposal: Row, signals: wire.Signals, name: str) -> float | None:
     value = signals.value(name)
     if value is None:
         return None
-    earlier = session.scalars(earlier_reports(proposal, Proposal.signals).limit(SCALE_WINDOW - 1))
+    earlier = conn.scalars(earlier_reports(proposal, Proposal.signals).limit(SCALE_WINDOW - 1))
     values = [value, *(s[name] for s in earlier if s.get(name) is not None)]
     scale = float(np.mean(values))
     return value / scale if scale > 0 else 0.0  # a zero mean of norms means this one is zero too
 
 
 def compute_reward(
-    session: Session, reward_signal: str, space: TaskSpace, proposal: Proposal, signals: wire.Signals
+    conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row, signals: wire.Signals
 ) -> float | None:
     """The reward of this report for a curriculum rewarded with `reward_signal`; call before the
     proposal is marked reported."""
     if reward_signal == "return_progress":
-        return return_progress(session, space, proposal, signals)
+        return return_progress(conn, space, proposal, signals)
     if reward_signal in DERIVED_SIGNALS:
-        return normalized(session, proposal, signals, reward_signal.removesuffix("_normalized"))
+        return normalized(conn, proposal, signals, reward_signal.removesuffix("_normalized"))
     return signals.value(reward_signal)
