@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from teacher_service import metrics, wire
 from teacher_service.db import Curriculum, Evaluation, Proposal, TeacherUpdate, make_sessionmaker, utcnow
 from teacher_service.errors import BadRequest, Conflict, Gone, NotFound
+from teacher_service.fifo_lock import FifoLock
 from teacher_service.settings import Settings
 from teacher_service.signals import DERIVED_SIGNALS, compute_reward
 from teacher_service.task_spaces import DiscreteSpace, TaskSpace, build_task_space
@@ -98,7 +99,7 @@ class Runtime:
     space: TaskSpace
     teacher: Teacher
     version: int = -1  # -1: state not loaded yet, or in doubt
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: FifoLock = field(default_factory=FifoLock)
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
@@ -124,7 +125,7 @@ class TeacherHub:
         self._writer_engine = engine.execution_options(writer=True)
         # SQLite has one writer at a time; queueing writers on a lock here wakes the next one at once,
         # where SQLite's own busy handler would sleep and poll. PostgreSQL needs no such lock.
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        self._write_lock = FifoLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         self._runtimes: dict[int, Runtime] = {}
         self._runtimes_lock = threading.Lock()
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
 
 from teacher_service import wire
 from teacher_service.api.deps import get_hub
@@ -9,20 +10,23 @@ from teacher_service.hub import TeacherHub
 
 router = APIRouter(tags=["students"], dependencies=[Depends(require_student)])
 
+# The routes are async and hand the hub's blocking work to the thread pool themselves: FastAPI would
+# also validate a sync route's response in the pool, a second wait in its queue for every request.
+
 
 @router.post("/propose", response_model=wire.Proposal)
-def propose(body: wire.ProposeRequest, hub: TeacherHub = Depends(get_hub)) -> wire.Proposal:
+async def propose(body: wire.ProposeRequest, hub: TeacherHub = Depends(get_hub)) -> wire.Proposal:
     """The task for the student's next episode. Pass `reset_options` to `env.reset(options=...)`."""
-    return hub.propose(body)
+    return await run_in_threadpool(hub.propose, body)
 
 
 @router.post("/report", response_model=wire.ReportAck)
-def report(body: wire.ReportRequest, hub: TeacherHub = Depends(get_hub)) -> wire.ReportAck:
+async def report(body: wire.ReportRequest, hub: TeacherHub = Depends(get_hub)) -> wire.ReportAck:
     """What the student measured while training on a proposal's episode. Idempotent."""
-    return hub.report(body)
+    return await run_in_threadpool(hub.report, body)
 
 
 @router.post("/evaluations", status_code=201, response_model=wire.EvaluationAck)
-def add_evaluation(body: wire.EvaluationRequest, hub: TeacherHub = Depends(get_hub)) -> wire.EvaluationAck:
+async def add_evaluation(body: wire.EvaluationRequest, hub: TeacherHub = Depends(get_hub)) -> wire.EvaluationAck:
     """An evaluation on the environment's default start and goal distribution."""
-    return hub.add_evaluation(body)
+    return await run_in_threadpool(hub.add_evaluation, body)

@@ -87,8 +87,9 @@ class GradNormReinforceTeacher(Teacher):
             self.baseline = mlp(self.obs_dim, params.hidden_sizes, 1)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((space.dim,), params.init_log_std))
-        self.policy_opt = torch.optim.Adam(self._policy_parameters(), lr=params.lr)
-        self.baseline_opt = torch.optim.Adam(self.baseline.parameters(), lr=params.baseline_lr)
+        # Fused Adam: a third less time per step for networks this small, and an update takes six steps.
+        self.policy_opt = torch.optim.Adam(self._policy_parameters(), lr=params.lr, fused=True)
+        self.baseline_opt = torch.optim.Adam(self.baseline.parameters(), lr=params.baseline_lr, fused=True)
 
     @property
     def uses_context(self) -> bool:
@@ -122,11 +123,11 @@ class GradNormReinforceTeacher(Teacher):
     @torch.no_grad()
     def propose(self, context: Context) -> Decision:
         obs = self.observation(context)
-        dist = self._distribution(torch.tensor(obs, dtype=torch.float32))
-        if self.discrete:
-            probs = dist.probs
+        if self.discrete:  # sampled from the logits directly: building a Categorical costs more than the network
+            probs = torch.softmax(self.policy(torch.tensor(obs, dtype=torch.float32)), -1)
             index = int(torch.multinomial(probs, 1, generator=self.generator))
             return Decision(task_index=index, teacher_input={"obs": obs, "action": index})
+        dist = self._distribution(torch.tensor(obs, dtype=torch.float32))
         noise = torch.randn(self.space.dim, generator=self.generator)
         raw = dist.mean + dist.stddev * noise  # the pre-squash sample; its log-prob is what REINFORCE needs
         values = self.space.from_unit(torch.tanh(raw).double().numpy())
