@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,10 +35,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     create_tables(engine)
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Requests run in a thread pool; with one database writer at a time, a few threads serve more
         # requests than anyio's default 40, which mostly wait on each other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        app.state.no_thread_limit = anyio.CapacityLimiter(math.inf)  # see api/deps.run_in_request_thread
         yield
 
     app = FastAPI(

@@ -33,3 +33,9 @@ class Conflict(ApiError):
 
 class Gone(ApiError):
     status_code = 410
+
+
+class ClientClosedRequest(ApiError):
+    """The client hung up while its request waited; nginx's code for it, seen only in metrics and logs."""
+
+    status_code = 499
