@@ -70,7 +70,7 @@ LOCK_CURRICULUM_OF_PROPOSAL = (
 PROPOSAL_BY_ID = select(Proposal.__table__).where(Proposal.proposal_id == bindparam("proposal_id"))
 MARK_REPORTED = (
     update(Proposal.__table__)
-    .where(Proposal.seq == bindparam("seq_"))
+    .where(Proposal.seq == bindparam("proposal_seq"))
     .values(reported_at=bindparam("reported_at"), signals=bindparam("signals"), reward=bindparam("reward"),
             trajectory=bindparam("trajectory"), ack=bindparam("ack"))
 )
@@ -351,12 +351,12 @@ class TeacherHub:
                 ack = wire.ReportAck(
                     proposal_id=proposal.proposal_id,
                     reward=reward,
-                    teacher_version=row.teacher_version + updating,
+                    teacher_version=row.teacher_version + int(updating),
                     teacher_updated=updating,
                 )
                 conn.execute(
                     MARK_REPORTED,
-                    {"seq_": proposal.seq, "reported_at": now, "signals": signals, "reward": reward,
+                    {"proposal_seq": proposal.seq, "reported_at": now, "signals": signals, "reward": reward,
                      "trajectory": trajectory, "ack": ack.model_dump(mode="json")},
                 )
                 if updating:
