@@ -2,6 +2,7 @@
 
 1. Saturation: wrk keeps 256 connections busy with propose-then-report loops, next to an empty
    endpoint on the same server stack, in the same run: requests/s, p50 and p99, errors, the ratio.
+   Each server first gets a few seconds of the same load, not measured (imports, first teacher calls).
    A closed loop at saturation has latency = connections / throughput, for the empty endpoint too.
 2. Students at their own pace: 256 simulated students, each proposing, "training" for a random
    episode time (5 s on average: a 300-step episode of a CPU student at 60 steps/s) and reporting,
@@ -122,6 +123,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=256, help="concurrent simulated students")
     parser.add_argument("--seconds", type=int, default=20, help="duration of each measurement")
     parser.add_argument("--episode-s", type=float, default=5.0, help="mean episode time of a paced student")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before each measurement")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -141,7 +143,10 @@ def main() -> None:
         httpx.post(f"{service_url}/curricula", json=curriculum, headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
 
         print(f"{args.connections} connections, {args.seconds} s each, one service process, SQLite (WAL)")
+        wrk(f"{empty_url}/empty", "empty.lua", args.connections, args.warmup)
         empty_stats = wrk(f"{empty_url}/empty", "empty.lua", args.connections, args.seconds)
+        wrk(service_url, "propose_report.lua", args.connections, args.warmup, "bench")
+        time.sleep(2)  # let the service drain what the warm-up left in flight
         loop_stats = wrk(service_url, "propose_report.lua", args.connections, args.seconds, "bench")
         time.sleep(5)  # let the service drain what wrk left in flight
         paced_stats = asyncio.run(paced_students(service_url, args.connections, args.seconds, args.episode_s))

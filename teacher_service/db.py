@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
@@ -128,7 +128,7 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
-            # Writers say so (see write_engine) and take the write lock up front with BEGIN IMMEDIATE,
+            # Writers say so (see writer_engine) and take the write lock up front with BEGIN IMMEDIATE,
             # so a read-then-write transaction never fails to upgrade its lock; readers stay concurrent.
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
@@ -136,9 +136,9 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
 
-def make_sessionmaker(engine: Engine, writer: bool = False) -> sessionmaker:
-    """Sessions for reading, or (writer=True) for transactions that will write."""
-    return sessionmaker(engine.execution_options(writer=True) if writer else engine, expire_on_commit=False)
+def writer_engine(engine: Engine) -> Engine:
+    """The engine for transactions that will write (on SQLite they begin with BEGIN IMMEDIATE)."""
+    return engine.execution_options(writer=True)
 
 
 # Any fixed number: the key of the PostgreSQL advisory lock that serializes schema creation.

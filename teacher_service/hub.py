@@ -23,10 +23,10 @@ import pydantic
 from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from teacher_service import metrics, wire
-from teacher_service.db import Curriculum, Evaluation, Proposal, TeacherUpdate, make_sessionmaker, utcnow
+from teacher_service.db import Curriculum, Evaluation, Proposal, TeacherUpdate, utcnow, writer_engine
 from teacher_service.errors import BadRequest, Conflict, Gone, NotFound
 from teacher_service.fifo_lock import FifoLock
 from teacher_service.settings import Settings
@@ -121,8 +121,8 @@ class TeacherHub:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self.sessions = make_sessionmaker(engine)  # read-only ORM queries (inspection)
-        self._writer_engine = engine.execution_options(writer=True)
+        self.sessions = sessionmaker(engine, expire_on_commit=False)  # read-only ORM queries (inspection)
+        self._writer_engine = writer_engine(engine)
         # SQLite has one writer at a time; queueing writers on a lock here wakes the next one at once,
         # where SQLite's own busy handler would sleep and poll. PostgreSQL needs no such lock.
         self._write_lock = FifoLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
