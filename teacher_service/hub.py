@@ -2,11 +2,11 @@
 
 Every request is one database transaction, committed before the response. The request paths use
 SQLAlchemy Core on a connection (an ORM session costs more than the statements it runs here); the
-read-only inspection queries use sessions. The teacher of a
-curriculum lives in memory as a cache of the checkpoint stored in its `curricula` row; the row's
-`teacher_version` says whether the cache is current, so several service processes can share one
-database. Reports take a lock on the curriculum row (SQLite: the database write lock) so that a
-teacher update is applied exactly once and in order; see README "Several replicas".
+read-only inspection queries use sessions. The teacher of a curriculum lives in memory as a cache
+of the checkpoint stored in its `curricula` row; the row's `teacher_version` says whether the cache
+is current, so several service processes can share one database. Reports take a lock on the
+curriculum row (SQLite: the database write lock) so that a teacher update is applied exactly once
+and in order; see README "Several replicas".
 """
 
 from __future__ import annotations

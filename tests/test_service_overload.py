@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, wait_until
 from tests.test_service_api import counts, create
 
 
@@ -22,6 +21,13 @@ def requests_with_status(client: httpx.Client, route: str, status: str) -> float
             }:
                 return sample.value
     return 0.0
+
+
+def answers_healthz(service: ServiceProcess) -> bool:
+    try:
+        return httpx.get(f"{service.url}/healthz", timeout=0.5).status_code == 200
+    except httpx.TimeoutException:
+        return False
 
 
 def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
@@ -37,7 +43,8 @@ def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
             target=lambda: first.update(response=service.client().post("/propose", json={"curriculum": "cur", "student_id": "a"}))
         )
         waiting.start()
-        time.sleep(1.5)  # nothing outside the process shows that it is blocked: give it time to get there
+        # The first propose holds the only request thread once even /healthz (a thread-pool route) stops answering.
+        wait_until(lambda: not answers_healthz(service), 30, "the first propose blocking the request thread")
         # The second waits for the thread; its client gives up, as a client with a timeout and retries does.
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{service.url}/propose", json={"curriculum": "cur", "student_id": "b"}, timeout=1,
