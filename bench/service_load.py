@@ -132,7 +132,7 @@ def main() -> None:
     service_port, empty_port = free_port(), free_port()
     env = {**os.environ, "TEACHER_ADMIN_TOKEN": TOKEN, "TEACHER_STUDENT_TOKEN": "student-" + TOKEN,
            "TEACHER_DATA_DIR": str(data), "TEACHER_LOG_LEVEL": "warning"}
-    service = subprocess.Popen([sys.executable, "-m", "teacher_service.cli", "serve", "--port", str(service_port)], env=env)
+    service = subprocess.Popen([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--port", str(service_port)], env=env)
     empty = subprocess.Popen([sys.executable, str(HERE / "empty_app.py"), str(empty_port)], env=env)
     service_url, empty_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{empty_port}"
     try:

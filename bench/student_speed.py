@@ -20,7 +20,7 @@ from stable_baselines3 import SAC as SB3SAC
 from stable_baselines3.common.logger import configure
 
 from student_client.envs import make_env
-from student_client.sac import SAC, PointMazePreset, make_buffer
+from student_client.sac.agent import SAC, PointMazePreset, make_buffer
 
 ENV_ID = "PointMaze_UMaze-v3"
 

@@ -11,8 +11,8 @@ import gymnasium as gym
 from stable_baselines3 import SAC
 
 from student_client import TeacherClient
-from student_client.gym_wrapper import TeacherCurriculumWrapper
-from student_client.sb3 import GradNormCallback
+from student_client.integrations.gym_wrapper import TeacherCurriculumWrapper
+from student_client.integrations.sb3 import GradNormCallback
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--curriculum", default="pointmaze")

@@ -7,9 +7,8 @@ import logging
 import os
 from pathlib import Path
 
-from teacher_service.wire import EvaluationRequest, ReportRequest
-
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
+from teacher_service.wire import EvaluationRequest, ReportRequest
 
 log = logging.getLogger(__name__)
 

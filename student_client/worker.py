@@ -26,12 +26,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
-
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
 from student_client.envs import make_env
 from student_client.outbox import Outbox
-from student_client.sac import PRESETS, SAC, make_buffer, preset_for_env
+from student_client.sac.agent import PRESETS, SAC, make_buffer, preset_for_env
+from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
 
 log = logging.getLogger("student_client.worker")
 CHECKPOINT = "checkpoint.pt"

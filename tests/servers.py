@@ -59,7 +59,7 @@ class ServiceProcess:
     def start(self, timeout: float = 60) -> "ServiceProcess":
         log = open(self.log_path, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "teacher_service.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "teacher_service.serving.cli", "serve", "--port", str(self.port)],
             env=self.env(),
             cwd=self.data_dir,
             stdout=log,

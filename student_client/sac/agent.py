@@ -1,0 +1,296 @@
+"""Soft Actor-Critic in torch, read top to bottom: presets, networks, the update.
+
+Twin critics are one module whose layers hold the stacked weights of all critics, so the critics run
+in one batched matmul per layer. The TD targets read the *target* critics (the paper's code updated
+its target networks but never read them: defect 4). Gradient-norm probes record the actor's and the
+critic's whole gradient vector at every update (see ``probes.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from student_client.probes import GradNormAccumulator, GradStats
+from student_client.sac.buffer import Batch, ReplayBuffer
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+# ---------------------------------------------------------------- presets
+
+
+@dataclass
+class SACConfig:
+    """Hyperparameters of SAC; ``alpha=None`` tunes the entropy temperature automatically."""
+
+    hidden: tuple[int, ...] = (256, 256, 256)
+    activation: str = "relu"
+    n_critics: int = 2
+    batch_size: int = 256
+    alpha: float | None = 0.05
+    lr: float = 3e-4
+    gamma: float = 0.99
+    tau: float = 0.005
+    buffer_size: int = 1_000_000
+    random_steps: int = 5_000  # uniform random actions before the policy acts
+    learning_starts: int = 10_000  # first gradient update; then one update per env step
+
+
+@dataclass
+class PointMazePreset(SACConfig):
+    """The paper's PointMaze student: 3x128 tanh, one critic, batch 128, alpha 0.2."""
+
+    hidden: tuple[int, ...] = (128, 128, 128)
+    activation: str = "tanh"
+    n_critics: int = 1
+    batch_size: int = 128
+    alpha: float | None = 0.2
+
+
+@dataclass
+class AntMazePreset(SACConfig):
+    """The paper's AntMaze student: 3x256, two critics with min, batch 256, alpha 0.05."""
+
+
+@dataclass
+class AdroitPreset(SACConfig):
+    """The paper's AdroitHandRelocate student: 3x256, two critics with min, batch 256, alpha 0.05."""
+
+
+@dataclass
+class SmallPreset(SACConfig):
+    """A fast CPU preset for experiments and tests."""
+
+    hidden: tuple[int, ...] = (64, 64)
+    batch_size: int = 64
+    alpha: float | None = 0.1
+    buffer_size: int = 100_000
+    random_steps: int = 500
+    learning_starts: int = 1_000
+
+
+PRESETS: dict[str, type[SACConfig]] = {
+    "pointmaze": PointMazePreset,
+    "antmaze": AntMazePreset,
+    "adroit": AdroitPreset,
+    "small": SmallPreset,
+}
+
+
+def preset_for_env(env_id: str) -> str:
+    """The paper's preset for an environment id."""
+    if env_id.startswith("PointMaze"):
+        return "pointmaze"
+    if env_id.startswith("AntMaze"):
+        return "antmaze"
+    return "adroit"
+
+
+# ---------------------------------------------------------------- networks
+
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh(x) = 2 sigmoid(2x) - 1: on CPU torch's tanh kernel is ~5x slower than its sigmoid."""
+    return torch.sigmoid(x * 2) * 2 - 1
+
+
+class FastTanh(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_tanh(x)
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": FastTanh}
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy; one output layer gives mean and log-std."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str,
+                 action_low: np.ndarray, action_high: np.ndarray) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        last = obs_dim
+        for size in hidden:
+            layers += [nn.Linear(last, size), ACTIVATIONS[activation]()]
+            last = size
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(last, 2 * act_dim)
+        low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
+        self.register_buffer("action_scale", (high - low) / 2)
+        self.register_buffer("action_bias", (high + low) / 2)
+        self.unit_bounds = bool(torch.all(low == -1) and torch.all(high == 1))  # skip the affine map
+        self.log_prob_offset = -float(act_dim) * (0.5 * math.log(2 * math.pi) + 2 * math.log(2)) - float(
+            self.action_scale.log().sum())
+        self.act_dim = act_dim
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.head(self.trunk(obs)).split(self.act_dim, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterized action in the env's bounds and its log-probability."""
+        mean, log_std = self(obs)
+        eps = torch.randn_like(mean)
+        u = torch.addcmul(mean, log_std.exp(), eps)
+        # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)); constants are folded into log_prob_offset.
+        log_prob = (u + F.softplus(u * -2)).mul(2).sub_(torch.addcmul(log_std, eps, eps, value=0.5)).sum(-1)
+        return self._squash(u), log_prob + self.log_prob_offset
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        return self._squash(self(obs)[0])
+
+    def _squash(self, u: torch.Tensor) -> torch.Tensor:
+        action = fast_tanh(u)
+        return action if self.unit_bounds else action * self.action_scale + self.action_bias
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers run as one batched matmul: (n, B, in) -> (n, B, out)."""
+
+    def __init__(self, n: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's default initialization
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class Critics(nn.Module):
+    """``n`` Q-networks evaluated together; returns Q-values of shape (n, B)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str, n: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        last = obs_dim + act_dim
+        for size in hidden:
+            layers += [EnsembleLinear(n, last, size), ACTIVATIONS[activation]()]
+            last = size
+        layers.append(EnsembleLinear(n, last, 1))
+        self.net = nn.Sequential(*layers)
+        self.n = n
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], dim=-1)
+        return self.net(x.expand(self.n, *x.shape)).squeeze(-1)
+
+
+# ---------------------------------------------------------------- algorithm
+
+
+class SAC:
+    """SAC agent: networks, optimizers, the update and the gradient-norm probes."""
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
+                 config: SACConfig, probes: bool = True) -> None:
+        self.config = config
+        self.actor = Actor(obs_dim, act_dim, config.hidden, config.activation, action_low, action_high)
+        self.critic = Critics(obs_dim, act_dim, config.hidden, config.activation, config.n_critics)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        adam = dict(lr=config.lr, fused=True)  # fused Adam: one kernel for all parameters
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), **adam)
+        self.auto_alpha = config.alpha is None
+        self.log_alpha = torch.zeros(1, requires_grad=self.auto_alpha)
+        if self.auto_alpha:
+            self.target_entropy = -float(act_dim)
+            self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr)
+        else:
+            self.log_alpha.data.fill_(math.log(config.alpha))
+        self.alpha = self.log_alpha.detach().exp()
+        self.probes = probes
+        self.actor_probe = GradNormAccumulator(self.actor.parameters())
+        self.critic_probe = GradNormAccumulator(self.critic.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+
+    @torch.inference_mode()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        x = torch.from_numpy(obs).unsqueeze(0)
+        action = self.actor.deterministic(x) if deterministic else self.actor.sample(x)[0]
+        return action[0].numpy()
+
+    @torch.no_grad()
+    def td_target(self, batch: Batch) -> torch.Tensor:
+        """r + gamma (1 - done) (min_i Q_target_i(s', a') - alpha log pi(a'|s')), a' ~ pi(s')."""
+        next_actions, next_log_prob = self.actor.sample(batch.next_obs)
+        next_q = self.critic_target(batch.next_obs, next_actions).min(0).values - self.alpha * next_log_prob
+        return batch.rewards + self.config.gamma * (1 - batch.dones) * next_q
+
+    def critic_loss(self, batch: Batch) -> torch.Tensor:
+        q = self.critic(batch.obs, batch.actions)
+        return 0.5 * (q - self.td_target(batch)).square().mean(1).sum()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step of critics, actor (and temperature), then Polyak averaging."""
+        critic_loss = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        if self.probes:
+            self.critic_probe.record()
+        self.critic_optimizer.step()
+
+        # The actor's loss backpropagates through the critics; they need no weight gradients here.
+        self.critic.requires_grad_(False)
+        actions, log_prob = self.actor.sample(batch.obs)
+        q = self.critic(batch.obs, actions).min(0).values
+        actor_loss = (self.alpha * log_prob - q).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.critic.requires_grad_(True)
+        if self.probes:
+            self.actor_probe.record()
+        self.actor_optimizer.step()
+
+        if self.auto_alpha:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            self.alpha = self.log_alpha.detach().exp()
+
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
+        return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach()}
+
+    def pop_grad_stats(self) -> tuple[GradStats, GradStats]:
+        """(actor, critic) gradient statistics since the last call, e.g. of one episode."""
+        return self.actor_probe.pop(), self.critic_probe.pop()
+
+    def state_dict(self) -> dict:
+        state = {
+            "config": asdict(self.config),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+        }
+        if self.auto_alpha:
+            state["alpha_optimizer"] = self.alpha_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.log_alpha.data.copy_(state["log_alpha"])
+        self.alpha = self.log_alpha.detach().exp()
+        if self.auto_alpha:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+
+
+def make_buffer(config: SACConfig, total_steps: int, obs_dim: int, act_dim: int, seed: int) -> ReplayBuffer:
+    """A replay buffer sized to the run."""
+    return ReplayBuffer(min(config.buffer_size, total_steps), obs_dim, act_dim, seed=seed)

@@ -1,0 +1,58 @@
+"""Processes the launchers start: the service (once it answers) and student workers, and how to stop them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    # A session of its own: the terminal's Ctrl-C reaches only us, and we stop the children in order
+    # (students first, while the service can still take their last reports).
+    with open(log_path, "a") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def start_service(serve_args: list[str], url: str, log_path: Path, who: str,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`teacher-service serve` with these arguments, in the background, once it answers on /healthz."""
+    service = spawn([sys.executable, "-m", "teacher_service.serving.cli", "serve", *serve_args], log_path, env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if service.poll() is not None:
+            raise SystemExit(f"{who}: the service exited; its log {log_path} ends:\n" + log_path.read_text()[-3000:])
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return service
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    service.kill()
+    raise SystemExit(f"{who}: the service did not answer on {url} within 120 s; see {log_path}")
+
+
+def stop(procs: list[subprocess.Popen], timeout: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def last_episodes(path: Path, n: int = 20) -> tuple[int, list[dict]]:
+    """How many episodes a worker has logged, and the last `n` of them."""
+    if not path.exists():
+        return 0, []
+    lines = path.read_text().splitlines()
+    return len(lines), [json.loads(line) for line in lines[-n:]]

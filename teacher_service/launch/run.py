@@ -1,0 +1,187 @@
+"""`acl-run` (`make run`): the teacher service on SQLite and a few student workers, as processes here.
+
+Ctrl-C stops the students first (each ends its episode, reports it and checkpoints), then the service.
+Running it again continues: the same data dir, the same student ids, the workers resume from their
+checkpoints and the teachers from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from teacher_service.launch.processes import last_episodes, spawn, start_service, stop
+from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
+from teacher_service.serving.infra.auth import load_tokens
+from teacher_service.serving.settings import Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="acl-run",
+        description="Run the teacher service (SQLite in --data-dir) and student workers on this machine. "
+        "Ctrl-C stops everything with all state saved; run it again to continue.",
+        epilog="Arguments after `--` go to every student-worker, e.g. `acl-run -- --eval-every 0` "
+        "(see `student-worker --help`).",
+    )
+    p.add_argument("--students", type=int, default=2, help="number of student workers (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=100_000, help="env steps per student, in total over all runs (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=Path("curricula.yaml"), help="curricula to create at start-up (default: %(default)s)")
+    p.add_argument("--curriculum", default=None, help="curriculum the students learn on (default: the first in --config)")
+    p.add_argument("--env", default=None, help="environment id (default: the curriculum's preset environment)")
+    p.add_argument("--data-dir", type=Path, default=Path("teacher-data"), help="database, tokens, students' checkpoints (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="service port (default: %(default)s)")
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:split])
+    args.worker_args = argv[split + 1 :]
+    return args
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        try:
+            specs = {spec.name: spec for spec in load_curricula(args.config)}
+        except CurriculaFileError as exc:
+            raise SystemExit(f"acl-run: {exc}") from None
+        self.curriculum = args.curriculum or next(iter(specs), None)
+        if self.curriculum not in specs:
+            raise SystemExit(f"acl-run: no curriculum {self.curriculum!r} in {args.config}; it has: {', '.join(specs)}")
+        self.env_id = args.env or getattr(specs[self.curriculum].task_space, "env_id", None)
+        if self.env_id is None:
+            raise SystemExit(f"acl-run: curriculum {self.curriculum!r} has no preset environment; give --env")
+        self.args = args
+        self.data_dir = args.data_dir.resolve()
+        self.settings = Settings(data_dir=self.data_dir, port=args.port, curricula_file=args.config.resolve())
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        self.url = f"http://{host}:{self.settings.port}"
+        # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
+        self.tokens = load_tokens(self.settings)
+        self.student_ids = [f"{self.curriculum}-{i}" for i in range(args.students)]
+        self.service: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def student_dir(self, student_id: str) -> Path:
+        return self.data_dir / "students" / student_id
+
+    def start_service(self) -> None:
+        self.service = start_service(
+            ["--data-dir", str(self.data_dir), "--port", str(self.settings.port),
+             "--curricula-file", str(self.settings.curricula_file)],
+            self.url, self.data_dir / "service.log", "acl-run",
+        )
+
+    def start_workers(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if self.tokens.student:
+            env["TEACHER_TOKEN"] = self.tokens.student
+        for seed, student_id in enumerate(self.student_ids):
+            workdir = self.student_dir(student_id)
+            workdir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "student_client.worker", "--teacher", self.url,
+                   "--curriculum", self.curriculum, "--env", self.env_id, "--steps", str(self.args.steps),
+                   "--seed", str(seed), "--student-id", student_id, "--checkpoint-dir", str(workdir),
+                   "--no-progress", *self.args.worker_args]
+            self.workers.append(spawn(cmd, workdir / "worker.log", env))
+
+    def announce(self, console: Console) -> None:
+        try:
+            dashboard = httpx.get(f"{self.url}/", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            dashboard = False
+        if self.tokens.insecure:
+            tokens = "none, the service runs with TEACHER_INSECURE"
+        elif self.tokens.path:
+            tokens = f"{self.tokens.path} (owner-only; 'Authorization: Bearer <token>')"
+        else:
+            tokens = "TEACHER_ADMIN_TOKEN and TEACHER_STUDENT_TOKEN from the environment or .env"
+        lines = [
+            f"Teacher service: [bold]{self.url}[/]"
+            + ("  dashboard: / (open it once with ?token=<student token>)" if dashboard else "")
+            + f"  API docs: /docs  (log: {self.data_dir / 'service.log'})",
+            f"Tokens: {tokens}",
+            f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
+            f"{self.args.steps} steps each; checkpoints and logs in {self.data_dir / 'students'}",
+            "Ctrl-C stops everything with all state saved; run the same command again to continue.",
+        ]
+        console.print("\n".join(lines), soft_wrap=True)  # soft: long URLs and paths stay whole
+
+    def table(self) -> Table:
+        try:
+            info = httpx.get(f"{self.url}/curricula/{self.curriculum}", timeout=2,
+                             headers={"Authorization": f"Bearer {self.tokens.student or ''}"}).json()
+            teacher = f"teacher version {info['teacher_version']}"
+        except (httpx.HTTPError, ValueError, KeyError):
+            teacher = "service not answering"
+        table = Table(title=f"{self.curriculum}: {teacher}", title_justify="left")
+        for column in ("student", "state", "steps", "episodes", "return (last 20)", "success (last 20)",
+                       "grad norm (last)"):
+            table.add_column(column, justify="left" if column in ("student", "state") else "right",
+                             no_wrap=column == "student")
+        for student_id, proc in zip(self.student_ids, self.workers):
+            count, recent = last_episodes(self.student_dir(student_id) / "episodes.jsonl")
+            code = proc.poll()
+            state = "running" if code is None else "done" if code == 0 else f"failed ({code}), see worker.log"
+            last = recent[-1] if recent else {}
+            grad = last.get("grad_norm_mean")
+            table.add_row(
+                student_id, state, f"{last.get('step', 0)}/{self.args.steps}", str(count),
+                f"{sum(r['episode_return'] for r in recent) / len(recent):.2f}" if recent else "-",
+                f"{sum(bool(r['success']) for r in recent) / len(recent):.0%}" if recent else "-",
+                f"{grad:.3g}" if grad is not None else "-",
+            )
+        return table
+
+    def run(self) -> int:
+        console = Console()
+        self.start_service()
+        try:
+            self.start_workers()
+            self.announce(console)
+            with Live(self.table(), console=console, auto_refresh=False) as live:
+                while any(proc.poll() is None for proc in self.workers):
+                    time.sleep(1)
+                    live.update(self.table(), refresh=True)
+            console.print(f"All students reached {self.args.steps} steps (or stopped); "
+                          "give a larger --steps to continue.")
+        except KeyboardInterrupt:
+            console.print("Stopping: students end their episode, report it and checkpoint...")
+        finally:
+            # Stop in order, and do not let a second Ctrl-C leave processes behind; then restore the
+            # handlers, since an ignored signal is inherited by every process started afterwards.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                stop(self.workers, timeout=120)
+                stop([self.service], timeout=30)
+            finally:
+                signal.signal(signal.SIGINT, previous[0])
+                signal.signal(signal.SIGTERM, previous[1])
+        console.print(f"Stopped; all state is saved in {self.data_dir}")
+        failed = [sid for sid, proc in zip(self.student_ids, self.workers) if proc.returncode not in (0, -signal.SIGINT)]
+        for student_id in failed:
+            console.print(f"{student_id} failed; see {self.student_dir(student_id) / 'worker.log'}")
+        return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminate)
+    sys.exit(Run(args).run())
+
+
+if __name__ == "__main__":
+    main()

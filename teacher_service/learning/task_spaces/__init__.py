@@ -1,0 +1,50 @@
+"""Task spaces: from a gymnasium-robotics preset, or a user's own discrete list or box."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from teacher_service.learning.task_spaces.adroit import ADROIT_RELOCATE_ID, adroit_relocate_task_space
+from teacher_service.learning.task_spaces.base import BoxSpace, DiscreteSpace, TaskSpace
+from teacher_service.learning.task_spaces.maze import is_maze, maze_task_space
+from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace, TaskSpaceSpec
+
+__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "build_task_space"]
+
+
+def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
+    """Build a task space; raises ValueError with a message for the user if the spec is unusable."""
+    if isinstance(spec, PresetTaskSpace):
+        if is_maze(spec.env_id):
+            return maze_task_space(spec.env_id)
+        if spec.env_id == ADROIT_RELOCATE_ID:
+            return adroit_relocate_task_space()
+        raise ValueError(
+            f"no preset for {spec.env_id!r}: presets are PointMaze_*, AntMaze_* and {ADROIT_RELOCATE_ID}; "
+            "use a 'discrete' or 'box' task space for other environments"
+        )
+    if isinstance(spec, DiscreteTaskSpace):
+        names = [t.name for t in spec.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
+        dims = {len(t.values) for t in spec.tasks if t.values is not None}
+        if len(dims) > 1 or (dims and any(t.values is None for t in spec.tasks)):
+            raise ValueError("either every task gives 'values' of one length, or none does")
+        values = (
+            np.array([t.values for t in spec.tasks], dtype=np.float64)
+            if dims
+            else np.arange(len(names), dtype=np.float64)[:, None]
+        )
+        options = [t.reset_options or {"task": t.name} for t in spec.tasks]
+        return DiscreteSpace(names, values, options)
+    if isinstance(spec, BoxTaskSpace):
+        if len(spec.low) != len(spec.high):
+            raise ValueError("low and high must have the same length")
+        if any(lo >= hi for lo, hi in zip(spec.low, spec.high)):
+            raise ValueError("every low must be below its high")
+        names = spec.names or [f"x{i}" for i in range(len(spec.low))]
+        if len(names) != len(spec.low):
+            raise ValueError("names must have one entry per dimension")
+        key = spec.option_key
+        return BoxSpace(spec.low, spec.high, names, lambda v: {key: [float(x) for x in v]})
+    raise ValueError(f"unknown task space {spec!r}")

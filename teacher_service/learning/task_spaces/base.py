@@ -1,0 +1,122 @@
+"""The two shapes a task space can have: a finite list of tasks, or a box of real vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from teacher_service.wire import Task
+
+
+class DiscreteSpace:
+    """A finite list of tasks; the teacher picks an index."""
+
+    kind = "discrete"
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        values: np.ndarray,
+        options: Sequence[dict[str, Any]],
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        self.names = list(names)
+        self.values = np.asarray(values, dtype=np.float64).reshape(len(self.names), -1)
+        self.options = list(options)
+        self._extra_summary = summary or {}
+        # Features for the teacher's observation: each coordinate scaled to [-1, 1].
+        self._low, high = self.values.min(axis=0), self.values.max(axis=0)
+        self._span = np.where(high > self._low, high - self._low, 1.0)
+        self._features = self.features_of_values(self.values)
+
+    @property
+    def size(self) -> int:
+        return len(self.names)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.values.shape[1]
+
+    def task(self, index: int) -> Task:
+        return Task(index=index, name=self.names[index], values=self.values[index].tolist())
+
+    def reset_options(self, index: int) -> dict[str, Any]:
+        return self.options[index]
+
+    def features(self, index: int) -> np.ndarray:
+        return self._features[index]
+
+    def features_of_values(self, values: Sequence[float]) -> np.ndarray:
+        """Features of a task given by its coordinates (a student's own `last_task`)."""
+        return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - self._low) / self._span - 1.0, -1.0, 1.0)
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": self.kind, "size": self.size, **self._extra_summary}
+
+
+class BoxSpace:
+    """A box [low, high] of real vectors; the teacher picks a point."""
+
+    kind = "box"
+
+    def __init__(
+        self,
+        low: Sequence[float],
+        high: Sequence[float],
+        names: Sequence[str],
+        to_reset_options: Callable[[np.ndarray], dict[str, Any]],
+        summary: dict[str, Any] | None = None,
+    ) -> None:
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        self.names = list(names)
+        self._to_reset_options = to_reset_options
+        self._extra_summary = summary or {}
+
+    @property
+    def dim(self) -> int:
+        return len(self.low)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim
+
+    def from_unit(self, unit: np.ndarray) -> np.ndarray:
+        """Map a point of [-1, 1]^d to the box."""
+        return self.low + (np.asarray(unit) + 1.0) * 0.5 * (self.high - self.low)
+
+    def task(self, values: np.ndarray) -> Task:
+        return Task(values=[float(v) for v in values])
+
+    def reset_options(self, values: np.ndarray) -> dict[str, Any]:
+        return self._to_reset_options(np.asarray(values, dtype=np.float64))
+
+    def features_of_values(self, values: Sequence[float]) -> np.ndarray:
+        span = np.where(self.high > self.low, self.high - self.low, 1.0)
+        return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - self.low) / span - 1.0, -1.0, 1.0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "dim": self.dim,
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+            "names": self.names,
+            **self._extra_summary,
+        }
+
+
+    def histograms(self, sample: np.ndarray | None, bins: int) -> dict[str, Any]:
+        """Per-dimension histograms of a sample of tasks (rows of values), over the box's range."""
+        if sample is None:
+            return {"samples": 0, "histograms": []}
+        histograms = []
+        for i, dim in enumerate(self.names):
+            counts, edges = np.histogram(sample[:, i], bins=bins, range=(self.low[i], self.high[i]))
+            histograms.append({"name": dim, "edges": edges.tolist(), "counts": counts.tolist()})
+        return {"samples": len(sample), "histograms": histograms}
+
+
+TaskSpace = DiscreteSpace | BoxSpace

@@ -1,0 +1,206 @@
+"""`gradnorm-reinforce`: the paper's teacher (arXiv 2312.13565), done right.
+
+A policy over tasks, trained by REINFORCE with a learned value baseline to propose the tasks whose
+reported signal (by default the student's mean actor gradient norm) is largest.
+
+- Policy: MLP 2x64 tanh. Categorical over a discrete space; over a box, a Gaussian with a learnable
+  state-independent std whose sample is squashed by tanh into the box.
+- Observation (if `use_context`): the student's last return (signed log scale), a flag saying
+  whether there was a last episode, and the last task's coordinates scaled to [-1, 1]. Without
+  context the observation is a constant and the policy is a plain distribution over tasks.
+- Rewards: each proposal is rewarded with the signal of the episode trained on *that* proposal.
+  `horizon` consecutive episodes of one student form a trajectory; the return of step k is the
+  reward-to-go from k to the trajectory's end, discount 1 (the paper used horizon 5).
+- Update: once `batch_size` episodes in complete trajectories are waiting. Advantages = reward-to-go
+  minus baseline, normalized; one Adam step on the policy; `baseline_steps` Adam steps on the
+  baseline, which predicts the batch-normalized reward-to-go.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from teacher_service.learning.task_spaces import DiscreteSpace
+from teacher_service.learning.teachers.base import Context, Decision, Experience, Teacher, TeacherParams
+from teacher_service.learning.trajectories import reward_to_go
+
+
+class ReinforceParams(TeacherParams):
+    hidden_sizes: list[int] = Field(default=[64, 64], min_length=1, max_length=4)
+    lr: float = Field(default=5e-3, gt=0, le=1)
+    baseline_lr: float = Field(default=5e-3, gt=0, le=1)
+    baseline_steps: int = Field(default=5, ge=0, le=100)
+    batch_size: int = Field(default=5, ge=1, le=10_000)
+    horizon: int = Field(default=5, ge=1, le=1_000)
+    use_context: bool = True
+    normalize_advantages: bool = True
+    init_log_std: float = Field(default=0.0, ge=-5, le=2)
+
+
+def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(in_dim, size), nn.Tanh()]
+        in_dim = size
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def signed_log(x: float) -> float:
+    """Keeps returns of any scale in a range a tanh network can use."""
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+class GradNormReinforceTeacher(Teacher):
+    name = "gradnorm-reinforce"
+    Params = ReinforceParams
+
+    def __init__(self, space, params: ReinforceParams, seed: int) -> None:
+        super().__init__(space, params, seed)
+        self.discrete = isinstance(space, DiscreteSpace)
+        self.obs_dim = 2 + space.feature_dim if params.use_context else 1
+        out_dim = space.size if self.discrete else space.dim
+        with torch.random.fork_rng():  # seeded initialisation without touching the process's generator
+            torch.manual_seed(seed)
+            self.policy = mlp(self.obs_dim, params.hidden_sizes, out_dim)
+            self.baseline = mlp(self.obs_dim, params.hidden_sizes, 1)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((space.dim,), params.init_log_std))
+        # Fused Adam: a third less time per step for networks this small, and an update takes six steps.
+        self.policy_opt = torch.optim.Adam(self._policy_parameters(), lr=params.lr, fused=True)
+        self.baseline_opt = torch.optim.Adam(self.baseline.parameters(), lr=params.baseline_lr, fused=True)
+
+    @property
+    def uses_context(self) -> bool:
+        return self.params.use_context
+
+    @property
+    def horizon(self) -> int:
+        return self.params.horizon
+
+    @property
+    def batch_size(self) -> int:
+        return self.params.batch_size
+
+    def _policy_parameters(self) -> list[nn.Parameter]:
+        params = list(self.policy.parameters())
+        return params if self.discrete else params + [self.log_std]
+
+    def observation(self, context: Context) -> list[float]:
+        if not self.params.use_context:
+            return [1.0]
+        if context.last_return is None or context.last_task_features is None:
+            return [0.0, 0.0] + [0.0] * self.space.feature_dim
+        return [signed_log(context.last_return), 1.0, *map(float, context.last_task_features)]
+
+    def _distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:
+        out = self.policy(obs)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=out)
+        return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
+
+    @torch.no_grad()
+    def propose(self, context: Context) -> Decision:
+        obs = self.observation(context)
+        if self.discrete:  # sampled from the logits directly: building a Categorical costs more than the network
+            probs = torch.softmax(self.policy(torch.tensor(obs, dtype=torch.float32)), -1)
+            index = int(torch.multinomial(probs, 1, generator=self.generator))
+            return Decision(task_index=index, teacher_input={"obs": obs, "action": index})
+        dist = self._distribution(torch.tensor(obs, dtype=torch.float32))
+        noise = torch.randn(self.space.dim, generator=self.generator)
+        raw = dist.mean + dist.stddev * noise  # the pre-squash sample; its log-prob is what REINFORCE needs
+        values = self.space.from_unit(torch.tanh(raw).double().numpy())
+        return Decision(task_values=values.tolist(), teacher_input={"obs": obs, "action": raw.tolist()})
+
+    def update(self, batch: list[Experience]) -> dict[str, Any]:
+        obs = torch.tensor([exp.teacher_input["obs"] for exp in batch], dtype=torch.float32)
+        actions = torch.tensor(
+            [exp.teacher_input["action"] for exp in batch], dtype=torch.long if self.discrete else torch.float32
+        )
+        rewards = torch.tensor([exp.reward for exp in batch], dtype=torch.float32)
+        rtg = reward_to_go(batch)
+
+        # The baseline predicts normalized reward-to-go; de-normalize it with this batch's statistics.
+        rtg_mean, rtg_std = rtg.mean(), rtg.std(unbiased=False) + 1e-8
+        with torch.no_grad():
+            values = self.baseline(obs).squeeze(-1) * rtg_std + rtg_mean
+        advantages = rtg - values
+        if self.params.normalize_advantages and len(batch) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
+
+        log_prob = self._distribution(obs).log_prob(actions)
+        if not self.discrete:
+            log_prob = log_prob.sum(-1)
+        policy_loss = -(log_prob * advantages).mean()
+        self.policy_opt.zero_grad(set_to_none=True)
+        policy_loss.backward()
+        self.policy_opt.step()
+
+        targets = (rtg - rtg_mean) / rtg_std
+        baseline_loss = torch.tensor(0.0)
+        for _ in range(self.params.baseline_steps):
+            baseline_loss = nn.functional.mse_loss(self.baseline(obs).squeeze(-1), targets)
+            self.baseline_opt.zero_grad(set_to_none=True)
+            baseline_loss.backward()
+            self.baseline_opt.step()
+
+        self.updates += 1
+        return {
+            "policy_loss": policy_loss.item(),
+            "baseline_loss": baseline_loss.item(),
+            "baseline_mean": float(values.mean()),
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "reward_min": float(rewards.min()),
+            "reward_max": float(rewards.max()),
+            "episodes": len(batch),
+            **self._distribution_summary(),
+        }
+
+    @torch.no_grad()
+    def _distribution_summary(self) -> dict[str, Any]:
+        """The policy at the context of a student's first episode (no last task)."""
+        dist = self._distribution(torch.tensor(self.observation(Context()), dtype=torch.float32))
+        if self.discrete:
+            probs = dist.probs
+            return {"probabilities": [round(float(p), 6) for p in probs], "entropy": float(dist.entropy())}
+        return {
+            "mean": self.space.from_unit(torch.tanh(dist.mean).double().numpy()).tolist(),
+            "std": dist.stddev.tolist(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        return {"updates": self.updates, **self._distribution_summary()}
+
+    @torch.no_grad()
+    def sample_values(self, n: int, seed: int = 0) -> np.ndarray:
+        """Samples of the box policy at the first-episode context, for histograms; own generator."""
+        dist = self._distribution(torch.tensor(self.observation(Context()), dtype=torch.float32))
+        noise = torch.randn(n, self.space.dim, generator=torch.Generator().manual_seed(seed))
+        return self.space.from_unit(torch.tanh(dist.mean + dist.stddev * noise).double().numpy())
+
+    def extra_state(self) -> dict[str, Any]:
+        state = {
+            "policy": self.policy.state_dict(),
+            "baseline": self.baseline.state_dict(),
+            "policy_opt": self.policy_opt.state_dict(),
+            "baseline_opt": self.baseline_opt.state_dict(),
+        }
+        if not self.discrete:
+            state["log_std"] = self.log_std.detach().clone()
+        return state
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.baseline.load_state_dict(state["baseline"])
+        if not self.discrete:
+            with torch.no_grad():
+                self.log_std.copy_(state["log_std"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.baseline_opt.load_state_dict(state["baseline_opt"])

@@ -1,0 +1,36 @@
+"""How reported episodes become a teacher's learning batch: trajectories and their reward-to-go.
+
+The batching contract (see `Teacher.horizon` and `Teacher.batch_size`): `horizon` consecutive
+rewarded episodes of one student form a trajectory; a teacher is updated once `batch_size` episodes
+in complete trajectories wait. The hub stores the grouping; the rule itself lives here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from teacher_service.learning.teachers.base import Experience
+
+
+def group_trajectories(open_episodes: list[int], horizon: int) -> list[list[int]]:
+    """Split one student's rewarded, not yet grouped episodes (by their sequence numbers) into
+    complete trajectories of `horizon` consecutive ones; an incomplete tail stays open."""
+    ordered = sorted(open_episodes)
+    return [ordered[start : start + horizon] for start in range(0, len(ordered) - horizon + 1, horizon)]
+
+
+def reward_to_go(batch: list[Experience]) -> torch.Tensor:
+    """Discount-1 reward-to-go within each trajectory, in the batch's order."""
+    by_trajectory: dict[int, list[int]] = defaultdict(list)
+    for i, exp in enumerate(batch):
+        by_trajectory[exp.trajectory].append(i)
+    rtg = torch.zeros(len(batch), dtype=torch.float32)
+    for indices in by_trajectory.values():
+        indices.sort(key=lambda i: batch[i].seq)
+        running = 0.0
+        for i in reversed(indices):
+            running += batch[i].reward
+            rtg[i] = running
+    return rtg

@@ -1,0 +1,25 @@
+"""The service's own routes: health for load balancers, Prometheus metrics for scrapers (both public)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from teacher_service.serving.infra import metrics as counters
+from teacher_service.serving.inspection import Inspector
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Unauthenticated, as scrapers expect; it shows counts and curriculum names only."""
+    counters.ACTIVE_STUDENTS.clear()  # deleted curricula drop out
+    for curriculum, count in Inspector(request.app.state.hub).active_students().items():
+        counters.ACTIVE_STUDENTS.labels(curriculum).set(count)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,81 @@
+"""The application factory: everything the service is, wired together from one Settings object."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from teacher_service.serving.api import curricula, episodes, inspection, service
+from teacher_service.serving.curricula_file import create_curricula
+from teacher_service.serving.hub import TeacherHub
+from teacher_service.serving.infra import metrics
+from teacher_service.serving.infra.auth import load_tokens
+from teacher_service.serving.infra.errors import ApiError
+from teacher_service.serving.infra.middleware import BodySizeLimit
+from teacher_service.serving.settings import Settings
+from teacher_service.serving.store.tables import create_tables, make_engine
+
+log = logging.getLogger("teacher_service")
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Requests run in a thread pool; with one database writer at a time, a few threads serve more
+        # requests than anyio's default 40, which mostly wait on each other for the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
+        app.state.no_thread_limit = anyio.CapacityLimiter(math.inf)  # see api/deps.run_in_request_thread
+        yield
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="ACL teacher service",
+        version="0.1.0",
+        description="Curriculum teachers for RL students: `POST /propose` before an episode, `POST /report` after it.",
+    )
+    app.state.settings = settings
+    app.state.hub = TeacherHub(settings, engine)
+    if settings.curricula_file:
+        create_curricula(app.state.hub, settings.curricula_file)
+    app.state.tokens = load_tokens(settings)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(metrics.RequestMetrics)  # added last: outermost, so it also sees 413 answers
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only location and message: echoing the input back could contain NaN, which is not JSON.
+        errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.include_router(curricula.router)
+    app.include_router(episodes.router)
+    app.include_router(inspection.router)
+    app.include_router(service.router)
+
+    # The dashboard: public static files (everything local, no CDN); its API calls carry the token.
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app

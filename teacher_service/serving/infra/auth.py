@@ -1,0 +1,84 @@
+"""Bearer tokens: an admin token manages curricula, a student token proposes and reports.
+
+Tokens come from settings. Without them (and without --insecure) the service generates both at
+first start and keeps them in `<data_dir>/tokens.json`, readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from teacher_service.serving.infra.errors import Forbidden, Unauthorized
+from teacher_service.serving.settings import Settings
+
+log = logging.getLogger("teacher_service")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    admin: str | None
+    student: str | None
+    insecure: bool = False
+    path: Path | None = None  # where generated tokens are kept, if they were generated
+
+    def role(self, presented: str | None) -> str | None:
+        """'admin', 'student' or None for a token that is missing or wrong."""
+        if self.insecure:
+            return "admin"
+        if presented is None:
+            return None
+        if self.admin and secrets.compare_digest(presented, self.admin):
+            return "admin"
+        if self.student and secrets.compare_digest(presented, self.student):
+            return "student"
+        return None
+
+
+def load_tokens(settings: Settings) -> Tokens:
+    if settings.insecure:
+        return Tokens(None, None, insecure=True)
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+    student = settings.student_token.get_secret_value() if settings.student_token else None
+    if admin and student:
+        return Tokens(admin, student)
+    path = settings.data_dir / "tokens.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored = {"admin_token": secrets.token_urlsafe(32), "student_token": secrets.token_urlsafe(32)}
+        # Created with owner-only permissions from the start, never readable by others even briefly.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(stored, f, indent=2)
+        log.warning("generated API tokens in %s (owner-only); use them as 'Authorization: Bearer <token>'", path)
+    return Tokens(admin or stored["admin_token"], student or stored["student_token"], path=path)
+
+
+_bearer = HTTPBearer(auto_error=False, description="Admin or student token")
+
+
+async def _role(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+    role = request.app.state.tokens.role(credentials.credentials if credentials else None)
+    if role is None:
+        raise Unauthorized("missing or wrong bearer token" if credentials else "missing bearer token")
+    return role
+
+
+async def require_student(role: str = Depends(_role)) -> str:
+    """Students and admins may propose, report and read."""
+    return role
+
+
+async def require_admin(role: str = Depends(_role)) -> str:
+    if role != "admin":
+        raise Forbidden("this needs the admin token")
+    return role

@@ -1,0 +1,389 @@
+"""Read-only queries behind the inspection endpoints `/curricula/{name}/...`.
+
+Aggregation happens in SQL, with SQLAlchemy's portable JSON operators for the report signals, so the
+same queries run on SQLite and PostgreSQL and no endpoint loads a whole table into Python.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Float, Integer, Row, cast, func, or_, select
+from sqlalchemy.orm import Session
+
+from teacher_service import wire
+from teacher_service.learning.task_spaces import BoxSpace
+from teacher_service.learning.task_spaces.adroit import ADROIT_RELOCATE_ID, BALL_Z
+from teacher_service.serving.hub import TeacherHub
+from teacher_service.serving.infra.errors import BadRequest, NotFound
+from teacher_service.serving.store.tables import Curriculum, Evaluation, Proposal, TeacherUpdate, utcnow
+
+ACTIVE_WITHIN_S = 300.0  # a student seen this recently counts as active
+SIGNAL_SERIES = ("reward", *wire.NAMED_SIGNALS)  # the default series of `signals`
+# The curriculum measure the paper plotted for Adroit: how far the ball starts from its target.
+BALL_TARGET_DISTANCE = "ball_target_distance"
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """Query times as UTC (naive ones are taken as UTC): SQLite compares stored UTC text."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def time_filters(column, since: datetime | None, until: datetime | None) -> list:
+    conditions = []
+    if since is not None:
+        conditions.append(column >= utc(since))
+    if until is not None:
+        conditions.append(column < utc(until))
+    return conditions
+
+
+def signal_column(name: str, adroit: bool):
+    """A report signal as a SQL number (NULL where the report lacks it); BadRequest if unknown."""
+    if adroit and name == BALL_TARGET_DISTANCE:
+        return ball_target_distance()
+    if name == "reward":
+        return Proposal.reward
+    if name == "success":  # a JSON boolean: PostgreSQL casts it to a number only through an integer
+        return cast(Proposal.signals["success"].as_boolean(), Integer)
+    if name in wire.NAMED_SIGNALS:
+        return Proposal.signals[name].as_float()
+    if name.startswith("extra.") and len(name) > len("extra."):
+        return Proposal.signals[("extra", name.removeprefix("extra."))].as_float()
+    raise BadRequest(f"unknown signal {name!r}: use reward, {', '.join(wire.NAMED_SIGNALS)} or 'extra.<name>'")
+
+
+def ball_target_distance():
+    ball_x, ball_y, target_x, target_y, target_z = (Proposal.task_values[i].as_float() for i in range(5))
+    return func.sqrt(
+        (ball_x - target_x) * (ball_x - target_x)
+        + (ball_y - target_y) * (ball_y - target_y)
+        + (BALL_Z - target_z) * (BALL_Z - target_z)
+    )
+
+
+def number(value) -> float | None:
+    """Database aggregates as plain floats (PostgreSQL gives Decimal for averages of integers)."""
+    return None if value is None else float(value)
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+class Inspector:
+    """Queries over one hub's database; every method opens one read-only session."""
+
+    def __init__(self, hub: TeacherHub) -> None:
+        self.hub = hub
+
+    @contextmanager
+    def _curriculum(self, name: str) -> Iterator[tuple[Session, Row]]:
+        with self.hub.sessions() as session:
+            yield session, self.hub.curriculum_row(session, name)
+
+    # ------------------------------------------------------------------ history
+
+    def history(
+        self, name: str, limit: int, after: int | None, student: str | None,
+        since: datetime | None, until: datetime | None,
+    ) -> dict[str, Any]:
+        """Proposals with their reports in proposal order; `next_after` is the cursor of the next page."""
+        with self._curriculum(name) as (session, row):
+            query = select(Proposal).where(
+                Proposal.curriculum_id == row.id, *time_filters(Proposal.created_at, since, until)
+            )
+            if student is not None:
+                query = query.where(Proposal.student_id == student)
+            if after is not None:
+                query = query.where(Proposal.seq > after)
+            proposals = session.scalars(query.order_by(Proposal.seq).limit(limit)).all()
+            items = [
+                {
+                    "seq": p.seq,
+                    "proposal_id": p.proposal_id,
+                    "student_id": p.student_id,
+                    "created_at": iso(p.created_at),
+                    "teacher_version": p.teacher_version,
+                    "task_index": p.task_index,
+                    "task_values": p.task_values,
+                    "reported_at": iso(p.reported_at),
+                    "reward": p.reward,
+                    "signals": p.signals,
+                }
+                for p in proposals
+            ]
+        next_after = items[-1]["seq"] if len(items) == limit else None
+        return {"curriculum": name, "items": items, "next_after": next_after}
+
+    # ------------------------------------------------------------------ evaluations
+
+    def evaluations(
+        self, name: str, limit: int, after: int | None, student: str | None,
+        since: datetime | None, until: datetime | None,
+    ) -> dict[str, Any]:
+        with self._curriculum(name) as (session, row):
+            query = select(Evaluation).where(
+                Evaluation.curriculum_id == row.id, *time_filters(Evaluation.created_at, since, until)
+            )
+            if student is not None:
+                query = query.where(Evaluation.student_id == student)
+            if after is not None:
+                query = query.where(Evaluation.id > after)
+            rows = session.scalars(query.order_by(Evaluation.id).limit(limit)).all()
+            items = [
+                {
+                    "id": e.id,
+                    "student_id": e.student_id,
+                    "created_at": iso(e.created_at),
+                    "env_steps": e.env_steps,
+                    "episodes": e.episodes,
+                    "success_rate": e.success_rate,
+                    "mean_return": e.mean_return,
+                }
+                for e in rows
+            ]
+        next_after = items[-1]["id"] if len(items) == limit else None
+        return {"curriculum": name, "items": items, "next_after": next_after}
+
+    # ------------------------------------------------------------------ distribution
+
+    def distribution(
+        self, name: str, version: int | None, source: str | None, samples: int, bins: int, seed: int,
+        buckets: int | None,
+    ) -> dict[str, Any]:
+        """The teacher's distribution over tasks (now, or after update `version`), or that of its proposals.
+
+        Teachers without a policy of their own (random, env-default) are described by their proposals."""
+        with self._curriculum(name) as (session, row):
+            space = self.hub.runtime(row).space
+            with self.hub.current_teacher(session, row) as teacher:
+                state = teacher.describe()
+                box_sampler = getattr(teacher, "sample_values", None)
+                own = "probabilities" in state or "mean" in state
+                source = source or ("teacher" if own else "proposals")
+                if source == "teacher":
+                    if not own:
+                        raise BadRequest(f"the {teacher.name} teacher has no distribution of its own: use source=proposals")
+                    if version is None or version == row.teacher_version:
+                        version = row.teacher_version
+                        if isinstance(space, BoxSpace) and box_sampler is not None:
+                            state = {**state, "sample": box_sampler(samples, seed)}
+                    else:
+                        state = self._stored_stats(session, row, version)
+            if source == "proposals":
+                version = None  # proposals span every version
+            base = {"curriculum": name, "kind": space.kind, "source": source, "version": version}
+            if isinstance(space, BoxSpace):
+                base.update(names=space.names, low=space.low.tolist(), high=space.high.tolist())
+                if source == "teacher":
+                    return {**base, "mean": state["mean"], "std": state["std"],
+                            **space.histograms(state.get("sample"), bins)}
+                values = session.scalars(
+                    select(Proposal.task_values)
+                    .where(Proposal.curriculum_id == row.id, Proposal.task_values.is_not(None))
+                    .order_by(Proposal.seq.desc())
+                    .limit(samples)
+                ).all()
+                return {**base, **space.histograms(np.array(values).reshape(-1, space.dim), bins)}
+            base.update(names=space.names, values=space.values.tolist())
+            if source == "teacher":
+                return {**base, "probabilities": state["probabilities"]}
+            return {**base, **self._proposal_counts(session, row, space.size, buckets)}
+
+    @staticmethod
+    def _stored_stats(session: Session, row: Row, version: int) -> dict[str, Any]:
+        stats = session.scalar(
+            select(TeacherUpdate.stats).where(TeacherUpdate.curriculum_id == row.id, TeacherUpdate.version == version)
+        )
+        if stats is None:
+            raise NotFound(f"no stored distribution for teacher version {version} (current: {row.teacher_version}); "
+                           "versions 1 and up are stored, one per update")
+        return stats
+
+    @staticmethod
+    def _proposal_counts(session: Session, row: Curriculum, size: int, buckets: int | None) -> dict[str, Any]:
+        """Proposal frequencies per task; with `buckets`, also per stretch of the proposal sequence."""
+        mine = (Proposal.curriculum_id == row.id, Proposal.task_index.is_not(None))
+        counts = np.zeros(size, dtype=np.int64)
+        for index, n in session.execute(select(Proposal.task_index, func.count()).where(*mine).group_by(Proposal.task_index)):
+            counts[index] = n
+        total = int(counts.sum())
+        result: dict[str, Any] = {
+            "proposals": total,
+            "counts": counts.tolist(),
+            "probabilities": (counts / total).tolist() if total else counts.astype(float).tolist(),
+        }
+        if buckets is None:
+            return result
+        first, last = session.execute(select(func.min(Proposal.seq), func.max(Proposal.seq)).where(*mine)).one()
+        result["buckets"] = []
+        if first is None:
+            return result
+        # Equal stretches of the global proposal sequence: integer arithmetic that both databases share.
+        bucket = ((Proposal.seq - first) * buckets // (last - first + 1)).label("bucket")
+        spans = {
+            b: {"first_at": iso(start), "last_at": iso(end), "proposals": n, "counts": {}}
+            for b, start, end, n in session.execute(
+                select(bucket, func.min(Proposal.created_at), func.max(Proposal.created_at), func.count())
+                .where(*mine).group_by(bucket)
+            )
+        }
+        for b, index, n in session.execute(
+            select(bucket, Proposal.task_index, func.count()).where(*mine).group_by(bucket, Proposal.task_index)
+        ):
+            spans[b]["counts"][index] = n
+        result["buckets"] = [spans[b] for b in sorted(spans)]
+        return result
+
+    # ------------------------------------------------------------------ students
+
+    def students(self, name: str, active_within_s: float) -> dict[str, Any]:
+        now = utcnow()
+        cutoff = now - timedelta(seconds=active_within_s)
+        with self._curriculum(name) as (session, row):
+            per_student: dict[str, dict[str, Any]] = {}
+            for sid, proposals, episodes, steps, proposed, reported in session.execute(
+                select(
+                    Proposal.student_id,
+                    func.count(),
+                    func.count(Proposal.reported_at),
+                    func.sum(Proposal.signals["env_steps"].as_float()),
+                    func.max(Proposal.created_at),
+                    func.max(Proposal.reported_at),
+                )
+                .where(Proposal.curriculum_id == row.id)
+                .group_by(Proposal.student_id)
+            ):
+                per_student[sid] = {
+                    "student_id": sid, "proposals": proposals, "episodes": episodes,
+                    "env_steps": int(steps or 0), "seen": [proposed, reported], "last_evaluation": None,
+                }
+            last_ids = (
+                select(func.max(Evaluation.id)).where(Evaluation.curriculum_id == row.id).group_by(Evaluation.student_id)
+            )
+            for e in session.scalars(select(Evaluation).where(Evaluation.id.in_(last_ids))):
+                student = per_student.setdefault(
+                    e.student_id,
+                    {"student_id": e.student_id, "proposals": 0, "episodes": 0, "env_steps": 0, "seen": []},
+                )
+                student["seen"].append(e.created_at)
+                student["last_evaluation"] = {
+                    "env_steps": e.env_steps, "episodes": e.episodes, "success_rate": e.success_rate,
+                    "mean_return": e.mean_return, "at": iso(e.created_at),
+                }
+        students = []
+        for student in sorted(per_student.values(), key=lambda s: s["student_id"]):
+            last_seen = max(t for t in student.pop("seen") if t is not None)
+            students.append({**student, "last_seen": iso(last_seen), "active": last_seen >= cutoff})
+        return {
+            "curriculum": name,
+            "active_within_s": active_within_s,
+            "active": sum(s["active"] for s in students),
+            "students": students,
+        }
+
+    def active_students(self, within_s: float = ACTIVE_WITHIN_S) -> dict[str, int]:
+        """Students seen (proposal or report) within the window, per curriculum name, for /metrics."""
+        cutoff = utcnow() - timedelta(seconds=within_s)
+        with self.hub.sessions() as session:
+            counts = dict(
+                session.execute(
+                    select(Curriculum.name, func.count(func.distinct(Proposal.student_id)))
+                    .join(Proposal, Proposal.curriculum_id == Curriculum.id)
+                    .where(or_(Proposal.created_at >= cutoff, Proposal.reported_at >= cutoff))
+                    .group_by(Curriculum.name)
+                ).all()
+            )
+            return {name: counts.get(name, 0) for name in session.scalars(select(Curriculum.name))}
+
+    # ------------------------------------------------------------------ teacher
+
+    def teacher(self, name: str) -> dict[str, Any]:
+        with self._curriculum(name) as (session, row):
+            with self.hub.current_teacher(session, row) as teacher:
+                state = teacher.describe()
+            last = session.execute(
+                select(TeacherUpdate.version, TeacherUpdate.created_at, TeacherUpdate.stats)
+                .where(TeacherUpdate.curriculum_id == row.id)
+                .order_by(TeacherUpdate.version.desc())
+                .limit(1)
+            ).first()
+            count, mean, mean_sq, low, high = session.execute(
+                select(
+                    func.count(Proposal.reward),
+                    func.avg(Proposal.reward),
+                    func.avg(Proposal.reward * Proposal.reward),
+                    func.min(Proposal.reward),
+                    func.max(Proposal.reward),
+                ).where(Proposal.curriculum_id == row.id)
+            ).one()
+            last_update = None
+            if last is not None:
+                # The distribution itself is in `state` and under /distribution; here only the numbers.
+                numbers = {k: v for k, v in last.stats.items() if k not in ("probabilities", "mean", "std")}
+                last_update = {"version": last.version, "at": iso(last.created_at), **numbers}
+            std = math.sqrt(max(number(mean_sq) - number(mean) ** 2, 0.0)) if count else None
+            return {
+                "curriculum": name,
+                "algorithm": row.spec["teacher"]["algorithm"],
+                "reward_signal": row.spec["reward_signal"],
+                "version": row.teacher_version,
+                "updates": row.teacher_updates,
+                "state": state,
+                "last_update": last_update,
+                "rewards": {"count": count, "mean": number(mean), "std": std, "min": number(low), "max": number(high)},
+            }
+
+    # ------------------------------------------------------------------ signals
+
+    def signals(
+        self, name: str, names: list[str] | None, every: int | None, student: str | None,
+        since: datetime | None, until: datetime | None,
+    ) -> dict[str, Any]:
+        """Each signal over reported episodes in proposal order, in windows of `every` episodes:
+        mean, min, max and count (episodes that carried it). Adroit adds the ball-to-target distance."""
+        with self._curriculum(name) as (session, row):
+            adroit = row.spec["task_space"].get("env_id") == ADROIT_RELOCATE_ID
+            names = list(dict.fromkeys(names or [*SIGNAL_SERIES, *([BALL_TARGET_DISTANCE] if adroit else [])]))
+            columns = [signal_column(n, adroit) for n in names]
+            reported = [Proposal.curriculum_id == row.id, Proposal.reported_at.is_not(None),
+                        *time_filters(Proposal.created_at, since, until)]
+            if student is not None:
+                reported.append(Proposal.student_id == student)
+            total = session.scalar(select(func.count()).where(*reported))
+            every = every or max(1, math.ceil(total / 100))  # about 100 points by default
+            episodes = select(
+                (func.row_number().over(order_by=Proposal.seq) - 1).label("n"),
+                Proposal.reported_at,
+                *(cast(c, Float).label(f"s{i}") for i, c in enumerate(columns)),
+            ).where(*reported).subquery()
+            window = (episodes.c.n // every).label("window")
+            aggregates = []
+            for i in range(len(names)):
+                value = episodes.c[f"s{i}"]
+                aggregates += [func.avg(value), func.min(value), func.max(value), func.count(value)]
+            rows = session.execute(
+                select(window, func.count(), func.min(episodes.c.reported_at), func.max(episodes.c.reported_at),
+                       *aggregates)
+                .group_by(window)
+                .order_by(window)
+            ).all()
+        series = {n: {"mean": [], "min": [], "max": [], "count": []} for n in names}
+        windows = []
+        for w, count, first_at, last_at, *values in rows:
+            windows.append({"first_episode": w * every, "episodes": count, "first_at": iso(first_at),
+                            "last_at": iso(last_at)})
+            for i, n in enumerate(names):
+                mean, low, high, n_values = values[4 * i : 4 * i + 4]
+                for key, value in (("mean", number(mean)), ("min", number(low)), ("max", number(high)),
+                                   ("count", n_values)):
+                    series[n][key].append(value)
+        return {"curriculum": name, "every": every, "episodes": total, "windows": windows, "series": series}

@@ -1,0 +1,53 @@
+"""The reward of a report, with the earlier reports that derived rewards need read from the database.
+
+The maths is in `learning/rewards.py`; this module only reads its inputs, inside the report's
+transaction (which holds the curriculum's lock).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection, Row
+
+from teacher_service import wire
+from teacher_service.learning import rewards
+from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace
+from teacher_service.serving.store.tables import Proposal
+
+
+def earlier_reports(proposal: Row, *columns):
+    """The curriculum's reported proposals other than this one, the most recently reported first."""
+    return (
+        select(*columns)
+        .where(
+            Proposal.curriculum_id == proposal.curriculum_id,
+            Proposal.reported_at.is_not(None),
+            Proposal.seq != proposal.seq,
+        )
+        .order_by(Proposal.reported_at.desc(), Proposal.seq.desc())
+    )
+
+
+def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row, signals: wire.Signals) -> float | None:
+    """The reward of this report for a curriculum rewarded with `reward_signal`; call before the
+    proposal is marked reported."""
+    if reward_signal == "return_progress":
+        if signals.episode_return is None or proposal.task_values is None:
+            return None
+        query = earlier_reports(proposal, Proposal.task_values, Proposal.signals).limit(rewards.PROGRESS_WINDOW)
+        if isinstance(space, DiscreteSpace):
+            query = query.where(Proposal.task_index == proposal.task_index)
+        previous = [
+            (row.task_values, row.signals["episode_return"])
+            for row in conn.execute(query)
+            if row.signals.get("episode_return") is not None
+        ]
+        return rewards.return_progress(space, proposal.task_values, signals.episode_return, previous)
+    if reward_signal in rewards.DERIVED_SIGNALS:
+        name = reward_signal.removesuffix("_normalized")
+        value = signals.value(name)
+        if value is None:
+            return None
+        earlier = conn.scalars(earlier_reports(proposal, Proposal.signals).limit(rewards.SCALE_WINDOW - 1))
+        return rewards.normalized(value, [s[name] for s in earlier if s.get(name) is not None])
+    return signals.value(reward_signal)

@@ -1,0 +1,154 @@
+"""Database tables and the engine factory (SQLite with WAL by default, PostgreSQL by URL)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class AwareDateTime(TypeDecorator):
+    """Timezone-aware datetimes on every backend (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Curriculum(Base):
+    __tablename__ = "curricula"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    spec: Mapped[dict] = mapped_column(JSON)  # the CurriculumCreate body, as given
+    teacher_version: Mapped[int] = mapped_column(Integer, default=0)
+    teacher_updates: Mapped[int] = mapped_column(Integer, default=0)
+    # Checkpoint of the whole teacher; deferred: loaded only when a process's cached teacher is stale.
+    teacher_state: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+
+
+class Proposal(Base):
+    __tablename__ = "proposals"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)  # global order of proposals
+    proposal_id: Mapped[str] = mapped_column(String(32), unique=True)  # what students see
+    curriculum_id: Mapped[int] = mapped_column(ForeignKey("curricula.id", ondelete="CASCADE"))
+    student_id: Mapped[str] = mapped_column(String(128))
+    task_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    task_values: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    reset_options: Mapped[dict] = mapped_column(JSON)
+    teacher_version: Mapped[int] = mapped_column(Integer)
+    teacher_input: Mapped[dict] = mapped_column(JSON)  # what the teacher needs to learn from it (observation, action)
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(AwareDateTime)
+    # Set when a report arrives.
+    reported_at: Mapped[datetime | None] = mapped_column(AwareDateTime, nullable=True)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    signals: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    ack: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the first answer, returned again on a resend
+    # Batching for the teacher: `trajectory` is set once the report completes a trajectory of
+    # `horizon` episodes of this student; `consumed_version` once a teacher update has used it.
+    trajectory: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    consumed_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (
+        Index("ix_proposals_batch", "curriculum_id", "consumed_version", "trajectory"),
+        Index("ix_proposals_student", "curriculum_id", "student_id", "seq"),
+        Index("ix_proposals_curriculum_seq", "curriculum_id", "seq"),
+    )
+
+
+class TeacherUpdate(Base):
+    """One row per teacher update: what it learned from and what it looked like afterwards."""
+
+    __tablename__ = "teacher_updates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    curriculum_id: Mapped[int] = mapped_column(ForeignKey("curricula.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    curriculum_id: Mapped[int] = mapped_column(ForeignKey("curricula.id", ondelete="CASCADE"), index=True)
+    student_id: Mapped[str] = mapped_column(String(128))
+    env_steps: Mapped[int] = mapped_column(BigInteger)
+    episodes: Mapped[int] = mapped_column(Integer)
+    success_rate: Mapped[float] = mapped_column(Float)
+    mean_return: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            # WAL lets readers run beside the writer; NORMAL sync is crash-safe for the process in WAL mode.
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, see below
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            # Writers say so (see writer_engine) and take the write lock up front with BEGIN IMMEDIATE,
+            # so a read-then-write transaction never fails to upgrade its lock; readers stay concurrent.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+def writer_engine(engine: Engine) -> Engine:
+    """The engine for transactions that will write (on SQLite they begin with BEGIN IMMEDIATE)."""
+    return engine.execution_options(writer=True)
+
+
+# Any fixed number: the key of the PostgreSQL advisory lock that serializes schema creation.
+_SCHEMA_LOCK_KEY = 7_240_311
+
+
+def create_tables(engine: Engine) -> None:
+    """Create missing tables. Replicas starting together on PostgreSQL take turns: two concurrent
+    CREATE TABLEs of the same name collide in the catalog (UniqueViolation on pg_type) otherwise."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+        Base.metadata.create_all(conn)

@@ -1,0 +1,81 @@
+"""`acl-run`: the service and student workers as local processes; Ctrl-C saves everything, a rerun continues."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from tests.servers import free_port, wait_until
+from tests.student_helpers import TINY, episode_log
+
+CURRICULUM = "local"
+
+
+def teacher_versions(data_dir) -> list[int]:
+    with sqlite3.connect(data_dir / "teacher.db") as db:
+        return [v for (v,) in db.execute("SELECT version FROM teacher_updates ORDER BY id")]
+
+
+def reporting_students(data_dir) -> set[str]:
+    with sqlite3.connect(data_dir / "teacher.db") as db:
+        return {s for (s,) in db.execute("SELECT DISTINCT student_id FROM proposals WHERE reported_at IS NOT NULL")}
+
+
+def start(tmp_path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "teacher_service.launch.run", "--students", "2", "--steps", "50000",
+           "--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "teacher-data"),
+           "--port", str(port), "--", *TINY, "--eval-every", "0"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interrupt(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    return out
+
+
+def run_until(proc: subprocess.Popen, check, what: str) -> str:
+    """Let acl-run work until `check()` holds, then Ctrl-C it; its output, also when it fails."""
+    try:
+        wait_until(lambda: proc.poll() is not None or check(), 240, what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; acl-run printed:\n{interrupt(proc)}") from None
+    assert proc.poll() is None, f"acl-run exited early:\n{proc.communicate()[0]}"
+    return interrupt(proc)
+
+
+def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
+    spec = {"name": CURRICULUM, "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
+            "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
+    (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
+    data = tmp_path / "teacher-data"
+    students = [data / "students" / f"{CURRICULUM}-{i}" for i in range(2)]
+    port = free_port()
+
+    out = run_until(start(tmp_path, port), lambda: all(len(episode_log(d)) >= 2 for d in students)
+                    and teacher_versions(data), "two episodes per student and a teacher update")
+    assert f"http://127.0.0.1:{port}" in out and str(data / "tokens.json") in out
+    tokens = json.loads((data / "tokens.json").read_text())
+    versions = teacher_versions(data)
+    saved = {d: torch.load(d / "checkpoint.pt", weights_only=False)["step"] for d in students}
+    episodes = {d: len(episode_log(d)) for d in students}
+    for d in students:
+        assert saved[d] == episode_log(d)[-1]["step"]  # the checkpoint has every logged episode
+
+    run_until(start(tmp_path, port), lambda: all(len(episode_log(d)) >= episodes[d] + 2 for d in students)
+              and len(teacher_versions(data)) > len(versions), "more episodes and teacher updates")
+    assert json.loads((data / "tokens.json").read_text()) == tokens
+    resumed = teacher_versions(data)
+    assert resumed == list(range(1, len(resumed) + 1)) and resumed[: len(versions)] == versions  # not reset
+    for d in students:
+        first_new = episode_log(d)[episodes[d]]
+        assert first_new["step"] == saved[d] + first_new["env_steps"]  # the step counter continues
+        assert first_new["grad_updates"] == first_new["env_steps"]  # learning had started: the agent was restored
+    assert reporting_students(data) == {f"{CURRICULUM}-0", f"{CURRICULUM}-1"}  # the same students, no new ids

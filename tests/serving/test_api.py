@@ -1,0 +1,242 @@
+"""The teacher service as a real process over HTTP, on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+MAZE = {"kind": "preset", "env_id": "PointMaze_UMaze-v3"}
+TASKS = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
+
+
+def create(client, name="cur", task_space=None, **teacher_params):
+    body = {
+        "name": name,
+        "task_space": task_space or TASKS,
+        "teacher": {"algorithm": "gradnorm-reinforce", "params": {"horizon": 1, "batch_size": 4, **teacher_params}},
+    }
+    response = client.post("/curricula", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def propose(client, curriculum="cur", student="s1"):
+    response = client.post("/propose", json={"curriculum": curriculum, "student_id": student})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def report(client, proposal, reward, student="s1"):
+    body = {"proposal_id": proposal["proposal_id"], "student_id": student, "signals": {"grad_norm_mean": reward}}
+    return client.post("/report", json=body)
+
+
+def counts(service):
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        return {
+            "proposals": db.execute("select count(*) from proposals").fetchone()[0],
+            "reports": db.execute("select count(*) from proposals where reported_at is not null").fetchone()[0],
+            "updates": db.execute("select count(*) from teacher_updates").fetchone()[0],
+            "curricula": db.execute("select count(*) from curricula").fetchone()[0],
+        }
+
+
+def test_maze_preset_proposals_are_free_cell_pairs(service):
+    client = service.client()
+    info = create(client, task_space=MAZE)
+    layout = info["task_space_summary"]["maze_map"]
+    assert info["task_space_summary"]["size"] == 7 * 6
+    for _ in range(20):
+        options = propose(client)["reset_options"]
+        (r, c), (gr, gc) = options["reset_cell"], options["goal_cell"]
+        assert layout[r][c] == 0 and layout[gr][gc] == 0 and (r, c) != (gr, gc)
+
+
+def test_adroit_preset_gives_exactly_the_keys_the_environment_reads(service):
+    client = service.client()
+    create(client, task_space={"kind": "preset", "env_id": "AdroitHandRelocate-v1"})
+    proposal = propose(client)
+    state = proposal["reset_options"]["initial_state_dict"]
+    assert set(state) == {"qpos", "qvel", "obj_pos", "target_pos"}
+    assert len(state["qpos"]) == len(state["qvel"]) == 36
+    ball_x, ball_y, target_x, target_y, target_z = proposal["task"]["values"]
+    assert state["obj_pos"][:2] == [ball_x, ball_y] and state["target_pos"] == [target_x, target_y, target_z]
+    assert -0.15 <= ball_x <= 0.15 and -0.15 <= ball_y <= 0.3 and 0.15 <= target_z <= 0.35
+
+
+def test_env_default_sends_empty_reset_options(service):
+    client = service.client()
+    body = {"name": "none", "task_space": MAZE, "teacher": {"algorithm": "env-default"}}
+    assert client.post("/curricula", json=body).status_code == 201
+    proposal = propose(client, "none")
+    assert proposal["reset_options"] == {} and proposal["task"] is None
+    assert report(client, proposal, 1.0).json()["teacher_updated"] is False
+
+
+def test_reward_goes_to_its_own_proposal_and_the_teacher_learns_from_it(service):
+    """Report k carries the reward of proposal k's task. Were rewards shifted by one episode (the
+    paper's off-by-one), task 2 would be rewarded at random and its probability would not rise."""
+    client = service.client(service.student_token)
+    create(service.client(), batch_size=10)
+    for _ in range(300):
+        proposal = propose(client)
+        reward = 1.0 if proposal["task"]["index"] == 2 else 0.0
+        assert report(client, proposal, reward).json()["reward"] == reward
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        rows = db.execute("select task_index, reward, consumed_version from proposals").fetchall()
+    assert all(reward == (1.0 if task == 2 else 0.0) for task, reward, _ in rows)
+    assert sum(1 for *_, consumed in rows if consumed is not None) == 300
+    teacher = client.get("/curricula/cur/teacher").json()
+    assert teacher["version"] == teacher["updates"] == 30
+    assert teacher["state"]["probabilities"][2] > 0.5
+
+
+def test_batches_from_many_students_and_horizon_trajectories(service):
+    client = service.client()
+    create(client, batch_size=6, horizon=3)
+    proposals = {s: [propose(client, student=s) for _ in range(3)] for s in ("a", "b")}
+    acks = [report(client, proposals["a"][k], 1.0, "a").json() for k in range(3)]
+    # One full trajectory of student a is 3 episodes: not yet a batch of 6.
+    assert not any(ack["teacher_updated"] for ack in acks)
+    acks = [report(client, proposals["b"][k], 1.0, "b").json() for k in range(3)]
+    assert [ack["teacher_updated"] for ack in acks] == [False, False, True]
+    assert acks[-1]["teacher_version"] == 1
+
+
+def test_restart_resumes_the_same_teacher(service):
+    client = service.client()
+    create(client, batch_size=2)
+    for _ in range(6):
+        assert report(client, propose(client), 1.0).status_code == 200
+    pending = propose(client)  # made before the restart, reported after it
+    before = client.get("/curricula/cur/teacher").json()
+    service.stop()
+    service.start()
+    client = service.client()
+    after = client.get("/curricula/cur/teacher").json()
+    assert after == before and after["version"] == 3
+    assert report(client, pending, 1.0).json()["teacher_updated"] is False
+    ack = report(client, propose(client), 1.0).json()
+    assert ack["teacher_updated"] is True and ack["teacher_version"] == 4
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def assert_rejected(service, response, status, message):
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert message in (detail if isinstance(detail, str) else str(detail)), detail
+
+
+def test_bad_curricula_are_rejected_and_change_nothing(service):
+    client = service.client()
+    create(client)
+    before = counts(service)
+    cases = [
+        ({"name": "x", "task_space": {"kind": "preset", "env_id": "CartPole-v1"}}, 422, "no preset for 'CartPole-v1'"),
+        ({"name": "x", "task_space": {"kind": "preset", "env_id": "PointMaze_Nope-v3"}}, 422, "unknown environment id"),
+        ({"name": "x", "task_space": TASKS, "teacher": {"algorithm": "oracle"}}, 422, "unknown teacher algorithm 'oracle'"),
+        ({"name": "x", "task_space": TASKS, "teacher": {"params": {"lr": -1}}}, 422, "teacher.params: lr"),
+        ({"name": "x", "task_space": TASKS, "teacher": {"params": {"typo": 1}}}, 422, "typo"),
+        ({"name": "x", "task_space": TASKS, "reward_signal": "loss"}, 422, "unknown reward_signal 'loss'"),
+        ({"name": "x", "task_space": {"kind": "box", "low": [1], "high": [0]}}, 422, "every low must be below"),
+        ({"name": "bad name!", "task_space": TASKS}, 422, "string_pattern_mismatch"),
+        ({"name": "cur", "task_space": TASKS}, 409, "already exists"),
+    ]
+    for body, status, message in cases:
+        assert_rejected(service, client.post("/curricula", json=body), status, message)
+    assert_rejected(service, client.get("/curricula/nope"), 404, "curriculum 'nope' not found")
+    assert_rejected(service, client.delete("/curricula/nope"), 404, "curriculum 'nope' not found")
+    assert counts(service) == before
+
+
+def test_bad_reports_are_rejected_and_change_nothing(service):
+    client = service.client()
+    create(client)
+    proposal = propose(client)
+    first = report(client, proposal, 2.0)
+    assert first.status_code == 200
+    other = propose(client)
+    before = counts(service)
+
+    def send(signals, proposal_id=other["proposal_id"], student="s1"):
+        return client.post("/report", json={"proposal_id": proposal_id, "student_id": student, "signals": signals})
+
+    assert_rejected(service, send({}, proposal_id="0" * 32), 404, "not found")
+    assert_rejected(service, send({}, student="s2"), 409, "was made for student 's1', not 's2'")
+    assert_rejected(service, send({"grad_norm_mean": 1e13}), 422, "less than or equal")
+    assert_rejected(service, send({"grad_norm_mean": -1}), 422, "greater than or equal to 0")
+    assert_rejected(service, send({"grad_norm_mean": "big"}), 422, "valid number")
+    assert_rejected(service, send({"env_steps": 1.5}), 422, "valid integer")
+    assert_rejected(service, send({"surprise": 1}), 422, "extra_forbidden")
+    for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
+        body = b'{"proposal_id": "%s", "student_id": "s1", "signals": {"grad_norm_mean": %s}}' % (
+            other["proposal_id"].encode(), raw)
+        response = client.post("/report", content=body, headers={"content-type": "application/json"})
+        assert_rejected(service, response, 422, "finite number")
+    assert_rejected(service, client.post("/report", content=b"{not json", headers={"content-type": "application/json"}), 422, "JSON")
+    huge = {"proposal_id": other["proposal_id"], "student_id": "s1", "signals": {"extra": {"x": 1}}, "pad": "x" * 70_000}
+    assert_rejected(service, client.post("/report", json=huge), 413, "larger than")
+    # The same report again: the first answer, counted once.
+    again = report(client, proposal, 2.0)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert_rejected(service, report(client, proposal, 3.0), 409, "already reported with other signals")
+    assert counts(service) == before
+
+
+def test_bad_proposals_and_tokens_are_rejected_and_change_nothing(service):
+    admin = service.client()
+    create(admin)
+    before = counts(service)
+    assert_rejected(service, admin.post("/propose", json={"curriculum": "nope", "student_id": "s"}), 404, "not found")
+    assert_rejected(service, admin.post("/propose", json={"curriculum": "cur", "student_id": ""}), 422, "at least 1")
+    assert_rejected(service, admin.post("/propose", json={"curriculum": "cur"}), 422, "student_id")
+    body = {"curriculum": "cur", "student_id": "s", "context": {"last_task": [1.0, 2.0]}}
+    assert_rejected(service, admin.post("/propose", json=body), 422, "last_task must have 1 values")
+    nobody = service.client()
+    nobody.headers.pop("Authorization")
+    assert_rejected(service, nobody.post("/propose", json={"curriculum": "cur", "student_id": "s"}), 401, "missing bearer token")
+    wrong = service.client("not-a-token")
+    assert_rejected(service, wrong.post("/propose", json={"curriculum": "cur", "student_id": "s"}), 401, "wrong bearer token")
+    assert_rejected(service, wrong.delete("/curricula/cur"), 401, "wrong bearer token")
+    student = service.client(service.student_token)
+    assert_rejected(service, student.post("/curricula", json={"name": "y", "task_space": TASKS}), 403, "admin token")
+    assert_rejected(service, student.delete("/curricula/cur"), 403, "admin token")
+    assert counts(service) == before
+
+
+def test_expired_proposals_get_410_and_never_stall_batches(service):
+    client = service.client()
+    body = {"name": "cur", "task_space": TASKS, "proposal_ttl_s": 1.0,
+            "teacher": {"params": {"horizon": 1, "batch_size": 2}}}
+    assert client.post("/curricula", json=body).status_code == 201
+    abandoned = propose(client)
+    time.sleep(1.2)
+    assert_rejected(service, report(client, abandoned, 1.0), 410, "expired")
+    acks = [report(client, propose(client), 1.0).json() for _ in range(2)]
+    assert acks[-1]["teacher_updated"] is True
+
+
+def test_curricula_listing_deletion_and_docs(service):
+    client = service.client()
+    create(client, "a")
+    create(client, "b")
+    assert [c["name"] for c in client.get("/curricula").json()] == ["a", "b"]
+    assert client.delete("/curricula/a").status_code == 204
+    assert [c["name"] for c in client.get("/curricula").json()] == ["b"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    spec = client.get("/openapi.json").json()
+    assert {"/propose", "/report", "/curricula"} <= set(spec["paths"])
+    assert "gradnorm-reinforce" in client.get("/teachers").json()
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_cli_help_lists_settings(flag):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", flag], capture_output=True, text=True)
+    assert out.returncode == 0 and "TEACHER_DATABASE_URL" in out.stdout and "--insecure" in out.stdout

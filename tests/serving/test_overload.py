@@ -1,0 +1,61 @@
+"""Under overload the service does no work for clients that hung up while their request waited."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.servers import ServiceProcess, wait_until
+from tests.serving.test_api import counts, create
+
+
+def requests_with_status(client: httpx.Client, route: str, status: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "teacher_http_requests_total" and sample.labels == {
+                "method": "POST", "route": route, "status": status,
+            }:
+                return sample.value
+    return 0.0
+
+
+def answers_healthz(service: ServiceProcess) -> bool:
+    try:
+        return httpx.get(f"{service.url}/healthz", timeout=0.5).status_code == 200
+    except httpx.TimeoutException:
+        return False
+
+
+def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_REQUEST_THREADS": "1"}).start()
+    try:
+        client = service.client()
+        create(client)
+        # Another process holds SQLite's write lock: the first propose blocks in the only request thread.
+        blocker = sqlite3.connect(service.database_url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        first: dict = {}
+        waiting = threading.Thread(
+            target=lambda: first.update(response=service.client().post("/propose", json={"curriculum": "cur", "student_id": "a"}))
+        )
+        waiting.start()
+        # The first propose holds the only request thread once even /healthz (a thread-pool route) stops answering.
+        wait_until(lambda: not answers_healthz(service), 30, "the first propose blocking the request thread")
+        # The second waits for the thread; its client gives up, as a client with a timeout and retries does.
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{service.url}/propose", json={"curriculum": "cur", "student_id": "b"}, timeout=1,
+                       headers={"Authorization": f"Bearer {service.admin_token}"})
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        waiting.join(30)
+        assert first["response"].status_code == 200, first["response"].text
+
+        assert counts(service)["proposals"] == 1  # only the first: nobody was waiting for the second
+        assert requests_with_status(client, "/propose", "499") == 1
+        assert requests_with_status(client, "/propose", "200") == 1
+    finally:
+        service.stop()

@@ -1,0 +1,90 @@
+"""Durability on PostgreSQL, generated tokens, and the --insecure switch."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import httpx
+import psycopg
+
+from tests.servers import ServiceProcess, free_port, wait_until
+from tests.serving.test_api import create, propose, report
+
+
+def test_postgres_path_commits_and_resumes(tmp_path, postgres_url):
+    service = ServiceProcess(tmp_path, database_url=postgres_url).start()
+    try:
+        client = service.client()
+        create(client, batch_size=2)
+        acks = [report(client, propose(client), float(k)).json() for k in range(4)]
+        assert [a["teacher_version"] for a in acks] == [0, 1, 1, 2]
+        pending = propose(client)
+        service.stop()
+        service.start()
+        client = service.client()
+        assert client.get("/curricula/cur/teacher").json()["version"] == 2
+        assert report(client, pending, 1.0).json() == {
+            "proposal_id": pending["proposal_id"], "reward": 1.0, "teacher_version": 2, "teacher_updated": False
+        }
+        assert report(client, propose(client), 5.0).json()["teacher_version"] == 3
+    finally:
+        service.stop()
+    dsn = postgres_url.replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(dsn) as conn:
+        rewards = conn.execute("select reward from proposals order by seq").fetchall()
+        versions = conn.execute("select version from teacher_updates order by id").fetchall()
+    assert [r for (r,) in rewards] == [0.0, 1.0, 2.0, 3.0, 1.0, 5.0]
+    assert [v for (v,) in versions] == [1, 2, 3]
+
+
+def run_service(tmp_path, *args, env=None):
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teacher_service.serving.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path), *args],
+        env={**clean, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(f"{url}/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, "service")
+    return process, url
+
+
+def test_embedded_default_generates_owner_only_tokens(tmp_path):
+    process, url = run_service(tmp_path)
+    try:
+        path = tmp_path / "tokens.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        tokens = json.loads(path.read_text())
+        body = {"name": "c", "task_space": {"kind": "box", "low": [0], "high": [1]}}
+        assert httpx.post(f"{url}/curricula", json=body).status_code == 401
+        assert httpx.post(f"{url}/curricula", json=body,
+                          headers={"Authorization": f"Bearer {tokens['student_token']}"}).status_code == 403
+        assert httpx.post(f"{url}/curricula", json=body,
+                          headers={"Authorization": f"Bearer {tokens['admin_token']}"}).status_code == 201
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert str(path) in output
+
+
+def test_insecure_only_when_asked(tmp_path):
+    process, url = run_service(tmp_path, "--insecure")
+    try:
+        body = {"name": "c", "task_space": {"kind": "box", "low": [0], "high": [1]}}
+        assert httpx.post(f"{url}/curricula", json=body).status_code == 201
+        assert not (tmp_path / "tokens.json").exists()
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=20)[0]
+    assert "--insecure" in output

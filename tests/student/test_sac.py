@@ -1,0 +1,103 @@
+"""SAC: the TD target reads the target critics, updates run, probes and checkpoints work."""
+
+import math
+
+import numpy as np
+import torch
+
+from student_client.sac.buffer import ReplayBuffer
+from student_client.sac.agent import SAC, PointMazePreset, SmallPreset
+
+torch.set_num_threads(1)
+OBS, ACT = 6, 2
+
+
+def make_agent(n_critics: int = 2, alpha: float | None = 0.1) -> tuple[SAC, ReplayBuffer]:
+    torch.manual_seed(0)
+    config = SmallPreset(n_critics=n_critics, alpha=alpha, batch_size=32)
+    agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), config)
+    buffer = ReplayBuffer(200, OBS, ACT, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        buffer.add(rng.normal(size=OBS).astype(np.float32), rng.uniform(-1, 1, ACT).astype(np.float32),
+                   float(rng.normal()), rng.normal(size=OBS).astype(np.float32), bool(rng.random() < 0.1))
+    return agent, buffer
+
+
+def test_td_target_reads_target_networks_not_online_critics():
+    agent, buffer = make_agent()
+    batch = buffer.sample(32)
+    torch.manual_seed(1)
+    target = agent.td_target(batch)
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.add_(1.0)  # changing the online critics...
+    torch.manual_seed(1)
+    assert torch.equal(agent.td_target(batch), target)  # ...does not change the target
+    torch.manual_seed(1)
+    loss = agent.critic_loss(batch)
+    with torch.no_grad():
+        for p in agent.critic_target.parameters():
+            p.mul_(1.5)  # changing the target critics changes target and loss
+    torch.manual_seed(1)
+    assert not torch.allclose(agent.td_target(batch), target)
+    torch.manual_seed(1)
+    assert not torch.isclose(agent.critic_loss(batch), loss)
+
+
+def test_updates_are_finite_and_target_follows_by_polyak():
+    agent, buffer = make_agent(alpha=None)  # also exercises the auto-tuned temperature
+    before = [p.clone() for p in agent.critic_target.parameters()]
+    for _ in range(5):
+        losses = agent.update(buffer.sample(32))
+        assert all(math.isfinite(float(v)) for v in losses.values())
+    moved = [not torch.equal(a, b) for a, b in zip(before, agent.critic_target.parameters())]
+    assert all(moved)
+    # Each target step is a lerp of size tau towards the online critic: the target stays close.
+    for t, o in zip(agent.critic_target.parameters(), agent.critic.parameters()):
+        assert not t.requires_grad and not torch.equal(t, o)
+    actor, critic = agent.pop_grad_stats()
+    assert actor.updates == critic.updates == 5
+    assert 0 < actor.episode <= actor.mean and 0 < critic.episode <= critic.mean
+    assert agent.log_alpha.item() != 0.0
+
+
+def test_fused_critics_are_independent_networks():
+    agent, buffer = make_agent(n_critics=2)
+    batch = buffer.sample(32)
+    q = agent.critic(batch.obs, batch.actions)
+    assert q.shape == (2, 32)
+    assert not torch.allclose(q[0], q[1])
+    loss = q[0].sum()  # the first critic's output has no gradient into the second one's weights
+    loss.backward()
+    assert all(p.grad[1].abs().sum() == 0 for p in agent.critic.parameters())
+
+
+def test_pointmaze_preset_and_checkpoint_roundtrip():
+    config = PointMazePreset()
+    assert (config.hidden, config.n_critics, config.batch_size, config.alpha) == ((128, 128, 128), 1, 128, 0.2)
+    agent, buffer = make_agent()
+    agent.update(buffer.sample(32))
+    clone, _ = make_agent()
+    clone.load_state_dict(agent.state_dict())
+    obs = torch.randn(4, OBS)
+    assert torch.equal(clone.actor.deterministic(obs), agent.actor.deterministic(obs))
+    restored = ReplayBuffer(200, OBS, ACT)
+    restored.load_state_dict(buffer.state_dict())
+    assert torch.equal(restored.sample(8).obs, buffer.sample(8).obs)
+
+
+def test_log_prob_matches_torch_distributions():
+    from torch.distributions import Normal, TransformedDistribution
+    from torch.distributions.transforms import AffineTransform, TanhTransform
+
+    torch.manual_seed(0)
+    agent = SAC(OBS, ACT, np.array([-2.0, 0.0]), np.array([2.0, 1.0]), SmallPreset())
+    obs = torch.randn(16, OBS)
+    torch.manual_seed(1)
+    actions, log_prob = agent.actor.sample(obs)
+    mean, log_std = agent.actor(obs)
+    dist = TransformedDistribution(Normal(mean, log_std.exp()),
+                                   [TanhTransform(), AffineTransform(agent.actor.action_bias, agent.actor.action_scale)])
+    torch.testing.assert_close(log_prob, dist.log_prob(actions).sum(-1), atol=2e-3, rtol=1e-4)
+    assert torch.all(actions[:, 0].abs() <= 2) and torch.all((actions[:, 1] >= 0) & (actions[:, 1] <= 1))
