@@ -26,6 +26,9 @@ NAMED_SIGNALS = (
     "grad_norm_episode",
     "critic_grad_norm_mean",
     "critic_grad_norm_episode",
+    "grad_norm_local",
+    "critic_grad_norm_local",
+    "positive_value_loss",
     "episode_return",
     "success",
     "env_steps",
@@ -72,14 +75,19 @@ class Signals(WireModel):
     """What the student measured while training on one episode.
 
     Gradient norms are of the actor (`grad_norm_*`) and critic (`critic_grad_norm_*`):
-    `*_mean` is the mean over the episode's updates of ||g_t||, `*_episode` is ||(1/N) sum_t g_t||.
-    They are None for an episode that had no gradient update (before learning starts).
+    `*_mean` is the mean over the episode's updates of ||g_t||, `*_episode` is ||(1/N) sum_t g_t||,
+    `*_local` is the norm of the loss gradient on a batch of this episode's own transitions only
+    (no optimizer step). `positive_value_loss` is PLR's score: the mean over the episode's transitions
+    of max(TD error, 0). They are None for an episode that had no gradient update (before learning starts).
     """
 
     grad_norm_mean: FiniteFloat | None = Field(default=None, ge=0)
     grad_norm_episode: FiniteFloat | None = Field(default=None, ge=0)
     critic_grad_norm_mean: FiniteFloat | None = Field(default=None, ge=0)
     critic_grad_norm_episode: FiniteFloat | None = Field(default=None, ge=0)
+    grad_norm_local: FiniteFloat | None = Field(default=None, ge=0)
+    critic_grad_norm_local: FiniteFloat | None = Field(default=None, ge=0)
+    positive_value_loss: FiniteFloat | None = Field(default=None, ge=0)
     episode_return: FiniteFloat | None = None
     success: bool | None = None
     env_steps: Count | None = None

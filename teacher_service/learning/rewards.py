@@ -22,7 +22,10 @@ import numpy as np
 
 from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace
 
-GRADIENT_SIGNALS = ("grad_norm_mean", "grad_norm_episode", "critic_grad_norm_mean", "critic_grad_norm_episode")
+GRADIENT_SIGNALS = (
+    "grad_norm_mean", "grad_norm_episode", "grad_norm_local",
+    "critic_grad_norm_mean", "critic_grad_norm_episode", "critic_grad_norm_local",
+)
 DERIVED_SIGNALS = ("return_progress", *(f"{name}_normalized" for name in GRADIENT_SIGNALS))
 PROGRESS_WINDOW = 1_000
 SCALE_WINDOW = 100
