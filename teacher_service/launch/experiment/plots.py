@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import deque
-from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +12,8 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats as sps
+
+from teacher_service.learning.task_spaces.maze import shortest_paths
 
 PROPOSAL_COLUMNS = ("condition", "seed", "step", "task_values")
 
@@ -61,31 +61,11 @@ def learning_curves(curves: dict, path: Path, threshold: float) -> None:
 # ---------------------------------------------------------------- what the teachers proposed
 
 
-@lru_cache(maxsize=None)
-def _maze_distances(env_id: str) -> dict[tuple[int, int], dict[tuple[int, int], int]]:
-    """Shortest path length in cells between every two free cells of the maze (breadth-first search)."""
-    from teacher_service.learning.task_spaces.maze import maze_map
-
-    layout = maze_map(env_id)
-    free = {(r, c) for r, row in enumerate(layout) for c, cell in enumerate(row) if cell == 0}
-    table = {}
-    for start in free:
-        dist, queue = {start: 0}, deque([start])
-        while queue:
-            r, c = queue.popleft()
-            for nxt in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
-                if nxt in free and nxt not in dist:
-                    dist[nxt] = dist[(r, c)] + 1
-                    queue.append(nxt)
-        table[start] = dist
-    return table
-
-
 def task_distance(env_id: str, values: list[float]) -> tuple[float, str]:
     """How far the task's start is from its goal, and the axis label that says in what."""
     if env_id.startswith(("PointMaze_", "AntMaze_")):
         reset_row, reset_col, goal_row, goal_col = map(int, values)
-        return _maze_distances(env_id)[(reset_row, reset_col)][(goal_row, goal_col)], "start to goal (maze cells, shortest path)"
+        return shortest_paths(env_id)[(reset_row, reset_col)][(goal_row, goal_col)], "start to goal (maze cells, shortest path)"
     if env_id.startswith("AdroitHandRelocate"):
         ball_x, ball_y, target_x, target_y, target_z = values
         return float(np.linalg.norm([target_x - ball_x, target_y - ball_y, target_z])), "ball to target (m, ball at z=0)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from functools import lru_cache
 
 import numpy as np
@@ -30,6 +31,24 @@ def maze_map(env_id: str) -> tuple[tuple[int, ...], ...]:
         raise ValueError(f"{env_id!r} registers no maze_map")
     # Cells marked 'r', 'g' or 'c' are free cells with a role in the default reset; the env only forbids 1.
     return tuple(tuple(1 if cell == 1 else 0 for cell in row) for row in layout)
+
+
+@lru_cache(maxsize=None)
+def shortest_paths(env_id: str) -> dict[tuple[int, int], dict[tuple[int, int], int]]:
+    """Shortest path length in cells between every two free cells of the maze (breadth-first search)."""
+    layout = maze_map(env_id)
+    free = {(r, c) for r, row in enumerate(layout) for c, cell in enumerate(row) if cell == 0}
+    table = {}
+    for start in free:
+        dist, queue = {start: 0}, deque([start])
+        while queue:
+            r, c = queue.popleft()
+            for nxt in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
+                if nxt in free and nxt not in dist:
+                    dist[nxt] = dist[(r, c)] + 1
+                    queue.append(nxt)
+        table[start] = dist
+    return table
 
 
 def maze_task_space(env_id: str) -> DiscreteSpace:
