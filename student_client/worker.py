@@ -30,7 +30,7 @@ from student_client.client import TeacherClient, TeacherError, TeacherUnavailabl
 from student_client.envs import make_env
 from student_client.outbox import Outbox
 from student_client.sac.agent import PRESETS, SAC, make_buffer, preset_for_env
-from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
+from teacher_service.wire import RUN_FINISHED, EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
 
 log = logging.getLogger("student_client.worker")
 CHECKPOINT = "checkpoint.pt"
@@ -172,6 +172,8 @@ class Worker:
             grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
             critic_grad_norm_mean=critic.mean, critic_grad_norm_episode=critic.episode,
             episode_return=episode.ret, success=episode.success, env_steps=episode.steps, grad_updates=actor.updates,
+            # The run's last episode says so: the dashboard shows the student finished, not active.
+            extra={RUN_FINISHED: 1.0} if self.step >= self.args.steps else {},
         )
         if proposal is not None:
             self.outbox.put_report(ReportRequest(proposal_id=proposal.proposal_id, student_id=self.student_id,
@@ -274,22 +276,31 @@ class Worker:
         self.stop_requested = True
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Says a default once: not where the help already says it, nor for options that have none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="student-worker", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--teacher", default=os.environ.get("TEACHER_URL", "http://127.0.0.1:8000"),
                    help="teacher service URL (env TEACHER_URL)")
     p.add_argument("--token", default=None, help="bearer token (default: env TEACHER_TOKEN)")
     p.add_argument("--curriculum", required=True, help="curriculum name on the teacher")
     p.add_argument("--env", required=True, help="environment id, e.g. PointMaze_UMaze-v3")
     p.add_argument("--steps", type=int, required=True, help="total env steps of the run (resumes count)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the networks, the env and the evaluations")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="SAC preset (default: by env)")
     p.add_argument("--learning-starts", type=int, default=None, help="override the preset's first update step")
     p.add_argument("--random-steps", type=int, default=None, help="override the preset's random-action steps")
     p.add_argument("--student-id", default=None, help="default: <hostname>-s<seed>, or the checkpoint's")
     p.add_argument("--eval-every", type=int, default=5000, help="env steps between evaluations (0: never)")
-    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
     p.add_argument("--checkpoint-dir", default=None, help="checkpoint, outbox and episode log; resumes from it")
     p.add_argument("--checkpoint-every", type=int, default=10000, help="env steps between checkpoints")
     p.add_argument("--tensorboard", default=None, help="write TensorBoard scalars to this directory")
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console script ``student-worker``."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in worker.log
     torch.set_num_threads(1)
     worker = Worker(args)
     signal.signal(signal.SIGTERM, worker.request_stop)

@@ -34,6 +34,9 @@ NAMED_SIGNALS = (
     "env_steps",
     "grad_updates",
 )
+# An `extra` signal (1.0) on the report of a student's last episode of its run (`--steps` reached):
+# the dashboard then shows the student as finished instead of active.
+RUN_FINISHED = "run_finished"
 
 
 class WireModel(BaseModel):

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import farama_notifications
 import gymnasium as gym
-import gymnasium_robotics
 import numpy as np
+
+# gymnasium-robotics prints its Adroit reward notice to stderr on import, in every worker's log;
+# acl-run says it once and the README names the pinned version instead.
+farama_notifications.notifications.pop("gymnasium_robotics", None)
+import gymnasium_robotics  # noqa: E402
 
 gym.register_envs(gymnasium_robotics)
 

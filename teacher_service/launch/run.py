@@ -8,6 +8,7 @@ checkpoints and the teachers from the database.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -106,14 +107,15 @@ class Run:
         else:
             tokens = "TEACHER_ADMIN_TOKEN and TEACHER_STUDENT_TOKEN from the environment or .env"
         lines = [
-            f"Teacher service: [bold]{self.url}[/]"
-            + ("  dashboard: / (open it once with ?token=<student token>)" if dashboard else "")
-            + f"  API docs: /docs  (log: {self.data_dir / 'service.log'})",
+            f"Teacher service: [bold]{self.url}[/]  API docs: /docs  (log: {self.data_dir / 'service.log'})",
+            *([f"Dashboard: [bold]{self.tokens.dashboard_url(self.url)}[/]"] if dashboard else []),
             f"Tokens: {tokens}",
             f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
             f"{self.args.steps} steps each; checkpoints and logs in {self.data_dir / 'students'}",
             "Ctrl-C stops everything with all state saved; run the same command again to continue.",
         ]
+        if self.env_id.startswith("AdroitHand"):  # said here once; the processes do not print it
+            lines.append("Note: gymnasium-robotics 1.2.1+ changed Adroit v1's dense reward without a version bump.")
         console.print("\n".join(lines), soft_wrap=True)  # soft: long URLs and paths stay whole
 
     def table(self) -> Table:
@@ -123,19 +125,20 @@ class Run:
             teacher = f"teacher version {info['teacher_version']}"
         except (httpx.HTTPError, ValueError, KeyError):
             teacher = "service not answering"
-        table = Table(title=f"{self.curriculum}: {teacher}", title_justify="left")
-        for column in ("student", "state", "steps", "episodes", "return (last 20)", "success (last 20)",
-                       "grad norm (last)"):
-            table.add_column(column, justify="left" if column in ("student", "state") else "right",
-                             no_wrap=column == "student")
+        # Borderless with short headers: fits 80 columns without cutting a cell.
+        table = Table(title=f"{self.curriculum}: {teacher}; {self.args.steps} steps per student", title_justify="left",
+                      caption="return, success: mean of the last 20 episodes; grad norm: the last episode's",
+                      caption_justify="left", box=None, pad_edge=False, header_style="bold underline")
+        for column in ("student", "state", "steps", "episodes", "return", "success", "grad norm"):
+            table.add_column(column, justify="left" if column in ("student", "state") else "right", no_wrap=True)
         for student_id, proc in zip(self.student_ids, self.workers):
             count, recent = last_episodes(self.student_dir(student_id) / "episodes.jsonl")
             code = proc.poll()
-            state = "running" if code is None else "done" if code == 0 else f"failed ({code}), see worker.log"
+            state = "running" if code is None else "done" if code == 0 else f"failed ({code})"  # see worker.log
             last = recent[-1] if recent else {}
             grad = last.get("grad_norm_mean")
             table.add_row(
-                student_id, state, f"{last.get('step', 0)}/{self.args.steps}", str(count),
+                student_id, state, str(last.get("step", 0)), str(count),
                 f"{sum(r['episode_return'] for r in recent) / len(recent):.2f}" if recent else "-",
                 f"{sum(bool(r['success']) for r in recent) / len(recent):.0%}" if recent else "-",
                 f"{grad:.3g}" if grad is not None else "-",
@@ -143,7 +146,8 @@ class Run:
         return table
 
     def run(self) -> int:
-        console = Console()
+        # Not a terminal (a pipe, a log): wide lines instead of rich's 80-column default.
+        console = Console(width=None if sys.stdout.isatty() else 160)
         self.start_service()
         try:
             self.start_workers()
@@ -175,6 +179,7 @@ class Run:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request, should logging be configured
 
     def terminate(signum, frame):
         raise KeyboardInterrupt  # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C

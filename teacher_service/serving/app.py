@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from teacher_service.serving.api import curricula, episodes, inspection, service
+from teacher_service.serving.api import compare, curricula, episodes, inspection, service
 from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(curricula.router)
     app.include_router(episodes.router)
     app.include_router(inspection.router)
+    app.include_router(compare.router)
     app.include_router(service.router)
 
     # The dashboard: public static files (everything local, no CDN); its API calls carry the token.

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     elif tokens.path is not None:
         print(f"API tokens are in {tokens.path} (owner-only).", flush=True)
     print(f"Teacher service on http://{settings.host}:{settings.port}  (API docs at /docs)", flush=True)
+    local = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    print(f"Dashboard: {tokens.dashboard_url(f'http://{local}:{settings.port}')}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
 
 

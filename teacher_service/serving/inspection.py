@@ -13,17 +13,19 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, Integer, Row, cast, func, or_, select
+from sqlalchemy import Float, Integer, Row, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from teacher_service import wire
 from teacher_service.learning.task_spaces import BoxSpace
 from teacher_service.learning.task_spaces.adroit import ADROIT_RELOCATE_ID, BALL_Z
+from teacher_service.learning.task_spaces.maze import is_maze, shortest_paths
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.errors import BadRequest, NotFound
 from teacher_service.serving.store.tables import Curriculum, Evaluation, Proposal, TeacherUpdate, utcnow
 
 ACTIVE_WITHIN_S = 300.0  # a student seen this recently counts as active
+COMPARE_METRICS = ("success_rate", "mean_return")  # evaluation columns `compare` aggregates
 SIGNAL_SERIES = ("reward", *wire.NAMED_SIGNALS)  # the default series of `signals`
 # The curriculum measure the paper plotted for Adroit: how far the ball starts from its target.
 BALL_TARGET_DISTANCE = "ball_target_distance"
@@ -194,6 +196,10 @@ class Inspector:
                 ).all()
                 return {**base, **space.histograms(np.array(values).reshape(-1, space.dim), bins)}
             base.update(names=space.names, values=space.values.tolist())
+            env_id = row.spec["task_space"].get("env_id")
+            if env_id and is_maze(env_id):  # how far each task's goal is from its start, for the dashboard
+                paths = shortest_paths(env_id)
+                base["shortest_path"] = [paths[(int(r), int(c))][(int(gr), int(gc))] for r, c, gr, gc in space.values]
             if source == "teacher":
                 return {**base, "probabilities": state["probabilities"]}
             return {**base, **self._proposal_counts(session, row, space.size, buckets)}
@@ -250,7 +256,10 @@ class Inspector:
         cutoff = now - timedelta(seconds=active_within_s)
         with self._curriculum(name) as (session, row):
             per_student: dict[str, dict[str, Any]] = {}
-            for sid, proposals, episodes, steps, proposed, reported in session.execute(
+            finished_report = case(
+                (Proposal.signals[("extra", wire.RUN_FINISHED)].as_float().is_not(None), Proposal.reported_at)
+            )
+            for sid, proposals, episodes, steps, proposed, reported, finished in session.execute(
                 select(
                     Proposal.student_id,
                     func.count(),
@@ -258,6 +267,7 @@ class Inspector:
                     func.sum(Proposal.signals["env_steps"].as_float()),
                     func.max(Proposal.created_at),
                     func.max(Proposal.reported_at),
+                    func.max(finished_report),
                 )
                 .where(Proposal.curriculum_id == row.id)
                 .group_by(Proposal.student_id)
@@ -265,6 +275,8 @@ class Inspector:
                 per_student[sid] = {
                     "student_id": sid, "proposals": proposals, "episodes": episodes,
                     "env_steps": int(steps or 0), "seen": [proposed, reported], "last_evaluation": None,
+                    # Its run ended with its last proposal; a later proposal means it was resumed.
+                    "finished": finished is not None and finished >= proposed,
                 }
             last_ids = (
                 select(func.max(Evaluation.id)).where(Evaluation.curriculum_id == row.id).group_by(Evaluation.student_id)
@@ -272,7 +284,8 @@ class Inspector:
             for e in session.scalars(select(Evaluation).where(Evaluation.id.in_(last_ids))):
                 student = per_student.setdefault(
                     e.student_id,
-                    {"student_id": e.student_id, "proposals": 0, "episodes": 0, "env_steps": 0, "seen": []},
+                    {"student_id": e.student_id, "proposals": 0, "episodes": 0, "env_steps": 0, "seen": [],
+                     "finished": False},
                 )
                 student["seen"].append(e.created_at)
                 student["last_evaluation"] = {
@@ -282,7 +295,8 @@ class Inspector:
         students = []
         for student in sorted(per_student.values(), key=lambda s: s["student_id"]):
             last_seen = max(t for t in student.pop("seen") if t is not None)
-            students.append({**student, "last_seen": iso(last_seen), "active": last_seen >= cutoff})
+            active = last_seen >= cutoff and not student["finished"]
+            students.append({**student, "last_seen": iso(last_seen), "active": active})
         return {
             "curriculum": name,
             "active_within_s": active_within_s,
@@ -387,3 +401,57 @@ class Inspector:
                                    ("count", n_values)):
                     series[n][key].append(value)
         return {"curriculum": name, "every": every, "episodes": total, "windows": windows, "series": series}
+
+    # ------------------------------------------------------------------ updates and comparison
+
+    def updates(self, name: str, limit: int, after: int | None) -> dict[str, Any]:
+        """The numbers each teacher update stored (losses, baseline, entropy...), oldest first, paged by version."""
+        with self._curriculum(name) as (session, row):
+            query = select(TeacherUpdate.version, TeacherUpdate.created_at, TeacherUpdate.stats).where(
+                TeacherUpdate.curriculum_id == row.id
+            )
+            if after is not None:
+                query = query.where(TeacherUpdate.version > after)
+            rows = session.execute(query.order_by(TeacherUpdate.version).limit(limit)).all()
+        # Only plain numbers: the distributions are under /distribution, flags are not curves.
+        items = [
+            {"version": version, "at": iso(at),
+             **{k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+            for version, at, stats in rows
+        ]
+        next_after = items[-1]["version"] if len(items) == limit else None
+        return {"curriculum": name, "items": items, "next_after": next_after}
+
+    def compare(self, names: list[str], metric: str) -> dict[str, Any]:
+        """An evaluation metric of several curricula against environment steps: at each step, the mean,
+        standard deviation, min and max over the students that evaluated there (each student's
+        evaluations at one step averaged first, so a repeated evaluation does not weigh twice)."""
+        if metric not in COMPARE_METRICS:
+            raise BadRequest(f"unknown metric {metric!r}: use {' or '.join(COMPARE_METRICS)}")
+        curves = []
+        with self.hub.sessions() as session:
+            for name in names:
+                row = self.hub.curriculum_row(session, name)
+                per_student = (
+                    select(Evaluation.env_steps, func.avg(getattr(Evaluation, metric)).label("value"))
+                    .where(Evaluation.curriculum_id == row.id)
+                    .group_by(Evaluation.student_id, Evaluation.env_steps)
+                    .subquery()
+                )
+                value = per_student.c.value
+                points = session.execute(
+                    select(per_student.c.env_steps, func.count(), func.avg(value), func.avg(value * value),
+                           func.min(value), func.max(value))
+                    .group_by(per_student.c.env_steps)
+                    .order_by(per_student.c.env_steps)
+                ).all()
+                curve: dict[str, Any] = {"curriculum": name, "algorithm": row.spec["teacher"]["algorithm"],
+                                         "env_steps": [], "students": [], "mean": [], "std": [], "min": [], "max": []}
+                for steps, students, mean, mean_sq, low, high in points:
+                    mean, mean_sq = number(mean), number(mean_sq)
+                    for key, v in (("env_steps", int(steps)), ("students", students), ("mean", mean),
+                                   ("std", math.sqrt(max(mean_sq - mean * mean, 0.0))), ("min", number(low)),
+                                   ("max", number(high))):
+                        curve[key].append(v)
+                curves.append(curve)
+        return {"metric": metric, "curves": curves}

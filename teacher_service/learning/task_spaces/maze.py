@@ -18,7 +18,10 @@ def is_maze(env_id: str) -> bool:
 @lru_cache(maxsize=None)
 def maze_map(env_id: str) -> tuple[tuple[int, ...], ...]:
     """The maze layout registered for this id (1 = wall), read from gymnasium-robotics' registry."""
+    import farama_notifications
     import gymnasium as gym
+
+    farama_notifications.notifications.pop("gymnasium_robotics", None)  # its Adroit notice: see README
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)

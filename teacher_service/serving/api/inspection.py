@@ -123,3 +123,14 @@ def signals(
 ) -> dict:
     """Each reported signal (and the teacher's reward) aggregated in windows of `every` episodes."""
     return inspector.signals(name, signal, every, student, since, until)
+
+
+@router.get("/updates")
+def updates(
+    name: str,
+    limit: Limit = 1000,
+    after: Annotated[int | None, Query(ge=0, description="Cursor: the `next_after` (a version) of the previous page.")] = None,
+    inspector: Inspector = Depends(get_inspector),
+) -> dict:
+    """The numbers each teacher update stored (losses, baseline, entropy, rewards), oldest first."""
+    return inspector.updates(name, limit, after)

@@ -41,6 +41,10 @@ class Tokens:
             return "student"
         return None
 
+    def dashboard_url(self, base_url: str) -> str:
+        """The dashboard with the student (read) token in the fragment, which browsers never send."""
+        return f"{base_url}/" if self.insecure or not self.student else f"{base_url}/#token={self.student}"
+
 
 def load_tokens(settings: Settings) -> Tokens:
     if settings.insecure:
