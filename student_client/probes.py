@@ -28,35 +28,49 @@ class GradStats:
 
 
 class GradNormAccumulator:
-    """Accumulates ||g_t|| and sum_t g_t over the updates of one episode for a set of parameters."""
+    """Accumulates ||g_t|| and sum_t g_t over the updates of one episode for a set of parameters.
 
-    def __init__(self, params: Iterable[torch.nn.Parameter]) -> None:
+    With ``members=K`` the parameters hold K independent models stacked along their first dimension
+    (an ensemble of students): member k's gradient vector is the k-th slice of every parameter, and
+    each member has its own statistics (``pop(k)``).
+    """
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], members: int | None = None) -> None:
         self.params = [p for p in params if p.requires_grad]
+        self.members = members or 1
         dtype = self.params[0].dtype if self.params else torch.float32
-        self._grad_sum = torch.zeros(sum(p.numel() for p in self.params), dtype=dtype)
-        self._norm_sum = torch.zeros((), dtype=torch.float64)
-        self.updates = 0
+        size = sum(p.numel() for p in self.params) // self.members
+        self._grad_sum = torch.zeros(self.members, size, dtype=dtype)
+        self._norm_sum = torch.zeros(self.members, dtype=torch.float64)
+        self._updates = [0] * self.members
+
+    @property
+    def updates(self) -> int:
+        """Updates recorded since member 0's last ``pop``."""
+        return self._updates[0]
 
     @torch.no_grad()
     def record(self) -> None:
         """Record the gradients now in ``.grad`` as one update (call after backward, before zeroing)."""
-        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype) for p in self.params]
-        flat = torch.cat(grads)  # one vector, a copy: later changes to .grad cannot reach it
-        self._norm_sum += torch.linalg.vector_norm(flat)
+        k = self.members
+        grads = [p.grad.reshape(k, -1) if p.grad is not None else torch.zeros(k, p.numel() // k, dtype=p.dtype)
+                 for p in self.params]
+        flat = torch.cat(grads, dim=1)  # (members, size), a copy: later changes to .grad cannot reach it
+        self._norm_sum += torch.linalg.vector_norm(flat, dim=1)
         self._grad_sum += flat
-        self.updates += 1
+        self._updates = [n + 1 for n in self._updates]
 
     @torch.no_grad()
-    def pop(self) -> GradStats:
-        """Return this episode's statistics and start a new episode."""
-        if self.updates == 0:
+    def pop(self, member: int = 0) -> GradStats:
+        """Return this episode's statistics (of ``member``) and start its new episode."""
+        n = self._updates[member]
+        if n == 0:
             return GradStats(None, None, 0)
-        n = self.updates
-        mean = float(self._norm_sum) / n
-        episode = float(torch.linalg.vector_norm(self._grad_sum)) / n
-        self._grad_sum.zero_()
-        self._norm_sum.zero_()
-        self.updates = 0
+        mean = float(self._norm_sum[member]) / n
+        episode = float(torch.linalg.vector_norm(self._grad_sum[member])) / n
+        self._grad_sum[member].zero_()
+        self._norm_sum[member].zero_()
+        self._updates[member] = 0
         return GradStats(mean, episode, n)
 
 

@@ -1,9 +1,11 @@
 """Soft Actor-Critic in torch, read top to bottom: presets, networks, the update.
 
 Twin critics are one module whose layers hold the stacked weights of all critics, so the critics run
-in one batched matmul per layer. The TD targets read the *target* critics (the paper's code updated
-its target networks but never read them: defect 4). Gradient-norm probes record the actor's and the
-critic's whole gradient vector at every update (see ``probes.py``).
+in one batched matmul per layer. With ``members=K`` every network holds K independent students the
+same way (a leading member dimension on every tensor; see ``ensemble.py``); the single student is
+``members=None``, with no member dimension. The TD targets read the *target* critics (the paper's
+code updated its target networks but never read them: defect 4). Gradient-norm probes record the
+actor's and the critic's whole gradient vector at every update (see ``probes.py``).
 """
 
 from __future__ import annotations
@@ -108,19 +110,41 @@ class FastTanh(nn.Module):
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": FastTanh}
 
 
+class EnsembleLinear(nn.Module):
+    """``n`` independent linear layers run as one batched matmul: (n, B, in) -> (n, B, out)."""
+
+    def __init__(self, n: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's default initialization
+        self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def linear(members: int | None, in_features: int, out_features: int) -> nn.Module:
+    """A plain linear layer, or ``members`` of them stacked."""
+    return nn.Linear(in_features, out_features) if members is None else EnsembleLinear(members, in_features,
+                                                                                       out_features)
+
+
 class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy; one output layer gives mean and log-std."""
+    """Tanh-squashed Gaussian policy; one output layer gives mean and log-std.
+
+    Observations are (B, obs_dim), or (members, B, obs_dim) with ``members``.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str,
-                 action_low: np.ndarray, action_high: np.ndarray) -> None:
+                 action_low: np.ndarray, action_high: np.ndarray, members: int | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         last = obs_dim
         for size in hidden:
-            layers += [nn.Linear(last, size), ACTIVATIONS[activation]()]
+            layers += [linear(members, last, size), ACTIVATIONS[activation]()]
             last = size
         self.trunk = nn.Sequential(*layers)
-        self.head = nn.Linear(last, 2 * act_dim)
+        self.head = linear(members, last, 2 * act_dim)
         low, high = torch.as_tensor(action_low, dtype=torch.float32), torch.as_tensor(action_high, dtype=torch.float32)
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
@@ -128,6 +152,7 @@ class Actor(nn.Module):
         self.log_prob_offset = -float(act_dim) * (0.5 * math.log(2 * math.pi) + 2 * math.log(2)) - float(
             self.action_scale.log().sum())
         self.act_dim = act_dim
+        self.generators: list[torch.Generator] | None = None  # one noise stream per member; None: torch's
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.head(self.trunk(obs)).split(self.act_dim, dim=-1)
@@ -136,7 +161,10 @@ class Actor(nn.Module):
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A reparameterized action in the env's bounds and its log-probability."""
         mean, log_std = self(obs)
-        eps = torch.randn_like(mean)
+        if self.generators is None:
+            eps = torch.randn_like(mean)
+        else:
+            eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in self.generators])
         u = torch.addcmul(mean, log_std.exp(), eps)
         # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable
         # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)); constants are folded into log_prob_offset.
@@ -151,55 +179,55 @@ class Actor(nn.Module):
         return action if self.unit_bounds else action * self.action_scale + self.action_bias
 
 
-class EnsembleLinear(nn.Module):
-    """``n`` independent linear layers run as one batched matmul: (n, B, in) -> (n, B, out)."""
-
-    def __init__(self, n: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        bound = 1 / math.sqrt(in_features)  # nn.Linear's default initialization
-        self.weight = nn.Parameter(torch.empty(n, in_features, out_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(n, 1, out_features).uniform_(-bound, bound))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
 class Critics(nn.Module):
-    """``n`` Q-networks evaluated together; returns Q-values of shape (n, B)."""
+    """``n`` Q-networks evaluated together; Q-values of shape (n, B), or (members, n, B).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str, n: int) -> None:
+    With ``members`` the layers hold members * n networks, member-major: member k's critics are
+    the slices [k n, (k + 1) n) of every parameter.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], activation: str, n: int,
+                 members: int | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         last = obs_dim + act_dim
         for size in hidden:
-            layers += [EnsembleLinear(n, last, size), ACTIVATIONS[activation]()]
+            layers += [EnsembleLinear((members or 1) * n, last, size), ACTIVATIONS[activation]()]
             last = size
-        layers.append(EnsembleLinear(n, last, 1))
+        layers.append(EnsembleLinear((members or 1) * n, last, 1))
         self.net = nn.Sequential(*layers)
         self.n = n
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, actions], dim=-1)
-        return self.net(x.expand(self.n, *x.shape)).squeeze(-1)
+        lead, rows = x.shape[:-2], x.shape[-2:]  # lead: () or (members,)
+        x = x.unsqueeze(-3).expand(*lead, self.n, *rows).reshape(-1, *rows)
+        return self.net(x).view(*lead, self.n, rows[0])
 
 
 # ---------------------------------------------------------------- algorithm
 
 
 class SAC:
-    """SAC agent: networks, optimizers, the update and the gradient-norm probes."""
+    """SAC agent: networks, optimizers, the update and the gradient-norm probes.
+
+    ``members=K`` trains K independent students at once (``EnsembleSAC`` in ensemble.py): batches
+    and observations get a leading member dimension, and every loss is the *sum* of the members'
+    losses, so that member k's gradient, Adam step and temperature are exactly its own.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
-                 config: SACConfig, probes: bool = True) -> None:
+                 config: SACConfig, probes: bool = True, members: int | None = None) -> None:
         self.config = config
-        self.actor = Actor(obs_dim, act_dim, config.hidden, config.activation, action_low, action_high)
-        self.critic = Critics(obs_dim, act_dim, config.hidden, config.activation, config.n_critics)
+        self.members = members
+        self.actor = Actor(obs_dim, act_dim, config.hidden, config.activation, action_low, action_high, members)
+        self.critic = Critics(obs_dim, act_dim, config.hidden, config.activation, config.n_critics, members)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         adam = dict(lr=config.lr, fused=True)  # fused Adam: one kernel for all parameters
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), **adam)
         self.auto_alpha = config.alpha is None
-        self.log_alpha = torch.zeros(1, requires_grad=self.auto_alpha)
+        self.log_alpha = torch.zeros((members, 1) if members else (1,), requires_grad=self.auto_alpha)
         if self.auto_alpha:
             self.target_entropy = -float(act_dim)
             self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr)
@@ -207,27 +235,27 @@ class SAC:
             self.log_alpha.data.fill_(math.log(config.alpha))
         self.alpha = self.log_alpha.detach().exp()
         self.probes = probes
-        self.actor_probe = GradNormAccumulator(self.actor.parameters())
-        self.critic_probe = GradNormAccumulator(self.critic.parameters())
+        self.actor_probe = GradNormAccumulator(self.actor.parameters(), members)
+        self.critic_probe = GradNormAccumulator(self.critic.parameters(), members)
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        x = torch.from_numpy(obs).unsqueeze(0)
+        x = torch.from_numpy(obs).unsqueeze(-2)  # a batch of one (per member)
         action = self.actor.deterministic(x) if deterministic else self.actor.sample(x)[0]
-        return action[0].numpy()
+        return action.squeeze(-2).numpy()
 
     @torch.no_grad()
     def td_target(self, batch: Batch) -> torch.Tensor:
         """r + gamma (1 - done) (min_i Q_target_i(s', a') - alpha log pi(a'|s')), a' ~ pi(s')."""
         next_actions, next_log_prob = self.actor.sample(batch.next_obs)
-        next_q = self.critic_target(batch.next_obs, next_actions).min(0).values - self.alpha * next_log_prob
+        next_q = self.critic_target(batch.next_obs, next_actions).min(-2).values - self.alpha * next_log_prob
         return batch.rewards + self.config.gamma * (1 - batch.dones) * next_q
 
     def critic_loss(self, batch: Batch) -> torch.Tensor:
         q = self.critic(batch.obs, batch.actions)
-        return 0.5 * (q - self.td_target(batch)).square().mean(1).sum()
+        return 0.5 * (q - self.td_target(batch).unsqueeze(-2)).square().mean(-1).sum()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step of critics, actor (and temperature), then Polyak averaging."""
@@ -241,8 +269,8 @@ class SAC:
         # The actor's loss backpropagates through the critics; they need no weight gradients here.
         self.critic.requires_grad_(False)
         actions, log_prob = self.actor.sample(batch.obs)
-        q = self.critic(batch.obs, actions).min(0).values
-        actor_loss = (self.alpha * log_prob - q).mean()
+        q = self.critic(batch.obs, actions).min(-2).values
+        actor_loss = (self.alpha * log_prob - q).mean(-1).sum()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.critic.requires_grad_(True)
@@ -251,7 +279,7 @@ class SAC:
         self.actor_optimizer.step()
 
         if self.auto_alpha:
-            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean(-1).sum()
             self.alpha_optimizer.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_optimizer.step()
@@ -261,9 +289,9 @@ class SAC:
             torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach()}
 
-    def pop_grad_stats(self) -> tuple[GradStats, GradStats]:
-        """(actor, critic) gradient statistics since the last call, e.g. of one episode."""
-        return self.actor_probe.pop(), self.critic_probe.pop()
+    def pop_grad_stats(self, member: int = 0) -> tuple[GradStats, GradStats]:
+        """(actor, critic) gradient statistics since the last call, e.g. of one episode (of ``member``)."""
+        return self.actor_probe.pop(member), self.critic_probe.pop(member)
 
     def state_dict(self) -> dict:
         state = {

@@ -1,4 +1,4 @@
-"""Uniform replay buffer in preallocated float32 torch tensors."""
+"""Uniform replay buffer in preallocated float32 torch tensors, for one student or K in lockstep."""
 
 from __future__ import annotations
 
@@ -17,31 +17,49 @@ class Batch(NamedTuple):
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions; size it to the run: ``min(buffer_size, total_steps)``."""
+    """A ring buffer of transitions; size it to the run: ``min(buffer_size, total_steps)``.
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int = 0) -> None:
+    ``seed`` is one seed, or a list of K seeds for K students stepping in lockstep (an ensemble):
+    then ``add`` takes each field with a leading member dimension, every member samples its own
+    indices from its own generator, and batches are (K, batch_size, ...).
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int | list[int] = 0) -> None:
+        self.members = len(seed) if isinstance(seed, list) else None
+        lead = (capacity, self.members) if self.members else (capacity,)
         self.capacity = capacity
-        self.obs = torch.zeros((capacity, obs_dim), dtype=torch.float32)
-        self.next_obs = torch.zeros((capacity, obs_dim), dtype=torch.float32)
-        self.actions = torch.zeros((capacity, act_dim), dtype=torch.float32)
-        self.rewards = torch.zeros(capacity, dtype=torch.float32)
-        self.dones = torch.zeros(capacity, dtype=torch.float32)
+        self.obs = torch.zeros((*lead, obs_dim), dtype=torch.float32)
+        self.next_obs = torch.zeros((*lead, obs_dim), dtype=torch.float32)
+        self.actions = torch.zeros((*lead, act_dim), dtype=torch.float32)
+        self.rewards = torch.zeros(lead, dtype=torch.float32)
+        self.dones = torch.zeros(lead, dtype=torch.float32)
         self.pos = 0
         self.size = 0
-        self.generator = torch.Generator().manual_seed(seed)
+        seeds = seed if self.members else [seed]
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self._member_index = torch.arange(self.members or 1).unsqueeze(1)
 
-    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, done: bool) -> None:
+    @property
+    def generator(self) -> torch.Generator:
+        return self.generators[0]
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float | np.ndarray, next_obs: np.ndarray,
+            done: bool | np.ndarray) -> None:
         i = self.pos
         self.obs[i] = torch.from_numpy(obs)
         self.actions[i] = torch.from_numpy(action)
-        self.rewards[i] = reward
+        self.rewards[i] = torch.as_tensor(reward, dtype=torch.float32)
         self.next_obs[i] = torch.from_numpy(next_obs)
-        self.dones[i] = float(done)
+        self.dones[i] = torch.as_tensor(done, dtype=torch.float32)
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int) -> Batch:
-        idx = torch.randint(self.size, (batch_size,), generator=self.generator)
+        if self.members is None:
+            idx = torch.randint(self.size, (batch_size,), generator=self.generator)
+        else:  # (members, batch) rows, each member's from its own stream
+            idx = torch.stack([torch.randint(self.size, (batch_size,), generator=g) for g in self.generators])
+            idx = (idx, self._member_index)
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def state_dict(self) -> dict:
@@ -57,6 +75,7 @@ class ReplayBuffer:
             "rewards": self.rewards[:n].clone(),
             "dones": self.dones[:n].clone(),
             "generator": self.generator.get_state(),
+            **({"generators": [g.get_state() for g in self.generators]} if self.members else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -66,4 +85,5 @@ class ReplayBuffer:
         for key in ("obs", "next_obs", "actions", "rewards", "dones"):
             getattr(self, key)[:n] = state[key]
         self.pos, self.size = state["pos"], n
-        self.generator.set_state(state["generator"])
+        for g, s in zip(self.generators, state.get("generators", [state["generator"]])):
+            g.set_state(s)
