@@ -40,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # requests than anyio's default 40, which mostly wait on each other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         app.state.no_thread_limit = anyio.CapacityLimiter(math.inf)  # see api/deps.run_in_request_thread
+        app.state.hub.start()
         yield
+        app.state.hub.close()  # applies the teacher updates still pending
 
     app = FastAPI(
         lifespan=lifespan,

@@ -1,12 +1,13 @@
 """The hub hosts the teachers: it turns API calls into teacher decisions and durable database rows.
 
-Every request is one database transaction, committed before the response. The request paths use
-SQLAlchemy Core on a connection (an ORM session costs more than the statements it runs here); the
-read-only inspection queries use sessions. The teacher of a curriculum lives in memory as a cache
-of the checkpoint stored in its `curricula` row; the row's `teacher_version` says whether the cache
-is current, so several service processes can share one database. Reports take a lock on the
-curriculum row (SQLite: the database write lock) so that a teacher update is applied exactly once
-and in order; see README "Several replicas".
+Writes go through the group committer (group_commit.py): many requests' writes in one transaction, each
+answered once committed. The two verbs run the driver-level statements of store/statements.py; admin writes
+and the read-only inspection queries use SQLAlchemy. A report stores its row and, when it completes a
+batch, numbers the batch; the updater (updater.py) applies numbered batches to the teacher off the request
+path, once each and in order. The teacher of a curriculum lives in memory as a cache of the checkpoint in
+its `curricula` row; the row's `teacher_version` says whether the cache is current, so several service
+processes can share one database. Reports take a lock on the curriculum row (SQLite: the database write
+lock) so that batches are numbered once and in order; see README "Several replicas".
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import contextlib
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import pydantic
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,26 +30,30 @@ from sqlalchemy.orm import Session, sessionmaker
 from teacher_service import wire
 from teacher_service.learning.rewards import DERIVED_SIGNALS
 from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace, build_task_space
-from teacher_service.learning.teachers import REGISTRY, Context, Experience, Teacher, build_teacher
+from teacher_service.learning.teachers import REGISTRY, Context, Teacher, build_teacher
 from teacher_service.learning.trajectories import group_trajectories
+from teacher_service.serving.group_commit import GroupCommitter, Tx
 from teacher_service.serving.infra import metrics
-from teacher_service.serving.infra.errors import BadRequest, Conflict, Gone, NotFound
+from teacher_service.serving.infra.errors import ApiError, BadRequest, Conflict, Gone, NotFound
 from teacher_service.serving.infra.fifo_lock import FifoLock
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store import reports
-from teacher_service.serving.store.statements import (
-    COUNT_OTHERS_READY,
-    CURRICULUM_BY_NAME,
-    CURRICULUM_COLUMNS,
-    INSERT_PROPOSAL,
-    LAST_REPORT_OF_STUDENT,
-    LOCK_CURRICULUM_OF_PROPOSAL,
-    MARK_REPORTED,
-    OPEN_EPISODES_OF_STUDENT,
-    PROPOSAL_BY_ID,
-    READY_ROWS,
+from teacher_service.serving.store.statements import CurriculumRow, Driver
+from teacher_service.serving.store.tables import Curriculum, Evaluation, utcnow, writer_engine
+from teacher_service.serving.updater import Updater
+
+T = TypeVar("T")
+
+# Every column but the checkpoint, which is read only when a cached teacher is stale.
+CURRICULUM_COLUMNS = (
+    Curriculum.id,
+    Curriculum.name,
+    Curriculum.spec,
+    Curriculum.teacher_version,
+    Curriculum.teacher_updates,
+    Curriculum.created_at,
 )
-from teacher_service.serving.store.tables import Curriculum, Evaluation, Proposal, TeacherUpdate, utcnow, writer_engine
+CURRICULUM_BY_NAME = select(*CURRICULUM_COLUMNS).where(Curriculum.name == bindparam("name"))
 
 
 @dataclass
@@ -77,27 +83,48 @@ def check_reward_signal(signal: str) -> None:
     )
 
 
+def first_or_raise(results: list[T | ApiError]) -> T:
+    """The single verb's answer from a batch of one: its result, or its error raised."""
+    (result,) = results
+    if isinstance(result, ApiError):
+        raise result
+    return result
+
+
 class TeacherHub:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)  # read-only ORM queries (inspection)
-        self._writer_engine = writer_engine(engine)
-        # SQLite has one writer at a time; queueing writers on a lock here wakes the next one at once,
-        # where SQLite's own busy handler would sleep and poll. PostgreSQL needs no such lock.
-        self._write_lock = FifoLock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        self.driver = Driver(engine.dialect.name)
+        # Every write of this process goes through one writer thread, so SQLite's single writer is never
+        # contended here; on PostgreSQL one commit serves many requests too.
+        self.committer = GroupCommitter(writer_engine(engine))
+        self.updater = Updater(self)
         self._runtimes: dict[int, Runtime] = {}
         self._runtimes_lock = threading.Lock()
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A transaction that writes, committed on exit."""
-        with self._write_lock, self._writer_engine.begin() as conn:
-            yield conn
+    def start(self) -> None:
+        """Start applying the batches that a crash or another replica left numbered but not applied."""
+        self.updater.start()
 
-    def read(self) -> Connection:
-        """A connection for reads only: `with hub.read() as conn:`."""
-        return self.engine.connect()
+    def close(self) -> None:
+        """Apply the numbered batches, then stop the updater and the writer."""
+        self.updater.close()
+        self.committer.close()
+
+    def write(self, job: Callable[[Tx], T]) -> T:
+        """Run `job(tx)` in the next group transaction; its result once committed."""
+        return self.committer.call(job)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A driver cursor for reads (SQLite: autocommit; PostgreSQL: rolled back on return to the pool)."""
+        raw = self.engine.raw_connection()
+        try:
+            yield raw.cursor()
+        finally:
+            raw.close()
 
     # ------------------------------------------------------------------ curricula
 
@@ -121,43 +148,59 @@ class TeacherHub:
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         _, teacher = self.build(spec)
-        try:
-            with self.write() as conn:
-                existing = conn.execute(CURRICULUM_BY_NAME, {"name": spec.name}).first()
-                if existing is not None:
-                    if exist_ok:
-                        return self._info(existing)
-                    raise Conflict(f"curriculum {spec.name!r} already exists")
-                conn.execute(
-                    insert(Curriculum.__table__).values(
-                        name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes()
-                    )
+
+        def create(tx: Tx) -> Row:
+            existing = tx.conn.execute(CURRICULUM_BY_NAME, {"name": spec.name}).first()
+            if existing is not None:
+                if exist_ok:
+                    return existing
+                raise Conflict(f"curriculum {spec.name!r} already exists")
+            tx.conn.execute(
+                insert(Curriculum.__table__).values(
+                    name=spec.name, spec=spec.model_dump(mode="json"), teacher_state=teacher.state_bytes()
                 )
-                return self._info(self.curriculum_row(conn, spec.name))
+            )
+            return self._row_by_name(tx.conn, spec.name)
+
+        try:
+            return self._info(self.write(create))
         except IntegrityError as exc:  # another replica created it since our check (PostgreSQL)
             if not exist_ok:
                 raise Conflict(f"curriculum {spec.name!r} already exists") from exc
             return self.get_curriculum(spec.name)
 
     def list_curricula(self) -> list[wire.CurriculumInfo]:
-        with self.read() as conn:
-            rows = conn.execute(select(*CURRICULUM_COLUMNS).order_by(Curriculum.id)).all()
-            return [self._info(row) for row in rows]
+        self.updater.settle()
+        with self.engine.connect() as conn:
+            return [self._info(row) for row in conn.execute(select(*CURRICULUM_COLUMNS).order_by(Curriculum.id))]
 
     def get_curriculum(self, name: str) -> wire.CurriculumInfo:
-        with self.read() as conn:
+        with self.engine.connect() as conn:
             return self._info(self.curriculum_row(conn, name))
 
     def delete_curriculum(self, name: str) -> None:
-        with self.write() as conn:
-            row = self.curriculum_row(conn, name)
+        def delete_row(tx: Tx) -> int:
+            row = self._row_by_name(tx.conn, name)
             # Proposals, updates and evaluations go with it (ON DELETE CASCADE).
-            conn.execute(delete(Curriculum.__table__).where(Curriculum.id == row.id))
+            tx.conn.execute(delete(Curriculum.__table__).where(Curriculum.id == row.id))
+            return row.id
+
+        curriculum_id = self.write(delete_row)
         with self._runtimes_lock:
-            self._runtimes.pop(row.id, None)
+            self._runtimes.pop(curriculum_id, None)
 
     def curriculum_row(self, session: Session | Connection, name: str) -> Row:
-        """The curriculum's columns except its checkpoint; NotFound if there is none by that name."""
+        """The curriculum's columns except its checkpoint, once the teacher updates that this process
+        has scheduled are applied (read your own reports); NotFound if there is none by that name."""
+        # Settled before `session` reads anything: on SQLite its first read fixes what it sees.
+        with self.reading() as cursor:
+            found = self.driver.one(cursor, "curriculum_by_name", {"name": name})
+        if found is not None:
+            self.updater.settle(found[0])
+        return self._row_by_name(session, name)
+
+    @staticmethod
+    def _row_by_name(session: Session | Connection, name: str) -> Row:
         row = session.execute(CURRICULUM_BY_NAME, {"name": name}).first()
         if row is None:
             raise NotFound(f"curriculum {name!r} not found")
@@ -177,45 +220,94 @@ class TeacherHub:
 
     def runtime(self, row: Row) -> Runtime:
         """The curriculum's task space and teacher in memory (the teacher may be stale: see current_teacher)."""
+        return self._runtime(row.id, lambda: row.spec)
+
+    def runtime_by_id(self, cursor: Any, curriculum_id: int) -> Runtime:
+        """`runtime` for the hot path: the spec is read (with the driver) only when not cached."""
+        return self._runtime(
+            curriculum_id, lambda: self.driver.load_json(self.driver.one(cursor, "spec", {"curriculum_id": curriculum_id})[0])
+        )
+
+    def _runtime(self, curriculum_id: int, spec: Callable[[], dict]) -> Runtime:
+        runtime = self._runtimes.get(curriculum_id)  # a dict read is atomic: no lock on the hot path
+        if runtime is not None:
+            return runtime
         with self._runtimes_lock:
-            runtime = self._runtimes.get(row.id)
+            runtime = self._runtimes.get(curriculum_id)
             if runtime is None:
-                spec = wire.CurriculumCreate.model_validate(row.spec)
-                space, teacher = self.build(spec)
-                runtime = Runtime(row.id, spec, space, teacher)
-                self._runtimes[row.id] = runtime
+                parsed = wire.CurriculumCreate.model_validate(spec())
+                space, teacher = self.build(parsed)
+                runtime = Runtime(curriculum_id, parsed, space, teacher)
+                self._runtimes[curriculum_id] = runtime
             return runtime
 
-    def _sync(self, session: Session | Connection, runtime: Runtime, row: Row) -> None:
+    def sync(self, cursor: Any, runtime: Runtime, stored_version: int) -> None:
         """Load the stored checkpoint if another process (or a failed commit) made the cache stale.
 
-        Call with runtime.lock held."""
-        if runtime.version != row.teacher_version:
-            # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
-            # proposing) a second statement could see a newer commit than `row` did.
-            version, state = session.execute(
-                select(Curriculum.teacher_version, Curriculum.teacher_state).where(Curriculum.id == row.id)
-            ).one()
-            runtime.teacher.load_state_bytes(state)
-            # Every replica loading this checkpoint would draw the same proposals until the next update;
-            # a seed from the replica's id keeps them apart and stays reproducible for one replica.
-            salt = hashlib.sha256(f"{runtime.spec.seed}:{version}:{self.settings.replica_id}".encode()).digest()
-            runtime.teacher.generator.manual_seed(int.from_bytes(salt[:8], "little") >> 1)
-            runtime.version = version
+        Call with runtime.lock held. Versions only grow: a cache ahead of the caller's row is current."""
+        if runtime.version != -1 and runtime.version >= stored_version:
+            return
+        # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
+        # proposing) a second statement could see a newer commit than the caller's row did.
+        version, state = self.driver.one(cursor, "checkpoint", {"curriculum_id": runtime.curriculum_id})
+        runtime.teacher.load_state_bytes(bytes(state))
+        # Every replica loading this checkpoint would draw the same proposals until the next update;
+        # a seed from the replica's id keeps them apart and stays reproducible for one replica.
+        salt = hashlib.sha256(f"{runtime.spec.seed}:{version}:{self.settings.replica_id}".encode()).digest()
+        runtime.teacher.generator.manual_seed(int.from_bytes(salt[:8], "little") >> 1)
+        runtime.version = version
 
     # ------------------------------------------------------------------ propose
 
     def propose(self, request: wire.ProposeRequest) -> wire.Proposal:
+        return first_or_raise(self.propose_batch([request]))
+
+    def propose_batch(self, requests: list[wire.ProposeRequest]) -> list[wire.Proposal | ApiError]:
+        """A proposal for each request, or the error of that request; the proposals in one transaction."""
         now = utcnow()
-        # Deciding only reads; the write transaction is a single insert, so the write lock is held briefly.
-        with self.read() as conn:
-            row = self.curriculum_row(conn, request.curriculum)
-            runtime = self.runtime(row)
-            context = self._context(conn, runtime, request) if runtime.teacher.uses_context else Context()
-            with runtime.lock:
-                self._sync(conn, runtime, row)
-                decision = runtime.teacher.propose(context)
-                version = runtime.version
+        results: list[wire.Proposal | ApiError] = []
+        rows: list[dict[str, Any]] = []
+        # Deciding only reads; the write is one insert per proposal, in the group's transaction.
+        with self.reading() as cursor:
+            curricula: dict[str, CurriculumRow | None] = {}
+            for request in requests:
+                try:
+                    proposal, row = self._decide(cursor, curricula, request, now)
+                except ApiError as exc:
+                    results.append(exc)
+                    continue
+                results.append(proposal)
+                rows.append(row)
+
+        def insert_proposals(tx: Tx) -> None:
+            self.driver.many(tx.cursor, "insert_proposal", rows)
+
+        if rows:
+            try:
+                self.write(insert_proposals)
+            except IntegrityError:  # a curriculum was deleted meanwhile
+                return [r if isinstance(r, ApiError) else NotFound(f"curriculum {r.curriculum!r} not found")
+                        for r in results]
+        for result in results:
+            if not isinstance(result, ApiError):
+                metrics.PROPOSALS.labels(result.curriculum).inc()
+        return results
+
+    def _decide(self, cursor: Any, curricula: dict[str, CurriculumRow | None], request: wire.ProposeRequest,
+                now) -> tuple[wire.Proposal, dict[str, Any]]:
+        """The teacher's proposal for one request, and its row to insert."""
+        if request.curriculum not in curricula:  # looked up once per batch
+            raw = self.driver.one(cursor, "curriculum_by_name", {"name": request.curriculum})
+            curricula[request.curriculum] = None if raw is None else CurriculumRow(*raw)
+        row = curricula[request.curriculum]
+        if row is None:
+            raise NotFound(f"curriculum {request.curriculum!r} not found")
+        runtime = self.runtime_by_id(cursor, row.id)
+        context = self._context(cursor, runtime, request) if runtime.teacher.uses_context else Context()
+        with runtime.lock:
+            self.sync(cursor, runtime, row.teacher_version)
+            decision = runtime.teacher.propose(context)
+            version = runtime.version
         space = runtime.space
         if decision.task_index is not None:
             task, options = space.task(decision.task_index), space.reset_options(decision.task_index)
@@ -233,29 +325,21 @@ class TeacherHub:
             teacher_version=version,
             expires_at=now + timedelta(seconds=ttl),
         )
-        try:
-            with self.write() as conn:
-                conn.execute(
-                    INSERT_PROPOSAL,
-                    {
-                        "proposal_id": proposal.proposal_id,
-                        "curriculum_id": row.id,
-                        "student_id": request.student_id,
-                        "task_index": decision.task_index,
-                        "task_values": task.values if task else None,
-                        "reset_options": options,
-                        "teacher_version": version,
-                        "teacher_input": decision.teacher_input,
-                        "created_at": now,
-                        "expires_at": proposal.expires_at,
-                    },
-                )
-        except IntegrityError as exc:  # the curriculum was deleted meanwhile
-            raise NotFound(f"curriculum {request.curriculum!r} not found") from exc
-        metrics.PROPOSALS.labels(row.name).inc()
-        return proposal
+        driver = self.driver
+        return proposal, {
+            "proposal_id": proposal.proposal_id,
+            "curriculum_id": row.id,
+            "student_id": request.student_id,
+            "task_index": decision.task_index,
+            "task_values": driver.json(task.values if task else None),
+            "reset_options": driver.json(options),
+            "teacher_version": version,
+            "teacher_input": driver.json(decision.teacher_input),
+            "created_at": driver.time(now),
+            "expires_at": driver.time(proposal.expires_at),
+        }
 
-    def _context(self, conn: Connection, runtime: Runtime, request: wire.ProposeRequest) -> Context:
+    def _context(self, cursor: Any, runtime: Runtime, request: wire.ProposeRequest) -> Context:
         """The student's last episode: from the request if it says, else from its last report here."""
         space = runtime.space
         given = request.context
@@ -263,137 +347,131 @@ class TeacherHub:
             if len(given.last_task) != space.feature_dim:
                 raise BadRequest(f"context.last_task must have {space.feature_dim} values for this task space")
             return Context(given.last_return, space.features_of_values(given.last_task))
-        last = conn.execute(
-            LAST_REPORT_OF_STUDENT, {"curriculum_id": runtime.curriculum_id, "student_id": request.student_id}
-        ).first()
-        if last is None or last.task_values is None:
+        last = self.driver.one(
+            cursor, "last_report_of_student", {"curriculum_id": runtime.curriculum_id, "student_id": request.student_id}
+        )
+        if last is None:
             return Context()
-        if isinstance(space, DiscreteSpace) and last.task_index is not None:
-            features = space.features(last.task_index)
+        task_index, task_values, signals = last[0], self.driver.load_json(last[1]), self.driver.load_json(last[2])
+        if task_values is None:
+            return Context()
+        if isinstance(space, DiscreteSpace) and task_index is not None:
+            features = space.features(task_index)
         else:
-            features = space.features_of_values(last.task_values)
-        return Context(last.signals.get("episode_return"), features)
+            features = space.features_of_values(task_values)
+        return Context(signals.get("episode_return"), features)
 
     # ------------------------------------------------------------------ report
 
     def report(self, request: wire.ReportRequest) -> wire.ReportAck:
+        return first_or_raise(self.report_batch([request]))
+
+    def report_batch(self, requests: list[wire.ReportRequest]) -> list[wire.ReportAck | ApiError]:
+        """Store each report in one transaction: its acknowledgement, or its error (the others go on)."""
+
+        def store(tx: Tx) -> list[tuple[wire.ReportAck | ApiError, CurriculumRow | None, bool]]:
+            outcomes = []
+            for request in requests:
+                try:
+                    outcomes.append(self._store_report(tx, request))
+                except ApiError as exc:  # raised before this report wrote anything
+                    outcomes.append((exc, None, False))
+            return outcomes
+
+        outcomes = self.write(store)
+        for ack, row, fresh in outcomes:
+            # Counted once committed; a resend is answered again but not counted again.
+            if fresh:
+                metrics.REPORTS.labels(row.name).inc()
+                if ack.teacher_updated:
+                    self.updater.notify(row.id)
+        return [ack for ack, _, _ in outcomes]
+
+    def _store_report(self, tx: Tx, request: wire.ReportRequest) -> tuple[wire.ReportAck, CurriculumRow, bool]:
+        """Store one report; number the teacher's next batch if it completes one. Returns the
+        acknowledgement, the curriculum and whether the report is new (not a resend)."""
+        driver, cursor = self.driver, tx.cursor
+        ids = {"proposal_id": request.proposal_id}
+        # The row lock orders all reports of a curriculum, across service processes too; the
+        # proposal is read after it, so a concurrent resend on another replica is seen.
+        raw = driver.one(cursor, "lock_curriculum_of_proposal", ids)
+        if raw is None:
+            raise NotFound(f"proposal {request.proposal_id!r} not found")
+        row = CurriculumRow(*raw)
+        proposal = driver.proposal(driver.one(cursor, "proposal_by_id", ids))
         signals = request.signals.model_dump(mode="json")
-        with self.write() as conn:
-            # The row lock orders all reports of a curriculum, across service processes too; the
-            # proposal is read after it, so a concurrent resend on another replica is seen.
-            ids = {"proposal_id": request.proposal_id}
-            row = conn.execute(LOCK_CURRICULUM_OF_PROPOSAL, ids).first()
-            if row is None:
-                raise NotFound(f"proposal {request.proposal_id!r} not found")
-            proposal = conn.execute(PROPOSAL_BY_ID, ids).one()
-            now = utcnow()
-            if proposal.student_id != request.student_id:
-                raise Conflict(
-                    f"proposal {request.proposal_id!r} was made for student {proposal.student_id!r}, "
-                    f"not {request.student_id!r}"
-                )
-            if proposal.ack is not None:
-                if proposal.signals == signals:
-                    return wire.ReportAck.model_validate(proposal.ack)  # a resend: the first answer again
-                raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals")
-            if now > proposal.expires_at:
-                raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
+        if request.outcome != "completed":  # stored with the signals (history shows it); rewards no teacher
+            signals["outcome"] = request.outcome
+        if proposal.student_id != request.student_id:
+            raise Conflict(
+                f"proposal {request.proposal_id!r} was made for student {proposal.student_id!r}, "
+                f"not {request.student_id!r}"
+            )
+        if proposal.ack is not None:
+            if proposal.signals == signals:
+                return wire.ReportAck.model_validate(proposal.ack), row, False  # a resend: the first answer
+            raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals")
+        now = utcnow()
+        if now > proposal.expires_at:
+            raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
-            runtime = self.runtime(row)
-            reward = reports.reward(conn, runtime.spec.reward_signal, runtime.space, proposal, request.signals)
-            with runtime.lock:
-                self._sync(conn, runtime, row)
-                trajectory, updating = None, False
-                if reward is not None and runtime.teacher.batch_size > 0:
-                    trajectory = self._close_trajectory(conn, runtime, proposal)
-                    waiting = conn.scalar(COUNT_OTHERS_READY, {"curriculum_id": row.id, "seq": proposal.seq})
-                    updating = waiting + (trajectory is not None) >= runtime.teacher.batch_size
-                ack = wire.ReportAck(
-                    proposal_id=proposal.proposal_id,
-                    reward=reward,
-                    teacher_version=row.teacher_version + int(updating),
-                    teacher_updated=updating,
-                )
-                conn.execute(
-                    MARK_REPORTED,
-                    {"proposal_seq": proposal.seq, "reported_at": now, "signals": signals, "reward": reward,
-                     "trajectory": trajectory, "ack": ack.model_dump(mode="json")},
-                )
-                if updating:
-                    self._update_teacher(conn, runtime, row)
-                # Commit under the teacher's lock, then label the cache: no request of this process
-                # sees an update that is not stored (another replica could store that version).
-                conn.commit()
-                runtime.version = ack.teacher_version
-        # Counted once committed; a resend returned above and is not counted again.
-        metrics.REPORTS.labels(row.name).inc()
-        if ack.teacher_updated:
-            metrics.UPDATES.labels(row.name).inc()
-        return ack
+        runtime = self.runtime_by_id(cursor, row.id)
+        reward = None if "outcome" in signals else reports.reward(
+            tx.conn, runtime.spec.reward_signal, runtime.space, proposal, request.signals
+        )
+        teacher = runtime.teacher  # only its batching parameters are read here: no teacher lock
+        trajectory, completes = None, False
+        if reward is not None and teacher.batch_size > 0:
+            trajectory = self._close_trajectory(cursor, runtime, proposal)
+            (waiting,) = driver.one(cursor, "count_others_ready", {"curriculum_id": row.id, "seq": proposal.seq})
+            completes = waiting + (trajectory is not None) >= teacher.batch_size
+        (last,) = driver.one(cursor, "last_scheduled", {"curriculum_id": row.id})
+        version = max(last or 0, row.teacher_version) + int(completes)
+        ack = wire.ReportAck(proposal_id=proposal.proposal_id, reward=reward, teacher_version=version,
+                             teacher_updated=completes)
+        driver.execute(cursor, "mark_reported", {
+            "seq": proposal.seq, "reported_at": driver.time(now), "signals": driver.json(signals), "reward": reward,
+            "trajectory": trajectory, "ack": driver.json(ack.model_dump(mode="json")),
+        })
+        if completes:  # the batch is numbered with the version that will have learned from it
+            driver.execute(cursor, "schedule_ready", {"curriculum_id": row.id, "version": version})
+        return ack, row, True
 
-    def _close_trajectory(self, conn: Connection, runtime: Runtime, proposal: Row) -> int | None:
+    def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal) -> int | None:
         """Store the grouping of this student's rewarded episodes into trajectories (learning/trajectories.py);
         returns the trajectory this proposal completes, if it completes one."""
         horizon = runtime.teacher.horizon
         if horizon == 1:
             return proposal.seq
-        open_seqs = conn.scalars(
-            OPEN_EPISODES_OF_STUDENT,
+        open_seqs = [seq for (seq,) in self.driver.all(
+            cursor, "open_episodes_of_student",
             {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
-        ).all()
+        )]
         trajectory = None
         for members in group_trajectories([*open_seqs, proposal.seq], horizon):
             if proposal.seq in members:
                 trajectory = members[0]
-            others = [seq for seq in members if seq != proposal.seq]
-            conn.execute(update(Proposal.__table__).where(Proposal.seq.in_(others)).values(trajectory=members[0]))
+            others = [{"trajectory": members[0], "seq": seq} for seq in members if seq != proposal.seq]
+            self.driver.many(cursor, "set_trajectory", others)
         return trajectory
-
-    def _update_teacher(self, conn: Connection, runtime: Runtime, row: Row) -> None:
-        """Update the teacher on the waiting batch of complete trajectories and store it."""
-        rows = conn.execute(READY_ROWS, {"curriculum_id": runtime.curriculum_id}).all()
-        batch = [
-            Experience(
-                seq=p.seq,
-                student_id=p.student_id,
-                trajectory=p.trajectory,
-                task_index=p.task_index,
-                task_values=p.task_values,
-                teacher_input=p.teacher_input,
-                reward=p.reward,
-            )
-            for p in rows
-        ]
-        # The teacher in memory is ahead of the database until report() commits, or broken if this
-        # fails half-way: unlabeled, so that no request uses it unless the commit succeeds.
-        runtime.version = -1
-        stats = runtime.teacher.update(batch)
-        version = row.teacher_version + 1
-        conn.execute(
-            update(Curriculum.__table__)
-            .where(Curriculum.id == row.id)
-            .values(teacher_version=version, teacher_updates=row.teacher_updates + 1,
-                    teacher_state=runtime.teacher.state_bytes())
-        )
-        conn.execute(
-            update(Proposal.__table__).where(Proposal.seq.in_([p.seq for p in rows])).values(consumed_version=version)
-        )
-        conn.execute(insert(TeacherUpdate.__table__).values(curriculum_id=row.id, version=version, stats=stats))
 
     # ------------------------------------------------------------------ evaluations
 
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
-        with self.write() as conn:
-            row = self.curriculum_row(conn, request.curriculum)
-            result = conn.execute(
+        def insert_evaluation(tx: Tx) -> int:
+            row = self._row_by_name(tx.conn, request.curriculum)
+            result = tx.conn.execute(
                 insert(Evaluation.__table__).values(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
             )
-            return wire.EvaluationAck(evaluation_id=result.inserted_primary_key[0])
+            return result.inserted_primary_key[0]
+
+        return wire.EvaluationAck(evaluation_id=self.write(insert_evaluation))
 
     @contextlib.contextmanager
     def current_teacher(self, session: Session, row: Row) -> Iterator[Teacher]:
         """The curriculum's teacher, synchronized with the stored checkpoint, held under its lock."""
         runtime = self.runtime(row)
         with runtime.lock:
-            self._sync(session, runtime, row)
+            with self.reading() as cursor:
+                self.sync(cursor, runtime, row.teacher_version)
             yield runtime.teacher

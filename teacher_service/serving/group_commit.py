@@ -1,0 +1,109 @@
+"""Group commit: one writer thread runs the writes of many requests in one transaction.
+
+A request hands its write to the writer as a job and waits; the writer takes every job queued so far,
+runs them one after the other in one transaction, commits, and only then answers each: an answer still
+means committed. One commit (and, on SQLite, one turn of the write lock) serves the whole group.
+
+A job gets the transaction as a `Tx`: SQLAlchemy's connection and the driver's cursor on it. It raises
+an `ApiError` (a 4xx for its own request) only before it writes; the others in the group go on. Any other
+exception rolls the group back, and its jobs are then run one transaction each, so that only the failing
+one fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+from teacher_service.serving.infra.errors import ApiError
+
+T = TypeVar("T")
+log = logging.getLogger("teacher_service")
+
+
+@dataclass
+class Tx:
+    conn: Connection  # SQLAlchemy, for the rare statements
+    cursor: Any  # the driver's cursor in the same transaction, for the hot ones (store/statements.py)
+
+
+class GroupCommitter:
+    def __init__(self, engine: Engine, max_jobs: int = 256) -> None:
+        self.engine = engine  # a writer engine: on SQLite its transactions begin with BEGIN IMMEDIATE
+        self.max_jobs = max_jobs
+        self._queue: deque[tuple[Callable[[Tx], Any], Future]] = deque()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self.groups = 0  # transactions committed, and the jobs in them: their ratio is the mean group size
+        self.jobs = 0
+
+    def submit(self, job: Callable[[Tx], T]) -> Future:
+        """Queue a job; its future is resolved once its transaction has committed (or failed)."""
+        future: Future = Future()
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the writer is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self._thread.start()
+            self._queue.append((job, future))
+            self._wake.notify()
+        return future
+
+    def call(self, job: Callable[[Tx], T]) -> T:
+        """Run a job in the next group and return its result once committed."""
+        return self.submit(job).result()
+
+    def close(self) -> None:
+        """Run what is queued, then stop the writer."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                group = [self._queue.popleft() for _ in range(min(self.max_jobs, len(self._queue)))]
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[Callable[[Tx], Any], Future]]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    tx = Tx(conn, conn.connection.driver_connection.cursor())
+                    for job, _ in group:
+                        try:
+                            outcomes.append((True, job(tx)))
+                        except ApiError as exc:  # raised before the job wrote anything
+                            outcomes.append((False, exc))
+        except Exception as exc:  # noqa: BLE001 - rolled back: run each job alone, or fail the lone one
+            if len(group) == 1:
+                group[0][1].set_exception(exc)
+            else:
+                log.warning("a group of %d writes failed (%r); retrying them one by one", len(group), exc)
+                for item in group:
+                    self._commit([item])
+            return
+        self.groups += 1
+        self.jobs += len(group)
+        for (_, future), (ok, value) in zip(group, outcomes):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)

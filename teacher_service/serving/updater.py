@@ -1,0 +1,162 @@
+"""Teacher updates off the request path: one thread applies each curriculum's closed batches, in order.
+
+A report that completes a batch numbers it (the teacher version that will have learned from it, stored
+as the batch's `consumed_version`) in its own transaction and is answered; this thread then applies batch
+N = stored version + 1: it reads the batch's committed rows, updates the teacher in memory under the
+teacher's lock, and stores version N, the checkpoint and the `teacher_updates` row in one transaction
+that only succeeds if the stored version is still N - 1. So each batch is applied exactly once and in order,
+across replicas too: of two replicas applying the same batch, one stores it and the other reloads it.
+Nothing lives only in memory: after a crash or restart, the batches numbered but not applied are found in
+the committed rows (`pending_curricula`) and applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from teacher_service.learning.teachers import Experience
+from teacher_service.serving.group_commit import Tx
+from teacher_service.serving.infra import metrics
+from teacher_service.serving.store.statements import BatchRow, CurriculumRow
+from teacher_service.serving.store.tables import utcnow
+
+if TYPE_CHECKING:
+    from teacher_service.serving.hub import TeacherHub
+
+log = logging.getLogger("teacher_service")
+
+
+class Updater:
+    def __init__(self, hub: TeacherHub, poll_s: float = 1.0) -> None:
+        self.hub = hub
+        self.poll_s = poll_s  # how often it looks for batches that another replica numbered
+        self._dirty: set[int] = set()  # curricula that may have a batch to apply
+        self._busy: int | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._closing:
+                self._thread = threading.Thread(target=self._run, name="teacher-updater", daemon=True)
+                self._thread.start()
+
+    def notify(self, curriculum_id: int) -> None:
+        """A batch of this curriculum was numbered: apply it soon."""
+        self.start()
+        with self._cond:
+            self._dirty.add(curriculum_id)
+            self._cond.notify_all()
+
+    def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
+        """Wait until the batches that this process knows of (of one curriculum, or of all) are applied;
+        whether there were any."""
+
+        def settled() -> bool:
+            if self._thread is None:
+                return True
+            if curriculum_id is None:
+                return not self._dirty and self._busy is None
+            return curriculum_id not in self._dirty and self._busy != curriculum_id
+
+        with self._cond:
+            if settled():
+                return False
+            self._cond.wait_for(settled, timeout_s)
+            return True
+
+    def close(self) -> None:
+        """Apply what is pending, then stop."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        next_poll, final_poll_done = 0.0, False
+        while True:
+            with self._cond:
+                if not self._dirty and not self._closing:
+                    self._cond.wait(max(0.0, next_poll - time.monotonic()))
+                closing = self._closing
+            if (time.monotonic() >= next_poll and not closing) or (closing and not final_poll_done):
+                found = self._pending()  # outside the lock: reports notify meanwhile
+                next_poll, final_poll_done = time.monotonic() + self.poll_s, closing
+                with self._cond:
+                    self._dirty.update(found)
+            with self._cond:
+                if not self._dirty:
+                    if closing:
+                        self._thread = None
+                        self._cond.notify_all()
+                        return
+                    continue
+                self._busy = busy = self._dirty.pop()
+            try:
+                self._apply_pending(busy)
+            except Exception:  # noqa: BLE001 - logged; the batch stays numbered and is tried again
+                log.exception("teacher update of curriculum %s failed; retrying in %.0f s", busy, self.poll_s)
+                with self._cond:
+                    if not closing:
+                        self._dirty.add(busy)
+                        self._cond.wait(self.poll_s)
+            with self._cond:
+                self._busy = None
+                self._cond.notify_all()
+
+    def _pending(self) -> set[int]:
+        hub = self.hub
+        try:
+            with hub.reading() as cursor:
+                return {cid for (cid,) in hub.driver.all(cursor, "pending_curricula")}
+        except Exception:  # noqa: BLE001 - the database may be briefly unreachable; poll again later
+            log.exception("looking for pending teacher updates failed")
+            return set()
+
+    def _apply_pending(self, curriculum_id: int) -> None:
+        hub, driver = self.hub, self.hub.driver
+        while True:
+            with hub.reading() as cursor:
+                raw = driver.one(cursor, "curriculum_by_id", {"curriculum_id": curriculum_id})
+                if raw is None:
+                    return  # deleted
+                row = CurriculumRow(*raw)
+                version = row.teacher_version + 1
+                rows = [BatchRow(*r) for r in driver.all(cursor, "batch", {"curriculum_id": curriculum_id,
+                                                                          "version": version})]
+                if not rows:
+                    return
+                runtime = hub.runtime_by_id(cursor, curriculum_id)
+                batch = [
+                    Experience(seq=r.seq, student_id=r.student_id, trajectory=r.trajectory, task_index=r.task_index,
+                               task_values=driver.load_json(r.task_values),
+                               teacher_input=driver.load_json(r.teacher_input), reward=r.reward)
+                    for r in rows
+                ]
+                with runtime.lock:
+                    hub.sync(cursor, runtime, row.teacher_version)
+                    # Ahead of the database until stored, or broken if update() fails half-way: unlabeled,
+                    # so that no request uses it unless the commit succeeds.
+                    runtime.version = -1
+                    stats = runtime.teacher.update(batch)
+                    state = runtime.teacher.state_bytes()
+
+                    def store(tx: Tx) -> bool:
+                        params = {"curriculum_id": curriculum_id, "version": version}
+                        if driver.execute(tx.cursor, "store_update", {**params, "state": state}).rowcount != 1:
+                            return False  # another replica stored this version first
+                        driver.execute(tx.cursor, "insert_update",
+                                       {**params, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
+                        return True
+
+                    stored = hub.committer.call(store)
+                    # Labeled only once committed, under the teacher's lock; else reloaded on next use.
+                    runtime.version = version if stored else -1
+            if stored:
+                metrics.UPDATES.labels(row.name).inc()
