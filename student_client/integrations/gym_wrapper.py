@@ -7,6 +7,7 @@ next ``step`` (or ``flush``/``close``), when the tracker holds exactly that epis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -31,6 +32,8 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self.curriculum = curriculum
         self.student_id = student_id
         self.tracker = tracker or GradNormTracker()
+        # Episode-local signals of an ended episode, given its length; set by the SB3 callback.
+        self.local_signals: Callable[[int], dict[str, float | None]] | None = None
         env_id = env.spec.id if env.spec else ""
         try:
             self._family = family(env_id)
@@ -85,6 +88,8 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         if "actor" in stats:
             grads.update(grad_norm_mean=stats["actor"].mean, grad_norm_episode=stats["actor"].episode,
                          grad_updates=stats["actor"].updates)
+            if self.local_signals is not None and stats["actor"].updates:
+                grads.update(self.local_signals(signals.env_steps))
         if "critic" in stats:
             grads.update(critic_grad_norm_mean=stats["critic"].mean,
                          critic_grad_norm_episode=stats["critic"].episode)
