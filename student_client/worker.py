@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
 from student_client.envs import make_env
+from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.outbox import Outbox
 from student_client.sac.agent import PRESETS, SAC, make_buffer, preset_for_env
 from teacher_service.wire import RUN_FINISHED, EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
@@ -168,9 +169,10 @@ class Worker:
     def finish_episode(self, proposal: Proposal | None, episode: Episode) -> None:
         """Report this episode's signals under its own proposal id and log them."""
         actor, critic = self.agent.pop_grad_stats()
+        local = agent_signals(self.agent, self.buffer, episode.steps) if actor.updates else LocalSignals()
         signals = Signals(
             grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
-            critic_grad_norm_mean=critic.mean, critic_grad_norm_episode=critic.episode,
+            critic_grad_norm_mean=critic.mean, critic_grad_norm_episode=critic.episode, **local.as_dict(),
             episode_return=episode.ret, success=episode.success, env_steps=episode.steps, grad_updates=actor.updates,
             # The run's last episode says so: the dashboard shows the student finished, not active.
             extra={RUN_FINISHED: 1.0} if self.step >= self.args.steps else {},
