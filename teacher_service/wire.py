@@ -116,8 +116,14 @@ class ReportRequest(WireModel):
 class ReportAck(WireModel):
     proposal_id: str
     reward: float | None = Field(description="The teacher's reward for this proposal; None if the signal was missing.")
-    teacher_version: int = Field(description="Teacher version after this report was applied.")
-    teacher_updated: bool = Field(description="Whether this report completed a batch and updated the teacher.")
+    teacher_version: int = Field(
+        description="The teacher version that learns from this report's batch if `teacher_updated`, else the "
+        "latest version scheduled when the report was stored. Updates are applied after the acknowledgement, "
+        "in order, within moments: `GET /curricula/{name}` shows the version applied so far."
+    )
+    teacher_updated: bool = Field(
+        description="Whether this report completed a batch: the teacher update to `teacher_version` is scheduled."
+    )
 
 
 class EvaluationRequest(WireModel):
@@ -192,3 +198,52 @@ class CurriculumInfo(CurriculumCreate):
     teacher_version: int
     teacher_updates: int
     created_at: datetime
+
+
+# ---------------------------------------------------------------- batch verbs
+
+# The most items a batch may hold on the wire; a service may set a lower limit (TEACHER_MAX_BATCH_ITEMS).
+MAX_BATCH_ITEMS = 10_000
+
+
+class ItemError(WireModel):
+    """Why one item of a batch was refused: the status and detail the single verb would have answered."""
+
+    status: int
+    detail: Any
+
+
+class ProposeBatchRequest(WireModel):
+    """Many proposals in one call, e.g. one per environment of a vectorized learner. Each item is what
+    `POST /propose` takes; an item that is not valid gets its own 422 entry (the body must be valid JSON)."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class ProposeBatchItem(WireModel):
+    """One item's answer: its proposal, or its error."""
+
+    proposal: Proposal | None = None
+    error: ItemError | None = None
+
+
+class ProposeBatchResponse(WireModel):
+    results: list[ProposeBatchItem] = Field(description="One per item, in the order of the request.")
+
+
+class ReportBatchRequest(WireModel):
+    """Many reports in one call, stored in one transaction. Each item is what `POST /report` takes and is
+    idempotent as it is; an item that is not valid gets its own 422 entry (the body must be valid JSON)."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
+class ReportBatchItem(WireModel):
+    """One item's answer: its acknowledgement, or its error."""
+
+    ack: ReportAck | None = None
+    error: ItemError | None = None
+
+
+class ReportBatchResponse(WireModel):
+    results: list[ReportBatchItem] = Field(description="One per item, in the order of the request.")

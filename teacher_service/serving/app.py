@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.curricula_file:
         create_curricula(app.state.hub, settings.curricula_file)
     app.state.tokens = load_tokens(settings)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.max_batch_body_bytes)
     app.add_middleware(metrics.RequestMetrics)  # added last: outermost, so it also sees 413 answers
 
     @app.exception_handler(ApiError)

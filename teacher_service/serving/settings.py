@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
     request_threads: int = Field(default=4, ge=1, le=256, description="Threads serving requests (more for a remote PostgreSQL).")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_batch_items: int = Field(default=1024, ge=1, le=10_000, description="Most items in one batch call.")
+    max_batch_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Larger bodies of /propose/batch and /report/batch get 413."
+    )
     curricula_file: Path | None = Field(default=None, description="YAML file of curricula to create at start-up.")
     replica_id: str = Field(
         default_factory=socket.gethostname,

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
 from fastapi import APIRouter, Depends, Request
 
 from teacher_service import wire
 from teacher_service.serving.api.deps import get_hub, run_in_request_thread
-from teacher_service.serving.hub import TeacherHub
+from teacher_service.serving.hub import TeacherHub, validation_message
 from teacher_service.serving.infra.auth import require_student
+from teacher_service.serving.infra.errors import ApiError, BadRequest
 
 router = APIRouter(tags=["students"], dependencies=[Depends(require_student)])
 
@@ -21,8 +26,59 @@ async def propose(request: Request, body: wire.ProposeRequest, hub: TeacherHub =
 
 @router.post("/report", response_model=wire.ReportAck)
 async def report(request: Request, body: wire.ReportRequest, hub: TeacherHub = Depends(get_hub)) -> wire.ReportAck:
-    """What the student measured while training on a proposal's episode. Idempotent."""
+    """What the student measured while training on a proposal's episode. Idempotent. Acknowledged once stored;
+    a teacher update that the report completes is applied just after (see `teacher_version`)."""
     return await run_in_request_thread(request, hub.report, body)
+
+
+def each_item(hub: TeacherHub, items: list[dict[str, Any]], model: type[pydantic.BaseModel],
+              verb: Callable[[list], list]) -> list[tuple[Any, wire.ItemError | None]]:
+    """Validate each item on its own, run the valid ones through the hub's batch verb (one transaction):
+    (result, None) or (None, error) per item, in order."""
+    limit = hub.settings.max_batch_items
+    if len(items) > limit:
+        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it")
+    parsed: list[Any] = []
+    for item in items:
+        try:
+            parsed.append(model.model_validate(item))
+        except pydantic.ValidationError as exc:
+            parsed.append(BadRequest(validation_message(exc)))
+    answers = iter(verb([p for p in parsed if not isinstance(p, ApiError)]))
+    results = [p if isinstance(p, ApiError) else next(answers) for p in parsed]
+    return [
+        (None, wire.ItemError(status=r.status_code, detail=r.detail)) if isinstance(r, ApiError) else (r, None)
+        for r in results
+    ]
+
+
+@router.post("/propose/batch", response_model=wire.ProposeBatchResponse)
+async def propose_batch(
+    request: Request, body: wire.ProposeBatchRequest, hub: TeacherHub = Depends(get_hub)
+) -> wire.ProposeBatchResponse:
+    """A proposal for each item (each a `/propose` body), e.g. one per environment of a vectorized learner.
+    Up to TEACHER_MAX_BATCH_ITEMS items (default 1,024). Per-item results: a bad item gets its own error."""
+
+    def work() -> wire.ProposeBatchResponse:
+        pairs = each_item(hub, body.items, wire.ProposeRequest, hub.propose_batch)
+        return wire.ProposeBatchResponse(results=[wire.ProposeBatchItem(proposal=p, error=e) for p, e in pairs])
+
+    return await run_in_request_thread(request, work)
+
+
+@router.post("/report/batch", response_model=wire.ReportBatchResponse)
+async def report_batch(
+    request: Request, body: wire.ReportBatchRequest, hub: TeacherHub = Depends(get_hub)
+) -> wire.ReportBatchResponse:
+    """Reports of many episodes (each a `/report` body), stored in one transaction; each is idempotent per
+    proposal id, as `/report` is. Up to TEACHER_MAX_BATCH_ITEMS items. Per-item results: a bad item gets its
+    own error (404, 409, 410, 422) while the others are stored."""
+
+    def work() -> wire.ReportBatchResponse:
+        pairs = each_item(hub, body.items, wire.ReportRequest, hub.report_batch)
+        return wire.ReportBatchResponse(results=[wire.ReportBatchItem(ack=a, error=e) for a, e in pairs])
+
+    return await run_in_request_thread(request, work)
 
 
 @router.post("/evaluations", status_code=201, response_model=wire.EvaluationAck)

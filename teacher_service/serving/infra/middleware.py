@@ -8,19 +8,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """Answers 413 to a body over `max_bytes`, whether it announces its length or is chunked."""
+    """Answers 413 to a body over `max_bytes` (`batch_max_bytes` for paths ending in /batch), whether it
+    announces its length or is chunked."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, batch_max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.batch_max_bytes = batch_max_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
+        limit = self.batch_max_bytes if scope["path"].endswith("/batch") else self.max_bytes
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._reject(send, 413 if length.isdigit() else 400, "content-length is not a number")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await self._reject(send, 413 if length.isdigit() else 400, limit, "content-length is not a number")
             return
         # Read the body here (it is small by construction) so that a chunked one is limited too.
         chunks, size = [], 0
@@ -30,8 +33,8 @@ class BodySizeLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(send, 413)
+            if size > limit:
+                await self._reject(send, 413, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -48,8 +51,8 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send, status: int, reason: str | None = None) -> None:
-        detail = reason if status == 400 else f"request body larger than {self.max_bytes} bytes"
+    async def _reject(self, send: Send, status: int, limit: int, reason: str | None = None) -> None:
+        detail = reason if status == 400 else f"request body larger than {limit} bytes"
         payload = json.dumps({"detail": detail}).encode()
         await send(
             {
