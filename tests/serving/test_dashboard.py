@@ -1,20 +1,29 @@
-"""The dashboard in a real headless Chromium against a real service with data."""
+"""The dashboard in a real headless Chromium against a real service with data.
+
+`DASHBOARD_SCREENSHOTS=docs` writes the screenshots into docs/ (what the README shows); otherwise they go
+to a temporary directory.
+"""
 
 from __future__ import annotations
 
 import io
+import math
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageStat
 
+from teacher_service import wire
 from tests.servers import ServiceProcess
-from tests.serving.test_inspection import ADROIT, send
-from tests.serving.test_api import MAZE, create
+from tests.serving.test_api import MAZE, create, propose
+from tests.serving.test_inspection import ADROIT
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+BLUE, ORANGE = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)  # the first two series colors
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +52,7 @@ def open_page(browser):
     pages = []
 
     def open_(url: str):
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
         pages.append(page)
         errors: list[str] = []
         page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
@@ -56,69 +65,126 @@ def open_page(browser):
         page.close()
 
 
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    return Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
+
+
 def refreshed(page, times: int = 1) -> None:
     page.wait_for_function(f"Number(document.body.dataset.refreshes || 0) >= {times}", timeout=20_000)
 
 
-def test_dashboard_draws_the_api_data_and_follows_it_live(service, open_page, tmp_path):
-    client = service.client()
-    create(client, "maze", MAZE)
-    for i in range(12):
-        send(client, "maze", f"s{i % 2 + 1}", i)
-    for student, steps, success in (("s1", 500, 0.2), ("s1", 1000, 0.5), ("s2", 500, 0.4), ("s2", 1000, 0.9)):
-        assert client.post("/evaluations", json={"curriculum": "maze", "student_id": student, "env_steps": steps,
-                                                 "episodes": 5, "success_rate": success,
-                                                 "mean_return": 10 * success}).status_code == 201
+def train(client, curriculum: str, student: str, episodes: int, skill: float, finish: bool = False) -> None:
+    """Reports that look like a student learning: return and success rising with `skill`, gradients falling."""
+    for i in range(episodes):
+        p = (i + 1) / episodes * skill
+        signals = {"episode_return": 40 * p + 3 * math.sin(i), "success": (i * 7 % 10) < 10 * p,
+                   "env_steps": 100, "grad_norm_mean": 2 - p + 0.2 * math.cos(i), "grad_norm_episode": 0.5 - 0.3 * p,
+                   "critic_grad_norm_mean": 5 - 2 * p, "critic_grad_norm_episode": 1.5 - p}
+        if finish and i == episodes - 1:
+            signals["extra"] = {wire.RUN_FINISHED: 1.0}
+        proposal = propose(client, curriculum, student)
+        body = {"proposal_id": proposal["proposal_id"], "student_id": student, "signals": signals}
+        assert client.post("/report", json=body).status_code == 200
 
-    page, errors = open_page(f"{service.url}/?token={service.student_token}&refresh=1")
+
+def evaluate(client, curriculum: str, student: str, skill: float, points: int = 8) -> None:
+    for k in range(1, points + 1):
+        success = min(1.0, skill * k / points + 0.05 * math.sin(k + int(student[1:])))
+        body = {"curriculum": curriculum, "student_id": student, "env_steps": 5000 * k, "episodes": 10,
+                "success_rate": max(success, 0.0), "mean_return": 50 * max(success, 0.0)}
+        assert client.post("/evaluations", json=body).status_code == 201
+
+
+def colors_of(png: bytes) -> set[tuple[int, int, int]]:
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return {color for _, color in image.getcolors(maxcolors=1 << 20)}
+
+
+def near(colors: set, target: tuple[int, int, int], tolerance: int = 12) -> bool:
+    return any(all(abs(a - b) <= tolerance for a, b in zip(color, target)) for color in colors)
+
+
+def test_compare_view_and_maze_curriculum(service, open_page, shots):
+    client = service.client()
+    create(client, "umaze-gradnorm", MAZE)
+    assert client.post("/curricula", json={"name": "umaze-random", "task_space": MAZE,
+                                           "teacher": {"algorithm": "random"}}).status_code == 201
+    for name, skill in (("umaze-gradnorm", 0.9), ("umaze-random", 0.5)):
+        for student in ("s1", "s2", "s3"):
+            train(client, name, student, 12, skill, finish=student == "s3")
+            evaluate(client, name, student, skill + {"s1": 0.0, "s2": 0.1, "s3": -0.1}[student])
+
+    page, errors = open_page(f"{service.url}/?refresh=1&curriculum=umaze-gradnorm#token={service.student_token}")
     refreshed(page)
     assert "token=" not in page.url and page.evaluate("localStorage.getItem('teacherToken')") == service.student_token
 
-    teacher = client.get("/curricula/maze/teacher").json()
-    signals = client.get("/curricula/maze/signals", params={"signal": "reward"}).json()
-    students = client.get("/curricula/maze/students").json()
-    assert page.text_content("#teacher-version") == str(teacher["version"]) == "3"
-    assert page.text_content("#episodes") == "12"
-    assert page.get_attribute("#maze", "data-total") == "12" and page.is_visible("#heat-start")
-    assert page.get_attribute("#chart-reward", "data-points") == str(len(signals["windows"]))
-    assert page.get_attribute("#chart-success", "data-points") == "4"
-    rows = page.locator("#students tbody tr")
-    assert rows.count() == len(students["students"]) == 2
-    assert rows.nth(1).locator("td").nth(3).text_content() == "0.90"  # s2's last success rate
+    # The compare view: both curricula on one chart, as the API computes them, in two colors, both named.
+    compare = client.get("/compare", params={"curricula": "umaze-gradnorm,umaze-random"}).json()
+    chart = page.locator("#chart-compare")
+    assert chart.get_attribute("data-points") == str(sum(len(c["env_steps"]) for c in compare["curves"])) == "16"
+    legend = chart.locator(".legend").text_content()
+    assert "umaze-gradnorm (gradnorm-reinforce, 3 students)" in legend and "umaze-random (random, 3 students)" in legend
+    drawn = colors_of(chart.locator("canvas").screenshot())
+    assert near(drawn, BLUE) and near(drawn, ORANGE)
+    for metric, label in (("mean_return", "mean return"), ("success_rate", "success rate")):
+        page.select_option("#compare-metric", metric)
+        page.wait_for_function(f"document.querySelector('#chart-compare').dataset.yLabel === '{label}'")
+        assert chart.get_attribute("data-points") == "16"
 
-    # The heatmap is drawn on the maze: walls dark, visited cells colored, and the page is not blank.
-    heat = Image.open(io.BytesIO(page.locator("#heat-start").screenshot())).convert("RGB")
-    assert len(heat.getcolors(maxcolors=1 << 20)) > 5
-    shot = page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    # The curriculum: summary, maze pairs and distances, teacher internals, per-student curves, states.
+    teacher = client.get("/curricula/umaze-gradnorm/teacher").json()
+    assert page.text_content("#teacher-version") == str(teacher["version"]) == "9"
+    assert page.get_attribute("#maze", "data-total") == "36" and page.is_visible("#pairs")
+    assert page.is_visible("#policy")  # the REINFORCE teacher's own distribution over pairs
+    assert len(colors_of(page.locator("#pairs").screenshot())) > 5
+    assert page.get_attribute("#chart-path-hist", "data-points") != "0"
+    assert page.locator("#internals .chart").count() >= 5
+    assert "entropy" in page.text_content("#internals")
+    assert page.locator("#internal-policy_loss").get_attribute("data-points") == "9"
+    page.select_option("#student", "s2")
+    page.wait_for_function("document.querySelector('#chart-student-grad').dataset.series.includes('critic_grad_norm_mean')")
+    assert page.get_attribute("#chart-student-return", "data-points") == "12"
+    states = page.locator("#students tbody tr td:last-child").all_text_contents()
+    assert states == ["active", "active", "finished"]
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    shot = page.screenshot()
     assert max(ImageStat.Stat(Image.open(io.BytesIO(shot)).convert("L")).stddev) > 20
 
     # Live: new proposals appear without reloading; the slider steps back through time.
-    for i in range(4):
-        send(client, "maze", "s3", i)
-    page.wait_for_function("document.querySelector('#maze').dataset.total === '16'", timeout=20_000)
-    assert page.locator("#students tbody tr").count() == 3
+    train(client, "umaze-gradnorm", "s4", 4, 0.2)
+    page.wait_for_function("document.querySelector('#maze').dataset.total === '40'", timeout=20_000)
+    page.wait_for_function("document.querySelectorAll('#students tbody tr').length === 4", timeout=20_000)
     page.eval_on_selector("#time-slider", "s => { s.value = 0; s.dispatchEvent(new Event('input')); }")
-    first = client.get("/curricula/maze/distribution", params={"source": "proposals", "buckets": 40}).json()["buckets"][0]
+    first = client.get("/curricula/umaze-gradnorm/distribution",
+                       params={"source": "proposals", "buckets": 40}).json()["buckets"][0]
     assert page.get_attribute("#maze", "data-shown") == str(first["proposals"])
     assert errors == []
 
 
-def test_adroit_curriculum_shows_ball_to_target_distance(service, open_page):
+def test_adroit_top_view_and_histograms(service, open_page, shots):
     client = service.client()
     create(client, "hand", ADROIT)
-    for i in range(6):
-        send(client, "hand", "s1", i)
-    page, errors = open_page(f"{service.url}/?token={service.student_token}&curriculum=hand")
+    train(client, "hand", "s1", 30, 0.6)
+    page, errors = open_page(f"{service.url}/?curriculum=hand&compare=hand#token={service.student_token}")
     refreshed(page)
-    assert page.is_hidden("#maze") and page.is_visible("#chart-distance")
-    signals = client.get("/curricula/hand/signals", params={"signal": "ball_target_distance"}).json()
-    assert page.get_attribute("#chart-distance", "data-points") == str(len(signals["windows"])) == "6"
+    assert page.is_hidden("#maze") and page.is_visible("#topview") and page.is_visible("#chart-distance")
+    assert page.get_attribute("#adroit", "data-shown") == "30"
+    assert page.locator("#adroit-hists .chart").count() == 5
+    assert page.get_attribute("#hist-target_z", "data-points") == "20"  # bins
+    topview = colors_of(page.locator("#topview").screenshot())
+    assert len(topview) > 20
+    page.eval_on_selector("#adroit-slider", "s => { s.value = 0; s.dispatchEvent(new Event('input')); }")
+    assert page.get_attribute("#adroit", "data-shown") == "1"  # 30 proposals in 30 stretches
+    page.eval_on_selector("#adroit-slider", "s => { s.value = s.max; s.dispatchEvent(new Event('input')); }")
+    page.locator("#adroit").screenshot(path=str(shots / "dashboard-adroit.png"))
     assert errors == []
 
 
-def test_page_asks_for_a_token(service, open_page):
+def test_page_says_where_tokens_are_and_takes_one(service, open_page):
     page, _ = open_page(service.url)  # a fresh page: nothing in localStorage
     page.wait_for_selector("#token-form", state="visible")
+    assert "tokens.json" in page.text_content("#token-form") and "student_token" in page.text_content("#token-form")
     page.fill("#token", service.student_token)
     page.click("#token-form button")
     refreshed(page)
