@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -21,7 +20,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from teacher_service.launch.processes import last_episodes, spawn, start_service, stop
+from teacher_service.launch.launchers import WorkerHandle, add_launcher_args, make_launcher
+from teacher_service.launch.processes import last_episodes, start_service, stop
 from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
 from teacher_service.serving.infra.auth import load_tokens
 from teacher_service.serving.settings import Settings
@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env", default=None, help="environment id (default: the curriculum's preset environment)")
     p.add_argument("--data-dir", type=Path, default=Path("teacher-data"), help="database, tokens, students' checkpoints (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="service port (default: %(default)s)")
+    add_launcher_args(p)
     argv = sys.argv[1:] if argv is None else argv
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
@@ -63,37 +64,40 @@ class Run:
             raise SystemExit(f"acl-run: curriculum {self.curriculum!r} has no preset environment; give --env")
         self.args = args
         self.data_dir = args.data_dir.resolve()
-        self.settings = Settings(data_dir=self.data_dir, port=args.port, curricula_file=args.config.resolve())
+        self.settings = Settings(data_dir=self.data_dir, port=args.port, curricula_file=args.config.resolve(),
+                                 **({"host": args.service_host} if args.service_host else {}))
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         self.url = f"http://{host}:{self.settings.port}"
         # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
         self.tokens = load_tokens(self.settings)
         self.student_ids = [f"{self.curriculum}-{i}" for i in range(args.students)]
         self.service: subprocess.Popen | None = None
-        self.workers: list[subprocess.Popen] = []
+        self.students_dir = (args.shared_dir or args.data_dir).resolve() / "students"
+        self.launcher = make_launcher(args, "acl-run", self.url)
+        self.workers: list[WorkerHandle] = []
 
     def student_dir(self, student_id: str) -> Path:
-        return self.data_dir / "students" / student_id
+        return self.students_dir / student_id
 
     def start_service(self) -> None:
         self.service = start_service(
-            ["--data-dir", str(self.data_dir), "--port", str(self.settings.port),
+            ["--data-dir", str(self.data_dir), "--host", self.settings.host, "--port", str(self.settings.port),
              "--curricula-file", str(self.settings.curricula_file)],
             self.url, self.data_dir / "service.log", "acl-run",
         )
 
     def start_workers(self) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {"OMP_NUM_THREADS": "1"}
         if self.tokens.student:
             env["TEACHER_TOKEN"] = self.tokens.student
         for seed, student_id in enumerate(self.student_ids):
             workdir = self.student_dir(student_id)
             workdir.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "student_client.worker", "--teacher", self.url,
+            cmd = ["--teacher", self.url,
                    "--curriculum", self.curriculum, "--env", self.env_id, "--steps", str(self.args.steps),
                    "--seed", str(seed), "--student-id", student_id, "--checkpoint-dir", str(workdir),
                    "--no-progress", *self.args.worker_args]
-            self.workers.append(spawn(cmd, workdir / "worker.log", env))
+            self.workers.append(self.launcher.start(cmd, workdir, env))
 
     def announce(self, console: Console) -> None:
         try:
@@ -111,7 +115,7 @@ class Run:
             *([f"Dashboard: [bold]{self.tokens.dashboard_url(self.url)}[/]"] if dashboard else []),
             f"Tokens: {tokens}",
             f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
-            f"{self.args.steps} steps each; checkpoints and logs in {self.data_dir / 'students'}",
+            f"{self.args.steps} steps each; checkpoints and logs in {self.students_dir}",
             "Ctrl-C stops everything with all state saved; run the same command again to continue.",
         ]
         if self.env_id.startswith("AdroitHand"):  # said here once; the processes do not print it
@@ -165,8 +169,9 @@ class Run:
             # handlers, since an ignored signal is inherited by every process started afterwards.
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                stop(self.workers, timeout=120)
+                self.launcher.stop(self.workers, timeout=120)
                 stop([self.service], timeout=30)
+                self.launcher.close()
             finally:
                 signal.signal(signal.SIGINT, previous[0])
                 signal.signal(signal.SIGTERM, previous[1])

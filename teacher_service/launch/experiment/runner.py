@@ -2,7 +2,7 @@
 
 Each (condition, seed) gets its own curriculum (seeded with the seed) and one `student-worker`
 process (seeded with the seed), so teachers never share students. At most `--parallel` workers run
-at once. Evaluations (the worker's own, on the environment's default starts and goals) and the
+at once, here or on a Ray cluster (--launcher ray). Evaluations (the worker's own, on the environment's default starts and goals) and the
 teachers' proposals are read back from the service at the end and written to CSV, then summarized
 (stats.py) and plotted (plots.py).
 
@@ -31,7 +31,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from teacher_service.launch.experiment import plots, stats
-from teacher_service.launch.processes import last_episodes, spawn, start_service, stop
+from teacher_service.launch.launchers import WorkerHandle, add_launcher_args, make_launcher
+from teacher_service.launch.processes import last_episodes, start_service, stop
 from teacher_service.serving.infra.auth import load_tokens
 from teacher_service.serving.settings import Settings
 
@@ -77,9 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params", action="append", default=[], metavar="CONDITION=JSON",
                    help='teacher parameters over the condition\'s, e.g. gradnorm-mean=\'{"batch_size": 10}\'')
     p.add_argument("--threshold", type=float, default=0.8, help="evaluation success rate that counts as proficient")
-    p.add_argument("--parallel", type=int, default=os.cpu_count() or 1, help="workers at a time")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="workers at a time (default: the CPUs here, or with Ray the cluster's CPUs / --worker-cpus)")
     p.add_argument("--out", type=Path, required=True, help="output directory; a rerun resumes in it")
     p.add_argument("--analyze-only", action="store_true", help="only redo the summary and plots from the CSVs")
+    add_launcher_args(p)
     args = p.parse_args(argv)
     args.params = dict(_parse_params(item) for item in args.params)
     # One run per (condition, seed): a repeated one would run twice on one checkpoint directory.
@@ -109,11 +112,14 @@ class Experiment:
         self.args = args
         self.out = args.out.resolve()
         self.service_dir = self.out / "service"
-        self.settings = Settings(data_dir=self.service_dir, port=free_port())
-        self.url = f"http://127.0.0.1:{self.settings.port}"
+        self.settings = Settings(data_dir=self.service_dir, port=free_port(), host=args.service_host or "127.0.0.1")
+        self.url = f"http://{self.settings.host}:{self.settings.port}"
+        self.runs_dir = (args.shared_dir or args.out).resolve() / "runs"
+        self.launcher = make_launcher(args, "acl-experiment", self.url)
+        self.parallel = args.parallel or self.launcher.capacity()
         self.tokens = load_tokens(self.settings)
         self.service: subprocess.Popen | None = None
-        self.workers: list[subprocess.Popen] = []
+        self.workers: list[WorkerHandle] = []
         self.runs = [(c, s) for c in args.conditions for s in args.seeds]  # grid order, for the outputs
 
     # ------------------------------------------------------------ service
@@ -124,8 +130,8 @@ class Experiment:
 
     def start_service(self) -> None:
         self.service = start_service(
-            ["--data-dir", str(self.service_dir), "--port", str(self.settings.port)], self.url,
-            self.service_dir / "service.log", "acl-experiment", {**os.environ, "TEACHER_LOG_LEVEL": "warning"},
+            ["--data-dir", str(self.service_dir), "--host", self.settings.host, "--port", str(self.settings.port)],
+            self.url, self.service_dir / "service.log", "acl-experiment", {**os.environ, "TEACHER_LOG_LEVEL": "warning"},
         )
 
     def create_curricula(self) -> None:
@@ -152,13 +158,13 @@ class Experiment:
     # ------------------------------------------------------------ workers
 
     def run_dir(self, condition: str, seed: int) -> Path:
-        return self.out / "runs" / run_name(condition, seed)
+        return self.runs_dir / run_name(condition, seed)
 
-    def start_worker(self, condition: str, seed: int) -> subprocess.Popen:
+    def start_worker(self, condition: str, seed: int) -> WorkerHandle:
         workdir = self.run_dir(condition, seed)
         workdir.mkdir(parents=True, exist_ok=True)
         a = self.args
-        cmd = [sys.executable, "-m", "student_client.worker", "--teacher", self.url,
+        cmd = ["--teacher", self.url,
                "--curriculum", run_name(condition, seed), "--student-id", run_name(condition, seed),
                "--env", a.env, "--steps", str(a.steps), "--seed", str(seed), "--preset", a.preset,
                "--eval-every", str(a.eval_every), "--eval-episodes", str(a.eval_episodes),
@@ -166,10 +172,10 @@ class Experiment:
         for flag in ("learning_starts", "random_steps"):
             if getattr(a, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {"OMP_NUM_THREADS": "1"}
         if self.tokens.student:
             env["TEACHER_TOKEN"] = self.tokens.student
-        proc = spawn(cmd, workdir / "worker.log", env)
+        proc = self.launcher.start(cmd, workdir, env)
         self.workers.append(proc)
         return proc
 
@@ -184,7 +190,7 @@ class Experiment:
                                key=lambda run: self.args.seeds.index(run[1])))
         if len(pending) < len(self.runs):
             console.print(f"Resuming: {len(self.runs) - len(pending)} of {len(self.runs)} runs already done")
-        running: dict[tuple[str, int], tuple[subprocess.Popen, int]] = {}
+        running: dict[tuple[str, int], tuple[WorkerHandle, int]] = {}
         failed = []
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())
@@ -192,7 +198,7 @@ class Experiment:
             total = progress.add_task("all runs (steps)", total=len(self.runs) * self.args.steps,
                                       completed=(len(self.runs) - len(pending)) * self.args.steps)
             while pending or running:
-                while pending and len(running) < self.args.parallel:
+                while pending and len(running) < self.parallel:
                     run = pending.popleft()
                     task = progress.add_task(run_name(*run), total=self.args.steps, completed=self.steps_done(*run))
                     running[run] = (self.start_worker(*run), task)
@@ -275,7 +281,7 @@ class Experiment:
             self.create_curricula()
             console.print(f"{len(self.runs)} runs ({len(self.args.conditions)} conditions x "
                           f"{len(self.args.seeds)} seeds) of {self.args.steps} steps on {self.args.env}, "
-                          f"{self.args.parallel} at a time; service {self.url}, output {self.out}")
+                          f"{self.parallel} at a time ({self.args.launcher}); service {self.url}, output {self.out}")
             failed = self.run_all(console)
             self.collect()
         except KeyboardInterrupt:
@@ -287,8 +293,9 @@ class Experiment:
             # process started later from this one (main() also runs in-process, in the tests).
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                stop(self.workers, timeout=120)
+                self.launcher.stop(self.workers, timeout=120)
                 stop([self.service], timeout=30)
+                self.launcher.close()
             finally:
                 signal.signal(signal.SIGINT, previous)
         analyze(self.out, self.args.threshold, console)

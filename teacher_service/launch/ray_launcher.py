@@ -1,0 +1,143 @@
+"""The Ray launcher: each worker a Ray task on a cluster; the only module that imports ray.
+
+The task runs `student-worker` as a child process on whichever node Ray picks, with the task's resource
+request (CPUs, GPUs). The service stays where it is; the worker reaches it over HTTP. Its run directory
+must be storage the cluster shares, so that a rerun on another node resumes from its checkpoint. Ray
+reruns the task (up to --max-retries) when its node or its process dies, and when the worker is killed
+by a signal (OOM killer, preemption, kill -9): a worker that exits with an error is not rerun, since the
+same arguments would fail again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError, TaskCancelledError
+
+from teacher_service.launch.launchers import WORKER_MODULE, Launcher, Resources, WorkerHandle
+
+# Linux: the worker is SIGKILLed when the task's process dies (PR_SET_PDEATHSIG survives exec); otherwise
+# it would live on beside the rerun task's worker, both on one checkpoint. Set in the child before exec,
+# not in a preexec_fn, which can deadlock in a process with threads (Ray's workers have many).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL); "
+    "os.getppid() == int(sys.argv[1]) or sys.exit('student-worker: its Ray task exited before it started'); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+STOP_TIMEOUT = 120  # seconds a stopped worker has to end its episode and checkpoint, as acl-run gives it
+
+
+class WorkerKilled(RuntimeError):
+    """The worker died of a signal: Ray reruns the task, which resumes from the checkpoint."""
+
+
+def worker_command(worker_args: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", WORKER_MODULE, *worker_args]
+    if sys.platform == "linux":
+        return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
+    return cmd
+
+
+def run_worker(worker_args: list[str], workdir: str, env: dict[str, str]) -> int:
+    """The Ray task: `student-worker` on this node until it exits; its exit code."""
+    workdir = Path(workdir)
+    if not workdir.is_dir():  # not retried: another node would not see it either
+        raise FileNotFoundError(f"{workdir} does not exist on node {ray.util.get_node_ip_address()}: "
+                                "--shared-dir must be storage that every node mounts at the same path")
+    with open(workdir / "worker.log", "a") as log:
+        child = subprocess.Popen(worker_command(worker_args), stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **env}, start_new_session=True)
+    try:
+        while child.poll() is None:  # short sleeps: ray.cancel's KeyboardInterrupt lands between them
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        # Stopped by the launcher: as Ctrl-C locally, the worker ends its episode and checkpoints. SIGTERM,
+        # since Ray's worker processes ignore SIGINT and the child inherits that until it sets its handler.
+        child.terminate()
+        try:
+            child.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
+    if child.returncode < 0:
+        raise WorkerKilled(f"student-worker was killed by {signal.Signals(-child.returncode).name}")
+    return child.returncode
+
+
+class RayWorker:
+    """The handle of one worker's task; `returncode` as a process's: 0 done, -SIGINT stopped, else failed."""
+
+    def __init__(self, ref: ray.ObjectRef, workdir: Path) -> None:
+        self.ref = ref
+        self.workdir = workdir
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and ray.wait([self.ref], timeout=0)[0]:
+            try:
+                self.returncode = ray.get(self.ref)
+            except TaskCancelledError:
+                self.returncode = -signal.SIGINT
+            except RayError as exc:  # retries used up, or an error a rerun cannot fix
+                self.returncode = 1
+                with open(self.workdir / "worker.log", "a") as log:  # where the launchers point the user
+                    log.write(f"\nRay: the worker's task failed: {exc}\n")
+        return self.returncode
+
+
+class RayLauncher(Launcher):
+    def __init__(self, address: str | None, resources: Resources, max_retries: int, service_on_loopback: bool,
+                 who: str) -> None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SystemExit(f"{who}: cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {exc}") from None
+        here = ray.util.get_node_ip_address()
+        others = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here})
+        if service_on_loopback and others:
+            ray.shutdown()
+            raise SystemExit(f"{who}: the Ray cluster has nodes on other machines ({', '.join(others)}), which "
+                             "cannot reach a service on 127.0.0.1; give --service-host with this machine's "
+                             f"address on the cluster's network (Ray sees it as {here})")
+        self.resources = resources
+        self.task = ray.remote(run_worker).options(
+            num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=max_retries,
+            retry_exceptions=[WorkerKilled], name="student-worker")
+
+    def start(self, worker_args: list[str], workdir: Path, env: dict[str, str]) -> WorkerHandle:
+        ref = self.task.remote(worker_args, str(workdir), env)
+        return RayWorker(ref, workdir)
+
+    def stop(self, handles: list[WorkerHandle], timeout: float) -> None:
+        running = [h.ref for h in handles if h.poll() is None]
+        for ref in running:
+            ray.cancel(ref)  # a KeyboardInterrupt in the task, which stops its worker cleanly
+        ready, late = ray.wait(running, num_returns=len(running), timeout=timeout) if running else ([], [])
+        for ref in late:
+            ray.cancel(ref, force=True)  # kills the task's process, and with it the worker
+        for ref in late:
+            try:
+                ray.get(ref, timeout=30)
+            except (RayError, GetTimeoutError):
+                pass
+        for handle in handles:
+            handle.poll()
+
+    def capacity(self) -> int:
+        cluster = ray.cluster_resources()
+        fits = [cluster.get("CPU", 0) / self.resources.cpus] if self.resources.cpus else []
+        if self.resources.gpus:
+            fits.append(cluster.get("GPU", 0) / self.resources.gpus)
+        return max(int(min(fits, default=1)), 1)
+
+    def close(self) -> None:
+        ray.shutdown()

@@ -1,0 +1,161 @@
+"""The Ray launcher on a real Ray cluster that the tests start on this machine (`ray start --head`, 2 CPUs).
+
+A tiny acl-experiment grid gives the same results through Ray as with local processes; a worker killed
+mid-run (the student process, then the Ray task's process) is rerun by Ray and resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.servers import REPO, free_port, wait_until
+from tests.test_architecture import imports_of, project_modules
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="ray is not installed: pip install -e '.[ray]'")
+# One condition that proposes tasks (so proposals.csv has rows), two seeds; 300 steps is one PointMaze episode.
+GRID = ["--env", "PointMaze_UMazeDense-v3", "--conditions", "random", "--eval-episodes", "1",
+        "--learning-starts", "250", "--random-steps", "100"]
+
+
+def test_only_the_ray_launcher_imports_ray():
+    users = sorted(name for name, path in project_modules().items()
+                   if any(target.split(".")[0] == "ray" for target in imports_of(name, path)))
+    assert users == ["teacher_service.launch.ray_launcher"]
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A one-node cluster on loopback ports, in a temporary directory, stopped afterwards."""
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit in 107 bytes
+    port = free_port()
+    log = temp / "head.log"
+    ray = str(Path(sys.executable).with_name("ray"))
+    with open(log, "w") as out:
+        head = subprocess.Popen(
+            [ray, "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+             "--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--include-dashboard", "false",
+             "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+             "--temp-dir", str(temp)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: head.poll() is not None or "Ray runtime started" in log.read_text(), 180, "ray head")
+        assert head.poll() is None, log.read_text()
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()  # --block: stops every process it started
+        head.wait(timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def experiment(out: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "teacher_service.launch.experiment.runner", *GRID, *args, "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEACHER_", "RAY_"))}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-5000:]
+    return out
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@needs_ray
+def test_grid_on_ray_gives_the_local_launchers_results(tmp_path, ray_address):
+    grid = ["--seeds", "0", "1", "--steps", "300", "--eval-every", "150"]
+    on_ray = experiment(tmp_path / "ray", *grid, "--launcher", "ray", "--ray-address", ray_address,
+                        "--shared-dir", str(tmp_path / "shared"))
+    printed = finish(on_ray)
+    assert "(ray)" in printed
+    local = experiment(tmp_path / "local", *grid)
+    finish(local)
+
+    evaluations = rows(tmp_path / "ray" / "evaluations.csv")
+    assert {(r["condition"], r["seed"], r["step"]) for r in evaluations} == {
+        ("random", s, step) for s in ("0", "1") for step in ("150", "300")}
+    # Seeded workers, one thread each: the same numbers, wherever they ran.
+    for name in ("evaluations.csv", "proposals.csv", "summary.md"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text(), name
+    assert rows(tmp_path / "ray" / "proposals.csv")
+    # The run directories went to the shared dir, not under --out.
+    assert sorted(p.name for p in (tmp_path / "shared" / "runs").iterdir()) == ["random-s0", "random-s1"]
+    assert all((tmp_path / "shared" / "runs" / name / "done").exists() for name in ("random-s0", "random-s1"))
+    assert not (tmp_path / "ray" / "runs").exists()
+
+
+def student_pid(run_dir: Path) -> int | None:
+    """The `student-worker` process whose checkpoint dir is run_dir."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"student_client.worker" in cmdline and str(run_dir).encode() in cmdline:
+            return int(entry.name)
+    return None
+
+
+def parent_pid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    path = run_dir / "checkpoint.pt"
+    return torch.load(path, weights_only=False)["step"] if path.exists() else 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@needs_ray
+@pytest.mark.skipif(sys.platform != "linux", reason="finds processes through /proc")
+def test_a_killed_worker_is_rerun_by_ray_and_resumes(tmp_path, ray_address):
+    run_dir = tmp_path / "out" / "runs" / "random-s0"
+    proc = experiment(tmp_path / "out", "--seeds", "0", "--steps", "900", "--eval-every", "300",
+                      "--checkpoint-every", "300", "--launcher", "ray", "--ray-address", ray_address)
+    try:
+        # 1. The student process dies (kill -9 after its first checkpoint): Ray reruns the task.
+        wait_until(lambda: proc.poll() is not None or checkpoint_step(run_dir) >= 300, 300, "first checkpoint")
+        first = student_pid(run_dir)
+        assert first and checkpoint_step(run_dir) < 900, "the run ended before the kill"
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: proc.poll() is not None or student_pid(run_dir) not in (None, first), 120, "a rerun")
+
+        # 2. The Ray task's process dies (its node's OOM killer, say): its student dies with it, Ray reruns it.
+        wait_until(lambda: proc.poll() is not None or checkpoint_step(run_dir) >= 600, 300, "second checkpoint")
+        second = student_pid(run_dir)
+        assert second and checkpoint_step(run_dir) < 900, "the run ended before the second kill"
+        os.kill(parent_pid(second), signal.SIGKILL)
+        wait_until(lambda: not alive(second), 30, "the orphaned student's end")
+        finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    log = (run_dir / "worker.log").read_text()
+    resumed = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 2 and 300 <= resumed[0] < resumed[1] < 900, log[-3000:]
+    assert (run_dir / "done").exists()
+    assert {r["step"] for r in rows(tmp_path / "out" / "evaluations.csv")} == {"300", "600", "900"}
