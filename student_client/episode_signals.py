@@ -110,7 +110,12 @@ def local_signals(nets: SACNets, episode: Transitions, batch_size: int,
 
 
 def agent_signals(agent: SAC, buffer: ReplayBuffer, steps: int) -> LocalSignals:
-    """The worker's: the last ``steps`` transitions of ``buffer``, the agent's batch size and the buffer's generator."""
+    """The worker's: the last ``steps`` transitions of ``buffer``, the agent's batch size and the buffer's generator.
+
+    A single SAC; for member k of an ``EnsembleSAC``, pass a SAC loaded with its ``member_state_dict(k)``.
+    """
+    if agent.members is not None:
+        raise ValueError("agent_signals needs a single SAC, not an ensemble")
     n = min(steps, buffer.size)
     idx = (buffer.pos - n + torch.arange(n)) % buffer.capacity
     episode = Transitions(buffer.obs[idx], buffer.actions[idx], buffer.rewards[idx], buffer.next_obs[idx],

@@ -18,6 +18,7 @@ from student_client.integrations.gym_wrapper import TeacherCurriculumWrapper
 from student_client.integrations.sb3 import GradNormCallback, replay_tail, sb3_nets
 from student_client.sac.agent import SAC, SmallPreset
 from student_client.sac.buffer import ReplayBuffer
+from student_client.sac.ensemble import EnsembleSAC
 from tests.student_helpers import create_curriculum, episode_log, start_worker, stored_proposals, wait_exit
 
 gym.register_envs(gymnasium_robotics)
@@ -164,8 +165,11 @@ def test_they_depend_only_on_the_episodes_transitions():
     assert agent_signals(agent, changed, 15) != with_history  # the episode's own rewards do matter
 
 
-def test_an_empty_buffer_gives_no_signals():
+def test_an_empty_buffer_gives_no_signals_and_an_ensemble_a_clear_error():
     assert agent_signals(tiny_sac(), ReplayBuffer(8, OBS, ACT), 5).as_dict() == dict.fromkeys(LOCAL_KEYS)
+    ensemble = EnsembleSAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), SmallPreset(), seeds=[0, 1])
+    with pytest.raises(ValueError, match="single SAC"):
+        agent_signals(ensemble, ReplayBuffer(8, OBS, ACT), 5)
 
 
 # ---------------------------------------------------------------- the worker
