@@ -73,13 +73,15 @@ class GradNormCallback(BaseCallback):
         super().__init__()
         self.tracker = tracker
         self.local_signals = local_signals
+        self.generator: torch.Generator | None = None
 
     def _on_training_start(self) -> None:
         self.tracker.attach(self.model.actor.optimizer, "actor")
         self.tracker.attach(self.model.critic.optimizer, "critic")
         if not (self.local_signals and hasattr(self.model, "ent_coef_optimizer")):
             return
-        self.generator = torch.Generator().manual_seed(self.model.seed or 0)
+        if self.generator is None:  # once: a second learn() continues the stream
+            self.generator = torch.Generator().manual_seed(self.model.seed or 0)
         for i, env in enumerate(getattr(self.training_env, "envs", [])):  # only in-process envs share the model
             while isinstance(env, gym.Wrapper) and not isinstance(env, TeacherCurriculumWrapper):
                 env = env.env
