@@ -130,9 +130,9 @@ class Run:
         except (httpx.HTTPError, ValueError, KeyError):
             teacher = "service not answering"
         # Borderless with short headers: fits 80 columns without cutting a cell.
-        table = Table(title=f"{self.curriculum}: {teacher}; {self.args.steps} steps per student", title_justify="left",
-                      caption="return, success: mean of the last 20 episodes; grad norm: the last episode's",
-                      caption_justify="left", box=None, pad_edge=False, header_style="bold underline")
+        table = Table(title=f"{self.curriculum}: {teacher}; {self.args.steps} steps per student; return and success "
+                      "over the last 20 episodes, grad norm of the last", title_justify="left", box=None,
+                      pad_edge=False, header_style="bold underline")
         for column in ("student", "state", "steps", "episodes", "return", "success", "grad norm"):
             table.add_column(column, justify="left" if column in ("student", "state") else "right", no_wrap=True)
         for student_id, proc in zip(self.student_ids, self.workers):
@@ -160,6 +160,8 @@ class Run:
                 while any(proc.poll() is None for proc in self.workers):
                     time.sleep(1)
                     live.update(self.table(), refresh=True)
+            if not console.is_terminal:
+                console.line()  # Live ends its last line without a newline when it does not redraw
             console.print(f"All students reached {self.args.steps} steps (or stopped); "
                           "give a larger --steps to continue.")
         except KeyboardInterrupt:
