@@ -121,7 +121,7 @@ class RayLauncher(Launcher):
         running = [h.ref for h in handles if h.poll() is None]
         for ref in running:
             ray.cancel(ref)  # a KeyboardInterrupt in the task, which stops its worker cleanly
-        ready, late = ray.wait(running, num_returns=len(running), timeout=timeout) if running else ([], [])
+        _, late = ray.wait(running, num_returns=len(running), timeout=timeout) if running else ([], [])
         for ref in late:
             ray.cancel(ref, force=True)  # kills the task's process, and with it the worker
         for ref in late:

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from teacher_service.launch.launchers import WorkerHandle, add_launcher_args, make_launcher
+from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
+from teacher_service.launch.launchers import WorkerHandle
 from teacher_service.launch.processes import last_episodes, start_service, stop
 from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
 from teacher_service.serving.infra.auth import load_tokens

@@ -31,7 +31,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from teacher_service.launch.experiment import plots, stats
-from teacher_service.launch.launchers import WorkerHandle, add_launcher_args, make_launcher
+from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
+from teacher_service.launch.launchers import WorkerHandle
 from teacher_service.launch.processes import last_episodes, start_service, stop
 from teacher_service.serving.infra.auth import load_tokens
 from teacher_service.serving.settings import Settings

@@ -1,0 +1,50 @@
+"""The launcher options of acl-run and acl-experiment, and the launcher they ask for."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from teacher_service.launch.launchers import Launcher, LocalLauncher, Resources
+
+
+def add_launcher_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the students run")
+    g.add_argument("--launcher", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine; ray: tasks on a Ray cluster (pip install 'acl-teacher[ray]')")
+    g.add_argument("--ray-address", default=None,
+                   help="the cluster to use with --launcher ray: host:port of its head, ray://host:10001, or "
+                   "'auto' (default: the RAY_ADDRESS variable, else a new single-machine cluster)")
+    g.add_argument("--shared-dir", type=Path, default=None,
+                   help="where the workers' run directories (checkpoints, logs) go; with Ray on several machines "
+                   "it must be storage every node and this machine mount at the same path (default: the output dir)")
+    g.add_argument("--service-host", default=None,
+                   help="address the service listens on and the workers reach it at; with Ray on several "
+                   "machines, this machine's address on the cluster's network (default: 127.0.0.1)")
+    g.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs Ray reserves per worker (default: 1)")
+    g.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs Ray reserves per worker (default: 0)")
+    g.add_argument("--max-retries", type=int, default=3,
+                   help="times Ray reruns a worker that was killed or whose node died; it resumes from its "
+                   "checkpoint (default: 3)")
+
+
+def make_launcher(args: argparse.Namespace, who: str, service_url: str) -> Launcher:
+    if args.launcher == "local":
+        ray_only = [flag for flag, value in (("--ray-address", args.ray_address), ("--worker-gpus", args.worker_gpus))
+                    if value]
+        if ray_only:
+            raise SystemExit(f"{who}: {', '.join(ray_only)} need --launcher ray")
+        return LocalLauncher()
+    from teacher_service.launch.ray_launcher import RayLauncher  # only this path needs ray installed
+
+    return RayLauncher(args.ray_address, Resources(args.worker_cpus, args.worker_gpus), args.max_retries,
+                       is_loopback(urlsplit(service_url).hostname), who)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
