@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -189,3 +190,11 @@ def test_page_says_where_tokens_are_and_takes_one(service, open_page):
     page.click("#token-form button")
     refreshed(page)
     assert page.is_hidden("#token-form") and page.text_content("#status").startswith("updated")
+
+
+def test_the_link_the_service_prints_opens_the_dashboard(service, open_page):
+    link = re.search(r"Dashboard: (\S+)", service.log_path.read_text()).group(1)
+    assert link == f"{service.url}/#token={service.student_token}"
+    page, errors = open_page(link)
+    refreshed(page)
+    assert page.is_hidden("#token-form") and "token" not in page.url and errors == []
