@@ -1,33 +1,53 @@
-"""Student update speed: our SAC (probes on/off) vs Stable-Baselines3 SAC, same networks and batch.
+"""Student speed: our SAC against Stable-Baselines3's, and K students in one process (ensemble SAC).
 
-PointMaze preset: 3x128 tanh, one critic, batch 128, alpha 0.2, on PointMaze_UMaze-v3 transitions;
-one thread each. Configurations are measured in interleaved rounds (the machine is shared and noisy)
-and the median rate is reported. Targets: ours >= 1.5x SB3; probe overhead <= 3%.
+On PointMaze_UMaze-v3, one thread per process. Rates are per CPU-second of the measuring process
+(``time.process_time``), i.e. per core: on a shared machine, time spent waiting for a core does not
+count, while contention for caches still does.
 
-    .venv/bin/python bench/student_speed.py [--updates 300] [--rounds 5]
+1. Updates/s of one student, ours (probes on and off) against SB3's SAC with the same networks and
+   batch (the paper's PointMaze preset: 3x128 tanh, one critic, batch 128, alpha 0.2), on the same
+   transitions; interleaved rounds (the machine is shared and noisy), medians.
+2. Training env steps/s per core with the environment stepping included: one student per process
+   (the single SAC) against K = 1, 4, 8, 16 students in one process (EnsembleSAC, K envs, one
+   update of all K per step), for the `small` preset (2x64, batch 64: what acl-experiment runs) and
+   the PointMaze preset. Each configuration runs in a fresh process (its resident memory is its
+   own), in interleaved rounds; replay buffers are sized to the run.
+
+Targets (issue #14): ours >= 1.5x SB3; K=8 in one process >= 4x the env steps per core of one
+student per process. The last line is for tools; its K=8 figure is the first preset's.
+
+    .venv/bin/python bench/student_speed.py [--updates 300] [--rounds 5] [--compile] [--steps 300]
+        [--train-rounds 2] [--presets small pointmaze] [--members 1 4 8 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import SAC as SB3SAC
-from stable_baselines3.common.logger import configure
 
 from student_client.envs import make_env
-from student_client.sac.agent import SAC, PointMazePreset, make_buffer
+from student_client.sac.agent import PRESETS, SAC, PointMazePreset, make_buffer
+from student_client.sac.ensemble import EnsembleSAC
 
 ENV_ID = "PointMaze_UMaze-v3"
+MEMBERS = (1, 4, 8, 16)
 
 
-def ours(transitions: list, probes: bool) -> tuple[SAC, callable]:
+# ---------------------------------------------------------------- part 1: updates/s against SB3
+
+
+def ours(transitions: list, probes: bool, compile: bool = False) -> tuple[SAC, callable]:
     env = make_env(ENV_ID)
-    config = PointMazePreset()
+    config = PointMazePreset(compile=compile)
     agent = SAC(env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high, config, probes=probes)
     buffer = make_buffer(config, len(transitions), env.obs_dim, env.act_dim, seed=0)
     for t in transitions:
@@ -41,6 +61,9 @@ def ours(transitions: list, probes: bool) -> tuple[SAC, callable]:
 
 
 def sb3(transitions: list) -> callable:
+    from stable_baselines3 import SAC as SB3SAC
+    from stable_baselines3.common.logger import configure
+
     env = gym.wrappers.FlattenObservation(gym.make(ENV_ID))
     config = PointMazePreset()
     model = SB3SAC("MlpPolicy", env, learning_rate=config.lr, buffer_size=len(transitions), learning_starts=0,
@@ -72,34 +95,33 @@ def collect(steps: int) -> list:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--updates", type=int, default=300, help="updates per configuration and round")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--transitions", type=int, default=5000)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+def updates_vs_sb3(args: argparse.Namespace) -> float:
+    """Print the single-student table; return ours (probes on) / SB3."""
     torch.manual_seed(0)
     transitions = collect(args.transitions)
     agent, ours_probes = ours(transitions, probes=True)
     _, ours_plain = ours(transitions, probes=False)
     runners = {"ours, probes on": ours_probes, "ours, probes off": ours_plain, "SB3 SAC": sb3(transitions)}
+    if args.compile:
+        start = time.perf_counter()
+        _, runners["ours, compiled"] = ours(transitions, probes=True, compile=True)
+        runners["ours, compiled"](3)
+        print(f"torch.compile of the update: {time.perf_counter() - start:.0f} s (wall clock)")
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for run in runners.values():
         run(20)  # warm-up
     for _ in range(args.rounds):
         for name, run in runners.items():
-            start = time.perf_counter()
+            start = time.process_time()
             run(args.updates)
-            rates[name].append(args.updates / (time.perf_counter() - start))
+            rates[name].append(args.updates / (time.process_time() - start))
 
     # The probes' own cost, timed directly: steadier than the difference of two noisy rates.
-    agent.update(agent_batch := make_probe_batch(agent, transitions))
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(1000):
         agent.actor_probe.record()
         agent.critic_probe.record()
-    probe_s = (time.perf_counter() - start) / 1000
+    probe_s = (time.process_time() - start) / 1000
 
     median = {name: statistics.median(r) for name, r in rates.items()}
     print(f"{ENV_ID}, PointMaze preset (3x128 tanh, 1 critic, batch 128), 1 thread, "
@@ -110,18 +132,111 @@ def main() -> None:
     sb3_rate = median["SB3 SAC"]
     print(f"ours (probes on) / SB3:  {median['ours, probes on'] / sb3_rate:.2f}x")
     print(f"ours (probes off) / SB3: {median['ours, probes off'] / sb3_rate:.2f}x")
-    print(f"probe overhead from rates: {1 - median['ours, probes on'] / median['ours, probes off']:+.1%}")
+    if args.compile:
+        print(f"ours (compiled) / SB3:   {median['ours, compiled'] / sb3_rate:.2f}x")
     print(f"probe cost timed directly: {probe_s * 1e6:.0f} us per update = "
           f"{probe_s * median['ours, probes on']:.1%} of an update")
-    del agent_batch
+    return median["ours, probes on"] / sb3_rate
 
 
-def make_probe_batch(agent: SAC, transitions: list):
-    config = agent.config
-    buffer = make_buffer(config, len(transitions), transitions[0][0].shape[0], transitions[0][1].shape[0], seed=1)
-    for t in transitions:
-        buffer.add(*t)
-    return buffer.sample(config.batch_size)
+# ---------------------------------------------------------------- part 2: training, K students per process
+
+
+def train(preset: str, members: int | None, steps: int) -> dict:
+    """Train ``members`` students (None: the single SAC) on PointMaze for ``steps`` steps after a warm-up;
+    runs in its own process. Returns env steps/s of the process and its resident memory."""
+    torch.set_num_threads(1)
+    config = PRESETS[preset]()
+    k = members or 1
+    seeds = list(range(k))
+    envs = [make_env(ENV_ID) for _ in seeds]
+    env = envs[0]
+    warmup = config.batch_size + 20  # random actions until a batch is there, then a few timed-out updates
+    args = (env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high, config)
+    agent = SAC(*args) if members is None else EnsembleSAC(*args, seeds=seeds)
+    buffer = make_buffer(config, warmup + steps, env.obs_dim, env.act_dim, seed=seeds if members else 0)
+    for e, seed in zip(envs, seeds):
+        e.action_space.seed(seed)
+    obs = np.stack([e.reset(seed=seed) for e, seed in zip(envs, seeds)])
+    for t in range(warmup + steps):
+        if t == warmup:
+            start = time.process_time()
+        if t < config.batch_size:
+            actions = np.stack([e.action_space.sample() for e in envs]).astype(np.float32)
+        else:
+            actions = agent.act(obs) if members else agent.act(obs[0])[None]
+        results = [e.step(a) for e, a in zip(envs, actions)]
+        next_obs = np.stack([r[0] for r in results])
+        rewards = np.array([r[1] for r in results], dtype=np.float32)
+        terminated = np.array([r[2] for r in results])
+        if members:
+            buffer.add(obs, actions, rewards, next_obs, terminated)
+        else:
+            buffer.add(obs[0], actions[0], float(rewards[0]), next_obs[0], bool(terminated[0]))
+        for i, (e, r) in enumerate(zip(envs, results)):
+            if r[2] or r[3]:
+                next_obs[i] = e.reset()
+        obs = next_obs
+        if buffer.size >= config.batch_size:
+            agent.update(buffer.sample(config.batch_size))
+    elapsed = time.process_time() - start
+    rss_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("VmRSS:"))
+    buffer_bytes = sum(t.numel() * t.element_size()
+                       for t in (buffer.obs, buffer.next_obs, buffer.actions, buffer.rewards, buffer.dones))
+    return {"steps_per_s": k * steps / elapsed, "rss_mb": rss_kb / 1024, "buffer_mb": buffer_bytes / 2**20}
+
+
+def training_per_core(args: argparse.Namespace, preset: str) -> float:
+    """Print the K-students table; return K=8's env steps/s over one student per process."""
+    configs: list[int | None] = [None, *args.members]
+    results: dict[int | None, list[dict]] = {m: [] for m in configs}
+    for _ in range(args.train_rounds):
+        for members in configs:
+            cmd = [sys.executable, __file__, "--child", str(members or 0), "--preset", preset,
+                   "--steps", str(args.steps)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[members].append(json.loads(out.strip().splitlines()[-1]))
+    single = statistics.median(r["steps_per_s"] for r in results[None])
+    config = PRESETS[preset]()
+    print(f"\nTraining on {ENV_ID}, preset {preset} ({'x'.join(map(str, config.hidden))} {config.activation}, "
+          f"batch {config.batch_size}), one update per env step, env stepping included, 1 thread per process, "
+          f"{args.steps} steps per process after warm-up, {args.train_rounds} rounds, median")
+    print(f"{'configuration':<26}{'env steps/s':>12}{'min':>9}{'max':>9}{'vs single':>11}"
+          f"{'RSS/student':>13}{'buffer/student':>16}")
+    for members in configs:
+        rates = [r["steps_per_s"] for r in results[members]]
+        rate = statistics.median(rates)
+        k = members or 1
+        rss = statistics.median(r["rss_mb"] for r in results[members]) / k
+        buffer = results[members][0]["buffer_mb"] / k
+        name = "single SAC, 1 per process" if members is None else f"ensemble K={members}, 1 process"
+        print(f"{name:<26}{rate:>12.0f}{min(rates):>9.0f}{max(rates):>9.0f}{rate / single:>10.2f}x"
+              f"{rss:>10.0f} MB{buffer:>13.2f} MB")
+    return statistics.median(r["steps_per_s"] for r in results[8]) / single if 8 in results else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--updates", type=int, default=300, help="updates per configuration and round (part 1)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of part 1")
+    parser.add_argument("--transitions", type=int, default=5000)
+    parser.add_argument("--compile", action="store_true", help="also measure the torch.compiled update (part 1)")
+    parser.add_argument("--steps", type=int, default=300, help="timed env steps per process (part 2)")
+    parser.add_argument("--train-rounds", type=int, default=2, help="rounds of part 2")
+    parser.add_argument("--members", type=int, nargs="+", default=list(MEMBERS), help="K values of part 2")
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["small", "pointmaze"],
+                        help="SAC presets of part 2")
+    parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # part 2's worker process
+    parser.add_argument("--preset", default="small", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(train(args.preset, args.child or None, args.steps)))
+        return
+    torch.set_num_threads(1)
+    vs_sb3 = updates_vs_sb3(args)
+    k8 = [training_per_core(args, preset) for preset in args.presets][0]
+    print(f"students: ensemble_k8_vs_single={k8:.2f}x single_vs_sb3={vs_sb3:.2f}x")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class SACConfig:
     buffer_size: int = 1_000_000
     random_steps: int = 5_000  # uniform random actions before the policy acts
     learning_starts: int = 10_000  # first gradient update; then one update per env step
+    compile: bool = False  # torch.compile the update: ~1.15x the updates/s after ~1 min of compiling
 
 
 @dataclass
@@ -239,6 +240,8 @@ class SAC:
         self.critic_probe = GradNormAccumulator(self.critic.parameters(), members)
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
+        if config.compile:
+            self.update = torch.compile(self.update)
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -319,6 +322,7 @@ class SAC:
             self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
 
 
-def make_buffer(config: SACConfig, total_steps: int, obs_dim: int, act_dim: int, seed: int) -> ReplayBuffer:
-    """A replay buffer sized to the run."""
+def make_buffer(config: SACConfig, total_steps: int, obs_dim: int, act_dim: int,
+                seed: int | list[int]) -> ReplayBuffer:
+    """A replay buffer sized to the run (one seed per member for an ensemble's)."""
     return ReplayBuffer(min(config.buffer_size, total_steps), obs_dim, act_dim, seed=seed)
