@@ -132,3 +132,14 @@ def test_sigterm_checkpoints_and_exits_cleanly(service, tmp_path):
     log = episode_log(d)
     assert torch.load(d / "checkpoint.pt", weights_only=False)["step"] == log[-1]["step"] < 100_000
     assert_reports_match_log(stored_proposals(service, "term"), log, "student-6")
+
+
+def test_the_last_episode_of_a_run_says_so(service, tmp_path):
+    """Its report carries extra.run_finished, so the students endpoint shows the student finished, not active."""
+    create_curriculum(service, "finish")
+    d = tmp_path / "w"
+    wait_exit(start_worker(service, d, "finish", 500, 4, "--learning-starts", "1000", "--eval-every", "0"), d)
+    rows = stored_proposals(service, "finish")
+    assert [rows[r["proposal_id"]]["signals"]["extra"] for r in episode_log(d)] == [{}, {"run_finished": 1.0}]
+    (student,) = service.client().get("/curricula/finish/students").json()["students"]
+    assert student["finished"] and not student["active"]
