@@ -107,10 +107,11 @@ class TeacherClient(_Base):
         return self._request("POST", "/propose", ProposeRequest(curriculum=curriculum, student_id=student_id,
                                                                 context=context), Proposal)
 
-    def report(self, proposal_id: str, student_id: str, signals: Signals) -> ReportAck:
-        """Report what the student measured on the episode of ``proposal_id`` (idempotent)."""
+    def report(self, proposal_id: str, student_id: str, signals: Signals, outcome: str = "completed") -> ReportAck:
+        """Report what the student measured on the episode of ``proposal_id`` (idempotent); ``outcome``
+        "stopped" or "abandoned" marks an episode cut short or never run, which rewards no teacher."""
         return self._request("POST", "/report", ReportRequest(proposal_id=proposal_id, student_id=student_id,
-                                                              signals=signals), ReportAck)
+                                                              signals=signals, outcome=outcome), ReportAck)
 
     def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         """Post an evaluation on the environment's default task distribution."""
@@ -168,9 +169,10 @@ class AsyncTeacherClient(_Base):
         return await self._request("POST", "/propose", ProposeRequest(curriculum=curriculum, student_id=student_id,
                                                                       context=context), Proposal)
 
-    async def report(self, proposal_id: str, student_id: str, signals: Signals) -> ReportAck:
+    async def report(self, proposal_id: str, student_id: str, signals: Signals,
+                     outcome: str = "completed") -> ReportAck:
         return await self._request("POST", "/report", ReportRequest(proposal_id=proposal_id, student_id=student_id,
-                                                                    signals=signals), ReportAck)
+                                                                    signals=signals, outcome=outcome), ReportAck)
 
     async def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         return await self._request("POST", "/evaluations", evaluation, EvaluationAck)

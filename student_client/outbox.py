@@ -44,7 +44,7 @@ class Outbox:
             try:
                 if message["kind"] == "report":
                     report = ReportRequest.model_validate(message["body"])
-                    client.report(report.proposal_id, report.student_id, report.signals)
+                    client.report(report.proposal_id, report.student_id, report.signals, report.outcome)
                 else:
                     client.evaluate(EvaluationRequest.model_validate(message["body"]))
             except TeacherUnavailableError:

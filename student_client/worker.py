@@ -3,8 +3,9 @@
 Per episode: propose, reset on the task (checked), act and train (one update per env step once
 learning starts), report the signals of *that* episode under its own proposal id. If the teacher is
 unreachable the worker trains on the environment's default tasks and keeps its reports in a durable
-outbox (``outbox.json`` in the checkpoint dir) until the teacher is back. Checkpoints (networks,
-optimizers, replay buffer, counters, RNG) let a killed worker resume.
+outbox (``outbox.json`` in the checkpoint dir) until the teacher is back (`student_client.session`).
+An episode cut short by a stop signal or by the end of ``--steps`` is reported as ``stopped``.
+Checkpoints (networks, optimizers, replay buffer, counters, RNG) let a killed worker resume.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
+from student_client.client import TeacherClient, TeacherError
 from student_client.envs import make_env
 from student_client.episode_signals import LocalSignals, agent_signals
-from student_client.outbox import Outbox
 from student_client.sac.agent import PRESETS, SAC, make_buffer, preset_for_env
-from teacher_service.wire import RUN_FINISHED, EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
+from student_client.session import TeacherSession
+from teacher_service.wire import RUN_FINISHED, EvaluationRequest, Proposal, Signals
 
 log = logging.getLogger("student_client.worker")
 CHECKPOINT = "checkpoint.pt"
@@ -44,6 +45,7 @@ class Episode:
     steps: int = 0
     ret: float = 0.0
     success: bool = False
+    ended: bool = False  # by the environment (terminated or truncated), not cut by a stop or the step budget
 
 
 class Worker:
@@ -64,16 +66,14 @@ class Worker:
         self.dir = Path(args.checkpoint_dir) if args.checkpoint_dir else None
         if self.dir:
             self.dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(self.dir / "outbox.json" if self.dir else None)
+        student_id = args.student_id or re.sub(r"[^A-Za-z0-9_.:@\-]", "-", f"{socket.gethostname()}-s{args.seed}")
+        self.session = TeacherSession(self.client, args.curriculum, student_id,
+                                      self.dir / "outbox.json" if self.dir else None, args.retry_every)
         self.step = 0
         self.episode = 0
         self.next_eval = args.eval_every
         self.next_checkpoint = args.checkpoint_every
-        self.last_return: float | None = None
-        self.last_task: list[float] | None = None
-        self.teacher_down_until = 0.0
         self.stop_requested = False
-        self.student_id = args.student_id or re.sub(r"[^A-Za-z0-9_.:@\-]", "-", f"{socket.gethostname()}-s{args.seed}")
         if self.dir and (self.dir / CHECKPOINT).exists():
             self.load()
         self.writer = None
@@ -82,34 +82,9 @@ class Worker:
 
             self.writer = SummaryWriter(args.tensorboard)
 
-    # ------------------------------------------------------------ teacher
-
-    def _teacher_reachable(self) -> bool:
-        return time.monotonic() >= self.teacher_down_until
-
-    def _mark_teacher_down(self) -> None:
-        if self._teacher_reachable():
-            log.warning("teacher unreachable; training on env-default tasks, reports kept in the outbox")
-        self.teacher_down_until = time.monotonic() + self.args.retry_every
-
-    def propose(self) -> Proposal | None:
-        """The teacher's next task, or None (env default) while the teacher is unreachable."""
-        if not self._teacher_reachable():
-            return None
-        task = self.last_task if self.last_task is not None and len(self.last_task) <= 64 else None
-        context = StudentContext(last_return=self.last_return, last_task=task)
-        try:
-            return self.client.propose(self.args.curriculum, self.student_id, context)
-        except TeacherUnavailableError:
-            self._mark_teacher_down()
-            return None
-
-    def flush(self) -> None:
-        """Deliver the outbox if the teacher may be reachable."""
-        if self.outbox.pending and self._teacher_reachable():
-            self.outbox.flush(self.client)
-            if self.outbox.pending:
-                self._mark_teacher_down()
+    @property
+    def student_id(self) -> str:
+        return self.session.student_id
 
     # ------------------------------------------------------------ training
 
@@ -120,8 +95,7 @@ class Worker:
         start_time, start_step = time.monotonic(), self.step
         try:
             while self.step < self.args.steps and not self.stop_requested:
-                self.flush()
-                proposal = self.propose()
+                proposal = self.session.propose()
                 episode = self.run_episode(proposal, bar)
                 self.finish_episode(proposal, episode)
                 rate = (self.step - start_step) / max(time.monotonic() - start_time, 1e-9)
@@ -135,7 +109,7 @@ class Worker:
             bar.close()
             if self.dir:
                 self.save()
-            self.drain()
+            self.session.drain(self.args.drain_timeout, stop=lambda: self.stop_requested)
             if self.writer:
                 self.writer.close()
 
@@ -163,7 +137,8 @@ class Worker:
             if self.args.eval_every and self.step >= self.next_eval:
                 self.evaluate()
                 self.next_eval = self.step + self.args.eval_every
-            if terminated or truncated or self.step >= self.args.steps or self.stop_requested:
+            episode.ended = terminated or truncated
+            if episode.ended or self.step >= self.args.steps or self.stop_requested:
                 return episode
 
     def finish_episode(self, proposal: Proposal | None, episode: Episode) -> None:
@@ -177,16 +152,13 @@ class Worker:
             # The run's last episode says so: the dashboard shows the student finished, not active.
             extra={RUN_FINISHED: 1.0} if self.step >= self.args.steps else {},
         )
-        if proposal is not None:
-            self.outbox.put_report(ReportRequest(proposal_id=proposal.proposal_id, student_id=self.student_id,
-                                                 signals=signals))
-            self.flush()
-            self.last_task = proposal.task.values if proposal.task else None
-        else:
-            self.last_task = None
-        self.last_return = episode.ret
+        # An episode cut by a stop signal or by the end of the run is marked: it rewards no teacher.
+        outcome = "completed" if episode.ended else "stopped"
+        if episode.ended:
+            self.session.ended(proposal, episode.ret)
+        self.session.finish(proposal, signals, outcome)
         self.episode += 1
-        record = {"episode": self.episode, "step": self.step,
+        record = {"episode": self.episode, "step": self.step, "outcome": outcome,
                   "proposal_id": proposal.proposal_id if proposal else None,
                   **signals.model_dump(exclude={"extra"})}
         if self.dir:
@@ -194,7 +166,7 @@ class Worker:
                 f.write(json.dumps(record) + "\n")
         if self.writer:
             for key, value in record.items():
-                if key not in ("episode", "step", "proposal_id") and value is not None:
+                if key not in ("episode", "step", "outcome", "proposal_id") and value is not None:
                     self.writer.add_scalar(f"episode/{key}", float(value), self.step)
 
     def evaluate(self) -> None:
@@ -219,19 +191,7 @@ class Worker:
         if self.writer:
             self.writer.add_scalar("eval/success_rate", evaluation.success_rate, self.step)
             self.writer.add_scalar("eval/mean_return", evaluation.mean_return, self.step)
-        self.outbox.put_evaluation(evaluation)
-        self.flush()
-
-    def drain(self) -> None:
-        """At exit: keep delivering the outbox for up to ``--drain-timeout`` seconds."""
-        deadline = time.monotonic() + self.args.drain_timeout
-        while self.outbox.pending and time.monotonic() < deadline and not self.stop_requested:
-            self.outbox.flush(self.client)
-            if self.outbox.pending:
-                time.sleep(min(self.args.retry_every, max(deadline - time.monotonic(), 0)))
-        if self.outbox.pending:
-            log.warning("%d messages left in the outbox; they are delivered on the next start",
-                        len(self.outbox.pending))
+        self.session.evaluate(evaluation)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -245,7 +205,8 @@ class Worker:
         """Write the checkpoint atomically."""
         state: dict[str, Any] = {
             "env_id": self.args.env, "student_id": self.student_id, "step": self.step, "episode": self.episode,
-            "next_eval": self.next_eval, "last_return": self.last_return, "last_task": self.last_task,
+            "next_eval": self.next_eval, "last_return": self.session.last_return,
+            "last_task": self.session.last_task,
             "agent": self.agent.state_dict(), "buffer": self.buffer.state_dict(),
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                     "action_space": self.env.action_space.np_random.bit_generator.state},
@@ -262,8 +223,8 @@ class Worker:
         self.buffer.load_state_dict(state["buffer"])
         self.step, self.episode, self.next_eval = state["step"], state["episode"], state["next_eval"]
         self.next_checkpoint = self.step + self.args.checkpoint_every
-        self.last_return, self.last_task = state["last_return"], state["last_task"]
-        self.student_id = self.args.student_id or state["student_id"]
+        self.session.last_return, self.session.last_task = state["last_return"], state["last_task"]
+        self.session.student_id = self.args.student_id or state["student_id"]
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])

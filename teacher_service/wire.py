@@ -111,6 +111,12 @@ class ReportRequest(WireModel):
     proposal_id: str = Field(min_length=1, max_length=64)
     student_id: StudentId
     signals: Signals
+    outcome: Literal["completed", "stopped", "abandoned"] = Field(
+        default="completed",
+        description="completed: the environment ended the episode. stopped: the student cut it short "
+        "(a stop signal, close, a reset in mid-episode); the signals cover the part that ran. abandoned: "
+        "the proposal was never trained on (it is released). Only completed episodes reward the teacher.",
+    )
 
 
 class ReportAck(WireModel):

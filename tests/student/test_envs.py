@@ -93,7 +93,7 @@ class DropOptions:
     """Fault injection: an env whose reset ignores its options (what defect 1 amounted to)."""
 
     def __init__(self, env):
-        self.env, self.unwrapped = env, env.unwrapped
+        self.env, self.unwrapped, self.spec = env, env.unwrapped, env.spec
 
     def reset(self, seed=None, options=None):
         return self.env.reset(seed=seed)
