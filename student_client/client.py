@@ -20,8 +20,12 @@ from teacher_service.wire import (
     EvaluationAck,
     EvaluationRequest,
     Proposal,
+    ProposeBatchRequest,
+    ProposeBatchResponse,
     ProposeRequest,
     ReportAck,
+    ReportBatchRequest,
+    ReportBatchResponse,
     ReportRequest,
     Signals,
     StudentContext,
@@ -74,9 +78,32 @@ def _body(model: BaseModel | None) -> dict | None:
     return None if model is None else model.model_dump(mode="json", exclude_none=True)
 
 
+def _propose_batches(curriculum: str, student_ids: Sequence[str], contexts: Sequence[StudentContext | None] | None,
+                     size: int) -> Iterator[ProposeBatchRequest]:
+    if contexts is not None and len(contexts) != len(student_ids):
+        raise ValueError(f"{len(contexts)} contexts for {len(student_ids)} students")
+    items = [_body(ProposeRequest(curriculum=curriculum, student_id=student, context=contexts[k] if contexts else None))
+             for k, student in enumerate(student_ids)]
+    for start in range(0, len(items), size):
+        yield ProposeBatchRequest(items=items[start : start + size])
+
+
+def _report_batches(reports: Sequence[ReportRequest], size: int) -> Iterator[ReportBatchRequest]:
+    items = [_body(report) for report in reports]
+    for start in range(0, len(items), size):
+        yield ReportBatchRequest(items=items[start : start + size])
+
+
+def _item_results(response: ProposeBatchResponse | ReportBatchResponse, key: str) -> list[Any]:
+    """Each item's result, or a TeacherError with the status and detail the service gave that item."""
+    return [TeacherError(item.error.status, item.error.detail) if item.error else getattr(item, key)
+            for item in response.results]
+
+
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
-                 max_backoff_s: float) -> None:
+                 max_backoff_s: float, batch_items: int) -> None:
+        self.batch_items = batch_items  # items per batch call; at most the service's TEACHER_MAX_BATCH_ITEMS
         self.url = (url or os.environ.get("TEACHER_URL") or DEFAULT_URL).rstrip("/")
         token = token if token is not None else os.environ.get("TEACHER_TOKEN")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -88,8 +115,8 @@ class TeacherClient(_Base):
     """Synchronous client; token from the argument or ``TEACHER_TOKEN``, URL from ``TEACHER_URL``."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0,
-                 attempts: int = 5, max_backoff_s: float = 5.0) -> None:
-        super().__init__(url, token, timeout_s, attempts, max_backoff_s)
+                 attempts: int = 5, max_backoff_s: float = 5.0, batch_items: int = 1024) -> None:
+        super().__init__(url, token, timeout_s, attempts, max_backoff_s, batch_items)
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=self._timeout)
 
     def _request(self, method: str, path: str, body: BaseModel | None = None, model: Any = None) -> Any:
@@ -112,6 +139,23 @@ class TeacherClient(_Base):
         "stopped" or "abandoned" marks an episode cut short or never run, which rewards no teacher."""
         return self._request("POST", "/report", ReportRequest(proposal_id=proposal_id, student_id=student_id,
                                                               signals=signals, outcome=outcome), ReportAck)
+
+    def propose_many(self, curriculum: str, student_ids: Sequence[str],
+                     contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
+        """One proposal per student id (e.g. one per environment of a vectorized learner), through
+        ``POST /propose/batch``; an item the service refused is a `TeacherError` in its place."""
+        results: list[Proposal | TeacherError] = []
+        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items):
+            results += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
+        return results
+
+    def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
+        """Many reports through ``POST /report/batch`` (idempotent per proposal, so retries are safe); an item
+        the service refused is a `TeacherError` in its place."""
+        results: list[ReportAck | TeacherError] = []
+        for batch in _report_batches(reports, self.batch_items):
+            results += _item_results(self._request("POST", "/report/batch", batch, ReportBatchResponse), "ack")
+        return results
 
     def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         """Post an evaluation on the environment's default task distribution."""
@@ -151,8 +195,8 @@ class AsyncTeacherClient(_Base):
     """Asynchronous client with the same methods as `TeacherClient`, awaitable."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0,
-                 attempts: int = 5, max_backoff_s: float = 5.0) -> None:
-        super().__init__(url, token, timeout_s, attempts, max_backoff_s)
+                 attempts: int = 5, max_backoff_s: float = 5.0, batch_items: int = 1024) -> None:
+        super().__init__(url, token, timeout_s, attempts, max_backoff_s, batch_items)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
 
     async def _request(self, method: str, path: str, body: BaseModel | None = None, model: Any = None) -> Any:
@@ -173,6 +217,20 @@ class AsyncTeacherClient(_Base):
                      outcome: str = "completed") -> ReportAck:
         return await self._request("POST", "/report", ReportRequest(proposal_id=proposal_id, student_id=student_id,
                                                                     signals=signals, outcome=outcome), ReportAck)
+
+    async def propose_many(self, curriculum: str, student_ids: Sequence[str],
+                           contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
+        results: list[Proposal | TeacherError] = []
+        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items):
+            response = await self._request("POST", "/propose/batch", batch, ProposeBatchResponse)
+            results += _item_results(response, "proposal")
+        return results
+
+    async def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
+        results: list[ReportAck | TeacherError] = []
+        for batch in _report_batches(reports, self.batch_items):
+            results += _item_results(await self._request("POST", "/report/batch", batch, ReportBatchResponse), "ack")
+        return results
 
     async def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         return await self._request("POST", "/evaluations", evaluation, EvaluationAck)

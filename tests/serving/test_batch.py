@@ -1,0 +1,104 @@
+"""Batch verbs: POST /propose/batch and /report/batch, and the clients' propose_many / report_many."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import httpx
+
+from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
+from teacher_service.wire import ReportAck, ReportRequest, Signals
+from tests.servers import ServiceProcess
+from tests.serving.test_api import create
+
+
+def rows(service: ServiceProcess, query: str) -> list[tuple]:
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        return db.execute(query).fetchall()
+
+
+def test_batches_answer_each_item_and_resends_get_the_first_answers(service):
+    create(service.client(), batch_size=4)
+    client = TeacherClient(service.url, service.student_token)
+    proposals = client.propose_many("cur", [f"s{k}" for k in range(6)])
+    assert [p.student_id for p in proposals] == [f"s{k}" for k in range(6)]
+    reports = [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=k))
+               for k, p in enumerate(proposals)]
+    acks = client.report_many(reports)
+    assert [a.reward for a in acks] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [(a.teacher_version, a.teacher_updated) for a in acks] == [(0, False)] * 3 + [(1, True), (1, False), (1, False)]
+    # Resent (a client that lost the answer): the same acknowledgements, nothing stored twice.
+    assert client.report_many(reports) == acks
+    assert rows(service, "select count(*), count(reported_at) from proposals") == [(6, 6)]
+    # The scheduled update is applied right after: the curriculum shows it.
+    assert client.get_curriculum("cur").teacher_version == 1
+    assert rows(service, "select version from teacher_updates") == [(1,)]
+
+
+def test_a_bad_item_gets_its_own_error_and_the_others_are_stored(service):
+    create(service.client())
+    with service.client(service.student_token) as http:
+        answer = http.post("/propose/batch", json={"items": [
+            {"curriculum": "cur", "student_id": "a"},
+            {"curriculum": "nope", "student_id": "b"},  # no such curriculum
+            {"curriculum": "cur"},  # not a valid item
+            {"curriculum": "cur", "student_id": "c"},
+        ]}).raise_for_status().json()["results"]
+        assert [r["error"]["status"] if r["error"] else 200 for r in answer] == [200, 404, 422, 200]
+        assert "student_id" in answer[2]["error"]["detail"]
+        good = [r["proposal"] for r in answer if r["proposal"]]
+        items = [
+            {"proposal_id": good[0]["proposal_id"], "student_id": "a", "signals": {"grad_norm_mean": 1.0}},
+            {"proposal_id": good[1]["proposal_id"], "student_id": "a", "signals": {}},  # c's proposal: 409
+            {"proposal_id": "f" * 32, "student_id": "a", "signals": {}},  # 404
+            {"proposal_id": good[1]["proposal_id"], "student_id": "c", "signals": {"grad_norm_mean": float("1e300")}},
+            {"proposal_id": good[1]["proposal_id"], "student_id": "c", "signals": {"grad_norm_mean": 2.0}},
+        ]
+        answer = http.post("/report/batch", json={"items": items}).raise_for_status().json()["results"]
+    assert [r["error"]["status"] if r["error"] else 200 for r in answer] == [200, 409, 404, 422, 200]
+    assert [r["ack"]["reward"] for r in answer if r["ack"]] == [1.0, 2.0]
+    assert rows(service, "select student_id, reward from proposals order by seq") == [("a", 1.0), ("c", 2.0)]
+
+
+def test_batch_limits_are_clear_errors_that_change_nothing(tmp_path):
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_MAX_BATCH_ITEMS": "8", "TEACHER_MAX_BATCH_BODY_BYTES": "100000"}).start()
+    try:
+        create(service.client())
+        with service.client(service.student_token) as http:
+            too_many = http.post("/propose/batch", json={"items": [{"curriculum": "cur", "student_id": "a"}] * 9})
+            assert too_many.status_code == 422 and "at most 8 items" in too_many.text
+            assert http.post("/propose/batch", json={"items": []}).status_code == 422
+            big = {"items": [{"proposal_id": "a" * 32, "student_id": "s", "signals": {"extra": {"x" * 60: 1.0}}}] * 1000}
+            assert http.post("/report/batch", json=big).status_code == 413
+        assert rows(service, "select count(*) from proposals") == [(0,)]
+        # The client splits a long list into batches the service takes.
+        client = TeacherClient(service.url, service.student_token, batch_items=8)
+        assert len([p for p in client.propose_many("cur", [f"s{k}" for k in range(20)]) if p.proposal_id]) == 20
+    finally:
+        service.stop()
+
+
+def test_async_client_batches(service):
+    create(service.client(), batch_size=2)
+
+    async def run() -> tuple[list, list]:
+        async with AsyncTeacherClient(service.url, service.student_token) as client:
+            proposals = await client.propose_many("cur", ["a", "b", "c"])
+            reports = [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                     signals=Signals(grad_norm_mean=1.0)) for p in proposals]
+            reports.append(ReportRequest(proposal_id="0" * 32, student_id="a", signals=Signals()))
+            return proposals, await client.report_many(reports)
+
+    proposals, acks = asyncio.run(run())
+    assert len(proposals) == 3
+    assert [a.teacher_updated for a in acks[:3]] == [False, True, False]
+    assert isinstance(acks[3], TeacherError) and acks[3].status_code == 404
+    assert all(isinstance(a, ReportAck) for a in acks[:3])
+
+
+def test_openapi_documents_the_batch_verbs(service):
+    schema = httpx.get(f"{service.url}/openapi.json").json()
+    assert {"/propose/batch", "/report/batch"} <= set(schema["paths"])
+    ack = schema["components"]["schemas"]["ReportAck"]["properties"]["teacher_version"]["description"]
+    assert "scheduled" in ack

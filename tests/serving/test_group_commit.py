@@ -1,0 +1,141 @@
+"""Group commit and the teacher updater: many requests per transaction, each answered once committed;
+batches numbered by reports are applied once, in order, and after a crash."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import threading
+
+import psycopg
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+
+from student_client.client import TeacherClient
+from teacher_service.learning.task_spaces import build_task_space
+from teacher_service.learning.teachers import build_teacher
+from teacher_service.serving.hub import TeacherHub
+from teacher_service.serving.settings import Settings
+from teacher_service.serving.store.tables import Evaluation, create_tables, make_engine
+from teacher_service.wire import CurriculumCreate, DiscreteTaskSpace, ProposeRequest, ReportRequest, Signals
+from tests.servers import ServiceProcess, wait_until
+
+TASKS = {"kind": "discrete", "tasks": [{"name": f"t{i}"} for i in range(4)]}
+SPEC = {"name": "cur", "task_space": TASKS,
+        "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
+
+
+def hold_the_writer(hub: TeacherHub) -> threading.Event:
+    """Occupy the writer thread until the returned event is set, so that the jobs submitted meanwhile queue."""
+    started, gate = threading.Event(), threading.Event()
+    hub.committer.submit(lambda tx: started.set() or gate.wait(10))
+    assert started.wait(10)
+    return gate
+
+
+def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+    hub = TeacherHub(settings, engine)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    curriculum_id = 1  # the first curriculum of a fresh database
+
+    def evaluation(k: int):
+        def job(tx):
+            tx.conn.execute(insert(Evaluation.__table__).values(
+                curriculum_id=curriculum_id, student_id=f"s{k}", env_steps=k, episodes=1, success_rate=0, mean_return=0))
+            return k
+        return job
+
+    def duplicate(tx):  # not an API error: rolls its group back; then each of its jobs runs alone
+        tx.conn.exec_driver_sql("INSERT INTO curricula (name, spec, teacher_version, teacher_updates, teacher_state, "
+                                "created_at) VALUES ('cur', '{}', 0, 0, x'00', '2026-01-01 00:00:00.000000')")
+
+    gate = hold_the_writer(hub)
+    groups = hub.committer.groups
+    futures = [hub.committer.submit(evaluation(k)) for k in range(40)]
+    gate.set()
+    assert [f.result(10) for f in futures] == list(range(40))
+    assert hub.committer.groups - groups == 2  # the holding job's transaction, then one for all 40
+
+    gate = hold_the_writer(hub)
+    groups = hub.committer.groups
+    futures = [hub.committer.submit(evaluation(k)) for k in range(40, 60)]
+    bad = hub.committer.submit(duplicate)
+    futures += [hub.committer.submit(evaluation(k)) for k in range(60, 80)]
+    gate.set()
+    assert [f.result(10) for f in futures] == list(range(40, 80))
+    with pytest.raises(IntegrityError):
+        bad.result(10)
+    assert hub.committer.groups - groups == 1 + 40  # the failed group's jobs, retried one by one
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select count(*) from evaluations").fetchone() == (80,)
+    hub.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batches(tmp_path, backend, request):
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    service = ServiceProcess(tmp_path, database_url=url).start()
+    try:
+        service.client().post("/curricula", json=SPEC).raise_for_status()
+        client = TeacherClient(service.url, service.student_token)
+        proposals = client.propose_many("cur", [f"s{k % 3}" for k in range(16)])
+        acks = client.report_many([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                                 signals=Signals(grad_norm_mean=float(k)))
+                                   for k, p in enumerate(proposals)])
+        assert sum(a.teacher_updated for a in acks) == 8 and acks[-1].teacher_version == 8
+        service.process.send_signal(signal.SIGKILL)  # no shutdown: updates may still be pending
+        service.process.wait()
+        service.start()
+        client = TeacherClient(service.url, service.student_token)
+        wait_until(lambda: client.get_curriculum("cur").teacher_version == 8, 30, "the pending updates")
+        with service.client() as http:
+            assert http.get("/curricula/cur/teacher").json()["updates"] == 8
+    finally:
+        service.stop()
+    query = {
+        "reported": "select count(*) from proposals where reported_at is not null",
+        "versions": "select version from teacher_updates order by id",
+        "state": "select teacher_state from curricula",
+    }
+    if url:
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+            result = {k: conn.execute(q).fetchall() for k, q in query.items()}
+    else:
+        with sqlite3.connect(tmp_path / "teacher.db") as db:
+            result = {k: db.execute(q).fetchall() for k, q in query.items()}
+    assert result["reported"] == [(16,)]
+    assert [v for (v,) in result["versions"]] == list(range(1, 9))  # each batch once, in order
+    teacher = build_teacher("gradnorm-reinforce", build_task_space(DiscreteTaskSpace(**TASKS)),
+                            SPEC["teacher"]["params"], 0)
+    teacher.load_state_bytes(bytes(result["state"][0][0]))
+    assert teacher.updates == 8
+
+
+def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
+    """Reports number batches in their own transaction; the updates run later, from the committed rows."""
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+    hub = TeacherHub(settings, engine)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    hub.updater.notify = lambda curriculum_id: None  # this process "dies" before applying anything
+    proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(6)])
+    acks = hub.report_batch([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                           signals=Signals(grad_norm_mean=1.0)) for p in proposals])
+    assert [a.teacher_version for a in acks] == [0, 1, 1, 2, 2, 3]
+    assert hub.get_curriculum("cur").teacher_version == 0
+    hub.committer.close()
+
+    restarted = TeacherHub(settings, engine)
+    restarted.start()
+    wait_until(lambda: restarted.get_curriculum("cur").teacher_version == 3, 30, "the numbered updates")
+    restarted.close()
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select version from teacher_updates order by id").fetchall() == [(1,), (2,), (3,)]
+        assert db.execute("select consumed_version, count(*) from proposals group by 1").fetchall() == [
+            (1, 2), (2, 2), (3, 2)]
+
