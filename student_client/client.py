@@ -8,6 +8,7 @@ retried: it raises `TeacherError` with the status code and the server's ``detail
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import httpx
