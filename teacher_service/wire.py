@@ -7,18 +7,51 @@ torch code.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # Anything larger than this is a unit error or a diverged student, not a gradient norm.
 MAX_MAGNITUDE = 1e12
 
 StudentId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@\-]+$")]
-CurriculumName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+# Not only dots: `.` and `..` would be path segments that clients resolve away in /curricula/{name}.
+CURRICULUM_NAME = r"^[A-Za-z0-9_.\-]*[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$"
+CurriculumName = Annotated[str, Field(min_length=1, max_length=64, pattern=CURRICULUM_NAME)]
+# Signal names become paths into the stored JSON in SQL (SQLite and PostgreSQL spell them differently):
+# characters such as quotes, braces, commas and NUL cannot be there.
+SignalName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
 Count = Annotated[int, Field(ge=0, le=10**12)]
+# Free-form JSON from users (reset options, teacher parameters) is stored and sent back as JSON:
+# finite numbers only (JSON has no NaN), and nesting bounded well below what its encoders can write.
+MAX_JSON_DEPTH = 16
+MAX_JSON_ITEMS = 10_000
+
+
+def plain_json(value: Any) -> Any:
+    items = 0
+
+    def walk(node: Any, depth: int) -> None:
+        nonlocal items
+        items += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if items > MAX_JSON_ITEMS:
+            raise ValueError(f"more than {MAX_JSON_ITEMS} values")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("NaN and infinity are not allowed (JSON has no such numbers)")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            walk(child, depth + 1)
+
+    walk(value, 0)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(plain_json)]
 
 # The signals a report may carry by name; any of them can be a curriculum's reward.
 NAMED_SIGNALS = (
@@ -95,9 +128,7 @@ class Signals(WireModel):
     success: bool | None = None
     env_steps: Count | None = None
     grad_updates: Count | None = None
-    extra: dict[Annotated[str, Field(min_length=1, max_length=64)], FiniteFloat] = Field(
-        default_factory=dict, max_length=64
-    )
+    extra: dict[SignalName, FiniteFloat] = Field(default_factory=dict, max_length=64)
 
     def value(self, signal: str) -> float | None:
         """The number a teacher is rewarded with: a named signal or `extra.<name>`."""
@@ -108,7 +139,7 @@ class Signals(WireModel):
 
 
 class ReportRequest(WireModel):
-    proposal_id: str = Field(min_length=1, max_length=64)
+    proposal_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
     student_id: StudentId
     signals: Signals
     outcome: Literal["completed", "stopped", "abandoned"] = Field(
@@ -159,8 +190,8 @@ class PresetTaskSpace(WireModel):
 
 class NamedTask(WireModel):
     name: str = Field(min_length=1, max_length=128)
-    reset_options: dict[str, Any] = Field(default_factory=dict)
-    values: list[FiniteFloat] | None = None
+    reset_options: JsonObject = Field(default_factory=dict)
+    values: list[FiniteFloat] | None = Field(default=None, max_length=64)
 
 
 class DiscreteTaskSpace(WireModel):
@@ -176,7 +207,7 @@ class BoxTaskSpace(WireModel):
     kind: Literal["box"] = "box"
     low: list[FiniteFloat] = Field(min_length=1, max_length=64)
     high: list[FiniteFloat] = Field(min_length=1, max_length=64)
-    names: list[str] | None = None
+    names: list[Annotated[str, Field(max_length=128)]] | None = Field(default=None, max_length=64)
     option_key: str = Field(default="task", min_length=1, max_length=64)
 
 
@@ -184,15 +215,17 @@ TaskSpaceSpec = Annotated[Union[PresetTaskSpace, DiscreteTaskSpace, BoxTaskSpace
 
 
 class TeacherSpec(WireModel):
-    algorithm: str = Field(default="gradnorm-reinforce", description="A registered teacher, see GET /teachers.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The teacher's own parameters.")
+    algorithm: str = Field(
+        default="gradnorm-reinforce", max_length=64, description="A registered teacher, see GET /teachers."
+    )
+    params: JsonObject = Field(default_factory=dict, description="The teacher's own parameters.")
 
 
 class CurriculumCreate(WireModel):
     name: CurriculumName
     task_space: TaskSpaceSpec
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
-    reward_signal: str = Field(default="grad_norm_mean", description="A named signal or `extra.<name>`.")
+    reward_signal: SignalName = Field(default="grad_norm_mean", description="A named signal or `extra.<name>`.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     proposal_ttl_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
         default=None, description="Seconds before an unreported proposal expires; the service default if None."

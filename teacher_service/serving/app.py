@@ -19,8 +19,9 @@ from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.infra.auth import load_tokens
-from teacher_service.serving.infra.errors import ApiError
+from teacher_service.serving.infra.errors import ApiError, responses
 from teacher_service.serving.infra.middleware import BodySizeLimit
+from teacher_service.serving.infra.private_files import private_dir, private_sqlite_file
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store.tables import create_tables, make_engine
 
@@ -30,7 +31,8 @@ STATIC = Path(__file__).parent / "static"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
+    private_sqlite_file(settings.resolved_database_url())
     engine = make_engine(settings.resolved_database_url())
     create_tables(engine)
 
@@ -60,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -68,10 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    app.include_router(curricula.router)
-    app.include_router(episodes.router)
-    app.include_router(inspection.router)
-    app.include_router(compare.router)
+    # The errors each group of routes can answer with, in the OpenAPI document (one model: errors.py).
+    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 422))
+    app.include_router(episodes.router, responses=responses(400, 401, 404, 409, 410, 413, 422))
+    app.include_router(inspection.router, responses=responses(401, 404, 422))
+    app.include_router(compare.router, responses=responses(401, 404, 422))
     app.include_router(service.router)
 
     # The dashboard: public static files (everything local, no CDN); its API calls carry the token.

@@ -32,10 +32,14 @@ BALL_TARGET_DISTANCE = "ball_target_distance"
 
 
 def utc(moment: datetime | None) -> datetime | None:
-    """Query times as UTC (naive ones are taken as UTC): SQLite compares stored UTC text."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    """Query times as UTC (naive ones are taken as UTC): SQLite compares stored UTC text.
+    ValueError for a time UTC cannot hold (year 9999 with a negative offset, say)."""
+    if moment is None or moment.tzinfo is None:
+        return None if moment is None else moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is out of range in UTC") from None
 
 
 def time_filters(column, since: datetime | None, until: datetime | None) -> list:
@@ -59,7 +63,8 @@ def signal_column(name: str, adroit: bool):
         return Proposal.signals[name].as_float()
     if name.startswith("extra.") and len(name) > len("extra."):
         return Proposal.signals[("extra", name.removeprefix("extra."))].as_float()
-    raise BadRequest(f"unknown signal {name!r}: use reward, {', '.join(wire.NAMED_SIGNALS)} or 'extra.<name>'")
+    raise BadRequest(f"unknown signal {name!r}: use reward, {', '.join(wire.NAMED_SIGNALS)} or 'extra.<name>'",
+                     loc=("query", "signal"))
 
 
 def ball_target_distance():
@@ -173,7 +178,8 @@ class Inspector:
                 source = source or ("teacher" if own else "proposals")
                 if source == "teacher":
                     if not own:
-                        raise BadRequest(f"the {teacher.name} teacher has no distribution of its own: use source=proposals")
+                        raise BadRequest(f"the {teacher.name} teacher has no distribution of its own: use source=proposals",
+                                         loc=("query", "source"))
                     if version is None or version == row.teacher_version:
                         version = row.teacher_version
                         if isinstance(space, BoxSpace) and box_sampler is not None:

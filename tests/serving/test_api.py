@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 
+import httpx
 import pytest
 
 MAZE = {"kind": "preset", "env_id": "PointMaze_UMaze-v3"}
@@ -240,3 +243,132 @@ def test_cli_help_lists_settings(flag):
 
     out = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", flag], capture_output=True, text=True)
     assert out.returncode == 0 and "TEACHER_DATABASE_URL" in out.stdout and "--insecure" in out.stdout
+
+
+# ---------------------------------------------------------------- hostile input, error model, file modes
+
+
+def secured_operations(client) -> list[tuple[str, str]]:
+    """(method, path) of every operation that needs a token, with the path's {name} filled in."""
+    spec = client.get("/openapi.json").json()
+    return [(method.upper(), path.replace("{name}", "cur"))
+            for path, operations in spec["paths"].items() for method, op in operations.items() if op.get("security")]
+
+
+def deep(levels: int) -> str:
+    return '{"a": ' * levels + "1" + "}" * levels
+
+
+def test_hostile_input_gets_a_4xx_and_changes_nothing(service):
+    """Each of these reached an unhandled exception (a 500) or was stored wrongly before."""
+    client = service.client()
+    create(client)
+    report(client, propose(client), 1.0)
+    before = counts(service)
+
+    operations = secured_operations(client)
+    assert len(operations) >= 15
+    for method, path in operations:  # a token that is not ASCII: compared safely, refused
+        response = httpx.request(method, service.url + path, headers=[(b"Authorization", b"Bearer \xc3\xa9t\xc3\xa9")])
+        assert_rejected(service, response, 401, "wrong bearer token")
+
+    def curriculum(**fields):
+        return {"name": "x", "task_space": TASKS, **fields}
+
+    def with_options(raw: str) -> bytes:
+        return b'{"name": "x", "task_space": {"kind": "discrete", "tasks": [{"name": "t", "reset_options": %s}]}}' % raw.encode()
+
+    json_body = {"content-type": "application/json"}
+    history, signals = "/curricula/cur/history", "/curricula/cur/signals"
+    cases = [
+        # Integers beyond what the database holds.
+        (client.get(history, params={"after": 2**64}), "less than or equal to 2147483647"),
+        (client.get("/curricula/cur/evaluations", params={"after": 2**63}), "less than or equal to 2147483647"),
+        (client.get("/curricula/cur/distribution", params={"version": 2**64}), "less than or equal to 2147483647"),
+        # Times that exist with their offset but not in UTC.
+        (client.get(history, params={"since": "0001-01-01T00:00:00+14:00"}), "out of range in UTC"),
+        (client.get(signals, params={"until": "9999-12-31T23:59:59-14:00"}), "out of range in UTC"),
+        # Signal names a SQL JSON path cannot hold.
+        (client.get(signals, params={"signal": 'extra.a"b'}), "string_pattern_mismatch"),
+        (client.get(signals, params={"signal": "extra.\x00"}), "string_pattern_mismatch"),
+        (client.post("/report", json={"proposal_id": "p", "student_id": "s1", "signals": {"extra": {"a}": 1}}}),
+         "string_pattern_mismatch"),
+        (client.post("/curricula", json=curriculum(reward_signal="extra.{a,b}")), "string_pattern_mismatch"),
+        # Free-form JSON: bounded nesting, finite numbers.
+        (client.post("/curricula", content=with_options(deep(300)), headers=json_body), "nested deeper than 16"),
+        (client.post("/curricula", content=with_options('{"x": [1, NaN]}'), headers=json_body), "NaN and infinity"),
+        (client.post("/curricula", content=with_options('{"x": -Infinity}'), headers=json_body), "NaN and infinity"),
+        # Teacher networks: neither negative nor huge.
+        (client.post("/curricula", json=curriculum(teacher={"params": {"hidden_sizes": [-1]}})), "greater than or equal to 1"),
+        (client.post("/curricula", json=curriculum(teacher={"params": {"hidden_sizes": [10**7]}})), "less than or equal to 256"),
+        (client.post("/curricula", json=curriculum(teacher={"params": {"hidden_sizes": [2**70]}})), "less than or equal to 256"),
+        # Names that clients resolve away as path segments.
+        (client.post("/curricula", json=curriculum(name=".")), "string_pattern_mismatch"),
+        (client.post("/curricula", json=curriculum(name="..")), "string_pattern_mismatch"),
+    ]
+    for response, message in cases:
+        assert_rejected(service, response, 422, message)
+    assert counts(service) == before
+
+
+def test_every_4xx_is_declared_and_sent_in_one_error_model(service):
+    client = service.client()
+    spec = client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            declared = {int(code): r for code, r in op["responses"].items() if code.startswith("4")}
+            if op.get("security"):
+                assert 401 in declared, (method, path)
+            if op.get("parameters") or op.get("requestBody"):
+                assert 422 in declared, (method, path)
+            for code, answer in declared.items():
+                model = "ValidationErrorResponse" if code == 422 else "ErrorResponse"
+                assert answer["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+
+    from teacher_service.serving.infra.errors import ErrorResponse, ValidationErrorResponse
+
+    create(client)
+    student = service.client(service.student_token)
+    validation = [
+        client.post("/curricula", json={"name": "x", "task_space": TASKS, "teacher": {"algorithm": "oracle"}}),  # the hub's
+        client.post("/curricula", json={"name": "x"}),  # FastAPI's
+        client.get("/curricula/cur/signals", params={"signal": "nope"}),  # the inspector's
+    ]
+    others = [
+        httpx.get(service.url + "/curricula"),  # 401
+        student.delete("/curricula/cur"),  # 403
+        client.get("/curricula/nope"),  # 404
+        client.post("/curricula", json={"name": "cur", "task_space": TASKS}),  # 409
+        client.post("/report", json={"pad": "x" * 70_000}),  # 413
+        client.post("/propose", content=b"[" * 5000 + b"]" * 5000, headers={"content-type": "application/json"}),  # 400
+    ]
+    for response in validation:
+        assert response.status_code == 422, response.text
+        ValidationErrorResponse.model_validate_json(response.content, strict=True)
+    assert validation[-1].json()["detail"][0]["loc"] == ["query", "signal"]
+    assert sorted(r.status_code for r in others) == [400, 401, 403, 404, 409, 413]
+    for response in others:
+        ErrorResponse.model_validate_json(response.content, strict=True)
+
+
+def test_data_dir_and_database_are_owner_only(tmp_path):
+    from teacher_service.serving.app import create_app
+    from teacher_service.serving.settings import Settings
+
+    data_dir = tmp_path / "fresh" / "data"
+    umask = os.umask(0o022)  # the usual default, which leaves new files readable by everyone
+    try:
+        create_app(Settings(data_dir=data_dir))  # creates the database, its tables (a write) and the tokens
+        with sqlite3.connect(data_dir / "teacher.db") as db:  # while it is open, -wal and -shm exist
+            files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir()}
+        assert {"teacher.db", "teacher.db-wal", "teacher.db-shm", "tokens.json"} <= set(files)
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert set(files.values()) == {0o600}, files
+        db.close()
+
+        # A database left readable by an earlier version is made owner-only at the next start.
+        (data_dir / "teacher.db").chmod(0o644)
+        create_app(Settings(data_dir=data_dir))
+        assert stat.S_IMODE((data_dir / "teacher.db").stat().st_mode) == 0o600
+    finally:
+        os.umask(umask)

@@ -19,7 +19,7 @@ reported signal (by default the student's mean actor gradient norm) is largest.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from teacher_service.learning.trajectories import reward_to_go
 
 
 class ReinforceParams(TeacherParams):
-    hidden_sizes: list[int] = Field(default=[64, 64], min_length=1, max_length=4)
+    # Bounded: the networks are built from these numbers and stored at every update (the paper's are 2x64).
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=256)]] = Field(default=[64, 64], min_length=1, max_length=4)
     lr: float = Field(default=5e-3, gt=0, le=1)
     baseline_lr: float = Field(default=5e-3, gt=0, le=1)
     baseline_steps: int = Field(default=5, ge=0, le=100)

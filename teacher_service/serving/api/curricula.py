@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Response
 
 from teacher_service import wire
 from teacher_service.learning.teachers import REGISTRY
@@ -9,6 +11,9 @@ from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_admin, require_student
 
 router = APIRouter(tags=["curricula"])
+
+# A name no curriculum can have is refused before it reaches the database (NUL bytes, for one, fail there).
+CurriculumPath = Annotated[str, Path(min_length=1, max_length=64, pattern=wire.CURRICULUM_NAME)]
 
 
 @router.post("/curricula", status_code=201, response_model=wire.CurriculumInfo, dependencies=[Depends(require_admin)])
@@ -22,12 +27,12 @@ def list_curricula(hub: TeacherHub = Depends(get_hub)) -> list[wire.CurriculumIn
 
 
 @router.get("/curricula/{name}", response_model=wire.CurriculumInfo, dependencies=[Depends(require_student)])
-def get_curriculum(name: str, hub: TeacherHub = Depends(get_hub)) -> wire.CurriculumInfo:
+def get_curriculum(name: CurriculumPath, hub: TeacherHub = Depends(get_hub)) -> wire.CurriculumInfo:
     return hub.get_curriculum(name)
 
 
 @router.delete("/curricula/{name}", status_code=204, dependencies=[Depends(require_admin)])
-def delete_curriculum(name: str, hub: TeacherHub = Depends(get_hub)) -> Response:
+def delete_curriculum(name: CurriculumPath, hub: TeacherHub = Depends(get_hub)) -> Response:
     hub.delete_curriculum(name)
     return Response(status_code=204)
 

@@ -9,20 +9,24 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import AfterValidator
 
 from teacher_service import wire
+from teacher_service.serving.api.curricula import CurriculumPath
 from teacher_service.serving.api.deps import get_hub
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_student
-from teacher_service.serving.inspection import ACTIVE_WITHIN_S, Inspector
+from teacher_service.serving.inspection import ACTIVE_WITHIN_S, Inspector, utc
 
 router = APIRouter(prefix="/curricula/{name}", tags=["inspection"], dependencies=[Depends(require_student)])
 
+# Cursors and versions are compared with 32-bit columns (PostgreSQL's INTEGER): bounded to what they hold.
+MAX_INT32 = 2**31 - 1
 Limit = Annotated[int, Query(ge=1, le=10_000, description="Page size.")]
-After = Annotated[int | None, Query(ge=0, description="Cursor: the `next_after` of the previous page.")]
-Student = Annotated[str | None, Query(min_length=1, max_length=128, description="Only this student.")]
-Since = Annotated[datetime | None, Query(description="From this time on (ISO 8601; UTC if no zone).")]
-Until = Annotated[datetime | None, Query(description="Before this time (ISO 8601; UTC if no zone).")]
+After = Annotated[int | None, Query(ge=0, le=MAX_INT32, description="Cursor: the `next_after` of the previous page.")]
+Student = Annotated[wire.StudentId | None, Query(description="Only this student.")]
+Since = Annotated[datetime | None, Query(description="From this time on (ISO 8601; UTC if no zone)."), AfterValidator(utc)]
+Until = Annotated[datetime | None, Query(description="Before this time (ISO 8601; UTC if no zone)."), AfterValidator(utc)]
 
 
 def history_csv(page: dict[str, Any]) -> str:
@@ -46,7 +50,7 @@ async def get_inspector(hub: TeacherHub = Depends(get_hub)) -> Inspector:
 
 @router.get("/history", responses={200: {"content": {"text/csv": {}}}})
 def history(
-    name: str,
+    name: CurriculumPath,
     request: Request,
     limit: Limit = 100,
     after: After = None,
@@ -66,7 +70,7 @@ def history(
 
 @router.get("/evaluations")
 def evaluations(
-    name: str,
+    name: CurriculumPath,
     limit: Limit = 1000,
     after: After = None,
     student: Student = None,
@@ -80,8 +84,8 @@ def evaluations(
 
 @router.get("/distribution")
 def distribution(
-    name: str,
-    version: Annotated[int | None, Query(ge=0, description="The teacher after update N (default: now).")] = None,
+    name: CurriculumPath,
+    version: Annotated[int | None, Query(ge=0, le=MAX_INT32, description="The teacher after update N (default: now).")] = None,
     source: Annotated[Literal["teacher", "proposals"] | None, Query(
         description="The teacher's policy, or the frequencies of its proposals (default for teachers without one)."
     )] = None,
@@ -97,7 +101,7 @@ def distribution(
 
 @router.get("/students")
 def students(
-    name: str,
+    name: CurriculumPath,
     active_within_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600)] = ACTIVE_WITHIN_S,
     inspector: Inspector = Depends(get_inspector),
 ) -> dict:
@@ -106,15 +110,15 @@ def students(
 
 
 @router.get("/teacher")
-def teacher(name: str, inspector: Inspector = Depends(get_inspector)) -> dict:
+def teacher(name: CurriculumPath, inspector: Inspector = Depends(get_inspector)) -> dict:
     """Version, updates, the teacher's own state, its last update's losses and baseline, and reward statistics."""
     return inspector.teacher(name)
 
 
 @router.get("/signals")
 def signals(
-    name: str,
-    signal: Annotated[list[str] | None, Query(max_length=32, description="Series to return (default: all named).")] = None,
+    name: CurriculumPath,
+    signal: Annotated[list[wire.SignalName] | None, Query(max_length=32, description="Series to return (default: all named).")] = None,
     every: Annotated[int | None, Query(ge=1, le=10**9, description="Episodes per window (default: ~100 windows).")] = None,
     student: Student = None,
     since: Since = None,
@@ -127,9 +131,9 @@ def signals(
 
 @router.get("/updates")
 def updates(
-    name: str,
+    name: CurriculumPath,
     limit: Limit = 1000,
-    after: Annotated[int | None, Query(ge=0, description="Cursor: the `next_after` (a version) of the previous page.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT32, description="Cursor: the `next_after` (a version) of the previous page.")] = None,
     inspector: Inspector = Depends(get_inspector),
 ) -> dict:
     """The numbers each teacher update stored (losses, baseline, entropy, rewards), oldest first."""

@@ -17,6 +17,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from teacher_service.serving.infra.errors import Forbidden, Unauthorized
+from teacher_service.serving.infra.private_files import private_dir
 from teacher_service.serving.settings import Settings
 
 log = logging.getLogger("teacher_service")
@@ -35,9 +36,11 @@ class Tokens:
             return "admin"
         if presented is None:
             return None
-        if self.admin and secrets.compare_digest(presented, self.admin):
+        # As bytes: compare_digest refuses str with non-ASCII characters, and a header may carry any.
+        given = presented.encode()
+        if self.admin and secrets.compare_digest(given, self.admin.encode()):
             return "admin"
-        if self.student and secrets.compare_digest(presented, self.student):
+        if self.student and secrets.compare_digest(given, self.student.encode()):
             return "student"
         return None
 
@@ -57,7 +60,7 @@ def load_tokens(settings: Settings) -> Tokens:
     if path.exists():
         stored = json.loads(path.read_text())
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         stored = {"admin_token": secrets.token_urlsafe(32), "student_token": secrets.token_urlsafe(32)}
         # Created with owner-only permissions from the start, never readable by others even briefly.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

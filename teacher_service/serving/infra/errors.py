@@ -1,6 +1,52 @@
-"""Errors the service answers with: a status code and a message for the user, as JSON `{"detail": ...}`."""
+"""Errors the service answers with, and their one model in the OpenAPI document.
+
+Every 4xx is JSON with a `detail`: for 422 a list of problems `{loc, msg, type}` (FastAPI's own
+validation errors and the service's checks alike), for every other status a message in words.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class Problem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: the request is well-formed but some of its values are not acceptable."""
+
+    detail: list[Problem]
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx other than 422."""
+
+    detail: str
+
+
+ERRORS = {
+    400: "Malformed request (body not parseable, bad Content-Length)",
+    401: "Missing or wrong bearer token",
+    403: "This needs the admin token",
+    404: "No such curriculum or proposal",
+    409: "Conflicts with what is stored",
+    410: "The proposal expired",
+    413: "Request body too large",
+    422: "Invalid values",
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` for these error codes."""
+    return {
+        code: {"model": ValidationErrorResponse if code == 422 else ErrorResponse, "description": ERRORS[code]}
+        for code in codes
+    }
 
 
 class ApiError(Exception):
@@ -10,9 +56,22 @@ class ApiError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
+
 
 class BadRequest(ApiError):
+    """422 from the service's own checks; `loc` names the input at fault where one does (empty if
+    the fault is in how values go together), as in validation errors."""
+
     status_code = 422
+
+    def __init__(self, detail: str, loc: tuple[str | int, ...] = ()) -> None:
+        super().__init__(detail)
+        self.loc = loc
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": [{"loc": list(self.loc), "msg": self.detail, "type": "value_error"}]}
 
 
 class Unauthorized(ApiError):
