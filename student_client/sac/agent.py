@@ -241,6 +241,9 @@ class SAC:
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         if config.compile:
+            from torch._inductor import config as inductor
+
+            inductor.fallback_random = True  # torch's own random streams: seeds reproduce
             self.update = torch.compile(self.update)
 
     @torch.inference_mode()
