@@ -21,16 +21,29 @@ def group_trajectories(open_episodes: list[int], horizon: int) -> list[list[int]
     return [ordered[start : start + horizon] for start in range(0, len(ordered) - horizon + 1, horizon)]
 
 
-def reward_to_go(batch: list[Experience]) -> torch.Tensor:
-    """Discount-1 reward-to-go within each trajectory, in the batch's order."""
+def _trajectories(batch: list[Experience]) -> list[list[int]]:
+    """Indices into the batch, one list per trajectory, each in sequence order."""
     by_trajectory: dict[int, list[int]] = defaultdict(list)
     for i, exp in enumerate(batch):
         by_trajectory[exp.trajectory].append(i)
+    return [sorted(indices, key=lambda i: batch[i].seq) for indices in by_trajectory.values()]
+
+
+def reward_to_go(batch: list[Experience]) -> torch.Tensor:
+    """Discount-1 reward-to-go within each trajectory, in the batch's order."""
     rtg = torch.zeros(len(batch), dtype=torch.float32)
-    for indices in by_trajectory.values():
-        indices.sort(key=lambda i: batch[i].seq)
+    for indices in _trajectories(batch):
         running = 0.0
         for i in reversed(indices):
             running += batch[i].reward
             rtg[i] = running
     return rtg
+
+
+def positions(batch: list[Experience]) -> torch.Tensor:
+    """Each episode's position in its trajectory (0 for the first), in the batch's order."""
+    result = torch.zeros(len(batch), dtype=torch.float32)
+    for indices in _trajectories(batch):
+        for position, i in enumerate(indices):
+            result[i] = position
+    return result

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pydantic
+import pytest
 import torch
 
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import Context, Experience, build_teacher
-from teacher_service.learning.trajectories import reward_to_go
+from teacher_service.learning.trajectories import group_trajectories, reward_to_go
 from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace
+
+torch.set_num_threads(1)  # as in the service (teacher-service serve): tiny networks, threads only add waits
 
 
 def run_updates(teacher, reward_of, updates: int, rng: np.random.Generator) -> None:
@@ -92,3 +96,95 @@ def test_random_teacher_is_uniform_and_env_default_proposes_nothing():
     assert counts.min() > 850 and random_teacher.batch_size == 0
     decision = build_teacher("env-default", space, {}, 0).propose(Context())
     assert decision.task_index is None and decision.task_values is None
+
+
+def students_taking_turns(teacher, space, reward_of, students: int, episodes: int, rng, held: int = 1) -> list[int]:
+    """The service's loop in process: each student holds `held` proposals, reports the oldest and asks
+    again, in turn; episodes group into trajectories and updates as the hub groups them."""
+    ids = [f"s{k}" for k in range(students)]
+    last = {s: Context() for s in ids}
+    outstanding = {s: [] for s in ids}
+    open_episodes = {s: [] for s in ids}
+    experiences, ready, chosen, seq = {}, [], [], 0
+
+    def propose(student):
+        nonlocal seq
+        seq += 1
+        outstanding[student].append((seq, teacher.propose(last[student])))
+
+    for student in ids:
+        for _ in range(held):
+            propose(student)
+    for step in range(episodes):
+        student = ids[step % students]
+        number, d = outstanding[student].pop(0)
+        reward = reward_of(d.task_index) + 0.2 * rng.standard_normal()
+        chosen.append(d.task_index)
+        experiences[number] = (student, d, reward)
+        last[student] = Context(reward, space.features(d.task_index))
+        open_episodes[student].append(number)
+        for members in group_trajectories(open_episodes[student], teacher.horizon):
+            open_episodes[student] = [n for n in open_episodes[student] if n not in members]
+            ready += [(n, members[0]) for n in members]
+        if len(ready) >= teacher.batch_size:
+            batch = [
+                Experience(n, experiences[n][0], trajectory, experiences[n][1].task_index, None,
+                           experiences[n][1].teacher_input, experiences[n][2])
+                for n, trajectory in ready
+            ]
+            teacher.update(batch)
+            ready = []
+        propose(student)
+    return chosen
+
+
+def test_reinforce_defaults_find_the_better_task_with_students_taking_turns():
+    # Always-positive rewards, like gradient norms; one task clearly better. The paper's chaining of
+    # 5 episodes credited position instead of task and collapsed on a wrong task in about half the seeds.
+    space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(8)]))
+    found = 0
+    for seed in range(10):
+        teacher = build_teacher("gradnorm-reinforce", space, {}, seed)
+        best = seed % 8
+        chosen = students_taking_turns(
+            teacher, space, lambda i: 1.0 + (i == best), students=3, episodes=300, rng=np.random.default_rng(seed)
+        )
+        found += np.mean(np.array(chosen[-75:]) == best) > 0.5
+    assert found >= 9, found
+
+
+def test_reinforce_with_the_papers_trajectories_credits_task_not_position():
+    # horizon 5 (the paper's): the baseline sees the position, so the falling reward-to-go is not credited.
+    space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(8)]))
+    found = 0
+    for seed in range(5):
+        teacher = build_teacher("gradnorm-reinforce", space, {"horizon": 5, "batch_size": 5}, seed)
+        chosen = students_taking_turns(
+            teacher, space, lambda i: 1.0 + (i == 2), students=3, episodes=400, rng=np.random.default_rng(seed)
+        )
+        found += np.mean(np.array(chosen[-100:]) == 2) > 0.5
+    assert found >= 4, found
+
+
+def test_reinforce_refuses_a_batch_of_one():
+    space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(3)]))
+    with pytest.raises(pydantic.ValidationError, match="at least 2"):
+        build_teacher("gradnorm-reinforce", space, {"batch_size": 1}, 0)
+
+
+def test_reinforce_weighs_stale_proposals_by_truncated_importance_ratios():
+    # 20 students each hold a proposal drawn at version 0 while the teacher learns from others' reports.
+    space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(4)]))
+    teacher = build_teacher("gradnorm-reinforce", space, {"use_context": False, "lr": 0.05}, 0)
+    stale = [teacher.propose(Context()) for _ in range(20)]
+    run_updates(teacher, lambda i: 1.0 if i == 3 else 0.0, updates=10, rng=np.random.default_rng(0))
+    probs_now = np.array(teacher.describe()["probabilities"])
+    batch = [Experience(100 + k, f"s{k}", 100 + k, d.task_index, None, d.teacher_input, 1.0) for k, d in enumerate(stale)]
+    stats = teacher.update(batch)
+    expected = [min(probs_now[d.task_index] / np.exp(d.teacher_input["log_prob"]), 1.0) for d in stale]
+    assert stats["importance_ratio_mean"] == pytest.approx(np.mean(expected), rel=1e-3)
+    assert stats["importance_ratio_min"] < 0.5  # tasks 0-2 became unlikely: their old proposals count less
+    # Fresh proposals are on-policy: ratio 1.
+    fresh = [teacher.propose(Context()) for _ in range(10)]
+    stats = teacher.update([Experience(200 + k, "s", 200 + k, d.task_index, None, d.teacher_input, 1.0) for k, d in enumerate(fresh)])
+    assert stats["importance_ratio_min"] == pytest.approx(1.0, abs=1e-4)

@@ -9,11 +9,23 @@ reported signal (by default the student's mean actor gradient norm) is largest.
   whether there was a last episode, and the last task's coordinates scaled to [-1, 1]. Without
   context the observation is a constant and the policy is a plain distribution over tasks.
 - Rewards: each proposal is rewarded with the signal of the episode trained on *that* proposal.
-  `horizon` consecutive episodes of one student form a trajectory; the return of step k is the
-  reward-to-go from k to the trajectory's end, discount 1 (the paper used horizon 5).
-- Update: once `batch_size` episodes in complete trajectories are waiting. Advantages = reward-to-go
-  minus baseline, normalized; one Adam step on the policy; `baseline_steps` Adam steps on the
-  baseline, which predicts the batch-normalized reward-to-go.
+- Credit, and why the default horizon is 1: a task changes the student's next state only through
+  its training, which the teacher cannot model from one number per episode, so by default each
+  proposal is its own one-step trajectory (a contextual bandit) and is credited with its own reward.
+  The paper chained 5 episodes of one student (discount 1, reward-to-go): with always-positive
+  rewards such as gradient norms the reward-to-go then falls along the trajectory, and batch-
+  normalized advantages credited a proposal for its position rather than its task (the best task
+  came last in a trajectory of equal rewards and got the most negative advantage). With
+  `horizon` > 1 the baseline therefore also sees the proposal's position in its trajectory, which
+  removes that slope from the advantages (a baseline may depend on anything but the action).
+- Update: once `batch_size` (at least 2) episodes in complete trajectories are waiting. Advantages
+  = reward-to-go minus baseline, normalized over the batch (so one episode alone would teach
+  nothing); one Adam step on the policy; `baseline_steps` Adam steps on the baseline, which
+  predicts the batch-normalized reward-to-go.
+- Stale proposals: with many students a proposal may be reported several teacher versions after
+  it was drawn. Its log-probability under the policy that drew it is kept with the proposal, and
+  its policy-gradient term is weighted by the truncated importance ratio min(pi/mu, `max_ratio`)
+  (V-trace's rho-bar; 1 when the policy has not changed).
 """
 
 from __future__ import annotations
@@ -23,12 +35,12 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from teacher_service.learning.task_spaces import DiscreteSpace
 from teacher_service.learning.teachers.base import Context, Decision, Experience, Teacher, TeacherParams
-from teacher_service.learning.trajectories import reward_to_go
+from teacher_service.learning.trajectories import positions, reward_to_go
 
 
 class ReinforceParams(TeacherParams):
@@ -37,11 +49,19 @@ class ReinforceParams(TeacherParams):
     lr: float = Field(default=5e-3, gt=0, le=1)
     baseline_lr: float = Field(default=5e-3, gt=0, le=1)
     baseline_steps: int = Field(default=5, ge=0, le=100)
-    batch_size: int = Field(default=5, ge=1, le=10_000)
-    horizon: int = Field(default=5, ge=1, le=1_000)
+    batch_size: int = Field(default=10, le=10_000, description="Episodes per update; at least 2.")
+    horizon: int = Field(default=1, ge=1, le=1_000, description="Episodes of one student per trajectory.")
     use_context: bool = True
     normalize_advantages: bool = True
     init_log_std: float = Field(default=0.0, ge=-5, le=2)
+    max_ratio: float = Field(default=1.0, ge=1, le=100, description="Truncation of the importance ratio.")
+
+    @field_validator("batch_size")
+    @classmethod
+    def _at_least_two(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError("must be at least 2: advantages are normalized within a batch, so one episode teaches nothing")
+        return value
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
@@ -70,7 +90,8 @@ class GradNormReinforceTeacher(Teacher):
         with torch.random.fork_rng():  # seeded initialisation without touching the process's generator
             torch.manual_seed(seed)
             self.policy = mlp(self.obs_dim, params.hidden_sizes, out_dim)
-            self.baseline = mlp(self.obs_dim, params.hidden_sizes, 1)
+            # With trajectories longer than one episode the baseline also sees the position (see above).
+            self.baseline = mlp(self.obs_dim + int(params.horizon > 1), params.hidden_sizes, 1)
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((space.dim,), params.init_log_std))
         # Fused Adam: a third less time per step for networks this small, and an update takes six steps.
@@ -112,12 +133,16 @@ class GradNormReinforceTeacher(Teacher):
         if self.discrete:  # sampled from the logits directly: building a Categorical costs more than the network
             probs = torch.softmax(self.policy(torch.tensor(obs, dtype=torch.float32)), -1)
             index = int(torch.multinomial(probs, 1, generator=self.generator))
-            return Decision(task_index=index, teacher_input={"obs": obs, "action": index})
+            log_prob = math.log(float(probs[index]))
+            return Decision(task_index=index, teacher_input={"obs": obs, "action": index, "log_prob": log_prob})
         dist = self._distribution(torch.tensor(obs, dtype=torch.float32))
         noise = torch.randn(self.space.dim, generator=self.generator)
         raw = dist.mean + dist.stddev * noise  # the pre-squash sample; its log-prob is what REINFORCE needs
         values = self.space.from_unit(torch.tanh(raw).double().numpy())
-        return Decision(task_values=values.tolist(), teacher_input={"obs": obs, "action": raw.tolist()})
+        log_prob = float(dist.log_prob(raw).sum())
+        return Decision(
+            task_values=values.tolist(), teacher_input={"obs": obs, "action": raw.tolist(), "log_prob": log_prob}
+        )
 
     def update(self, batch: list[Experience]) -> dict[str, Any]:
         obs = torch.tensor([exp.teacher_input["obs"] for exp in batch], dtype=torch.float32)
@@ -126,19 +151,28 @@ class GradNormReinforceTeacher(Teacher):
         )
         rewards = torch.tensor([exp.reward for exp in batch], dtype=torch.float32)
         rtg = reward_to_go(batch)
+        baseline_obs = obs
+        if self.params.horizon > 1:
+            baseline_obs = torch.cat([obs, positions(batch)[:, None] / self.params.horizon], dim=1)
 
         # The baseline predicts normalized reward-to-go; de-normalize it with this batch's statistics.
         rtg_mean, rtg_std = rtg.mean(), rtg.std(unbiased=False) + 1e-8
         with torch.no_grad():
-            values = self.baseline(obs).squeeze(-1) * rtg_std + rtg_mean
+            values = self.baseline(baseline_obs).squeeze(-1) * rtg_std + rtg_mean
         advantages = rtg - values
-        if self.params.normalize_advantages and len(batch) > 1:
+        if self.params.normalize_advantages:
             advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
 
         log_prob = self._distribution(obs).log_prob(actions)
         if not self.discrete:
             log_prob = log_prob.sum(-1)
-        policy_loss = -(log_prob * advantages).mean()
+        # Proposals drawn by an older policy: truncated importance weights (1 for those drawn by this one,
+        # and for proposals stored before behaviour log-probabilities were kept).
+        behaviour = torch.tensor(
+            [exp.teacher_input.get("log_prob", float(lp)) for exp, lp in zip(batch, log_prob.detach())], dtype=torch.float32
+        )
+        ratios = (log_prob.detach() - behaviour).exp().clamp(max=self.params.max_ratio)
+        policy_loss = -(ratios * log_prob * advantages).mean()
         self.policy_opt.zero_grad(set_to_none=True)
         policy_loss.backward()
         self.policy_opt.step()
@@ -146,7 +180,7 @@ class GradNormReinforceTeacher(Teacher):
         targets = (rtg - rtg_mean) / rtg_std
         baseline_loss = torch.tensor(0.0)
         for _ in range(self.params.baseline_steps):
-            baseline_loss = nn.functional.mse_loss(self.baseline(obs).squeeze(-1), targets)
+            baseline_loss = nn.functional.mse_loss(self.baseline(baseline_obs).squeeze(-1), targets)
             self.baseline_opt.zero_grad(set_to_none=True)
             baseline_loss.backward()
             self.baseline_opt.step()
@@ -161,6 +195,8 @@ class GradNormReinforceTeacher(Teacher):
             "reward_min": float(rewards.min()),
             "reward_max": float(rewards.max()),
             "episodes": len(batch),
+            "importance_ratio_mean": float(ratios.mean()),
+            "importance_ratio_min": float(ratios.min()),
             **self._distribution_summary(),
         }
 
