@@ -115,6 +115,9 @@ class Run:
             f"Teacher service: [bold]{self.url}[/]  API docs: /docs  (log: {self.data_dir / 'service.log'})",
             *([f"Dashboard: [bold]{self.tokens.dashboard_url(self.url)}[/]"] if dashboard else []),
             f"Tokens: {tokens}",
+            # What a trainer of one's own needs (README "Students"), to paste into another shell.
+            f"Your own trainer: export TEACHER_URL={self.url}"
+            + (f" TEACHER_TOKEN={self.tokens.student}" if self.tokens.student else ""),
             f"Students: {len(self.student_ids)} x {self.env_id} on curriculum {self.curriculum!r}, "
             f"{self.args.steps} steps each; checkpoints and logs in {self.students_dir}",
             "Ctrl-C stops everything with all state saved; run the same command again to continue.",
