@@ -24,11 +24,12 @@ system-deps:
 	  apt-get update -qq && apt-get install -y -qq postgresql-15 chromium >/dev/null; }
 	@command -v initdb >/dev/null || ln -sf /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl /usr/lib/postgresql/15/bin/postgres /usr/local/bin/
 
+# Options go through ARGS, e.g. `make run ARGS="--students 4 --port 8001"` (see `acl-run --help`).
 run: install
-	$(BIN)/acl-run
+	$(BIN)/acl-run $(ARGS)
 
 serve: install
-	$(BIN)/teacher-service serve
+	$(BIN)/teacher-service serve $(ARGS)
 
 test: install system-deps
 	$(BIN)/pytest -q

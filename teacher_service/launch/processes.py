@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +20,25 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> 
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on host:port (a port left in TIME_WAIT counts as free, as for uvicorn)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def start_service(serve_args: list[str], url: str, log_path: Path, who: str,
                   env: dict[str, str] | None = None) -> subprocess.Popen:
     """`teacher-service serve` with these arguments, in the background, once it answers on /healthz."""
+    # Checked first: another process answering on the port would pass for our service below.
+    address = httpx.URL(url)
+    if not port_free(address.host, address.port):
+        raise SystemExit(f"{who}: port {address.port} is in use on {address.host} (another teacher service?): "
+                         "stop that process or choose another port with --port")
     service = spawn([sys.executable, "-m", "teacher_service.serving.cli", "serve", *serve_args], log_path, env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -79,3 +79,19 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
         assert first_new["step"] == saved[d] + first_new["env_steps"]  # the step counter continues
         assert first_new["grad_updates"] == first_new["env_steps"]  # learning had started: the agent was restored
     assert reporting_students(data) == {f"{CURRICULUM}-0", f"{CURRICULUM}-1"}  # the same students, no new ids
+
+
+def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, service):
+    """Another teacher service already answers on the port: acl-run must not take it for its own."""
+    spec = {"name": CURRICULUM, "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"}}
+    (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
+    proc = start(tmp_path, service.port)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # acl-run stops what it started
+        raise AssertionError(f"acl-run ran on another process's port:\n{proc.communicate(timeout=180)[0]}") from None
+    assert proc.returncode == 1, out
+    assert f"port {service.port} is in use" in out and "--port" in out
+    assert not (tmp_path / "teacher-data" / "students").exists()  # no student was started
+    assert not (tmp_path / "teacher-data" / "teacher.db").exists()  # nor a service of ours
