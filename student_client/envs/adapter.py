@@ -9,7 +9,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from student_client.envs import adroit, maze
+import student_client.envs.adroit as adroit
+import student_client.envs.maze as maze
 
 
 def family(env_id: str) -> ModuleType:
