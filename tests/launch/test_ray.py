@@ -1,7 +1,8 @@
 """The Ray launcher on a real Ray cluster that the tests start on this machine (`ray start --head`, 2 CPUs).
 
 A tiny acl-experiment grid gives the same results through Ray as with local processes; a worker killed
-mid-run (the student process, then the Ray task's process) is rerun by Ray and resumes from its checkpoint.
+mid-run (the student process, then the Ray task's process) is rerun by Ray and resumes from its checkpoint;
+acl-run's Ctrl-C stops a worker on Ray as cleanly as a local one.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.servers import REPO, free_port, wait_until
-from tests.student_helpers import episode_log
+from tests.student_helpers import TINY, episode_log
 from tests.test_architecture import imports_of, project_modules
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -167,3 +169,31 @@ def test_a_killed_worker_is_rerun_by_ray_and_resumes(tmp_path, ray_address):
     assert [e["step"] for e in episode_log(run_dir)][-2:] == [300, 600]
     assert (run_dir / "done").exists()
     assert {r["step"] for r in rows(tmp_path / "out" / "evaluations.csv")} == {"300", "600"}
+
+
+@needs_ray
+def test_acl_run_on_ray_stops_its_workers_cleanly(tmp_path, ray_address):
+    """Ctrl-C: Ray cancels the task, whose worker ends its episode, reports it and checkpoints, as locally."""
+    spec = {"name": "onray", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
+            "teacher": {"algorithm": "random"}}
+    (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
+    student = tmp_path / "shared" / "students" / "onray-0"
+    cmd = [sys.executable, "-m", "teacher_service.launch.run", "--students", "1", "--steps", "50000",
+           "--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "data"),
+           "--port", str(free_port()), "--launcher", "ray", "--ray-address", ray_address,
+           "--shared-dir", str(tmp_path / "shared"), "--", *TINY, "--eval-every", "0"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or len(episode_log(student)) >= 1, 300, "a first episode")
+        assert proc.poll() is None, proc.communicate()[0][-5000:]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, out[-5000:]
+    assert str(student.parent) in out
+    assert checkpoint_step(student) == episode_log(student)[-1]["step"] > 0  # ended its episode, then saved
+    assert "signal 15" in (student / "worker.log").read_text()  # stopped by the launcher, not killed
