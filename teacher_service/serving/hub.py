@@ -40,7 +40,7 @@ from teacher_service.serving.settings import Settings
 from teacher_service.serving.store import reports
 from teacher_service.serving.store.statements import CurriculumRow, Driver
 from teacher_service.serving.store.tables import Curriculum, Evaluation, utcnow, writer_engine
-from teacher_service.serving.updater import Updater
+from teacher_service.serving.updater import Updater, read_batch
 
 T = TypeVar("T")
 
@@ -250,7 +250,14 @@ class TeacherHub:
         # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
         # proposing) a second statement could see a newer commit than the caller's row did.
         version, state = self.driver.one(cursor, "checkpoint", {"curriculum_id": runtime.curriculum_id})
-        runtime.teacher.load_state_bytes(bytes(state))
+        teacher = runtime.teacher
+        teacher.load_state_bytes(bytes(state))
+        # A teacher that checkpoints every few updates (Teacher.checkpoint_every) is behind the stored
+        # version by the updates since: replay them from their stored batches, in order.
+        for replayed in range(teacher.updates + 1, version + 1):
+            batch = read_batch(self.driver, cursor, runtime.curriculum_id, replayed)
+            if batch:
+                teacher.update(batch)
         # Every replica loading this checkpoint would draw the same proposals until the next update;
         # a seed from the replica's id keeps them apart and stays reproducible for one replica.
         salt = hashlib.sha256(f"{runtime.spec.seed}:{version}:{self.settings.replica_id}".encode()).digest()

@@ -15,18 +15,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from teacher_service.learning.teachers import Experience
 from teacher_service.serving.group_commit import Tx
 from teacher_service.serving.infra import metrics
-from teacher_service.serving.store.statements import BatchRow, CurriculumRow
+from teacher_service.serving.store.statements import BatchRow, CurriculumRow, Driver
 from teacher_service.serving.store.tables import utcnow
 
 if TYPE_CHECKING:
     from teacher_service.serving.hub import TeacherHub
 
 log = logging.getLogger("teacher_service")
+
+
+def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) -> list[Experience]:
+    """The stored batch that teacher `version` learns from, in sequence order."""
+    return [
+        Experience(seq=r.seq, student_id=r.student_id, trajectory=r.trajectory, task_index=r.task_index,
+                   task_values=driver.load_json(r.task_values), teacher_input=driver.load_json(r.teacher_input),
+                   reward=r.reward)
+        for r in map(BatchRow._make, driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version}))
+    ]
 
 
 class Updater:
@@ -128,31 +138,28 @@ class Updater:
                     return  # deleted
                 row = CurriculumRow(*raw)
                 version = row.teacher_version + 1
-                rows = [BatchRow(*r) for r in driver.all(cursor, "batch", {"curriculum_id": curriculum_id,
-                                                                          "version": version})]
-                if not rows:
+                batch = read_batch(driver, cursor, curriculum_id, version)
+                if not batch:
                     return
                 runtime = hub.runtime_by_id(cursor, curriculum_id)
-                batch = [
-                    Experience(seq=r.seq, student_id=r.student_id, trajectory=r.trajectory, task_index=r.task_index,
-                               task_values=driver.load_json(r.task_values),
-                               teacher_input=driver.load_json(r.teacher_input), reward=r.reward)
-                    for r in rows
-                ]
                 with runtime.lock:
                     hub.sync(cursor, runtime, row.teacher_version)
                     # Ahead of the database until stored, or broken if update() fails half-way: unlabeled,
                     # so that no request uses it unless the commit succeeds.
                     runtime.version = -1
                     stats = runtime.teacher.update(batch)
-                    state = runtime.teacher.state_bytes()
+                    # A teacher may checkpoint every few updates: the ones since are replayed on load (hub.sync).
+                    if version % runtime.teacher.checkpoint_every == 0:
+                        statement, params = "store_update", {"state": runtime.teacher.state_bytes()}
+                    else:
+                        statement, params = "store_update_without_checkpoint", {}
 
                     def store(tx: Tx) -> bool:
-                        params = {"curriculum_id": curriculum_id, "version": version}
-                        if driver.execute(tx.cursor, "store_update", {**params, "state": state}).rowcount != 1:
+                        ids = {"curriculum_id": curriculum_id, "version": version}
+                        if driver.execute(tx.cursor, statement, {**ids, **params}).rowcount != 1:
                             return False  # another replica stored this version first
                         driver.execute(tx.cursor, "insert_update",
-                                       {**params, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
+                                       {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
                         return True
 
                     stored = hub.committer.call(store)

@@ -139,3 +139,33 @@ def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
         assert db.execute("select consumed_version, count(*) from proposals group by 1").fetchall() == [
             (1, 2), (2, 2), (3, 2)]
 
+
+
+def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored_reports(tmp_path):
+    """ALP-GMM's checkpoint holds its history: stored every 50 updates, the updates since are replayed."""
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+    hub = TeacherHub(settings, engine)
+    hub.start()
+    spec = {"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
+            "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}}, "reward_signal": "episode_return"}
+    hub.create_curriculum(CurriculumCreate(**spec))
+    for k in range(70):  # one at a time: ALP-GMM learns from every report
+        (proposal,) = hub.propose_batch([ProposeRequest(curriculum="alp", student_id="s")])
+        hub.report(ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
+                                 signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k)))
+    hub.close()
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        ((version, state),) = db.execute("select teacher_version, teacher_state from curricula").fetchall()
+    stored = build_teacher("alp-gmm", build_task_space(CurriculumCreate(**spec).task_space), {"fit_rate": 20}, 0)
+    stored.load_state_bytes(state)
+    assert (version, stored.updates) == (70, 50)  # the last checkpoint is at update 50
+
+    with hub.sessions() as session:
+        live = hub.runtime(hub.curriculum_row(session, "alp")).teacher.describe()
+    restarted = TeacherHub(settings, engine)
+    with restarted.sessions() as session:
+        row = restarted.curriculum_row(session, "alp")
+        with restarted.current_teacher(session, row) as teacher:
+            assert teacher.describe() == live and teacher.updates == 70 and teacher.fits == 3

@@ -15,8 +15,10 @@ The teacher proposes tasks where the student's reward is changing fastest, in ei
 - Propose: uniformly at random until the first fit and with probability `random_share` after it;
   otherwise pick a component with probability proportional to its mean ALP, draw a point from its
   Gaussian over task coordinates, clip it to the space, and (discrete spaces) take the nearest task.
-- It learns from every reported episode (batch_size 1, horizon 1); all randomness comes from the
-  teacher's own generator, so a restored checkpoint proposes exactly what the original would have.
+- It learns from every reported episode (batch_size 1, horizon 1); the proposals' randomness comes from
+  the teacher's own generator, so a restored checkpoint proposes exactly what the original would have.
+  Its checkpoint holds the history, so the service stores it every `checkpoint_every` updates and replays
+  the updates since from stored reports (fits are seeded by their index, so a replay is exact).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class ALPGMMTeacher(Teacher):
         self.gmm: dict[str, np.ndarray] | None = None
 
     batch_size = 1  # learns from every report
+    # The checkpoint holds up to `history_size` episodes (~100 KB at 2,000): stored every 50 updates; the
+    # service replays the few updates since then (history appends, and a fit if one falls among them).
+    checkpoint_every = 50
 
     # ------------------------------------------------------------------ propose
 
@@ -128,7 +133,9 @@ class ALPGMMTeacher(Teacher):
         alps = self.alps[-window:]
         scale = float(alps.max()) if alps.max() > 0 else 1.0
         data = np.column_stack([self.features[-window:], alps / scale])
-        seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
+        # Seeded by the fit's index, not the generator (which proposals draw from too): an update replayed
+        # from stored reports (see checkpoint_every) fits exactly what the original did.
+        seed = self.fits
         best, best_aic = None, np.inf
         # A few hundred points: thread pools only add overhead (100x on a busy machine), so use one thread.
         with threadpool_limits(1):

@@ -57,6 +57,10 @@ class Teacher:
     # batch_size 0 means the teacher never learns. Subclasses override them as attributes or properties.
     horizon: int = 1
     batch_size: int = 0
+    # The service stores the checkpoint every `checkpoint_every` updates and, when it loads one, replays the
+    # updates made since from their stored batches (`updates` counts them): a teacher whose checkpoint grows
+    # with its history need not rewrite it on every update.
+    checkpoint_every: int = 1
 
     def __init__(self, space: TaskSpace, params: TeacherParams, seed: int) -> None:
         self.space = space

@@ -50,6 +50,8 @@ SQL = {
     # Conditional: of two replicas applying the same batch, one stores it.
     "store_update": "UPDATE curricula SET teacher_version = :version, teacher_updates = teacher_updates + 1, "
     "teacher_state = :state WHERE id = :curriculum_id AND teacher_version = :version - 1",
+    "store_update_without_checkpoint": "UPDATE curricula SET teacher_version = :version, "
+    "teacher_updates = teacher_updates + 1 WHERE id = :curriculum_id AND teacher_version = :version - 1",
     "insert_update": "INSERT INTO teacher_updates (curriculum_id, version, stats, created_at) "
     "VALUES (:curriculum_id, :version, :stats, :created_at)",
     "insert_evaluation": "INSERT INTO evaluations (curriculum_id, student_id, env_steps, episodes, success_rate, "
