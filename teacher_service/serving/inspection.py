@@ -7,6 +7,7 @@ same queries run on SQLite and PostgreSQL and no endpoint loads a whole table in
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -434,6 +435,9 @@ class Inspector:
         evaluations at one step averaged first, so a repeated evaluation does not weigh twice)."""
         if metric not in COMPARE_METRICS:
             raise BadRequest(f"unknown metric {metric!r}: use {' or '.join(COMPARE_METRICS)}")
+        for name in names:  # checked before any query: PostgreSQL fails on some characters (NUL)
+            if not re.fullmatch(wire.CURRICULUM_NAME, name):
+                raise BadRequest(f"{name!r} is not a curriculum name", loc=("query", "curricula"))
         curves = []
         with self.hub.sessions() as session:
             for name in names:

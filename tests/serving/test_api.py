@@ -294,6 +294,11 @@ def test_hostile_input_gets_a_4xx_and_changes_nothing(service):
         (client.post("/report", json={"proposal_id": "p", "student_id": "s1", "signals": {"extra": {"a}": 1}}}),
          "string_pattern_mismatch"),
         (client.post("/curricula", json=curriculum(reward_signal="extra.{a,b}")), "string_pattern_mismatch"),
+        # NUL bytes, which PostgreSQL cannot take in text: names and ids are refused before any query.
+        (client.get("/curricula/a%00b/history"), "string_pattern_mismatch"),
+        (client.get(history, params={"student": "s\x00"}), "string_pattern_mismatch"),
+        (client.get("/compare", params={"curricula": "cur,a\x00b"}), "is not a curriculum name"),
+        (client.post("/report", json={"proposal_id": "p\x00", "student_id": "s1", "signals": {}}), "string_pattern_mismatch"),
         # Free-form JSON: bounded nesting, finite numbers.
         (client.post("/curricula", content=with_options(deep(300)), headers=json_body), "nested deeper than 16"),
         (client.post("/curricula", content=with_options('{"x": [1, NaN]}'), headers=json_body), "NaN and infinity"),
