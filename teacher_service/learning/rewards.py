@@ -1,9 +1,11 @@
 """Rewards derived from a report and the same curriculum's earlier reports, besides the raw reported numbers.
 
-- `return_progress`: |episode_return of this report - episode_return of the last report of the same
-  task|. Same task: the same index in a discrete space; in a box, the nearest task (in coordinates
-  scaled to [-1, 1], the most recent among equally near ones) among the curriculum's last
-  `PROGRESS_WINDOW` reports. None (no reward) for a task's first report or a report without a return.
+- `return_progress`: |episode_return of this report - episode_return of the same student's last
+  report of the same task|. Same task: the same index in a discrete space; in a box, the nearest
+  task (in coordinates scaled to [-1, 1], the most recent among equally near ones) among the
+  student's last `PROGRESS_WINDOW` reports in the curriculum. Only the same student's: two students
+  of different skill taking turns on a task would otherwise look like progress while neither learns.
+  None (no reward) for the student's first report of a task or a report without a return.
 - `<gradient signal>_normalized` for each gradient norm (`grad_norm_mean_normalized`, ...): the value
   divided by the mean of that signal over this report and those of the curriculum's previous
   `SCALE_WINDOW - 1` reports that carry it, so that rewards stay comparable while gradient
@@ -37,8 +39,8 @@ def return_progress(
     episode_return: float,
     previous: Sequence[tuple[Sequence[float], float]],
 ) -> float | None:
-    """`previous`: (task_values, episode_return) of earlier reports, the most recent first; in a
-    discrete space only those of the same task."""
+    """`previous`: (task_values, episode_return) of the same student's earlier reports, the most
+    recent first; in a discrete space only those of the same task."""
     if not previous:
         return None
     nearest = 0  # a discrete task's own last report

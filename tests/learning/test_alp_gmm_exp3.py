@@ -70,6 +70,18 @@ def test_alp_gmm_alp_is_the_change_since_the_nearest_previous_task():
     assert teacher.alps.tolist() == [0.0, 4.0, 0.5, 2.5]
 
 
+def test_alp_gmm_progress_is_within_one_student():
+    # Two students of different skill take turns on the same tasks; neither learns: no progress.
+    space = build_task_space(LINE)
+    teacher = build_teacher("alp-gmm", space, {"fit_rate": 10}, 0)
+    rng = np.random.default_rng(0)
+    for seq in range(200):
+        student, skill = ("weak", 1.0) if seq % 2 else ("strong", 10.0)
+        reward = skill + 0.05 * rng.standard_normal()
+        teacher.update([Experience(seq, student, seq, seq // 2 % 3, None, {"component": None}, reward)])
+    assert teacher.alps.mean() < 0.2, teacher.alps.mean()  # across students it would be about 9
+
+
 def test_exp3_follows_a_best_arm_that_changes_halfway():
     space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"arm{i}"} for i in range(5)]))
     teacher = build_teacher("exp3", space, {}, 0)
@@ -81,10 +93,20 @@ def test_exp3_follows_a_best_arm_that_changes_halfway():
     first = np.bincount(run(teacher, reward, 1000), minlength=5)
     assert first.argmax() == 1
     second = np.bincount(run(teacher, reward, 1000, start=1000)[-300:], minlength=5)
-    assert second.argmax() == 3 and second[3] > 0.6 * 300, second
+    assert second.argmax() == 3 and second[3] > 0.4 * 300, second  # uniform: 0.2
     state = teacher.describe()
     assert state["best_task"] == {"index": 3, "name": "arm3"} and abs(sum(state["probabilities"]) - 1) < 1e-9
     json.dumps(state)
+
+
+def test_exp3_stays_near_uniform_on_equal_noisy_rewards():
+    space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(42)]))
+    for seed in range(3):
+        teacher = build_teacher("exp3", space, {}, seed)
+        rng = np.random.default_rng(seed)
+        run(teacher, lambda i, t: 1.0 + 0.1 * rng.standard_normal(), 200)
+        # Uniform is 1/42 = 0.024; eta 0.1 reached 0.87 here.
+        assert teacher.probabilities().max() < 0.1, teacher.probabilities().max()
 
 
 def test_exp3_update_matches_the_exp3s_formula():
@@ -171,5 +193,5 @@ def test_bad_parameters_get_422_with_a_clear_message(service):
     ]
     for space, teacher, message in cases:
         response = client.post("/curricula", json={"name": "x", "task_space": space, "teacher": teacher})
-        assert response.status_code == 422 and message in response.json()["detail"], response.text
+        assert response.status_code == 422 and message in response.json()["detail"][0]["msg"], response.text
     assert client.get("/curricula").json() == []

@@ -61,12 +61,26 @@ def test_return_progress_is_the_change_since_the_task_was_last_reported(service)
     assert len(last_return) == 3
 
 
+def test_return_progress_compares_a_student_only_with_itself(service):
+    # Two students of different skill take turns on one task and neither learns: no progress.
+    client = service.client()
+    create(client, "one", {"kind": "discrete", "tasks": [{"name": "only"}]}, "return_progress")
+    rng = np.random.default_rng(0)
+    rewards = []
+    for step in range(20):
+        student, skill = ("weak", 1.0) if step % 2 else ("strong", 10.0)
+        value = round(skill + 0.05 * float(rng.standard_normal()), 3)
+        rewards.append(report(client, propose(client, "one", student), {"episode_return": value}, student))
+    assert rewards[:2] == [None, None]  # each student's first report of the task
+    assert max(rewards[2:]) < 0.3, rewards  # across students each would be about 9
+
+
 def test_gradient_norms_normalized_by_the_recent_mean(service):
     client = service.client()
     response = client.post("/curricula", json={"name": "x", "task_space": TASKS, "reward_signal": "progress"})
     assert response.status_code == 422
     for name in ("return_progress", "grad_norm_mean_normalized", "critic_grad_norm_episode_normalized"):
-        assert name in response.json()["detail"]
+        assert name in response.json()["detail"][0]["msg"]
     create(client, "grad", TASKS, "grad_norm_episode_normalized")
     rng = np.random.default_rng(1)
     reported = []  # grad_norm_episode of each report, None where missing

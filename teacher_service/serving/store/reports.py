@@ -34,7 +34,12 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
     if reward_signal == "return_progress":
         if signals.episode_return is None or proposal.task_values is None:
             return None
-        query = earlier_reports(proposal, Proposal.task_values, Proposal.signals).limit(rewards.PROGRESS_WINDOW)
+        # Progress is a change in one student: another student's return on the task says nothing about it.
+        query = (
+            earlier_reports(proposal, Proposal.task_values, Proposal.signals)
+            .where(Proposal.student_id == proposal.student_id)
+            .limit(rewards.PROGRESS_WINDOW)
+        )
         if isinstance(space, DiscreteSpace):
             query = query.where(Proposal.task_index == proposal.task_index)
         previous = [
