@@ -4,10 +4,12 @@ The teacher proposes tasks where the student's reward is changing fastest, in ei
 
 - Coordinates: every task is a point of [-1, 1]^d (a box scaled to it; a discrete task's values
   scaled the same way, see DiscreteSpace.features).
-- Absolute learning progress (ALP) of a reported episode: |reward - reward of the nearest
-  previously reported task|, nearest in those coordinates, the most recent one among equally near
-  ones (so a discrete task is compared with its own last report). 0 for the very first episode.
-  The teacher keeps the last `history_size` (task, reward, ALP) triples.
+- Absolute learning progress (ALP) of a reported episode: |reward - reward of the nearest task
+  that the same student reported before|, nearest in those coordinates, the most recent one among
+  equally near ones (so a discrete task is compared with the student's own last report of it). 0 for
+  a student's first episode. Only the same student's reports: two students of different skill
+  taking turns on a task would otherwise look like progress while neither learns.
+  The teacher keeps the last `history_size` (student, task, reward, ALP) rows.
 - Fit: every `fit_rate` episodes, Gaussian mixtures with 2 to `max_components` full-covariance
   components are fitted (scikit-learn) on the last `fit_rate` (task, ALP) pairs; the one with the
   lowest AIC is kept. ALP is scaled by its window maximum for the fit, so that the fit does not depend
@@ -63,6 +65,7 @@ class ALPGMMTeacher(Teacher):
         # History of reported episodes, oldest first.
         self.features = np.zeros((0, dim))
         self.rewards = np.zeros(0)
+        self.students = np.zeros(0, dtype=object)
         self.alps = np.zeros(0)
         self.episodes = 0
         self.since_fit = 0
@@ -98,21 +101,23 @@ class ALPGMMTeacher(Teacher):
             return self.task_features[exp.task_index]
         return self.space.features_of_values(exp.task_values)
 
-    def _alp(self, features: np.ndarray, reward: float) -> float:
-        if len(self.rewards) == 0:
+    def _alp(self, student: str, features: np.ndarray, reward: float) -> float:
+        own = np.flatnonzero(self.students == student)
+        if len(own) == 0:
             return 0.0
-        distances = np.linalg.norm(self.features - features, axis=1)
-        nearest = len(distances) - 1 - int(np.argmin(distances[::-1]))  # the most recent among ties
+        distances = np.linalg.norm(self.features[own] - features, axis=1)
+        nearest = own[len(own) - 1 - int(np.argmin(distances[::-1]))]  # the most recent among ties
         return abs(reward - float(self.rewards[nearest]))
 
     def update(self, batch: list[Experience]) -> dict[str, Any]:
         alps = []
         for exp in sorted(batch, key=lambda e: e.seq):
             features = self._features_of(exp)
-            alp = self._alp(features, exp.reward)
+            alp = self._alp(exp.student_id, features, exp.reward)
             keep = self.params.history_size - 1
             self.features = np.concatenate([self.features[-keep:], features[None]])
             self.rewards = np.append(self.rewards[-keep:], exp.reward)
+            self.students = np.append(self.students[-keep:], np.array([exp.student_id], dtype=object))
             self.alps = np.append(self.alps[-keep:], alp)
             alps.append(alp)
         self.episodes += len(batch)
@@ -202,6 +207,7 @@ class ALPGMMTeacher(Teacher):
         return {
             "features": self.features,
             "rewards": self.rewards,
+            "students": self.students,
             "alps": self.alps,
             "episodes": self.episodes,
             "since_fit": self.since_fit,
@@ -211,5 +217,7 @@ class ALPGMMTeacher(Teacher):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.features, self.rewards, self.alps = state["features"], state["rewards"], state["alps"]
+        # Checkpoints from before per-student progress have no students: their history counts for nobody.
+        self.students = state.get("students", np.full(len(self.rewards), "", dtype=object))
         self.episodes, self.since_fit, self.fits = state["episodes"], state["since_fit"], state["fits"]
         self.gmm = state["gmm"]
