@@ -10,6 +10,8 @@ from teacher_service.learning.teachers.base import Context, Decision, Experience
 from teacher_service.learning.teachers.env_default import EnvDefaultTeacher
 from teacher_service.learning.teachers.exp3 import Exp3Teacher
 from teacher_service.learning.teachers.gradnorm_reinforce import GradNormReinforceTeacher
+from teacher_service.learning.teachers.learnability import LearnabilityTeacher
+from teacher_service.learning.teachers.plr import PLRTeacher
 from teacher_service.learning.teachers.random_teacher import RandomTeacher
 
 TEACHERS: list[type[Teacher]] = [
@@ -18,6 +20,8 @@ TEACHERS: list[type[Teacher]] = [
     GradNormReinforceTeacher,
     ALPGMMTeacher,
     Exp3Teacher,
+    LearnabilityTeacher,
+    PLRTeacher,
 ]
 REGISTRY: dict[str, type[Teacher]] = {cls.name: cls for cls in TEACHERS}
 
