@@ -27,10 +27,13 @@ MIN_REPORTS = 10
 
 
 def grid_cells(features: np.ndarray, bins: int) -> np.ndarray:
-    """Cell index of each row of task features in [-1, 1]^d, on a grid of `bins` cells per dimension."""
+    """A label per row of task features in [-1, 1]^d: equal for rows in the same cell of a grid of
+    `bins` cells per dimension (labels number the occupied cells, so any dimension fits)."""
     features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
+    if len(features) == 0:
+        return np.zeros(0, dtype=np.int64)
     indices = np.clip(((features + 1) / 2 * bins).astype(int), 0, bins - 1)
-    return np.ravel_multi_index(indices.T, (bins,) * features.shape[1]) if len(features) else np.zeros(0, int)
+    return np.unique(indices, axis=0, return_inverse=True)[1].reshape(-1)
 
 
 def moving_mean(values: np.ndarray, window: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from sqlalchemy import Float, Integer, Row, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from teacher_service import wire
+from teacher_service.learning.informativeness import grid_cells, informativeness
 from teacher_service.learning.task_spaces import BoxSpace
 from teacher_service.learning.task_spaces.adroit import ADROIT_RELOCATE_ID, BALL_Z
 from teacher_service.learning.task_spaces.maze import is_maze, shortest_paths
@@ -408,6 +409,40 @@ class Inspector:
                                    ("count", n_values)):
                     series[n][key].append(value)
         return {"curriculum": name, "every": every, "episodes": total, "windows": windows, "series": series}
+
+    # ------------------------------------------------------------------ informativeness
+
+    def informativeness(
+        self, name: str, names: list[str] | None, last: int, bins: int, permutations: int
+    ) -> dict[str, Any]:
+        """For each signal, over the last `last` reported episodes: the share of its variance explained by
+        the task once the trend over training is removed (learning/informativeness.py). Box tasks are
+        grouped into a grid of `bins` cells per dimension; episodes without a task are left out."""
+        with self._curriculum(name) as (session, row):
+            space = self.hub.runtime(row).space
+            adroit = row.spec["task_space"].get("env_id") == ADROIT_RELOCATE_ID
+            names = list(dict.fromkeys(names or SIGNAL_SERIES))
+            columns = [cast(signal_column(n, adroit), Float) for n in names]
+            rows = session.execute(
+                select(Proposal.task_index, Proposal.task_values, *columns)
+                .where(Proposal.curriculum_id == row.id, Proposal.reported_at.is_not(None),
+                       Proposal.task_values.is_not(None))
+                .order_by(Proposal.reported_at.desc(), Proposal.seq.desc())
+                .limit(last)
+            ).all()[::-1]  # in report order
+        box = isinstance(space, BoxSpace)
+        if box:
+            tasks = grid_cells(space.features_of_values([r.task_values for r in rows]), bins) if rows else []
+        else:
+            tasks = [r.task_index for r in rows]
+        tasks = np.asarray(tasks, dtype=np.int64)
+        result = {}
+        for i, signal in enumerate(names):
+            values = np.array([np.nan if r[2 + i] is None else r[2 + i] for r in rows], dtype=np.float64)
+            known = ~np.isnan(values)
+            result[signal] = informativeness(tasks[known], values[known], permutations=permutations)
+        grouping = f"grid of {bins} cells per dimension" if box else "task"
+        return {"curriculum": name, "episodes": len(rows), "grouping": grouping, "signals": result}
 
     # ------------------------------------------------------------------ updates and comparison
 

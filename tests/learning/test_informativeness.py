@@ -40,6 +40,8 @@ def test_too_few_reports_or_one_task_give_no_figures():
 
 
 def test_grid_cells_and_moving_mean():
-    features = np.array([[-1.0, -1.0], [1.0, 1.0], [0.1, -0.9], [-0.1, 0.9]])
-    assert grid_cells(features, 2).tolist() == [0, 3, 2, 1]
+    features = np.array([[-1.0, -1.0], [1.0, 1.0], [0.1, -0.9], [-0.1, 0.9], [0.9, 0.2], [-0.5, -0.5]])
+    cells = grid_cells(features, 2).tolist()
+    assert len(set(cells[:4])) == 4 and cells[4] == cells[1] and cells[5] == cells[0]
+    assert len(set(grid_cells(np.random.default_rng(0).uniform(-1, 1, (500, 40)), 10))) == 500  # 10^40 cells
     assert moving_mean(np.array([1.0, 2.0, 3.0, 4.0]), 3).tolist() == [1.5, 2.0, 3.0, 3.5]

@@ -129,6 +129,20 @@ def signals(
     return inspector.signals(name, signal, every, student, since, until)
 
 
+@router.get("/informativeness")
+def informativeness(
+    name: CurriculumPath,
+    signal: Annotated[list[wire.SignalName] | None, Query(max_length=32, description="Signals (default: all named).")] = None,
+    last: Annotated[int, Query(ge=10, le=100_000, description="The last reported episodes considered.")] = 5000,
+    bins: Annotated[int, Query(ge=1, le=10, description="Box: grid cells per dimension grouping tasks.")] = 3,
+    permutations: Annotated[int, Query(ge=1, le=2000, description="Permutations for the p-value.")] = 200,
+    inspector: Inspector = Depends(get_inspector),
+) -> dict:
+    """How much each signal tells about the task: R^2 of per-task means on detrended values, with a
+    permutation p-value (README "How informative is a reward?")."""
+    return inspector.informativeness(name, signal, last, bins, permutations)
+
+
 @router.get("/updates")
 def updates(
     name: CurriculumPath,
