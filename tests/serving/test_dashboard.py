@@ -167,6 +167,10 @@ def test_adroit_top_view_and_histograms(service, open_page, shots):
     client = service.client()
     create(client, "hand", ADROIT)
     train(client, "hand", "s1", 30, 0.6)
+    for steps, success in ((5000, 1.0), (10000, 1.0 - 5e-7)):  # a span too small for ticks: must still draw
+        body = {"curriculum": "hand", "student_id": "s1", "env_steps": steps, "episodes": 10,
+                "success_rate": success, "mean_return": 1.0}
+        assert client.post("/evaluations", json=body).status_code == 201
     page, errors = open_page(f"{service.url}/?curriculum=hand&compare=hand#token={service.student_token}")
     refreshed(page)
     assert page.is_hidden("#maze") and page.is_visible("#topview") and page.is_visible("#chart-distance")
@@ -179,6 +183,7 @@ def test_adroit_top_view_and_histograms(service, open_page, shots):
     assert page.get_attribute("#adroit", "data-shown") == "1"  # 30 proposals in 30 stretches
     page.eval_on_selector("#adroit-slider", "s => { s.value = s.max; s.dispatchEvent(new Event('input')); }")
     page.locator("#adroit").screenshot(path=str(shots / "dashboard-adroit.png"))
+    assert page.get_attribute("#chart-success", "data-points") == "2" and page.locator("#chart-success canvas").count()
     assert errors == []
 
 

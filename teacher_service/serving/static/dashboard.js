@@ -108,7 +108,8 @@ function drawChart(id, lines, { xLabel = "", yLabel = "", kind = "line", height 
   });
   const plot = new uPlot({
     width: Math.max(el.clientWidth - 10, 280), height,
-    scales: { x: xRange ? { time: false, range: () => xRange } : { time: false } },
+    scales: { x: xRange ? { time: false, range: () => xRange } : { time: false },
+      y: { range: kind === "bars" ? (u, min, max) => [0, Math.max(max, 1) * 1.05] : yRange } },
     series, bands,
     axes: [{ label: xLabel, size: 40 }, { label: yLabel, size: 56 }],
     legend: { show: false },
@@ -124,6 +125,15 @@ function drawChart(id, lines, { xLabel = "", yLabel = "", kind = "line", height 
   el.append(legend);
   if (!xs.length) el.append(Object.assign(document.createElement("div"), { className: "empty", textContent: "no data yet" }));
   charts.set(id, { plot, signature });
+}
+
+// The y range with 5% margins; a span too small for float ticks (a constant such as a ratio of 1.0
+// with 1e-7 noise) is widened, else uPlot's tick splitting does not end.
+function yRange(u, min, max) {
+  if (min === null || max === null) return [0, 1];
+  const floor = 1e-6 * Math.max(Math.abs(min), Math.abs(max), 1e-6);
+  if (max - min < floor) return [min - Math.max(floor, Math.abs(min) * 0.01), max + Math.max(floor, Math.abs(max) * 0.01)];
+  return [min - (max - min) * 0.05, max + (max - min) * 0.05];
 }
 
 function fmt(v, digits = 3) {
