@@ -48,15 +48,22 @@ class Condition:
 CONDITIONS = {
     "env-default": Condition("env-default"),
     "random": Condition("random"),
-    "gradnorm-mean": Condition("gradnorm-reinforce", "grad_norm_mean"),
-    "gradnorm-episode": Condition("gradnorm-reinforce", "grad_norm_episode"),
+    # The paper's teacher settings: trajectories of 5 episodes of one student, an update per trajectory.
+    "gradnorm-mean": Condition("gradnorm-reinforce", "grad_norm_mean", {"batch_size": 5, "horizon": 5}),
+    "gradnorm-episode": Condition("gradnorm-reinforce", "grad_norm_episode", {"batch_size": 5, "horizon": 5}),
     # The paper's teacher makes ~20 small updates in a 100-episode run and hardly moves; this one can:
     # context-free, each proposal credited with its own episode's gradient norm, a 6x larger step.
     "gradnorm-mean-fast": Condition("gradnorm-reinforce", "grad_norm_mean",
-                                    {"lr": 0.03, "horizon": 1, "use_context": False}),
+                                    {"lr": 0.03, "horizon": 1, "batch_size": 5, "use_context": False}),
+    # The fixed REINFORCE with its defaults (each proposal credited with its own episode), on the paper's
+    # reward and on the gradient of the episode's own transitions.
+    "reinforce-mean": Condition("gradnorm-reinforce", "grad_norm_mean"),
+    "reinforce-local": Condition("gradnorm-reinforce", "grad_norm_local"),
     # Short runs have few episodes: fit the mixture every 20 episodes, not 250.
     "alp-gmm": Condition("alp-gmm", "episode_return", {"fit_rate": 20}),
     "exp3": Condition("exp3", "return_progress"),
+    "learnability": Condition("learnability", "success"),
+    "plr": Condition("plr", "positive_value_loss"),
 }
 DEFAULT_CONDITIONS = ["env-default", "random", "gradnorm-mean", "gradnorm-episode"]
 # Changing these would mix incomparable runs in one output directory.
