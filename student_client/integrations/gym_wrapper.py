@@ -12,6 +12,10 @@ that episode. Where that update lands depends on when the trainer resets:
 A ``reset`` in mid-episode or ``close`` reports the part that ran as ``stopped``, and releases a
 proposal no step was taken on (``abandoned``); neither rewards the teacher. The teacher's outages are
 survived as `student-worker` survives them (`student_client.session`).
+
+Where the wrappers run in worker processes (gymnasium's ``AsyncVectorEnv``, SB3's ``SubprocVecEnv``), the
+gradients are measured in the learner's process (`RemoteGradCredit`) and each episode's statistics are
+delivered to its wrapper (`GradMailbox`) when the wrapper would have popped them in process.
 """
 
 from __future__ import annotations
@@ -24,9 +28,88 @@ import gymnasium as gym
 
 from student_client.client import TeacherClient
 from student_client.envs import reset_options, verify_reset
-from student_client.probes import GradNormTracker
+from student_client.probes import GradNormTracker, GradStats
 from student_client.session import Outcome, TeacherSession
 from teacher_service.wire import Proposal, Signals
+
+
+class GradMailbox:
+    """The tracker of a wrapper in a worker process: holds the statistics the learner's process delivered."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, GradStats] = {}
+
+    def pop(self) -> dict[str, GradStats]:
+        stats, self.groups = self.groups, {}
+        return stats
+
+
+class RemoteGradCredit:
+    """Gradient signals for wrappers in worker processes: one `GradNormTracker` per sub-environment here,
+    next to the optimizers (``attach``), and each sub-environment's statistics sent to its wrapper by
+    ``deliver(list of stats or None, one per sub-environment)``.
+
+    Call ``before_step()`` before each vector step, ``after_step(dones)`` after it and ``flush()`` before a
+    reset or close of the vector env (`RemoteGradCreditVectorEnv` and SB3's `RemoteGradCreditVecEnv` do).
+    A sub-environment whose episode ended gets its statistics before its next step, after the update that
+    followed the last step; with next-step autoreset it also gets, one step later, the update that followed
+    the autoreset step, which its wrapper drops. Exact when the learner updates after every vector step.
+    """
+
+    def __init__(self, num_envs: int, deliver: Callable[[list[dict[str, GradStats] | None]], None],
+                 next_step_autoreset: bool) -> None:
+        self.trackers = [GradNormTracker() for _ in range(num_envs)]
+        self.deliver = deliver
+        self.next_step_autoreset = next_step_autoreset
+        self._due: set[int] = set()
+        self._autoresetting: set[int] = set()
+
+    def attach(self, optimizer: Any, name: str) -> None:
+        """Record every step of ``optimizer`` under ``name`` for every sub-environment."""
+        for tracker in self.trackers:
+            tracker.attach(optimizer, name)
+
+    def before_step(self) -> None:
+        self._send(self._due)
+        self._due = set()
+
+    def after_step(self, dones: Any) -> None:
+        ended = {i for i, done in enumerate(dones) if done}
+        self._due = ended | self._autoresetting
+        self._autoresetting = ended if self.next_step_autoreset else set()
+
+    def flush(self) -> None:
+        self._send(set(range(len(self.trackers))))
+        self._due, self._autoresetting = set(), set()
+
+    def _send(self, envs: set[int]) -> None:
+        stats = [self.trackers[i].pop() if i in envs else None for i in range(len(self.trackers))]
+        if any(s and any(g.updates for g in s.values()) for s in stats):
+            self.deliver(stats)
+
+
+class RemoteGradCreditVectorEnv(gym.vector.VectorWrapper):
+    """Gymnasium's ``AsyncVectorEnv`` of `TeacherCurriculumWrapper` envs with exact gradient signals:
+    attach the learner's optimizers with ``credit.attach(optimizer, "actor")`` (and "critic")."""
+
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
+        super().__init__(env)
+        next_step = env.metadata.get("autoreset_mode") == gym.vector.AutoresetMode.NEXT_STEP
+        self.credit = RemoteGradCredit(env.num_envs, lambda stats: env.set_attr("grad_mail", stats), next_step)
+
+    def step(self, actions: Any) -> tuple:
+        self.credit.before_step()
+        result = self.env.step(actions)
+        self.credit.after_step(result[2] | result[3])
+        return result
+
+    def reset(self, **kwargs: Any) -> tuple:
+        self.credit.flush()
+        return self.env.reset(**kwargs)
+
+    def close(self, **kwargs: Any) -> None:
+        self.credit.flush()
+        self.env.close(**kwargs)
 
 
 class TeacherCurriculumWrapper(gym.Wrapper):
@@ -62,6 +145,18 @@ class TeacherCurriculumWrapper(gym.Wrapper):
 
     def _updates(self) -> int:
         return sum(acc.updates for acc in self.tracker.groups.values())
+
+    @property
+    def grad_mail(self) -> None:
+        return None
+
+    @grad_mail.setter
+    def grad_mail(self, stats: dict[str, GradStats] | None) -> None:
+        """Statistics delivered by `RemoteGradCredit` (set through the vector env's ``set_attr``)."""
+        if stats is not None:
+            if not isinstance(self.tracker, GradMailbox):
+                self.tracker = GradMailbox()
+            self.tracker.groups = stats
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         """Ask the teacher for a task and reset on it (``options`` from the caller are replaced)."""

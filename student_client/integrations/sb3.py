@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
 
 from student_client.episode_signals import SACNets, Transitions, local_signals
-from student_client.integrations.gym_wrapper import TeacherCurriculumWrapper
+from student_client.integrations.gym_wrapper import RemoteGradCredit, TeacherCurriculumWrapper
 from student_client.probes import GradNormTracker
 
 
@@ -98,3 +98,35 @@ class GradNormCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self.tracker.detach()
+
+
+class RemoteGradCreditVecEnv(VecEnvWrapper):
+    """A ``SubprocVecEnv`` of `TeacherCurriculumWrapper` envs with exact gradient signals (`RemoteGradCredit`):
+    give the model ``CallbackList([GradNormCallback(t) for t in vec_env.credit.trackers])``."""
+
+    def __init__(self, venv) -> None:
+        super().__init__(venv)
+        # SB3 resets a sub-environment inside the step that ended its episode.
+        self.credit = RemoteGradCredit(venv.num_envs, self._deliver, next_step_autoreset=False)
+
+    def _deliver(self, stats: list) -> None:
+        for i, env_stats in enumerate(stats):
+            if env_stats is not None:
+                self.venv.set_attr("grad_mail", env_stats, indices=[i])
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.credit.before_step()
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        self.credit.after_step(dones)
+        return obs, rewards, dones, infos
+
+    def reset(self):
+        self.credit.flush()
+        return self.venv.reset()
+
+    def close(self) -> None:
+        self.credit.flush()
+        self.venv.close()

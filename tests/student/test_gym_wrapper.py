@@ -11,7 +11,7 @@ import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from student_client import TeacherClient
-from student_client.integrations.gym_wrapper import TeacherCurriculumWrapper
+from student_client.integrations.gym_wrapper import RemoteGradCreditVectorEnv, TeacherCurriculumWrapper
 from student_client.probes import GradNormTracker
 from tests.servers import ServiceProcess
 from tests.student_helpers import create_curriculum
@@ -191,3 +191,58 @@ def test_sb3_dummy_vec_env_credits_each_update_to_its_episodes(shared):
         assert (first["env_steps"], first["grad_updates"]) == (length, length - 10)
         assert completed and all((s["env_steps"], s["grad_updates"]) == (length, length) for s in completed)
         assert stopped["outcome"] == "stopped" and stopped["grad_updates"] == stopped["env_steps"]
+
+
+def make_wrapper(url: str, token: str, curriculum: str, student_id: str, steps: int) -> TeacherCurriculumWrapper:
+    """For envs built in another process: only plain values cross the process boundary."""
+    client = TeacherClient(url, token, timeout_s=5, attempts=2, max_backoff_s=0.2)
+    return TeacherCurriculumWrapper(gym.make(ENV, max_episode_steps=steps), client, curriculum, student_id)
+
+
+def assert_exact_credit(by_student: dict[str, list[dict]], prefix: str, lengths: tuple[int, ...]) -> None:
+    """Each completed episode was credited with one update per step; the one close() cut, likewise."""
+    assert len(by_student) == len(lengths)
+    for i, length in enumerate(lengths):
+        completed = [s for s in by_student[f"{prefix}-{i}"] if "outcome" not in s]
+        assert len(completed) >= 3
+        assert all(s["env_steps"] == length and s["grad_updates"] == length for s in completed)
+        (stopped,) = [s for s in by_student[f"{prefix}-{i}"] if s.get("outcome") == "stopped"]
+        assert stopped["grad_updates"] == stopped["env_steps"] < length
+
+
+def test_async_vector_env_credits_updates_made_in_the_learners_process(shared):
+    """AsyncVectorEnv: the wrappers live in worker processes, the optimizer here; RemoteGradCreditVectorEnv
+    measures the gradients here and delivers each episode's statistics to its wrapper."""
+    create_curriculum(shared, "async")
+    lengths = (30, 20)
+    envs = RemoteGradCreditVectorEnv(gym.vector.AsyncVectorEnv([
+        lambda i=i, url=shared.url, token=shared.student_token: make_wrapper(url, token, "async", f"a-{i}", lengths[i])
+        for i in range(2)]))
+    learner = Learner(envs.credit.trackers)
+    envs.reset(seed=0)
+    for _ in range(95):
+        envs.step(envs.action_space.sample())
+        learner.update()
+    envs.close()
+    assert_exact_credit(reports(shared, "async"), "a", lengths)
+
+
+def test_sb3_subproc_vec_env_credits_updates_made_in_the_learners_process(shared):
+    pytest.importorskip("stable_baselines3")
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    from student_client.integrations.sb3 import GradNormCallback, RemoteGradCreditVecEnv
+
+    create_curriculum(shared, "sb3-subproc")
+    lengths = (30, 20)
+    vec = RemoteGradCreditVecEnv(SubprocVecEnv([
+        lambda i=i, url=shared.url, token=shared.student_token: make_wrapper(url, token, "sb3-subproc", f"p-{i}",
+                                                                              lengths[i])
+        for i in range(2)]))
+    model = SAC("MultiInputPolicy", vec, learning_starts=0, batch_size=32, policy_kwargs={"net_arch": [32, 32]},
+                seed=0)
+    model.learn(190, callback=CallbackList([GradNormCallback(t) for t in vec.credit.trackers]))
+    vec.close()
+    assert_exact_credit(reports(shared, "sb3-subproc"), "p", lengths)
