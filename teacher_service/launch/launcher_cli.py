@@ -15,8 +15,8 @@ def add_launcher_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--launcher", choices=("local", "ray"), default="local",
                    help="local: processes on this machine; ray: tasks on a Ray cluster (pip install 'acl-teacher[ray]')")
     g.add_argument("--ray-address", default=None,
-                   help="the cluster to use with --launcher ray: host:port of its head, ray://host:10001, or "
-                   "'auto' (default: the RAY_ADDRESS variable, else a new single-machine cluster)")
+                   help="the cluster for --launcher ray: its head's host:port, or 'auto' (default: RAY_ADDRESS, "
+                   "else the cluster `ray start` started on this machine, else a new one inside this command)")
     g.add_argument("--shared-dir", type=Path, default=None,
                    help="where the workers' run directories (checkpoints, logs) go; with Ray on several machines "
                    "it must be storage every node and this machine mount at the same path (default: the output dir)")

@@ -41,6 +41,15 @@ def test_only_the_ray_launcher_imports_ray():
     assert users == ["teacher_service.launch.ray_launcher"]
 
 
+@needs_ray
+def test_a_run_dir_the_node_does_not_see_is_a_clear_error(tmp_path):
+    from teacher_service.launch.ray_launcher import run_worker  # the task's body, here without a cluster
+
+    with pytest.raises(FileNotFoundError, match="--shared-dir must be storage that every node mounts"):
+        run_worker(["--help"], str(tmp_path / "elsewhere"), {})
+    assert not (tmp_path / "elsewhere").exists()  # nothing started, nothing created
+
+
 @pytest.fixture(scope="module")
 def ray_address():
     """A one-node cluster on loopback ports, in a temporary directory, stopped afterwards."""
