@@ -1,4 +1,5 @@
-"""ALP-GMM and Exp3.S: on synthetic students in process, through checkpoints, and over HTTP across a restart."""
+"""ALP-GMM and Exp3.S: on synthetic students in process, through checkpoints (with learnability and PLR), and
+over HTTP across a restart."""
 
 from __future__ import annotations
 
@@ -133,6 +134,10 @@ def test_checkpoints_resume_exactly():
         ("alp-gmm", build_task_space(BoxTaskSpace(low=[-1, 0, 2], high=[1, 1, 3])), {"fit_rate": 20}),
         ("alp-gmm", build_task_space(LINE), {"fit_rate": 20}),
         ("exp3", build_task_space(LINE), {}),
+        ("learnability", build_task_space(LINE), {}),
+        ("learnability", build_task_space(BoxTaskSpace(low=[-1, 0], high=[1, 1])), {}),
+        ("plr", build_task_space(LINE), {}),
+        ("plr", build_task_space(BoxTaskSpace(low=[-1, 0], high=[1, 1])), {"buffer_size": 8}),
     ]
     for algorithm, space, params in cases:
         teacher = build_teacher(algorithm, space, params, 3)
@@ -147,11 +152,13 @@ def test_checkpoints_resume_exactly():
         assert restored.describe() == teacher.describe()
 
 
-def test_service_restart_resumes_both_teachers_exactly(service):
+def test_service_restart_resumes_the_teachers_exactly(service):
     client = service.client()
     curricula = {
         "alp": ({"kind": "box", "low": [0, 0], "high": [1, 2]}, {"algorithm": "alp-gmm", "params": {"fit_rate": 20}}),
         "bandit": (LINE.model_dump(), {"algorithm": "exp3"}),
+        "sfl": ({"kind": "box", "low": [0, 0], "high": [1, 2]}, {"algorithm": "learnability"}),
+        "plr": (LINE.model_dump(), {"algorithm": "plr"}),
     }
     for name, (space, teacher) in curricula.items():
         body = {"name": name, "task_space": space, "teacher": teacher, "reward_signal": "episode_return"}

@@ -1,4 +1,4 @@
-"""Learnability (SFL) and PLR on synthetic students in process, and through their checkpoints."""
+"""Learnability (SFL) and PLR on synthetic students in process (their checkpoints: test_alp_gmm_exp3.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,9 @@ import pytest
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import REGISTRY, Context, Experience, build_teacher
 from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace
+from tests.learning.test_alp_gmm_exp3 import run
 
 TASKS = DiscreteTaskSpace(tasks=[{"name": f"t{i}", "values": [float(i)]} for i in range(40)])
-
-
-def run(teacher, reward_of, episodes: int, start: int = 0) -> list:
-    """Propose, reward and update once per episode, as the service does for batch_size 1."""
-    tasks = []
-    for t in range(start, start + episodes):
-        d = teacher.propose(Context())
-        task = d.task_index if d.task_index is not None else d.task_values
-        teacher.update([Experience(t, "s", t, d.task_index, d.task_values, d.teacher_input, reward_of(task, t))])
-        tasks.append(task)
-    return tasks
 
 
 def test_both_are_registered():
@@ -113,23 +103,3 @@ def test_bad_parameters_are_refused():
     for algorithm, params in [("plr", {"temperature": 0}), ("learnability", {"explore": 2}), ("plr", {"x": 1})]:
         with pytest.raises(pydantic.ValidationError):
             build_teacher(algorithm, space, params, 0)
-
-
-def test_checkpoints_resume_exactly():
-    rng = np.random.default_rng(0)
-    cases = [
-        ("learnability", build_task_space(TASKS), {}),
-        ("learnability", build_task_space(BoxTaskSpace(low=[-1, 0], high=[1, 1])), {}),
-        ("plr", build_task_space(TASKS), {}),
-        ("plr", build_task_space(BoxTaskSpace(low=[-1, 0], high=[1, 1])), {"buffer_size": 8}),
-    ]
-    for algorithm, space, params in cases:
-        teacher = build_teacher(algorithm, space, params, 3)
-        rewards = rng.random(200).round()
-        run(teacher, lambda task, t: float(rewards[t]), 60)
-        restored = build_teacher(algorithm, space, params, 99)
-        restored.load_state_bytes(teacher.state_bytes())
-        assert restored.describe() == teacher.describe()
-        continued = run(teacher, lambda task, t: float(rewards[t]), 30, start=60)
-        assert run(restored, lambda task, t: float(rewards[t]), 30, start=60) == continued
-        assert restored.describe() == teacher.describe()
