@@ -84,14 +84,13 @@ class GroupCommitter:
     def _commit(self, group: list[tuple[Callable[[Tx], Any], Future]]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with self.engine.connect() as conn:
-                with conn.begin():
-                    tx = Tx(conn, conn.connection.driver_connection.cursor())
-                    for job, _ in group:
-                        try:
-                            outcomes.append((True, job(tx)))
-                        except ApiError as exc:  # raised before the job wrote anything
-                            outcomes.append((False, exc))
+            with self.engine.connect() as conn, conn.begin():
+                tx = Tx(conn, conn.connection.driver_connection.cursor())
+                for job, _ in group:
+                    try:
+                        outcomes.append((True, job(tx)))
+                    except ApiError as exc:  # raised before the job wrote anything
+                        outcomes.append((False, exc))
         except Exception as exc:  # noqa: BLE001 - rolled back: run each job alone, or fail the lone one
             if len(group) == 1:
                 group[0][1].set_exception(exc)

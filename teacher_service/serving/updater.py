@@ -15,18 +15,27 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from teacher_service.learning.teachers import Experience
-from teacher_service.serving.group_commit import Tx
+from teacher_service.serving.group_commit import GroupCommitter, Tx
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.store.statements import BatchRow, CurriculumRow, Driver
 from teacher_service.serving.store.tables import utcnow
 
-if TYPE_CHECKING:
-    from teacher_service.serving.hub import TeacherHub
-
 log = logging.getLogger("teacher_service")
+
+
+class Host(Protocol):
+    """What the updater uses of the hub (hub.py), which owns it."""
+
+    driver: Driver
+    committer: GroupCommitter
+
+    def reading(self) -> AbstractContextManager[Any]: ...
+    def runtime_by_id(self, cursor: Any, curriculum_id: int) -> Any: ...
+    def sync(self, cursor: Any, runtime: Any, stored_version: int) -> None: ...
 
 
 def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) -> list[Experience]:
@@ -40,7 +49,7 @@ def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) ->
 
 
 class Updater:
-    def __init__(self, hub: TeacherHub, poll_s: float = 1.0) -> None:
+    def __init__(self, hub: Host, poll_s: float = 1.0) -> None:
         self.hub = hub
         self.poll_s = poll_s  # how often it looks for batches that another replica numbered
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
@@ -144,8 +153,7 @@ class Updater:
                 runtime = hub.runtime_by_id(cursor, curriculum_id)
                 with runtime.lock:
                     hub.sync(cursor, runtime, row.teacher_version)
-                    # Ahead of the database until stored, or broken if update() fails half-way: unlabeled,
-                    # so that no request uses it unless the commit succeeds.
+                    # Unlabeled while update() runs: if it fails half-way, the next use reloads the checkpoint.
                     runtime.version = -1
                     stats = runtime.teacher.update(batch)
                     # A teacher may checkpoint every few updates: the ones since are replayed on load (hub.sync).
@@ -153,17 +161,25 @@ class Updater:
                         statement, params = "store_update", {"state": runtime.teacher.state_bytes()}
                     else:
                         statement, params = "store_update_without_checkpoint", {}
+                    # Until stored, proposals go on from the updated teacher labeled with the stored version
+                    # (a proposal records the input the teacher learns from, whichever version made it);
+                    # the commit is not waited for under the teacher's lock.
+                    runtime.version = row.teacher_version
 
-                    def store(tx: Tx) -> bool:
-                        ids = {"curriculum_id": curriculum_id, "version": version}
-                        if driver.execute(tx.cursor, statement, {**ids, **params}).rowcount != 1:
-                            return False  # another replica stored this version first
-                        driver.execute(tx.cursor, "insert_update",
-                                       {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
-                        return True
+            def store(tx: Tx) -> bool:
+                ids = {"curriculum_id": curriculum_id, "version": version}
+                if driver.execute(tx.cursor, statement, {**ids, **params}).rowcount != 1:
+                    return False  # another replica stored this version first
+                driver.execute(tx.cursor, "insert_update",
+                               {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
+                return True
 
-                    stored = hub.committer.call(store)
-                    # Labeled only once committed, under the teacher's lock; else reloaded on next use.
+            stored = False
+            try:
+                stored = hub.committer.call(store)
+            finally:
+                with runtime.lock:
+                    # Labeled with the new version only once committed; else reloaded on next use.
                     runtime.version = version if stored else -1
             if stored:
                 metrics.UPDATES.labels(row.name).inc()
