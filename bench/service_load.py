@@ -1,4 +1,4 @@
-"""Load on one service process, in two parts.
+"""Load on one service process, in three parts.
 
 1. Saturation: wrk keeps 256 connections busy with propose-then-report loops, next to an empty
    endpoint on the same server stack, in the same run: requests/s, p50 and p99, errors, the ratio.
@@ -7,10 +7,15 @@
 2. Students at their own pace: 256 simulated students, each proposing, "training" for a random
    episode time (5 s on average: a 300-step episode of a CPU student at 60 steps/s) and reporting,
    as real students do: latency and errors at a realistic request rate.
+3. Vectorized learners: loops of `POST /propose/batch` then `POST /report/batch` with 64 items each
+   (one env each), on SQLite and then on a PostgreSQL server the bench starts (tests/servers.py): student
+   episodes/s. Their curriculum updates its teacher every 640 episodes (128 trajectories of 5), a batch
+   size for a learner that finishes thousands of episodes a second.
 
-Needs wrk (`apt-get install wrk`).
+The last line is for tools: `service: single_ratio=0.NN errors=N batch64_episodes_per_s=NNNNN` (SQLite).
+Needs wrk (`apt-get install wrk`) and, for part 3 on PostgreSQL, initdb/pg_ctl (skipped with a note if absent).
 
-    python bench/service_load.py [--connections 256] [--seconds 20] [--episode-s 5]
+    python bench/service_load.py [--connections 256] [--seconds 20] [--episode-s 5] [--batch-loops 8]
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests.servers: the PostgreSQL server the tests use
 TOKEN = "bench-token"
+SIGNALS = {"grad_norm_mean": 1.5, "grad_norm_episode": 0.7, "episode_return": 12.5, "env_steps": 300}
 
 
 def free_port() -> int:
@@ -77,7 +84,7 @@ async def paced_students(url: str, students: int, seconds: float, episode_s: flo
     """Each student: propose, wait an episode (uniform 0.5x to 1.5x episode_s), report, repeat."""
     latencies: list[float] = []
     errors = 0
-    signals = {"grad_norm_mean": 1.5, "grad_norm_episode": 0.7, "episode_return": 12.5, "env_steps": 300}
+    signals = SIGNALS
     deadline = time.monotonic() + seconds
 
     async def timed(client: httpx.AsyncClient, path: str, body: dict) -> dict | None:
@@ -118,29 +125,90 @@ async def paced_students(url: str, students: int, seconds: float, episode_s: flo
     }
 
 
+async def batch_learners(url: str, loops: int, size: int, seconds: float) -> dict:
+    """`loops` learners, each with `size` envs: propose a batch, report it, repeat. Episodes/s and errors."""
+    episodes, errors, latencies = 0, 0, []
+    deadline = time.monotonic() + seconds
+
+    async def learner(client: httpx.AsyncClient, k: int) -> None:
+        nonlocal episodes, errors
+        students = [f"vec{k}-{i}" for i in range(size)]
+        while time.monotonic() < deadline:
+            start = time.perf_counter()
+            try:
+                proposed = (await client.post("/propose/batch", json={"items": [
+                    {"curriculum": "vector", "student_id": s} for s in students]})).raise_for_status().json()
+                items = [{"proposal_id": r["proposal"]["proposal_id"], "student_id": r["proposal"]["student_id"],
+                          "signals": SIGNALS} for r in proposed["results"] if r["proposal"]]
+                reported = (await client.post("/report/batch", json={"items": items})).raise_for_status().json()
+            except httpx.HTTPError:
+                errors += size
+                continue
+            latencies.append(time.perf_counter() - start)
+            ok = sum(1 for r in reported["results"] if r["ack"])
+            episodes += ok
+            errors += size - ok
+
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30,
+                                 limits=httpx.Limits(max_connections=loops)) as client:
+        started = time.monotonic()
+        await asyncio.gather(*(learner(client, k) for k in range(loops)))
+        elapsed = time.monotonic() - started
+    latencies.sort()
+    return {"episodes_per_s": episodes / elapsed, "errors": errors,
+            "p50": 1e3 * latencies[len(latencies) // 2] if latencies else float("nan")}
+
+
+VECTOR_CURRICULUM = {"name": "vector", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
+                     "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 640, "horizon": 5}}}
+
+
+def start_service(env: dict, database_url: str | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**env, **({"TEACHER_DATABASE_URL": database_url} if database_url else {})}
+    process = subprocess.Popen([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--port", str(port)], env=env)
+    url = f"http://127.0.0.1:{port}"
+    wait_up(f"{url}/healthz", process)
+    return process, url
+
+
+def batch_run(env: dict, args: argparse.Namespace, database_url: str | None = None) -> dict:
+    """Part 3 on a fresh service process (on `database_url`, else SQLite in its data dir)."""
+    process, url = start_service(env, database_url)
+    try:
+        httpx.post(f"{url}/curricula", json=VECTOR_CURRICULUM,
+                   headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120).raise_for_status()
+        asyncio.run(batch_learners(url, args.batch_loops, 64, args.warmup))
+        return asyncio.run(batch_learners(url, args.batch_loops, 64, args.seconds))
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=256, help="concurrent simulated students")
     parser.add_argument("--seconds", type=int, default=20, help="duration of each measurement")
     parser.add_argument("--episode-s", type=float, default=5.0, help="mean episode time of a paced student")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before each measurement")
+    parser.add_argument("--batch-loops", type=int, default=8, help="concurrent vectorized learners (64 envs each)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
 
     data = Path(tempfile.mkdtemp(prefix="service-load-"))
-    service_port, empty_port = free_port(), free_port()
+    empty_port = free_port()
     env = {**os.environ, "TEACHER_ADMIN_TOKEN": TOKEN, "TEACHER_STUDENT_TOKEN": "student-" + TOKEN,
            "TEACHER_DATA_DIR": str(data), "TEACHER_LOG_LEVEL": "warning"}
-    service = subprocess.Popen([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--port", str(service_port)], env=env)
+    env.pop("TEACHER_DATABASE_URL", None)
     empty = subprocess.Popen([sys.executable, str(HERE / "empty_app.py"), str(empty_port)], env=env)
-    service_url, empty_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{empty_port}"
+    service, service_url = start_service(env)
+    empty_url = f"http://127.0.0.1:{empty_port}"
     try:
-        wait_up(f"{service_url}/healthz", service)
         wait_up(f"{empty_url}/docs", empty)
         curriculum = {"name": "bench", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
                       "teacher": {"algorithm": "gradnorm-reinforce"}}
-        httpx.post(f"{service_url}/curricula", json=curriculum, headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
+        httpx.post(f"{service_url}/curricula", json=curriculum, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120).raise_for_status()
 
         print(f"{args.connections} connections, {args.seconds} s each, one service process, SQLite (WAL)")
         wrk(f"{empty_url}/empty", "empty.lua", args.connections, args.warmup)
@@ -156,7 +224,19 @@ def main() -> None:
         empty.terminate()
         service.wait()
         empty.wait()
-        shutil.rmtree(data, ignore_errors=True)
+
+    batch = {"SQLite": batch_run(env, args)}
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        from tests.servers import PostgresServer
+
+        postgres = PostgresServer().start()
+        try:
+            batch["PostgreSQL"] = batch_run(env, args, postgres.create_database("bench"))
+        finally:
+            postgres.stop()
+    else:
+        print("PostgreSQL (initdb, pg_ctl) not found: batches measured on SQLite only")
+    shutil.rmtree(data, ignore_errors=True)
 
     print(f"{'load':<40}{'req/s':>8}{'p50 ms':>10}{'p99 ms':>10}{'errors':>9}")
     rows = (
@@ -166,10 +246,14 @@ def main() -> None:
     )
     for name, s in rows:
         print(f"{name:<40}{s['rps']:>8.0f}{s['p50']:>10.1f}{s['p99']:>10.1f}{s['errors']:>9}")
+    for backend, s in batch.items():
+        print(f"{args.batch_loops} learners x 64 envs, batch verbs, {backend}: {s['episodes_per_s']:,.0f} episodes/s "
+              f"(a propose and a report each), p50 {s['p50']:.1f} ms per propose+report pair, errors {s['errors']}")
     ratio = loop_stats["rps"] / empty_stats["rps"]
+    errors = loop_stats["errors"] + paced_stats["errors"]
     print(f"saturated throughput ratio: {ratio:.2f} (target >= 0.60); paced students: p99 {paced_stats['p99']:.1f} ms "
-          f"(target <= 100), errors {loop_stats['errors'] + paced_stats['errors']} (target 0); "
-          f"teacher updates during the run: {teacher['teacher_updates']}")
+          f"(target <= 25), errors {errors} (target 0); teacher updates during the run: {teacher['teacher_updates']}")
+    print(f"service: single_ratio={ratio:.2f} errors={errors} batch64_episodes_per_s={batch['SQLite']['episodes_per_s']:.0f}")
 
 
 if __name__ == "__main__":
