@@ -63,6 +63,8 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
                     and teacher_versions(data), "two episodes per student and a teacher update")
     assert f"http://127.0.0.1:{port}" in out and str(data / "tokens.json") in out
     tokens = json.loads((data / "tokens.json").read_text())
+    # What one's own trainer needs (README "Students"), ready to paste.
+    assert f"export TEACHER_URL=http://127.0.0.1:{port} TEACHER_TOKEN={tokens['student_token']}" in out
     versions = teacher_versions(data)
     saved = {d: torch.load(d / "checkpoint.pt", weights_only=False)["step"] for d in students}
     episodes = {d: len(episode_log(d)) for d in students}
