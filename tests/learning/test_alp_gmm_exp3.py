@@ -138,6 +138,7 @@ def test_checkpoints_resume_exactly():
         ("learnability", build_task_space(BoxTaskSpace(low=[-1, 0], high=[1, 1])), {}),
         ("plr", build_task_space(LINE), {}),
         ("plr", build_task_space(BoxTaskSpace(low=[-1, 0], high=[1, 1])), {"buffer_size": 8}),
+        ("learning-progress", build_task_space(LINE), {}),
     ]
     for algorithm, space, params in cases:
         teacher = build_teacher(algorithm, space, params, 3)

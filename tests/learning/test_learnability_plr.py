@@ -1,4 +1,5 @@
-"""Learnability (SFL) and PLR on synthetic students in process (their checkpoints: test_alp_gmm_exp3.py)."""
+"""Learnability (SFL), PLR and the learning-progress bandit on synthetic students in process (their
+checkpoints: test_alp_gmm_exp3.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ TASKS = DiscreteTaskSpace(tasks=[{"name": f"t{i}", "values": [float(i)]} for i i
 
 
 def test_both_are_registered():
-    assert {"learnability", "plr"} <= set(REGISTRY)
+    assert {"learnability", "plr", "learning-progress"} <= set(REGISTRY)
 
 
 def test_learnability_proposes_the_tasks_solved_about_half_the_time_and_follows_a_learning_student():
@@ -103,3 +104,30 @@ def test_bad_parameters_are_refused():
     for algorithm, params in [("plr", {"temperature": 0}), ("learnability", {"explore": 2}), ("plr", {"x": 1})]:
         with pytest.raises(pydantic.ValidationError):
             build_teacher(algorithm, space, params, 0)
+
+
+def test_learning_progress_follows_the_tasks_being_learned():
+    space = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(20)]))
+    teacher = build_teacher("learning-progress", space, {}, 0)
+    rng = np.random.default_rng(0)
+    skill = np.zeros(20)
+
+    # Tasks 0-3 are learned with practice (success probability +0.05 per episode on them), 4-7 are coin
+    # flips that never change, the rest are always failed or always solved.
+    def success(i, t):
+        if i < 4:
+            skill[i] = min(skill[i] + 0.05, 1.0)
+            return float(rng.random() < skill[i])
+        return float(rng.random() < (0.5 if i < 8 else 0.0 if i < 14 else 1.0))
+
+    tasks = np.array(run(teacher, success, 800))
+    assert np.mean(tasks[400:] < 4) > 0.4, np.mean(tasks[400:] < 4)  # uniform: 0.2
+    # Coin flips look like progress too (the averages' noise): early on they take most proposals.
+    assert np.mean((tasks[:200] >= 4) & (tasks[:200] < 8)) > 0.4
+    state = teacher.describe()
+    assert abs(sum(state["probabilities"]) - 1) < 1e-9
+    json.dumps(state)
+    with pytest.raises(ValueError, match="discrete task space"):
+        build_teacher("learning-progress", build_task_space(BoxTaskSpace(low=[0], high=[1])), {}, 0)
+    with pytest.raises(pydantic.ValidationError, match="must be below fast_rate"):
+        build_teacher("learning-progress", space, {"fast_rate": 0.01}, 0)

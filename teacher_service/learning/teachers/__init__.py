@@ -11,6 +11,7 @@ from teacher_service.learning.teachers.env_default import EnvDefaultTeacher
 from teacher_service.learning.teachers.exp3 import Exp3Teacher
 from teacher_service.learning.teachers.gradnorm_reinforce import GradNormReinforceTeacher
 from teacher_service.learning.teachers.learnability import LearnabilityTeacher
+from teacher_service.learning.teachers.learning_progress import LearningProgressTeacher
 from teacher_service.learning.teachers.plr import PLRTeacher
 from teacher_service.learning.teachers.random_teacher import RandomTeacher
 
@@ -22,6 +23,7 @@ TEACHERS: list[type[Teacher]] = [
     Exp3Teacher,
     LearnabilityTeacher,
     PLRTeacher,
+    LearningProgressTeacher,
 ]
 REGISTRY: dict[str, type[Teacher]] = {cls.name: cls for cls in TEACHERS}
 
