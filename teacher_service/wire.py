@@ -249,7 +249,7 @@ class ItemError(WireModel):
     """Why one item of a batch was refused: the status and detail the single verb would have answered."""
 
     status: int
-    detail: Any
+    detail: Any = Field(description="For 422 a list of {loc, msg, type}, for other statuses a message.")
 
 
 class ProposeBatchRequest(WireModel):

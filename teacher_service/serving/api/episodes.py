@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from teacher_service import wire
 from teacher_service.serving.api.deps import get_hub, run_in_request_thread
-from teacher_service.serving.hub import TeacherHub, validation_message
+from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_student
 from teacher_service.serving.infra.errors import ApiError, BadRequest
 
@@ -34,20 +34,22 @@ async def report(request: Request, body: wire.ReportRequest, hub: TeacherHub = D
 def each_item(hub: TeacherHub, items: list[dict[str, Any]], model: type[pydantic.BaseModel],
               verb: Callable[[list], list]) -> list[tuple[Any, wire.ItemError | None]]:
     """Validate each item on its own, run the valid ones through the hub's batch verb (one transaction):
-    (result, None) or (None, error) per item, in order."""
+    (result, None) or (None, error) per item, in order; an error as the single verb would answer it."""
     limit = hub.settings.max_batch_items
     if len(items) > limit:
-        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it")
+        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("items",))
     parsed: list[Any] = []
     for item in items:
         try:
             parsed.append(model.model_validate(item))
         except pydantic.ValidationError as exc:
-            parsed.append(BadRequest(validation_message(exc)))
-    answers = iter(verb([p for p in parsed if not isinstance(p, ApiError)]))
-    results = [p if isinstance(p, ApiError) else next(answers) for p in parsed]
+            problems = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+            parsed.append(wire.ItemError(status=422, detail=problems))
+    answers = iter(verb([p for p in parsed if not isinstance(p, wire.ItemError)]))
+    results = [p if isinstance(p, wire.ItemError) else next(answers) for p in parsed]
     return [
-        (None, wire.ItemError(status=r.status_code, detail=r.detail)) if isinstance(r, ApiError) else (r, None)
+        (None, wire.ItemError(status=r.status_code, detail=r.body()["detail"])) if isinstance(r, ApiError)
+        else (None, r) if isinstance(r, wire.ItemError) else (r, None)
         for r in results
     ]
 
