@@ -425,11 +425,11 @@ class Inspector:
             columns = [cast(signal_column(n, adroit), Float) for n in names]
             rows = session.execute(
                 select(Proposal.task_index, Proposal.task_values, *columns)
-                .where(Proposal.curriculum_id == row.id, Proposal.reported_at.is_not(None),
-                       Proposal.task_values.is_not(None))
+                .where(Proposal.curriculum_id == row.id, Proposal.reported_at.is_not(None))
                 .order_by(Proposal.reported_at.desc(), Proposal.seq.desc())
                 .limit(last)
             ).all()[::-1]  # in report order
+        rows = [r for r in rows if r.task_values is not None]  # a JSON null, which SQL's IS NULL does not see
         box = isinstance(space, BoxSpace)
         if box:
             tasks = grid_cells(space.features_of_values([r.task_values for r in rows]), bins) if rows else []

@@ -64,7 +64,7 @@ def test_miniature_grid_end_to_end(tmp_path):
     out = tmp_path / "exp"
     argv = ["--env", "PointMaze_UMazeDense-v3", "--conditions", "env-default", "gradnorm-mean", "--seeds", "0", "1",
             "--steps", "300", "--eval-every", "150", "--eval-episodes", "1", "--learning-starts", "100",
-            "--random-steps", "100", "--params", 'gradnorm-mean={"batch_size": 1, "horizon": 1}',
+            "--random-steps", "100", "--params", 'gradnorm-mean={"batch_size": 2, "horizon": 1}',
             "--parallel", "2", "--out", str(out)]
     with pytest.raises(SystemExit) as exit_info:
         runner.main(argv)
@@ -78,6 +78,12 @@ def test_miniature_grid_end_to_end(tmp_path):
         proposals = list(csv.DictReader(f))
     assert proposals and {r["condition"] for r in proposals} == {"gradnorm-mean"}  # env-default proposes no task
     assert "| gradnorm-mean | 2 | " in (out / "summary.md").read_text()
+    with open(out / "informativeness.csv") as f:
+        figures = list(csv.DictReader(f))
+    # One row per run and signal; runs this short have too few episodes for figures (README: at least 10).
+    assert {(r["condition"], r["seed"], r["signal"]) for r in figures} == {
+        (c, s, signal) for c in ("env-default", "gradnorm-mean") for s in ("0", "1") for signal in runner.INFORMATIVENESS_SIGNALS}
+    assert "## How informative is each signal about the task?" in (out / "summary.md").read_text()
     for png in ("learning_curves.png", "teacher_proposals.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
@@ -105,3 +111,13 @@ def test_teacher_proposals_reproducible(tmp_path):
         return (out / "proposals.csv").read_text()
 
     assert proposals(tmp_path / "a") == proposals(tmp_path / "b")
+
+
+def test_informativeness_table_averages_over_runs(tmp_path):
+    path = tmp_path / "informativeness.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(stats.INFORMATIVENESS_COLUMNS)
+        writer.writerows([["a", 0, "success", 50, 4, 0.3, 0.25, 0.01], ["a", 1, "success", 50, 4, 0.1, 0.05, 0.2],
+                          ["env-default", 0, "success", 0, 0, "", "", ""]])
+    assert "| success | 2 | 0.200 | 0.150 | 1/2 |" in stats.informativeness_table(path)

@@ -49,5 +49,10 @@ def test_box_tasks_by_grid_cells_and_bad_queries(service):
     assert body["grouping"] == "grid of 2 cells per dimension" and 2 <= body["signals"]["grad_norm_mean"]["tasks"] <= 4
     assert body["signals"]["grad_norm_mean"]["r2"] > 0.5
     assert client.get("/curricula/nope/informativeness").status_code == 404
+    # No task to tell apart: env-default proposes none.
+    client.post("/curricula", json={"name": "own", "task_space": TASKS, "teacher": {"algorithm": "env-default"}})
+    episode(client, "own", lambda task: {"episode_return": 1.0})
+    body = client.get("/curricula/own/informativeness").json()
+    assert body["episodes"] == 0 and body["signals"]["episode_return"]["r2"] is None
     for bad in ({"bins": 0}, {"last": 5}, {"permutations": 10**6}, {"signal": "nope"}):
         assert client.get("/curricula/box/informativeness", params=bad).status_code == 422, bad

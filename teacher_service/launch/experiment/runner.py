@@ -65,6 +65,9 @@ CONDITIONS = {
     "learnability": Condition("learnability", "success"),
     "plr": Condition("plr", "positive_value_loss"),
 }
+# Signals whose informativeness about the task each run's summary reports.
+INFORMATIVENESS_SIGNALS = ["grad_norm_mean", "grad_norm_episode", "grad_norm_local", "critic_grad_norm_local",
+                           "positive_value_loss", "episode_return", "success"]
 DEFAULT_CONDITIONS = ["env-default", "random", "gradnorm-mean", "gradnorm-episode"]
 # Changing these would mix incomparable runs in one output directory.
 FIXED = ("env", "steps", "eval_every", "eval_episodes", "preset", "learning_starts", "random_steps", "params")
@@ -264,6 +267,16 @@ class Experiment:
                     step += item["signals"]["env_steps"] or 0
                     if item["task_values"] is not None:
                         writer.writerow([condition, seed, step, json.dumps(item["task_values"])])
+        with open(self.out / "informativeness.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(stats.INFORMATIVENESS_COLUMNS)
+            for condition, seed in done:
+                r = httpx.get(f"{self.url}/curricula/{run_name(condition, seed)}/informativeness",
+                              params={"signal": INFORMATIVENESS_SIGNALS}, headers=self.headers(), timeout=120)
+                r.raise_for_status()
+                for signal, figures in r.json()["signals"].items():
+                    writer.writerow([condition, seed, signal, figures["reports"], figures["tasks"],
+                                     *("" if figures[k] is None else figures[k] for k in ("r2", "adjusted_r2", "p_value"))])
 
     # ------------------------------------------------------------ all of it
 
@@ -323,6 +336,9 @@ def analyze(out: Path, threshold: float, console: Console) -> None:
               f"per run, evaluation every {config['eval_every']} steps ({config['eval_episodes']} episodes), "
               f"SAC preset {config['preset']}\n\n")
     text = header + stats.markdown_table(summaries, threshold, config["steps"])
+    if (out / "informativeness.csv").exists():
+        text += "\n## How informative is each signal about the task?\n\n"
+        text += stats.informativeness_table(out / "informativeness.csv")
     (out / "summary.md").write_text(text)
     console.print(text)
     plots.learning_curves(curves, out / "learning_curves.png", threshold)

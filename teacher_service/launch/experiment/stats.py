@@ -139,3 +139,28 @@ def markdown_table(summaries: list[ConditionSummary], threshold: float, budget: 
         "(trapezoids between the first and the last evaluation).",
     ]
     return "\n".join(lines) + "\n"
+
+
+INFORMATIVENESS_COLUMNS = ("condition", "seed", "signal", "episodes", "tasks", "r2", "adjusted_r2", "p_value")
+
+
+def informativeness_table(path: Path) -> str:
+    """Per signal over the runs that have figures (GET /curricula/{name}/informativeness of each run):
+    mean R^2 and adjusted R^2 of per-task means on detrended values, and how many runs had p < 0.05."""
+    by_signal: dict[str, list[dict]] = {}
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            if row["r2"]:
+                by_signal.setdefault(row["signal"], []).append(row)
+    lines = ["| signal | runs | mean R^2 | mean adjusted R^2 | runs with p < 0.05 |", "|---|---|---|---|---|"]
+    for signal, rows in by_signal.items():
+        r2 = np.mean([float(r["r2"]) for r in rows])
+        adjusted = np.mean([float(r["adjusted_r2"]) for r in rows])
+        significant = sum(float(r["p_value"]) < 0.05 for r in rows)
+        lines.append(f"| {signal} | {len(rows)} | {r2:.3f} | {adjusted:.3f} | {significant}/{len(rows)} |")
+    lines += [
+        "",
+        "Share of each signal's variance explained by the proposed task once its trend over training is removed "
+        "(README \"How informative is a reward?\"); runs without tasks (env-default) or with too few reports have none.",
+    ]
+    return "\n".join(lines) + "\n"
