@@ -66,6 +66,9 @@ class Runtime:
     teacher: Teacher
     version: int = -1  # -1: state not loaded yet, or in doubt
     lock: FifoLock = field(default_factory=FifoLock)
+    # The updater's copy, which learns while `teacher` goes on proposing (see updater.py); its version.
+    learner: Teacher | None = None
+    learner_version: int = -1
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
@@ -260,9 +263,13 @@ class TeacherHub:
                 teacher.update(batch)
         # Every replica loading this checkpoint would draw the same proposals until the next update;
         # a seed from the replica's id keeps them apart and stays reproducible for one replica.
+        self.reseed(runtime, version)
+        runtime.version = version
+
+    def reseed(self, runtime: Runtime, version: int) -> None:
+        """Seed the teacher's generator from the curriculum's seed, the version and this replica."""
         salt = hashlib.sha256(f"{runtime.spec.seed}:{version}:{self.settings.replica_id}".encode()).digest()
         runtime.teacher.generator.manual_seed(int.from_bytes(salt[:8], "little") >> 1)
-        runtime.version = version
 
     # ------------------------------------------------------------------ propose
 

@@ -2,9 +2,10 @@
 
 A report that completes a batch numbers it (the teacher version that will have learned from it, stored
 as the batch's `consumed_version`) in its own transaction and is answered; this thread then applies batch
-N = stored version + 1: it reads the batch's committed rows, updates the teacher in memory under the
-teacher's lock, and stores version N, the checkpoint and the `teacher_updates` row in one transaction
-that only succeeds if the stored version is still N - 1. So each batch is applied exactly once and in order,
+N = stored version + 1: it reads the batch's committed rows, updates a copy of the teacher (proposals go on
+from the teacher meanwhile: a propose changes nothing but the generator, as checkpoints already assume),
+and stores version N, the checkpoint and the `teacher_updates` row in one transaction that only succeeds if
+the stored version is still N - 1; then the copy becomes the teacher. So each batch is applied exactly once and in order,
 across replicas too: of two replicas applying the same batch, one stores it and the other reloads it.
 Nothing lives only in memory: after a crash or restart, the batches numbered but not applied are found in
 the committed rows (`pending_curricula`) and applied.
@@ -153,33 +154,41 @@ class Updater:
                 runtime = hub.runtime_by_id(cursor, curriculum_id)
                 with runtime.lock:
                     hub.sync(cursor, runtime, row.teacher_version)
-                    # Unlabeled while update() runs: if it fails half-way, the next use reloads the checkpoint.
-                    runtime.version = -1
-                    stats = runtime.teacher.update(batch)
-                    # A teacher may checkpoint every few updates: the ones since are replayed on load (hub.sync).
-                    if version % runtime.teacher.checkpoint_every == 0:
-                        statement, params = "store_update", {"state": runtime.teacher.state_bytes()}
-                    else:
-                        statement, params = "store_update_without_checkpoint", {}
-                    # Until stored, proposals go on from the updated teacher labeled with the stored version
-                    # (a proposal records the input the teacher learns from, whichever version made it);
-                    # the commit is not waited for under the teacher's lock.
-                    runtime.version = row.teacher_version
+                    if runtime.version != row.teacher_version:
+                        continue  # another replica stored this version since `row` was read
+                    if runtime.learner_version != runtime.version:
+                        _, runtime.learner = hub.build(runtime.spec)
+                        runtime.learner.load_state_bytes(runtime.teacher.state_bytes())
+                        runtime.learner_version = runtime.version
+            # The copy learns without the teacher's lock: proposals go on from the teacher meanwhile.
+            learner, runtime.learner_version = runtime.learner, -1  # in doubt until swapped in below
+            stats = learner.update(batch)
+            # A teacher may checkpoint every few updates: the ones since are replayed on load (hub.sync).
+            state = learner.state_bytes() if version % learner.checkpoint_every == 0 else None
 
             def store(tx: Tx) -> bool:
                 ids = {"curriculum_id": curriculum_id, "version": version}
-                if driver.execute(tx.cursor, statement, {**ids, **params}).rowcount != 1:
+                if state is None:
+                    changed = driver.execute(tx.cursor, "store_update_without_checkpoint", ids).rowcount
+                else:
+                    changed = driver.execute(tx.cursor, "store_update", {**ids, "state": state}).rowcount
+                if changed != 1:
                     return False  # another replica stored this version first
                 driver.execute(tx.cursor, "insert_update",
                                {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
                 return True
 
-            stored = False
-            try:
-                stored = hub.committer.call(store)
-            finally:
-                with runtime.lock:
-                    # Labeled with the new version only once committed; else reloaded on next use.
-                    runtime.version = version if stored else -1
-            if stored:
-                metrics.UPDATES.labels(row.name).inc()
+            stored = hub.committer.call(store)
+            if not stored:
+                continue  # the next round reloads the stored teacher
+            with runtime.lock:  # stored: the updated copy becomes the teacher that proposes
+                previous, runtime.teacher = runtime.teacher, learner
+                hub.reseed(runtime, version)  # not the copy's stream, which repeats the previous one's draws
+                runtime.version = version
+            # The previous teacher becomes the next copy: bring it to this version.
+            if state is not None:
+                previous.load_state_bytes(state)
+            else:
+                previous.update(batch)
+            runtime.learner, runtime.learner_version = previous, version
+            metrics.UPDATES.labels(row.name).inc()

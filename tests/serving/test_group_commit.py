@@ -26,6 +26,14 @@ SPEC = {"name": "cur", "task_space": TASKS,
         "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
 
 
+def sqlite_hub(data_dir) -> TeacherHub:
+    """A hub in this process on a fresh SQLite file in `data_dir` (its threads start on first use)."""
+    settings = Settings(data_dir=data_dir)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+    return TeacherHub(settings, engine)
+
+
 def hold_the_writer(hub: TeacherHub) -> threading.Event:
     """Occupy the writer thread until the returned event is set, so that the jobs submitted meanwhile queue."""
     started, gate = threading.Event(), threading.Event()
@@ -35,10 +43,7 @@ def hold_the_writer(hub: TeacherHub) -> threading.Event:
 
 
 def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_path):
-    settings = Settings(data_dir=tmp_path)
-    engine = make_engine(settings.resolved_database_url())
-    create_tables(engine)
-    hub = TeacherHub(settings, engine)
+    hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     curriculum_id = 1  # the first curriculum of a fresh database
 
@@ -117,10 +122,7 @@ def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batc
 
 def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
     """Reports number batches in their own transaction; the updates run later, from the committed rows."""
-    settings = Settings(data_dir=tmp_path)
-    engine = make_engine(settings.resolved_database_url())
-    create_tables(engine)
-    hub = TeacherHub(settings, engine)
+    hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.updater.notify = lambda curriculum_id: None  # this process "dies" before applying anything
     proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(6)])
@@ -130,7 +132,7 @@ def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
     assert hub.get_curriculum("cur").teacher_version == 0
     hub.committer.close()
 
-    restarted = TeacherHub(settings, engine)
+    restarted = TeacherHub(hub.settings, hub.engine)
     restarted.start()
     wait_until(lambda: restarted.get_curriculum("cur").teacher_version == 3, 30, "the numbered updates")
     restarted.close()
@@ -143,10 +145,7 @@ def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
 
 def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored_reports(tmp_path):
     """ALP-GMM's checkpoint holds its history: stored every 50 updates, the updates since are replayed."""
-    settings = Settings(data_dir=tmp_path)
-    engine = make_engine(settings.resolved_database_url())
-    create_tables(engine)
-    hub = TeacherHub(settings, engine)
+    hub = sqlite_hub(tmp_path)
     hub.start()
     spec = {"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
             "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}}, "reward_signal": "episode_return"}
@@ -164,7 +163,7 @@ def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored
 
     with hub.sessions() as session:
         live = hub.runtime(hub.curriculum_row(session, "alp")).teacher.describe()
-    restarted = TeacherHub(settings, engine)
+    restarted = TeacherHub(hub.settings, hub.engine)
     with restarted.sessions() as session:
         row = restarted.curriculum_row(session, "alp")
         with restarted.current_teacher(session, row) as teacher:
