@@ -55,7 +55,8 @@ def quartiles(values: list[float], sign: str = "") -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ray-address", default=None, help="an existing cluster (default: RAY_ADDRESS, ray start's, or a new one)")
+    p.add_argument("--ray-address", default=None,
+                   help="an existing cluster (default: RAY_ADDRESS, ray start's, or a new one)")
     p.add_argument("--runs", type=int, default=10, help="timed runs per launcher")
     args = p.parse_args()
 

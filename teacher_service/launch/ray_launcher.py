@@ -100,9 +100,9 @@ class RayLauncher(Launcher):
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise SystemExit(f"{who}: cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {exc} (a cluster "
-                             "with token authentication needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN "
-                             "or ~/.ray/auth_token)") from None
+            raise SystemExit(f"{who}: cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {exc} "
+                             "(a cluster with token authentication needs RAY_AUTH_MODE=token and its token in "
+                             "RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
         here = ray.util.get_node_ip_address()
         others = sorted({n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} - {here})
         if service_on_loopback and others:
