@@ -10,14 +10,14 @@ count, while contention for caches still does.
 2. Training env steps/s per core with the environment stepping included: one student per process
    (the single SAC) against K = 1, 4, 8, 16 students in one process (EnsembleSAC, K envs, one
    update of all K per step), for the `small` preset (2x64, batch 64: what acl-experiment runs) and
-   the PointMaze preset. Each configuration runs in a fresh process (its resident memory is its
-   own), in interleaved rounds; replay buffers are sized to the run.
+   the PointMaze preset, in interleaved rounds; resident memory per student from a fresh process per
+   configuration; replay buffers sized to the run.
 
 Targets (issue #14): ours >= 1.5x SB3; K=8 in one process >= 4x the env steps per core of one
 student per process. The last line is for tools; its K=8 figure is the first preset's.
 
-    .venv/bin/python bench/student_speed.py [--updates 300] [--rounds 5] [--compile] [--steps 300]
-        [--train-rounds 2] [--presets small pointmaze] [--members 1 4 8 16]
+    .venv/bin/python bench/student_speed.py [--updates 300] [--rounds 5] [--compile] [--steps 100]
+        [--train-rounds 6] [--presets small pointmaze] [--members 1 4 8 16]
 """
 
 from __future__ import annotations
@@ -142,78 +142,100 @@ def updates_vs_sb3(args: argparse.Namespace) -> float:
 # ---------------------------------------------------------------- part 2: training, K students per process
 
 
-def train(preset: str, members: int | None, steps: int) -> dict:
-    """Train ``members`` students (None: the single SAC) on PointMaze for ``steps`` steps after a warm-up;
-    runs in its own process. Returns env steps/s of the process and its resident memory."""
+class Training:
+    """``members`` students (None: the single SAC) training on PointMaze as the worker does: act, step the
+    envs, store, one update (of all members) per step. ``run(n)`` continues where the last call stopped."""
+
+    def __init__(self, preset: str, members: int | None, capacity: int) -> None:
+        self.config = config = PRESETS[preset]()
+        self.members = members
+        seeds = list(range(members or 1))
+        self.envs = [make_env(ENV_ID) for _ in seeds]
+        env = self.envs[0]
+        args = (env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high, config)
+        self.agent = SAC(*args) if members is None else EnsembleSAC(*args, seeds=seeds)
+        self.buffer = make_buffer(config, capacity, env.obs_dim, env.act_dim, seed=seeds if members else 0)
+        for e, seed in zip(self.envs, seeds):
+            e.action_space.seed(seed)
+        self.obs = np.stack([e.reset(seed=seed) for e, seed in zip(self.envs, seeds)])
+        self.warmup = config.batch_size + 20  # random actions until a batch is there, then a few updates
+        self.step = 0
+
+    def run(self, steps: int) -> None:
+        envs, agent, buffer, batch_size = self.envs, self.agent, self.buffer, self.config.batch_size
+        for _ in range(steps):
+            if self.step < batch_size:
+                actions = np.stack([e.action_space.sample() for e in envs]).astype(np.float32)
+            else:
+                actions = agent.act(self.obs) if self.members else agent.act(self.obs[0])[None]
+            results = [e.step(a) for e, a in zip(envs, actions)]
+            next_obs = np.stack([r[0] for r in results])
+            rewards = np.array([r[1] for r in results], dtype=np.float32)
+            terminated = np.array([r[2] for r in results])
+            if self.members:
+                buffer.add(self.obs, actions, rewards, next_obs, terminated)
+            else:
+                buffer.add(self.obs[0], actions[0], float(rewards[0]), next_obs[0], bool(terminated[0]))
+            for i, (e, r) in enumerate(zip(envs, results)):
+                if r[2] or r[3]:
+                    next_obs[i] = e.reset()
+            self.obs = next_obs
+            self.step += 1
+            if buffer.size >= batch_size:
+                agent.update(buffer.sample(batch_size))
+
+
+def resident_memory(preset: str, members: int | None, capacity: int) -> dict:
+    """Run in a fresh process: its resident memory once training runs, and the buffer's size."""
     torch.set_num_threads(1)
-    config = PRESETS[preset]()
-    k = members or 1
-    seeds = list(range(k))
-    envs = [make_env(ENV_ID) for _ in seeds]
-    env = envs[0]
-    warmup = config.batch_size + 20  # random actions until a batch is there, then a few timed-out updates
-    args = (env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high, config)
-    agent = SAC(*args) if members is None else EnsembleSAC(*args, seeds=seeds)
-    buffer = make_buffer(config, warmup + steps, env.obs_dim, env.act_dim, seed=seeds if members else 0)
-    for e, seed in zip(envs, seeds):
-        e.action_space.seed(seed)
-    obs = np.stack([e.reset(seed=seed) for e, seed in zip(envs, seeds)])
-    for t in range(warmup + steps):
-        if t == warmup:
-            start = time.process_time()
-        if t < config.batch_size:
-            actions = np.stack([e.action_space.sample() for e in envs]).astype(np.float32)
-        else:
-            actions = agent.act(obs) if members else agent.act(obs[0])[None]
-        results = [e.step(a) for e, a in zip(envs, actions)]
-        next_obs = np.stack([r[0] for r in results])
-        rewards = np.array([r[1] for r in results], dtype=np.float32)
-        terminated = np.array([r[2] for r in results])
-        if members:
-            buffer.add(obs, actions, rewards, next_obs, terminated)
-        else:
-            buffer.add(obs[0], actions[0], float(rewards[0]), next_obs[0], bool(terminated[0]))
-        for i, (e, r) in enumerate(zip(envs, results)):
-            if r[2] or r[3]:
-                next_obs[i] = e.reset()
-        obs = next_obs
-        if buffer.size >= config.batch_size:
-            agent.update(buffer.sample(config.batch_size))
-    elapsed = time.process_time() - start
+    training = Training(preset, members, capacity)
+    training.run(training.warmup + 10)
     rss_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith("VmRSS:"))
+    buffer = training.buffer
     buffer_bytes = sum(t.numel() * t.element_size()
                        for t in (buffer.obs, buffer.next_obs, buffer.actions, buffer.rewards, buffer.dones))
-    return {"steps_per_s": k * steps / elapsed, "rss_mb": rss_kb / 1024, "buffer_mb": buffer_bytes / 2**20}
+    return {"rss_mb": rss_kb / 1024, "buffer_mb": buffer_bytes / 2**20}
 
 
 def training_per_core(args: argparse.Namespace, preset: str) -> float:
-    """Print the K-students table; return K=8's env steps/s over one student per process."""
+    """Print the K-students table; return K=8's env steps/s over one student per process.
+
+    The rates come from one process that runs every configuration in turn, ``--steps`` steps at a
+    time for ``--train-rounds`` rounds: under a changing load, interleaving keeps the ratios fair. A
+    configuration's rate does not depend on what else lives in the process; its memory does, so
+    resident memory is measured in a fresh process per configuration.
+    """
     configs: list[int | None] = [None, *args.members]
-    results: dict[int | None, list[dict]] = {m: [] for m in configs}
+    capacity = PRESETS[preset]().batch_size + 20 + args.train_rounds * args.steps
+    trainings = {m: Training(preset, m, capacity) for m in configs}
+    for training in trainings.values():
+        training.run(training.warmup)
+    rates: dict[int | None, list[float]] = {m: [] for m in configs}
     for _ in range(args.train_rounds):
-        for members in configs:
-            cmd = [sys.executable, __file__, "--child", str(members or 0), "--preset", preset,
-                   "--steps", str(args.steps)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[members].append(json.loads(out.strip().splitlines()[-1]))
-    single = statistics.median(r["steps_per_s"] for r in results[None])
+        for members, training in trainings.items():
+            start = time.process_time()
+            training.run(args.steps)
+            rates[members].append((members or 1) * args.steps / (time.process_time() - start))
+    memory = {}
+    for members in configs:
+        cmd = [sys.executable, __file__, "--child", str(members or 0), "--preset", preset, "--steps", str(capacity)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        memory[members] = json.loads(out.strip().splitlines()[-1])
+    single = statistics.median(rates[None])
     config = PRESETS[preset]()
     print(f"\nTraining on {ENV_ID}, preset {preset} ({'x'.join(map(str, config.hidden))} {config.activation}, "
-          f"batch {config.batch_size}), one update per env step, env stepping included, 1 thread per process, "
-          f"{args.steps} steps per process after warm-up, {args.train_rounds} rounds, median")
+          f"batch {config.batch_size}), one update per env step, env stepping included, 1 thread, "
+          f"{args.train_rounds} interleaved rounds of {args.steps} steps, median")
     print(f"{'configuration':<26}{'env steps/s':>12}{'min':>9}{'max':>9}{'vs single':>11}"
           f"{'RSS/student':>13}{'buffer/student':>16}")
     for members in configs:
-        rates = [r["steps_per_s"] for r in results[members]]
-        rate = statistics.median(rates)
-        k = members or 1
-        rss = statistics.median(r["rss_mb"] for r in results[members]) / k
-        buffer = results[members][0]["buffer_mb"] / k
+        rate, k = statistics.median(rates[members]), members or 1
         name = "single SAC, 1 per process" if members is None else f"ensemble K={members}, 1 process"
-        print(f"{name:<26}{rate:>12.0f}{min(rates):>9.0f}{max(rates):>9.0f}{rate / single:>10.2f}x"
-              f"{rss:>10.0f} MB{buffer:>13.2f} MB")
-    return statistics.median(r["steps_per_s"] for r in results[8]) / single if 8 in results else float("nan")
+        print(f"{name:<26}{rate:>12.0f}{min(rates[members]):>9.0f}{max(rates[members]):>9.0f}"
+              f"{rate / single:>10.2f}x{memory[members]['rss_mb'] / k:>10.0f} MB"
+              f"{memory[members]['buffer_mb'] / k:>13.2f} MB")
+    return statistics.median(rates[8]) / single if 8 in rates else float("nan")
 
 
 def main() -> None:
@@ -222,8 +244,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of part 1")
     parser.add_argument("--transitions", type=int, default=5000)
     parser.add_argument("--compile", action="store_true", help="also measure the torch.compiled update (part 1)")
-    parser.add_argument("--steps", type=int, default=300, help="timed env steps per process (part 2)")
-    parser.add_argument("--train-rounds", type=int, default=2, help="rounds of part 2")
+    parser.add_argument("--steps", type=int, default=100, help="env steps per configuration and round (part 2)")
+    parser.add_argument("--train-rounds", type=int, default=6, help="rounds of part 2")
     parser.add_argument("--members", type=int, nargs="+", default=list(MEMBERS), help="K values of part 2")
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["small", "pointmaze"],
                         help="SAC presets of part 2")
@@ -231,7 +253,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(train(args.preset, args.child or None, args.steps)))
+        print(json.dumps(resident_memory(args.preset, args.child or None, args.steps)))
         return
     torch.set_num_threads(1)
     vs_sb3 = updates_vs_sb3(args)
