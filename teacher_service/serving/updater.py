@@ -178,10 +178,14 @@ class Updater:
                                {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
                 return True
 
-            stored = hub.committer.call(store)
-            if not stored:
+            if not hub.committer.call(store):
                 continue  # the next round reloads the stored teacher
+            metrics.UPDATES.labels(row.name).inc()
             with runtime.lock:  # stored: the updated copy becomes the teacher that proposes
+                if runtime.version >= version:
+                    # A request saw version N stored first and loaded it: the copy, at N too, stays the copy.
+                    runtime.learner, runtime.learner_version = learner, version
+                    continue
                 previous, runtime.teacher = runtime.teacher, learner
                 hub.reseed(runtime, version)  # not the copy's stream, which repeats the previous one's draws
                 runtime.version = version
@@ -191,4 +195,3 @@ class Updater:
             else:
                 previous.update(batch)
             runtime.learner, runtime.learner_version = previous, version
-            metrics.UPDATES.labels(row.name).inc()
