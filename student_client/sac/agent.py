@@ -43,7 +43,7 @@ class SACConfig:
     buffer_size: int = 1_000_000
     random_steps: int = 5_000  # uniform random actions before the policy acts
     learning_starts: int = 10_000  # first gradient update; then one update per env step
-    compile: bool = False  # torch.compile the update: ~1.15x the updates/s after ~1 min of compiling
+    compile: bool = False  # torch.compile the update: 0.96x to 1.16x eager measured, after ~1 min of compiling
 
 
 @dataclass
