@@ -31,8 +31,9 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 # One condition that proposes tasks (so proposals.csv has rows), two seeds; 300 steps is one PointMaze episode.
 GRID = ["--env", "PointMaze_UMazeDense-v3", "--conditions", "random", "--eval-episodes", "1",
         "--learning-starts", "250", "--random-steps", "100"]
-# The cluster listens beyond loopback (Ray swaps 127.0.0.1 for the machine's address): only with this token.
-AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+# Ray swaps 127.0.0.1 for the machine's own address unless told that this is a one-machine cluster
+# (the switch it uses on macOS and Windows); some of its servers bind every interface, so a token too.
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def test_only_the_ray_launcher_imports_ray():
