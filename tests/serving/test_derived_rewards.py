@@ -99,3 +99,22 @@ def test_gradient_norms_normalized_by_the_recent_mean(service):
         assert abs(reward - expected) < 1e-9, (step, reward, expected)
     assert reward < 2
 
+
+
+def test_stopped_and_abandoned_episodes_are_no_earlier_report(service):
+    """A cut episode's partial return and gradients are neither progressed from nor a scale for others."""
+    client = service.client()
+    one_task = {"kind": "discrete", "tasks": [{"name": "only"}]}
+    create(client, "progress", one_task, "return_progress")
+    create(client, "scale", one_task, "grad_norm_mean_normalized")
+    for name, first, cut, last, expected in [
+        ("progress", {"episode_return": 10.0}, {"episode_return": -50.0}, {"episode_return": 12.0}, 2.0),
+        ("scale", {"grad_norm_mean": 2.0}, {"grad_norm_mean": 100.0}, {"grad_norm_mean": 6.0}, 1.5),
+    ]:
+        report(client, propose(client, name), first)
+        for outcome in ("stopped", "abandoned"):
+            proposal = propose(client, name)
+            body = {"proposal_id": proposal["proposal_id"], "student_id": "s", "signals": cut, "outcome": outcome}
+            response = client.post("/report", json=body)
+            assert response.status_code == 200 and response.json()["reward"] is None, response.text
+        assert report(client, propose(client, name), last) == pytest.approx(expected)

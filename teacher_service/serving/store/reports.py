@@ -16,7 +16,9 @@ from teacher_service.serving.store.tables import Proposal
 
 
 def earlier_reports(proposal: Row, *columns):
-    """The curriculum's reported proposals other than this one, the most recently reported first."""
+    """The curriculum's reported proposals other than this one, the most recently reported first.
+    Callers skip stopped and abandoned episodes (an `outcome` in their signals): a cut episode's
+    return or gradients are not a finished episode's."""
     return (
         select(*columns)
         .where(
@@ -45,7 +47,7 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
         previous = [
             (row.task_values, row.signals["episode_return"])
             for row in conn.execute(query)
-            if row.signals.get("episode_return") is not None
+            if row.signals.get("episode_return") is not None and "outcome" not in row.signals
         ]
         return rewards.return_progress(space, proposal.task_values, signals.episode_return, previous)
     if reward_signal in rewards.DERIVED_SIGNALS:
@@ -54,5 +56,7 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
         if value is None:
             return None
         earlier = conn.scalars(earlier_reports(proposal, Proposal.signals).limit(rewards.SCALE_WINDOW - 1))
-        return rewards.normalized(value, [s[name] for s in earlier if s.get(name) is not None])
+        return rewards.normalized(
+            value, [s[name] for s in earlier if s.get(name) is not None and "outcome" not in s]
+        )
     return signals.value(reward_signal)
