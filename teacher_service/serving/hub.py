@@ -299,7 +299,7 @@ class TeacherHub:
         if rows:
             try:
                 self.write(insert_proposals)
-            except IntegrityError:  # a curriculum was deleted meanwhile
+            except (IntegrityError, self.engine.dialect.dbapi.IntegrityError):  # a curriculum was deleted meanwhile
                 return [r if isinstance(r, ApiError) else NotFound(f"curriculum {r.curriculum!r} not found")
                         for r in results]
         for result in results:

@@ -168,3 +168,21 @@ def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored
         row = restarted.curriculum_row(session, "alp")
         with restarted.current_teacher(session, row) as teacher:
             assert teacher.describe() == live and teacher.updates == 70 and teacher.fits == 3
+
+
+def test_a_proposal_for_a_curriculum_deleted_after_the_decision_is_a_404(tmp_path, monkeypatch):
+    """The race of a propose with a delete on another replica, injected between deciding and storing."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    write = hub.write
+
+    def delete_first(job):
+        with sqlite3.connect(tmp_path / "teacher.db") as db:  # as another process would
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("DELETE FROM curricula")
+        return write(job)
+
+    monkeypatch.setattr(hub, "write", delete_first)
+    (result,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+    assert result.status_code == 404 and "cur" in result.detail
+    hub.close()
