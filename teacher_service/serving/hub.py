@@ -141,6 +141,12 @@ class TeacherHub:
         if spec.teacher.algorithm not in REGISTRY:
             known = ", ".join(sorted(REGISTRY))
             raise BadRequest(f"unknown teacher algorithm {spec.teacher.algorithm!r}: known are {known}")
+        teacher_class = REGISTRY[spec.teacher.algorithm]
+        if not teacher_class.accepts_reward_signal(spec.reward_signal):
+            raise BadRequest(
+                f"teacher {spec.teacher.algorithm!r} learns from {' or '.join(teacher_class.reward_signals)}, "
+                f"not reward_signal {spec.reward_signal!r}"
+            )
         try:
             teacher = build_teacher(spec.teacher.algorithm, space, spec.teacher.params, spec.seed)
         except pydantic.ValidationError as exc:
@@ -361,6 +367,8 @@ class TeacherHub:
             if len(given.last_task) != space.feature_dim:
                 raise BadRequest(f"context.last_task must have {space.feature_dim} values for this task space")
             return Context(given.last_return, space.features_of_values(given.last_task))
+        if given is not None and given.last_return is not None:  # the student's word, even without a task
+            return Context(given.last_return, None)
         last = self.driver.one(
             cursor, "last_report_of_student", {"curriculum_id": runtime.curriculum_id, "student_id": request.student_id}
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sqlite3
 import stat
@@ -145,6 +147,8 @@ def test_bad_curricula_are_rejected_and_change_nothing(service):
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"lr": -1}}}, 422, "teacher.params: lr"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"typo": 1}}}, 422, "typo"),
         ({"name": "x", "task_space": TASKS, "reward_signal": "loss"}, 422, "unknown reward_signal 'loss'"),
+        ({"name": "x", "task_space": TASKS, "teacher": {"algorithm": "learnability"}, "reward_signal": "grad_norm_mean"},
+         422, "learns from success or extra.*, not reward_signal 'grad_norm_mean'"),
         ({"name": "x", "task_space": {"kind": "box", "low": [1], "high": [0]}}, 422, "every low must be below"),
         ({"name": "bad name!", "task_space": TASKS}, 422, "string_pattern_mismatch"),
         ({"name": "cur", "task_space": TASKS}, 409, "already exists"),
@@ -377,3 +381,20 @@ def test_data_dir_and_database_are_owner_only(tmp_path):
         assert stat.S_IMODE((data_dir / "teacher.db").stat().st_mode) == 0o600
     finally:
         os.umask(umask)
+
+
+def test_a_return_alone_is_the_context_the_teacher_sees(service):
+    """A student that sends only `last_return` is believed; without context the service looks up its last report."""
+    client = service.client()
+    create(client)
+    first = propose(client)
+    body = {"proposal_id": first["proposal_id"], "student_id": "s1", "signals": {"episode_return": 100.0}}
+    assert client.post("/report", json=body).status_code == 200
+    given = client.post("/propose", json={"curriculum": "cur", "student_id": "s1", "context": {"last_return": 5.0}})
+    looked_up = propose(client)
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        observation = {pid: json.loads(obs) for pid, obs in db.execute(
+            "select proposal_id, json_extract(teacher_input, '$.obs') from proposals")}
+    assert observation[given.json()["proposal_id"]] == pytest.approx([math.log1p(5.0), 1.0, 0.0])
+    last_task = first["task"]["index"] / 5 * 2 - 1  # the reported task's value (0..5) scaled to [-1, 1]
+    assert observation[looked_up["proposal_id"]] == pytest.approx([math.log1p(100.0), 1.0, last_task])

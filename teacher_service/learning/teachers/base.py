@@ -61,6 +61,14 @@ class Teacher:
     # updates made since from their stored batches (`updates` counts them): a teacher whose checkpoint grows
     # with its history need not rewrite it on every update.
     checkpoint_every: int = 1
+    # The reward signals this teacher can learn from, as "name" or "extra.*"; None: any.
+    reward_signals: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def accepts_reward_signal(cls, signal: str) -> bool:
+        if cls.reward_signals is None:
+            return True
+        return signal in cls.reward_signals or ("extra.*" in cls.reward_signals and signal.startswith("extra."))
 
     def __init__(self, space: TaskSpace, params: TeacherParams, seed: int) -> None:
         self.space = space

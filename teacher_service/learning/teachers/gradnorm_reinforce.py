@@ -117,8 +117,10 @@ class GradNormReinforceTeacher(Teacher):
     def observation(self, context: Context) -> list[float]:
         if not self.params.use_context:
             return [1.0]
-        if context.last_return is None or context.last_task_features is None:
+        if context.last_return is None:
             return [0.0, 0.0] + [0.0] * self.space.feature_dim
+        if context.last_task_features is None:  # a student that gave its return but not its task
+            return [signed_log(context.last_return), 1.0] + [0.0] * self.space.feature_dim
         return [signed_log(context.last_return), 1.0, *map(float, context.last_task_features)]
 
     def _distribution(self, obs: torch.Tensor) -> torch.distributions.Distribution:

@@ -3,9 +3,8 @@
 A task is worth practising when the student succeeds on it about half the time: the learnability
 p(1 - p) of its success rate p is largest at p = 1/2 and 0 for tasks always solved or never.
 
-- Reward: the curriculum's `reward_signal` must be `success` (a report's 0/1 outcome); values are
-  clipped to [0, 1], so a success rate reported as `extra.<name>` works too. Any other signal
-  makes this teacher meaningless; see README "More teachers and signals".
+- Reward: the curriculum's `reward_signal` must be `success` (a report's 0/1 outcome) or a rate in
+  [0, 1] reported as `extra.<name>` (values are clipped to [0, 1]); the service refuses others.
 - Tasks: a discrete space's tasks; a box is cut into a grid of `grid_bins` cells per dimension,
   a cell standing for its tasks, and a proposal is a uniform point inside the chosen cell.
 - Estimate, per task: decayed success and failure counts. Each report of the task multiplies both
@@ -41,6 +40,7 @@ class LearnabilityParams(TeacherParams):
 
 class LearnabilityTeacher(Teacher):
     name = "learnability"
+    reward_signals = ("success", "extra.*")  # a 0/1 outcome or a rate in [0, 1]
     Params = LearnabilityParams
 
     def __init__(self, space, params: LearnabilityParams, seed: int) -> None:

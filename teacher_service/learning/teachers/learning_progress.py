@@ -5,8 +5,8 @@ counts too). Two moving averages of each task's success, a fast and a slow one, 
 student; their gap |fast - slow| is the task's learning progress (LP): near 0 for a task whose
 success is steady, solved or not, and large while it climbs or falls.
 
-- Reward: the curriculum's `reward_signal` should be `success` (clipped to [0, 1]; a return
-  works too if it is scaled to [0, 1] by the student, e.g. as `extra.<name>`).
+- Reward: the curriculum's `reward_signal` must be `success` or a rate in [0, 1] reported as
+  `extra.<name>` (clipped to [0, 1]); the service refuses others.
 - Averages: per report of task i, fast_i += `fast_rate` (s - fast_i) and slow_i += `slow_rate`
   (s - slow_i); both start at the task's first outcome.
 - Propose: with probability `explore` a task uniformly; otherwise a task with probability
@@ -45,6 +45,7 @@ class LearningProgressParams(TeacherParams):
 
 class LearningProgressTeacher(Teacher):
     name = "learning-progress"
+    reward_signals = ("success", "extra.*")  # a 0/1 outcome or a rate in [0, 1]
     Params = LearningProgressParams
 
     def __init__(self, space, params: LearningProgressParams, seed: int) -> None:
