@@ -143,6 +143,13 @@ def test_compare_view_and_maze_curriculum(service, open_page, shots):
     assert page.locator("#internals .chart").count() >= 5
     assert "entropy" in page.text_content("#internals")
     assert page.locator("#internal-policy_loss").get_attribute("data-points") == "9"
+    # How informative each signal is, as the API computes it.
+    informative = client.get("/curricula/umaze-gradnorm/informativeness",
+                             params={"last": 2000, "permutations": 100}).json()["signals"]["grad_norm_mean"]
+    cells = page.locator('#informativeness tr[data-signal="grad_norm_mean"] td').all_text_contents()
+    assert informative["r2"] is not None
+    assert cells == ["grad_norm_mean", "36", str(informative["tasks"]), f"{informative['r2']:.3f}",
+                     f"{informative['adjusted_r2']:.3f}", f"{informative['p_value']:.3f}"]
     page.select_option("#student", "s2")
     page.wait_for_function("document.querySelector('#chart-student-grad').dataset.series.includes('critic_grad_norm_mean')")
     assert page.get_attribute("#chart-student-return", "data-points") == "12"

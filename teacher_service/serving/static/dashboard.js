@@ -412,6 +412,20 @@ async function loadUpdates(base, name) {
   { xLabel: "teacher version", height: 160 }));
 }
 
+function renderInformativeness(info) {
+  const fixed = (x, digits) => (x === null ? "-" : x.toFixed(digits));
+  $("informativeness").querySelector("tbody").replaceChildren(...Object.entries(info.signals)
+    .filter(([, r]) => r.reports > 0)
+    .map(([signal, r]) => {
+      const tr = document.createElement("tr");
+      tr.dataset.signal = signal;
+      for (const text of [signal, r.reports, r.tasks, fixed(r.r2, 3), fixed(r.adjusted_r2, 3), fixed(r.p_value, 3)]) {
+        tr.append(Object.assign(document.createElement("td"), { textContent: text }));
+      }
+      return tr;
+    }));
+}
+
 // ---------------------------------------------------------------- compare view
 
 function compareSelection(curricula) {
@@ -514,12 +528,13 @@ async function refresh() {
   const summary = info.task_space_summary;
   const adroitSpace = summary.env_id === "AdroitHandRelocate-v1";
   const window_s = Number($("active-window").value) || 300;
-  const [teacher, signals, students, evaluations, distribution] = await Promise.all([
+  const [teacher, signals, students, evaluations, distribution, informativeness] = await Promise.all([
     api(`${base}/teacher`),
     api(`${base}/signals?signal=reward${adroitSpace ? "&signal=ball_target_distance" : ""}`),
     api(`${base}/students?active_within_s=${window_s}`),
     api(`${base}/evaluations?limit=10000`),
     summary.maze_map ? api(`${base}/distribution?source=proposals&buckets=${BUCKETS}`) : null,
+    api(`${base}/informativeness?last=2000&permutations=100`),
     refreshCompare(),
   ]);
 
@@ -554,6 +569,7 @@ async function refresh() {
   $("adroit").hidden = !adroitSpace;
   if (adroitSpace) await loadAdroit(base, info.name);
   await loadUpdates(base, info.name);
+  renderInformativeness(informativeness);
   renderStudents(students);
   await refreshStudent();
   $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
