@@ -162,13 +162,14 @@ def test_service_restart_resumes_the_teachers_exactly(service):
         "plr": (LINE.model_dump(), {"algorithm": "plr"}),
     }
     for name, (space, teacher) in curricula.items():
-        body = {"name": name, "task_space": space, "teacher": teacher, "reward_signal": "episode_return"}
+        signal = "success" if teacher["algorithm"] == "learnability" else "episode_return"  # what each learns from
+        body = {"name": name, "task_space": space, "teacher": teacher, "reward_signal": signal}
         assert client.post("/curricula", json=body).status_code == 201
     pending = {}
     for name in curricula:
         for k in range(30):
             proposal = client.post("/propose", json={"curriculum": name, "student_id": "s"}).json()
-            signals = {"episode_return": sum(proposal["task"]["values"]) + 0.1 * k}
+            signals = {"episode_return": sum(proposal["task"]["values"]) + 0.1 * k, "success": k % 3 == 0}
             ack = client.post("/report", json={"proposal_id": proposal["proposal_id"], "student_id": "s", "signals": signals})
             assert ack.json()["teacher_updated"] is True
         pending[name] = client.post("/propose", json={"curriculum": name, "student_id": "s"}).json()
@@ -181,7 +182,8 @@ def test_service_restart_resumes_the_teachers_exactly(service):
     client = service.client()
     for name in curricula:
         assert client.get(f"/curricula/{name}/teacher").json() == before[name]
-        body = {"proposal_id": pending[name]["proposal_id"], "student_id": "s", "signals": {"episode_return": 1.0}}
+        signals = {"episode_return": 1.0, "success": True}
+        body = {"proposal_id": pending[name]["proposal_id"], "student_id": "s", "signals": signals}
         ack = client.post("/report", json=body).json()
         assert ack["teacher_updated"] is True and ack["teacher_version"] == 31
         assert client.get(f"/curricula/{name}/teacher").json()["state"]["updates"] == 31
