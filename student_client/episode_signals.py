@@ -14,6 +14,8 @@ target critics: SAC's own losses and TD target (``student_client.sac.agent``). T
 of min(N, batch size) transitions drawn without replacement from the episode (all of them when N is
 at most the batch size); each norm is of all the group's parameters as one vector, as in ``probes.py``.
 Gradients come from ``torch.autograd.grad``: no ``.grad``, parameter or optimizer state changes.
+The draws (the batch from the buffer's generator, the actions from the actor's noise) do advance those
+random streams, so a run with local signals is reproducible but not the same run as one without.
 
 One implementation, three callers: the worker (``agent_signals``), the Stable-Baselines3 callback
 (``student_client.integrations.sb3``) and CleanRL-style trainers (``cleanrl_signals``).

@@ -233,9 +233,13 @@ class TeacherHub:
 
     def runtime_by_id(self, cursor: Any, curriculum_id: int) -> Runtime:
         """`runtime` for the hot path: the spec is read (with the driver) only when not cached."""
-        return self._runtime(
-            curriculum_id, lambda: self.driver.load_json(self.driver.one(cursor, "spec", {"curriculum_id": curriculum_id})[0])
-        )
+        def spec() -> dict:
+            found = self.driver.one(cursor, "spec", {"curriculum_id": curriculum_id})
+            if found is None:  # deleted since the caller read its row
+                raise NotFound("curriculum not found (deleted meanwhile)")
+            return self.driver.load_json(found[0])
+
+        return self._runtime(curriculum_id, spec)
 
     def _runtime(self, curriculum_id: int, spec: Callable[[], dict]) -> Runtime:
         runtime = self._runtimes.get(curriculum_id)  # a dict read is atomic: no lock on the hot path
@@ -258,15 +262,19 @@ class TeacherHub:
             return
         # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
         # proposing) a second statement could see a newer commit than the caller's row did.
-        version, state = self.driver.one(cursor, "checkpoint", {"curriculum_id": runtime.curriculum_id})
+        checkpoint = self.driver.one(cursor, "checkpoint", {"curriculum_id": runtime.curriculum_id})
+        if checkpoint is None:  # deleted since the caller read its row
+            raise NotFound(f"curriculum {runtime.spec.name!r} not found (deleted meanwhile)")
+        version, state = checkpoint
         teacher = runtime.teacher
         teacher.load_state_bytes(bytes(state))
         # A teacher that checkpoints every few updates (Teacher.checkpoint_every) is behind the stored
         # version by the updates since: replay them from their stored batches, in order.
         for replayed in range(teacher.updates + 1, version + 1):
             batch = read_batch(self.driver, cursor, runtime.curriculum_id, replayed)
-            if batch:
-                teacher.update(batch)
+            if not batch:  # a numbered batch is stored with its number: none means the data is not what we think
+                raise RuntimeError(f"no stored batch for update {replayed} of curriculum {runtime.spec.name!r}")
+            teacher.update(batch)
         # Every replica loading this checkpoint would draw the same proposals until the next update;
         # a seed from the replica's id keeps them apart and stays reproducible for one replica.
         self.reseed(runtime, version)
@@ -305,13 +313,31 @@ class TeacherHub:
         if rows:
             try:
                 self.write(insert_proposals)
-            except (IntegrityError, self.engine.dialect.dbapi.IntegrityError):  # a curriculum was deleted meanwhile
-                return [r if isinstance(r, ApiError) else NotFound(f"curriculum {r.curriculum!r} not found")
-                        for r in results]
+            except (IntegrityError, self.engine.dialect.dbapi.IntegrityError):
+                # A curriculum deleted meanwhile fails the whole insert: store the others one by one.
+                results = self._insert_each(results, rows)
         for result in results:
             if not isinstance(result, ApiError):
                 metrics.PROPOSALS.labels(result.curriculum).inc()
         return results
+
+    def _insert_each(
+        self, results: list[wire.Proposal | ApiError], rows: list[dict[str, Any]]
+    ) -> list[wire.Proposal | ApiError]:
+        """Insert each decided proposal in a transaction of its own; 404 for those whose curriculum is gone."""
+        rows_left = iter(rows)
+        stored: list[wire.Proposal | ApiError] = []
+        for result in results:
+            if not isinstance(result, ApiError):
+                row = next(rows_left)
+                try:
+                    self.write(lambda tx, row=row: self.driver.many(tx.cursor, "insert_proposal", [row]))
+                except (IntegrityError, self.engine.dialect.dbapi.IntegrityError):
+                    with self.reading() as cursor:  # a retried group may have stored it already
+                        if self.driver.one(cursor, "proposal_by_id", {"proposal_id": row["proposal_id"]}) is None:
+                            result = NotFound(f"curriculum {result.curriculum!r} not found")
+            stored.append(result)
+        return stored
 
     def _decide(self, cursor: Any, curricula: dict[str, CurriculumRow | None], request: wire.ProposeRequest,
                 now) -> tuple[wire.Proposal, dict[str, Any]]:
@@ -493,7 +519,8 @@ class TeacherHub:
     def current_teacher(self, session: Session, row: Row) -> Iterator[Teacher]:
         """The curriculum's teacher, synchronized with the stored checkpoint, held under its lock."""
         runtime = self.runtime(row)
-        with runtime.lock:
-            with self.reading() as cursor:
-                self.sync(cursor, runtime, row.teacher_version)
+        # The connection before the lock, as every other path takes them: holding the teacher's lock
+        # while waiting for a pooled connection could stall proposals.
+        with self.reading() as cursor, runtime.lock:
+            self.sync(cursor, runtime, row.teacher_version)
             yield runtime.teacher

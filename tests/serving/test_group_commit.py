@@ -186,3 +186,30 @@ def test_a_proposal_for_a_curriculum_deleted_after_the_decision_is_a_404(tmp_pat
     (result,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
     assert result.status_code == 404 and "cur" in result.detail
     hub.close()
+
+
+def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path, monkeypatch):
+    """Only the items of the deleted curriculum get 404; the rest of the batch is stored and answered."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": "gone"}))
+    write = hub.write
+    deleted = []
+
+    def delete_first(job):
+        if not deleted:
+            with sqlite3.connect(tmp_path / "teacher.db") as db:  # as another process would
+                db.execute("PRAGMA foreign_keys=ON")
+                db.execute("DELETE FROM curricula WHERE name = 'gone'")
+            deleted.append(True)
+        return write(job)
+
+    monkeypatch.setattr(hub, "write", delete_first)
+    requests = [ProposeRequest(curriculum=name, student_id=f"s{i}") for i, name in enumerate(["cur", "gone", "cur"])]
+    first, second, third = hub.propose_batch(requests)
+    assert second.status_code == 404 and "gone" in second.detail
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        stored = {row[0] for row in db.execute("SELECT proposal_id FROM proposals")}
+    assert stored == {first.proposal_id, third.proposal_id}
+    hub.close()
+

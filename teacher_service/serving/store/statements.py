@@ -54,9 +54,6 @@ SQL = {
     "teacher_updates = teacher_updates + 1 WHERE id = :curriculum_id AND teacher_version = :version - 1",
     "insert_update": "INSERT INTO teacher_updates (curriculum_id, version, stats, created_at) "
     "VALUES (:curriculum_id, :version, :stats, :created_at)",
-    "insert_evaluation": "INSERT INTO evaluations (curriculum_id, student_id, env_steps, episodes, success_rate, "
-    "mean_return, created_at) VALUES (:curriculum_id, :student_id, :env_steps, :episodes, :success_rate, "
-    ":mean_return, :created_at){returning_id}",
 }
 
 CurriculumRow = namedtuple("CurriculumRow", "id name teacher_version")
@@ -72,8 +69,7 @@ class Driver:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database dialect {dialect!r}")
         filled = {
-            name: text.format(for_update=" FOR UPDATE" if self.postgres else "",
-                              returning_id=" RETURNING id" if self.postgres else "")
+            name: text.format(for_update=" FOR UPDATE" if self.postgres else "")
             for name, text in SQL.items()
         }
         # sqlite3 takes :name; psycopg takes %(name)s.
@@ -92,9 +88,6 @@ class Driver:
     def many(self, cursor, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
             cursor.executemany(self.sql[name], rows)
-
-    def last_id(self, cursor) -> int:
-        return cursor.fetchone()[0] if self.postgres else cursor.lastrowid
 
     # ------------------------------------------------------------------ values
 
