@@ -53,6 +53,17 @@ def time_filters(column, since: datetime | None, until: datetime | None) -> list
     return conditions
 
 
+def page_query(model, key, curriculum_id: int, limit: int, after: int | None, student: str | None,
+               since: datetime | None, until: datetime | None):
+    """One page of a curriculum's rows (proposals or evaluations) in `key` order, after the cursor `after`."""
+    query = select(model).where(model.curriculum_id == curriculum_id, *time_filters(model.created_at, since, until))
+    if student is not None:
+        query = query.where(model.student_id == student)
+    if after is not None:
+        query = query.where(key > after)
+    return query.order_by(key).limit(limit)
+
+
 def signal_column(name: str, adroit: bool):
     """A report signal as a SQL number (NULL where the report lacks it); BadRequest if unknown."""
     if adroit and name == BALL_TARGET_DISTANCE:
@@ -106,14 +117,8 @@ class Inspector:
     ) -> dict[str, Any]:
         """Proposals with their reports in proposal order; `next_after` is the cursor of the next page."""
         with self._curriculum(name) as (session, row):
-            query = select(Proposal).where(
-                Proposal.curriculum_id == row.id, *time_filters(Proposal.created_at, since, until)
-            )
-            if student is not None:
-                query = query.where(Proposal.student_id == student)
-            if after is not None:
-                query = query.where(Proposal.seq > after)
-            proposals = session.scalars(query.order_by(Proposal.seq).limit(limit)).all()
+            query = page_query(Proposal, Proposal.seq, row.id, limit, after, student, since, until)
+            proposals = session.scalars(query).all()
             items = [
                 {
                     "seq": p.seq,
@@ -139,14 +144,8 @@ class Inspector:
         since: datetime | None, until: datetime | None,
     ) -> dict[str, Any]:
         with self._curriculum(name) as (session, row):
-            query = select(Evaluation).where(
-                Evaluation.curriculum_id == row.id, *time_filters(Evaluation.created_at, since, until)
-            )
-            if student is not None:
-                query = query.where(Evaluation.student_id == student)
-            if after is not None:
-                query = query.where(Evaluation.id > after)
-            rows = session.scalars(query.order_by(Evaluation.id).limit(limit)).all()
+            query = page_query(Evaluation, Evaluation.id, row.id, limit, after, student, since, until)
+            rows = session.scalars(query).all()
             items = [
                 {
                     "id": e.id,
