@@ -412,6 +412,16 @@ async function loadUpdates(base, name) {
   { xLabel: "teacher version", height: 160 }));
 }
 
+// Permutation tests cost the service's request threads: recomputed at most every 30 s, or on a new curriculum.
+let informative = { curriculum: null, at: 0, value: null };
+
+async function loadInformativeness(base, name) {
+  if (informative.curriculum !== name || Date.now() - informative.at > 30_000) {
+    informative = { curriculum: name, at: Date.now(), value: await api(`${base}/informativeness?last=2000&permutations=100`) };
+  }
+  return informative.value;
+}
+
 function renderInformativeness(info) {
   const fixed = (x, digits) => (x === null ? "-" : x.toFixed(digits));
   $("informativeness").querySelector("tbody").replaceChildren(...Object.entries(info.signals)
@@ -534,7 +544,7 @@ async function refresh() {
     api(`${base}/students?active_within_s=${window_s}`),
     api(`${base}/evaluations?limit=10000`),
     summary.maze_map ? api(`${base}/distribution?source=proposals&buckets=${BUCKETS}`) : null,
-    api(`${base}/informativeness?last=2000&permutations=100`),
+    loadInformativeness(base, info.name),
     refreshCompare(),
   ]);
 
