@@ -164,7 +164,7 @@ class ReportAck(WireModel):
 
 
 class EvaluationRequest(WireModel):
-    """An evaluation of a student on the environment's default start and goal distribution."""
+    """An evaluation of a student: on the curriculum's target tasks, or the environment's default distribution."""
 
     curriculum: CurriculumName
     student_id: StudentId
@@ -172,6 +172,11 @@ class EvaluationRequest(WireModel):
     episodes: Annotated[int, Field(ge=1, le=10**6)]
     success_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
     mean_return: FiniteFloat
+    on_target: bool = Field(
+        default=False,
+        description="True when the episodes ran on the curriculum's target tasks (GET /curricula/{name}/target); "
+        "false for the environment's own start and goal distribution.",
+    )
 
 
 class EvaluationAck(WireModel):
@@ -221,6 +226,24 @@ class TeacherSpec(WireModel):
     params: JsonObject = Field(default_factory=dict, description="The teacher's own parameters.")
 
 
+class TargetSpec(WireModel):
+    """The tasks a curriculum is evaluated on (its target distribution): exactly one of `tasks` and `farthest`.
+    Students evaluate on them; inspection and the dashboard report success on them."""
+
+    tasks: list[JsonObject] | None = Field(
+        default=None, min_length=1, max_length=1_000, description="The reset options of each target task."
+    )
+    farthest: int | None = Field(
+        default=None, ge=1, le=1_000, description="Maze presets: the N start-goal cell pairs farthest apart by shortest path."
+    )
+
+
+class TargetTasks(WireModel):
+    """A curriculum's target tasks, resolved: what a student passes to env.reset(options=...) to evaluate."""
+
+    reset_options: list[dict[str, Any]]
+
+
 class CurriculumCreate(WireModel):
     name: CurriculumName
     task_space: TaskSpaceSpec
@@ -229,6 +252,9 @@ class CurriculumCreate(WireModel):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     proposal_ttl_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
         default=None, description="Seconds before an unreported proposal expires; the service default if None."
+    )
+    target: TargetSpec | None = Field(
+        default=None, description="The tasks students evaluate on; None: the environment's default distribution."
     )
 
 
