@@ -38,10 +38,10 @@ class GradNormAccumulator:
     def __init__(self, params: Iterable[torch.nn.Parameter], members: int | None = None) -> None:
         self.params = [p for p in params if p.requires_grad]
         self.members = members or 1
-        dtype = self.params[0].dtype if self.params else torch.float32
+        like = self.params[0] if self.params else torch.empty(0)  # statistics on the parameters' device
         size = sum(p.numel() for p in self.params) // self.members
-        self._grad_sum = torch.zeros(self.members, size, dtype=dtype)
-        self._norm_sum = torch.zeros(self.members, dtype=torch.float64)
+        self._grad_sum = torch.zeros(self.members, size, dtype=like.dtype, device=like.device)
+        self._norm_sum = torch.zeros(self.members, dtype=torch.float64, device=like.device)
         self._updates = [0] * self.members
 
     @property
@@ -53,7 +53,7 @@ class GradNormAccumulator:
     def record(self) -> None:
         """Record the gradients now in ``.grad`` as one update (call after backward, before zeroing)."""
         k = self.members
-        grads = [p.grad.reshape(k, -1) if p.grad is not None else torch.zeros(k, p.numel() // k, dtype=p.dtype)
+        grads = [p.grad.reshape(k, -1) if p.grad is not None else p.new_zeros(k, p.numel() // k)
                  for p in self.params]
         flat = torch.cat(grads, dim=1)  # (members, size), a copy: later changes to .grad cannot reach it
         self._norm_sum += torch.linalg.vector_norm(flat, dim=1)

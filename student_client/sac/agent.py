@@ -21,6 +21,7 @@ from torch import nn
 
 from student_client.probes import GradNormAccumulator, GradStats
 from student_client.sac.buffer import Batch, ReplayBuffer
+from student_client.sac.device import resolve_device
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -165,7 +166,8 @@ class Actor(nn.Module):
         if self.generators is None:
             eps = torch.randn_like(mean)
         else:
-            eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in self.generators])
+            # the members' streams are CPU generators on every device: checkpoints move across devices
+            eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in self.generators]).to(mean.device)
         u = torch.addcmul(mean, log_std.exp(), eps)
         # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable
         # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)); constants are folded into log_prob_offset.
@@ -215,20 +217,27 @@ class SAC:
     ``members=K`` trains K independent students at once (``EnsembleSAC`` in ensemble.py): batches
     and observations get a leading member dimension, and every loss is the *sum* of the members'
     losses, so that member k's gradient, Adam step and temperature are exactly its own.
+
+    Networks, optimizer states and probes live on ``device``; ``act`` takes and returns numpy arrays.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
-                 config: SACConfig, probes: bool = True, members: int | None = None) -> None:
+                 config: SACConfig, probes: bool = True, members: int | None = None,
+                 device: str | torch.device = "cpu") -> None:
         self.config = config
         self.members = members
-        self.actor = Actor(obs_dim, act_dim, config.hidden, config.activation, action_low, action_high, members)
-        self.critic = Critics(obs_dim, act_dim, config.hidden, config.activation, config.n_critics, members)
+        self.device = device = resolve_device(device)
+        self.actor = Actor(obs_dim, act_dim, config.hidden, config.activation, action_low, action_high,
+                           members).to(device)
+        self.critic = Critics(obs_dim, act_dim, config.hidden, config.activation, config.n_critics,
+                              members).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         adam = dict(lr=config.lr, fused=True)  # fused Adam: one kernel for all parameters
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), **adam)
         self.auto_alpha = config.alpha is None
-        self.log_alpha = torch.zeros((members, 1) if members else (1,), requires_grad=self.auto_alpha)
+        self.log_alpha = torch.zeros((members, 1) if members else (1,), device=device,
+                                     requires_grad=self.auto_alpha)
         if self.auto_alpha:
             self.target_entropy = -float(act_dim)
             self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr)
@@ -248,9 +257,9 @@ class SAC:
 
     @torch.inference_mode()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        x = torch.from_numpy(obs).unsqueeze(-2)  # a batch of one (per member)
+        x = torch.from_numpy(obs).to(self.device).unsqueeze(-2)  # a batch of one (per member)
         action = self.actor.deterministic(x) if deterministic else self.actor.sample(x)[0]
-        return action.squeeze(-2).numpy()
+        return action.squeeze(-2).cpu().numpy()
 
     @torch.no_grad()
     def td_target(self, batch: Batch) -> torch.Tensor:
@@ -326,6 +335,6 @@ class SAC:
 
 
 def make_buffer(config: SACConfig, total_steps: int, obs_dim: int, act_dim: int,
-                seed: int | list[int]) -> ReplayBuffer:
-    """A replay buffer sized to the run (one seed per member for an ensemble's)."""
-    return ReplayBuffer(min(config.buffer_size, total_steps), obs_dim, act_dim, seed=seed)
+                seed: int | list[int], device: str | torch.device = "cpu") -> ReplayBuffer:
+    """A replay buffer sized to the run (one seed per member for an ensemble's), stored on ``device``."""
+    return ReplayBuffer(min(config.buffer_size, total_steps), obs_dim, act_dim, seed=seed, device=device)

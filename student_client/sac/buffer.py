@@ -7,6 +7,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from student_client.sac.device import resolve_device
+
 
 class Batch(NamedTuple):
     obs: torch.Tensor
@@ -22,22 +24,27 @@ class ReplayBuffer:
     ``seed`` is one seed, or a list of K seeds for K students stepping in lockstep (an ensemble):
     then ``add`` takes each field with a leading member dimension, every member samples its own
     indices from its own generator, and batches are (K, batch_size, ...).
+
+    Transitions are stored on ``device`` and batches come from there; the indices are drawn on the
+    CPU, so that a seed gives the same batches on every device and checkpoints move across devices.
     """
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int | list[int] = 0) -> None:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int | list[int] = 0,
+                 device: str | torch.device = "cpu") -> None:
         self.members = len(seed) if isinstance(seed, list) else None
         lead = (capacity, self.members) if self.members else (capacity,)
         self.capacity = capacity
-        self.obs = torch.zeros((*lead, obs_dim), dtype=torch.float32)
-        self.next_obs = torch.zeros((*lead, obs_dim), dtype=torch.float32)
-        self.actions = torch.zeros((*lead, act_dim), dtype=torch.float32)
-        self.rewards = torch.zeros(lead, dtype=torch.float32)
-        self.dones = torch.zeros(lead, dtype=torch.float32)
+        self.device = device = resolve_device(device)
+        self.obs = torch.zeros((*lead, obs_dim), dtype=torch.float32, device=device)
+        self.next_obs = torch.zeros((*lead, obs_dim), dtype=torch.float32, device=device)
+        self.actions = torch.zeros((*lead, act_dim), dtype=torch.float32, device=device)
+        self.rewards = torch.zeros(lead, dtype=torch.float32, device=device)
+        self.dones = torch.zeros(lead, dtype=torch.float32, device=device)
         self.pos = 0
         self.size = 0
         seeds = seed if self.members else [seed]
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self._member_index = torch.arange(self.members or 1).unsqueeze(1)
+        self._member_index = torch.arange(self.members or 1, device=device).unsqueeze(1)
 
     @property
     def generator(self) -> torch.Generator:
@@ -56,10 +63,10 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         if self.members is None:
-            idx = torch.randint(self.size, (batch_size,), generator=self.generator)
+            idx = torch.randint(self.size, (batch_size,), generator=self.generator).to(self.device)
         else:  # (members, batch) rows, each member's from its own stream
             idx = torch.stack([torch.randint(self.size, (batch_size,), generator=g) for g in self.generators])
-            idx = (idx, self._member_index)
+            idx = (idx.to(self.device), self._member_index)
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def state_dict(self) -> dict:

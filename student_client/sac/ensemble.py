@@ -33,12 +33,14 @@ class EnsembleSAC(SAC):
     """``len(seeds)`` independent SAC students trained together; batches are (K, batch_size, ...)."""
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: np.ndarray, action_high: np.ndarray,
-                 config: SACConfig, seeds: list[int], probes: bool = True) -> None:
-        super().__init__(obs_dim, act_dim, action_low, action_high, config, probes=probes, members=len(seeds))
+                 config: SACConfig, seeds: list[int], probes: bool = True, device: str | torch.device = "cpu") -> None:
+        super().__init__(obs_dim, act_dim, action_low, action_high, config, probes=probes, members=len(seeds),
+                         device=device)
         states, generators = [], []
         for seed in seeds:
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
+                # on the CPU: a seed gives the same initial weights on every device
                 self._single = SAC(obs_dim, act_dim, action_low, action_high, config, probes=False)
                 states.append(self._single.state_dict())
                 generators.append(torch.Generator().set_state(torch.get_rng_state()))

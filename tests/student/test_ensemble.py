@@ -88,10 +88,12 @@ def test_episode_statistics_are_per_member():
     assert ensemble.pop_grad_stats(1)[0].updates == 0
 
 
-def test_acting_and_checkpoint_roundtrip():
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_acting_and_checkpoint_roundtrip(device):
+    """On ``device``; member 1 continues as a single student on the CPU."""
     config = SmallPreset(batch_size=8, hidden=(16, 16), alpha=None)
-    ensemble = EnsembleSAC(OBS, ACT, LOW, HIGH, config, [0, 1, 2])
-    buffer = ReplayBuffer(50, OBS, ACT, seed=[0, 1, 2])
+    ensemble = EnsembleSAC(OBS, ACT, LOW, HIGH, config, [0, 1, 2], device=device)
+    buffer = ReplayBuffer(50, OBS, ACT, seed=[0, 1, 2], device=device)
     rng = np.random.default_rng(0)
     for _ in range(50):
         obs = rng.normal(size=(3, OBS)).astype(np.float32)
@@ -101,14 +103,14 @@ def test_acting_and_checkpoint_roundtrip():
     batch = buffer.sample(8)
     assert batch.obs.shape == (3, 8, OBS) and batch.rewards.shape == (3, 8)
     ensemble.update(batch)
-    clone = EnsembleSAC(OBS, ACT, LOW, HIGH, config, [5, 6, 7])
+    clone = EnsembleSAC(OBS, ACT, LOW, HIGH, config, [5, 6, 7], device=device)
     clone.load_state_dict(ensemble.state_dict())
     obs = rng.normal(size=(3, OBS)).astype(np.float32)
     np.testing.assert_array_equal(clone.act(obs, deterministic=True), ensemble.act(obs, deterministic=True))
     np.testing.assert_array_equal(clone.act(obs), ensemble.act(obs))  # the noise streams resumed too
     batch = buffer.sample(8)
     assert torch.equal(clone.update(batch)["critic_loss"], ensemble.update(batch)["critic_loss"])
-    restored = ReplayBuffer(50, OBS, ACT, seed=[9, 9, 9])
+    restored = ReplayBuffer(50, OBS, ACT, seed=[9, 9, 9], device=device)
     restored.load_state_dict(buffer.state_dict())
     assert torch.equal(restored.sample(8).obs, buffer.sample(8).obs)
     # Member 1 as a single student continues exactly where it was.

@@ -3,10 +3,11 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from student_client.sac.buffer import ReplayBuffer
-from student_client.sac.agent import SAC, PointMazePreset, SmallPreset
+from student_client.sac.agent import SAC, PointMazePreset, SmallPreset, make_buffer
 
 torch.set_num_threads(1)
 OBS, ACT = 6, 2
@@ -101,3 +102,49 @@ def test_log_prob_matches_torch_distributions():
                                    [TanhTransform(), AffineTransform(agent.actor.action_bias, agent.actor.action_scale)])
     torch.testing.assert_close(log_prob, dist.log_prob(actions).sum(-1), atol=2e-3, rtol=1e-4)
     assert torch.all(actions[:, 0].abs() <= 2) and torch.all((actions[:, 1] >= 0) & (actions[:, 1] <= 1))
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_option_trains_acts_and_checkpoints_across_devices(device, tmp_path):
+    """Networks, optimizer states, buffer and probes on ``device``; act() in numpy; a checkpoint saved
+    there loads on every device with map_location."""
+    torch.manual_seed(0)
+    config = SmallPreset(batch_size=16, hidden=(16, 16), alpha=None)
+    agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), config, device=device)
+    buffer = make_buffer(config, 100, OBS, ACT, seed=0, device=device)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        obs = rng.normal(size=OBS).astype(np.float32)
+        action = agent.act(obs)
+        assert isinstance(action, np.ndarray) and action.shape == (ACT,)
+        buffer.add(obs, action, float(rng.normal()), rng.normal(size=OBS).astype(np.float32), False)
+    for _ in range(3):
+        agent.update(buffer.sample(16))
+    tensors = [*agent.actor.parameters(), *agent.critic_target.parameters(), agent.log_alpha, buffer.obs,
+               *(v for s in agent.critic_optimizer.state.values() for v in s.values() if v.dim())]
+    assert {t.device.type for t in tensors} == {torch.device(device).type}
+    assert agent.pop_grad_stats()[1].updates == 3
+    torch.save({"agent": agent.state_dict(), "buffer": buffer.state_dict()}, tmp_path / "checkpoint.pt")
+    obs = rng.normal(size=OBS).astype(np.float32)
+    for target in DEVICES:
+        state = torch.load(tmp_path / "checkpoint.pt", map_location=target, weights_only=False)
+        clone = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), config, device=target)
+        clone.load_state_dict(state["agent"])
+        restored = make_buffer(config, 100, OBS, ACT, seed=5, device=target)
+        restored.load_state_dict(state["buffer"])
+        np.testing.assert_allclose(clone.act(obs, deterministic=True), agent.act(obs, deterministic=True),
+                                   atol=1e-6)
+        torch.testing.assert_close(restored.sample(8).obs.cpu(), buffer.sample(8).obs.cpu())
+        batch = restored.sample(16)
+        clone.update(batch)  # the optimizer states moved with the weights
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), SmallPreset(), device="cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        make_buffer(SmallPreset(), 100, OBS, ACT, seed=0, device="cuda:0")
