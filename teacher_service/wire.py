@@ -11,7 +11,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 # Anything larger than this is a unit error or a diverged student, not a gradient norm.
 MAX_MAGNITUDE = 1e12
@@ -191,6 +191,11 @@ class PresetTaskSpace(WireModel):
 
     kind: Literal["preset"] = "preset"
     env_id: str = Field(min_length=1, max_length=128)
+    goal_cell: tuple[Annotated[int, Field(ge=0, le=1_000)], Annotated[int, Field(ge=0, le=1_000)]] | None = Field(
+        default=None,
+        description="Mazes only: a fixed goal [row, col] (a free cell); the teacher then chooses among start cells "
+        "for it. Tasks keep the pair coordinates [reset_row, reset_col, goal_row, goal_col].",
+    )
 
 
 class NamedTask(WireModel):
@@ -231,11 +236,26 @@ class TargetSpec(WireModel):
     Students evaluate on them; inspection and the dashboard report success on them."""
 
     tasks: list[JsonObject] | None = Field(
-        default=None, min_length=1, max_length=1_000, description="The reset options of each target task."
+        default=None,
+        min_length=1,
+        max_length=1_000,
+        description="The reset options of each target task. Maze presets: `{reset_cell: [r, c], goal_cell: [r, c]}`, "
+        "two distinct free cells of the maze (any pair, whatever the teacher may propose). Discrete spaces: the "
+        "reset options of one of its tasks. Box spaces: the reset options of a point within the bounds.",
     )
     farthest: int | None = Field(
-        default=None, ge=1, le=1_000, description="Maze presets: the N start-goal cell pairs farthest apart by shortest path."
+        default=None,
+        ge=1,
+        le=1_000,
+        description="Maze presets: the N start-goal pairs of the task space farthest apart by shortest path "
+        "(ties in task order; with `goal_cell`, the N starts farthest from it). More than the task space has: 422.",
     )
+
+    @model_validator(mode="after")
+    def exactly_one(self) -> "TargetSpec":
+        if (self.tasks is None) == (self.farthest is None):
+            raise ValueError("give exactly one of 'tasks' and 'farthest'")
+        return self
 
 
 class TargetTasks(WireModel):

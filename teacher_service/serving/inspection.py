@@ -141,10 +141,12 @@ class Inspector:
 
     def evaluations(
         self, name: str, limit: int, after: int | None, student: str | None,
-        since: datetime | None, until: datetime | None,
+        since: datetime | None, until: datetime | None, on_target: bool | None = None,
     ) -> dict[str, Any]:
         with self._curriculum(name) as (session, row):
             query = page_query(Evaluation, Evaluation.id, row.id, limit, after, student, since, until)
+            if on_target is not None:
+                query = query.where(Evaluation.on_target == on_target)
             rows = session.scalars(query).all()
             items = [
                 {
@@ -155,6 +157,7 @@ class Inspector:
                     "episodes": e.episodes,
                     "success_rate": e.success_rate,
                     "mean_return": e.mean_return,
+                    "on_target": e.on_target,
                 }
                 for e in rows
             ]
@@ -463,10 +466,11 @@ class Inspector:
         next_after = items[-1]["version"] if len(items) == limit else None
         return {"curriculum": name, "items": items, "next_after": next_after}
 
-    def compare(self, names: list[str], metric: str) -> dict[str, Any]:
+    def compare(self, names: list[str], metric: str, on_target: bool = False) -> dict[str, Any]:
         """An evaluation metric of several curricula against environment steps: at each step, the mean,
         standard deviation, min and max over the students that evaluated there (each student's
-        evaluations at one step averaged first, so a repeated evaluation does not weigh twice)."""
+        evaluations at one step averaged first, so a repeated evaluation does not weigh twice).
+        Evaluations on the curricula's target tasks if `on_target`, else on the environment's distribution."""
         if metric not in COMPARE_METRICS:
             raise BadRequest(f"unknown metric {metric!r}: use {' or '.join(COMPARE_METRICS)}")
         for name in names:  # checked before any query: PostgreSQL fails on some characters (NUL)
@@ -478,7 +482,7 @@ class Inspector:
                 row = self.hub.curriculum_row(session, name)
                 per_student = (
                     select(Evaluation.env_steps, func.avg(getattr(Evaluation, metric)).label("value"))
-                    .where(Evaluation.curriculum_id == row.id)
+                    .where(Evaluation.curriculum_id == row.id, Evaluation.on_target == on_target)
                     .group_by(Evaluation.student_id, Evaluation.env_steps)
                     .subquery()
                 )
@@ -498,4 +502,4 @@ class Inspector:
                                    ("max", number(high))):
                         curve[key].append(v)
                 curves.append(curve)
-        return {"metric": metric, "curves": curves}
+        return {"metric": metric, "on_target": on_target, "curves": curves}

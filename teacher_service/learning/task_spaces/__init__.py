@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from teacher_service.learning.task_spaces.adroit import ADROIT_RELOCATE_ID, adroit_relocate_task_space
 from teacher_service.learning.task_spaces.base import BoxSpace, DiscreteSpace, TaskSpace
-from teacher_service.learning.task_spaces.maze import is_maze, maze_task_space
-from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace, TaskSpaceSpec
+from teacher_service.learning.task_spaces.maze import farthest_pairs, is_maze, maze_target_task, maze_task_space
+from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace, TargetSpec, TaskSpaceSpec
 
-__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "build_task_space"]
+__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "build_task_space", "resolve_target"]
 
 
 def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
     """Build a task space; raises ValueError with a message for the user if the spec is unusable."""
     if isinstance(spec, PresetTaskSpace):
         if is_maze(spec.env_id):
-            return maze_task_space(spec.env_id)
+            return maze_task_space(spec.env_id, spec.goal_cell)
+        if spec.goal_cell is not None:
+            raise ValueError("goal_cell is for maze presets (PointMaze_*, AntMaze_*) only")
         if spec.env_id == ADROIT_RELOCATE_ID:
             return adroit_relocate_task_space()
         raise ValueError(
@@ -46,5 +50,30 @@ def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
         if len(names) != len(spec.low):
             raise ValueError("names must have one entry per dimension")
         key = spec.option_key
-        return BoxSpace(spec.low, spec.high, names, lambda v: {key: [float(x) for x in v]})
+        return BoxSpace(spec.low, spec.high, names, lambda v: {key: [float(x) for x in v]}, lambda o: o[key])
     raise ValueError(f"unknown task space {spec!r}")
+
+
+def resolve_target(spec: TaskSpaceSpec, space: TaskSpace, target: TargetSpec) -> list[dict[str, Any]]:
+    """The reset options of a curriculum's target tasks; ValueError with a message for the user if the
+    target does not fit its task space (see wire.TargetSpec for what each kind of space accepts)."""
+    maze = isinstance(spec, PresetTaskSpace) and is_maze(spec.env_id)
+    if target.farthest is not None:
+        if not maze:
+            raise ValueError("farthest is for maze presets (PointMaze_*, AntMaze_*) only; give 'tasks' instead")
+        return farthest_pairs(spec.env_id, space, target.farthest)
+    resolved = []
+    for i, options in enumerate(target.tasks):
+        try:
+            if maze:
+                resolved.append(maze_target_task(spec.env_id, options))
+            elif isinstance(space, DiscreteSpace):
+                if options not in space.options:
+                    raise ValueError("not the reset_options of any task of this discrete task space")
+                resolved.append(options)
+            else:
+                space.values_of_options(options)
+                resolved.append(options)
+        except ValueError as exc:
+            raise ValueError(f"tasks[{i}]: {exc}") from exc
+    return resolved

@@ -29,11 +29,17 @@ def relocate_reset_options(values: np.ndarray) -> dict:
     }
 
 
+def relocate_values(options: dict) -> list[float]:
+    state = options["initial_state_dict"]
+    return [*state["obj_pos"][:2], *state["target_pos"]]
+
+
 def adroit_relocate_task_space() -> BoxSpace:
     return BoxSpace(
         low=[*BALL_XY_LOW, *TARGET_LOW],
         high=[*BALL_XY_HIGH, *TARGET_HIGH],
         names=["ball_x", "ball_y", "target_x", "target_y", "target_z"],
         to_reset_options=relocate_reset_options,
+        from_reset_options=relocate_values,
         summary={"env_id": ADROIT_RELOCATE_ID},
     )

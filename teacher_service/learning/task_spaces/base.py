@@ -67,12 +67,14 @@ class BoxSpace:
         high: Sequence[float],
         names: Sequence[str],
         to_reset_options: Callable[[np.ndarray], dict[str, Any]],
+        from_reset_options: Callable[[dict[str, Any]], Sequence[float]],
         summary: dict[str, Any] | None = None,
     ) -> None:
         self.low = np.asarray(low, dtype=np.float64)
         self.high = np.asarray(high, dtype=np.float64)
         self.names = list(names)
         self._to_reset_options = to_reset_options
+        self._from_reset_options = from_reset_options
         self._extra_summary = summary or {}
 
     @property
@@ -93,6 +95,23 @@ class BoxSpace:
     def reset_options(self, values: np.ndarray) -> dict[str, Any]:
         return self._to_reset_options(np.asarray(values, dtype=np.float64))
 
+    def values_of_options(self, options: Any) -> np.ndarray:
+        """The point whose reset options are `options`; ValueError unless they are exactly what
+        `reset_options` gives for a point within the bounds."""
+        try:
+            values = self._from_reset_options(options)
+            if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+                raise TypeError
+            point = np.asarray(values, dtype=np.float64)
+        except (KeyError, TypeError, ValueError, IndexError):
+            point = None
+        if point is None or point.shape != (self.dim,) or self.reset_options(point) != options:
+            example = self.reset_options(self.low)
+            raise ValueError(f"not the reset options of a point of this box: they look like {example}")
+        if np.any(point < self.low) or np.any(point > self.high):
+            raise ValueError(f"{point.tolist()} is outside the box [{self.low.tolist()}, {self.high.tolist()}]")
+        return point
+
     def features_of_values(self, values: Sequence[float]) -> np.ndarray:
         span = np.where(self.high > self.low, self.high - self.low, 1.0)
         return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - self.low) / span - 1.0, -1.0, 1.0)
@@ -106,7 +125,6 @@ class BoxSpace:
             "names": self.names,
             **self._extra_summary,
         }
-
 
     def histograms(self, sample: np.ndarray | None, bins: int) -> dict[str, Any]:
         """Per-dimension histograms of a sample of tasks (rows of values), over the box's range."""

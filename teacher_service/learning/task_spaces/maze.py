@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -54,19 +56,62 @@ def shortest_paths(env_id: str) -> dict[tuple[int, int], dict[tuple[int, int], i
     return table
 
 
-def maze_task_space(env_id: str) -> DiscreteSpace:
-    layout = maze_map(env_id)
-    free = [(r, c) for r, row in enumerate(layout) for c, cell in enumerate(row) if cell == 0]
+def free_cells(env_id: str) -> list[tuple[int, int]]:
+    return [(r, c) for r, row in enumerate(maze_map(env_id)) for c, cell in enumerate(row) if cell == 0]
+
+
+def maze_task_space(env_id: str, goal_cell: Sequence[int] | None = None) -> DiscreteSpace:
+    """Every pair of distinct free cells; with `goal_cell`, only the pairs ending there (the teacher picks a start)."""
+    free = free_cells(env_id)
+    goals = free
+    if goal_cell is not None:
+        goal = (int(goal_cell[0]), int(goal_cell[1]))
+        if goal not in free:
+            raise ValueError(f"goal_cell {list(goal)} is not a free cell of {env_id}")
+        goals = [goal]
     # A goal in the start cell is solved at step 0 and teaches nothing, so such pairs are left out.
-    pairs = [(start, goal) for start, goal in itertools.product(free, free) if start != goal]
+    pairs = [(start, goal) for start, goal in itertools.product(free, goals) if start != goal]
     return DiscreteSpace(
         names=[f"({s[0]},{s[1]})->({g[0]},{g[1]})" for s, g in pairs],
         values=np.array([[*s, *g] for s, g in pairs], dtype=np.float64),
         options=[{"reset_cell": list(s), "goal_cell": list(g)} for s, g in pairs],
         summary={
             "env_id": env_id,
-            "maze_map": [list(row) for row in layout],
+            "maze_map": [list(row) for row in maze_map(env_id)],
             "free_cells": [list(cell) for cell in free],
             "coordinates": ["reset_row", "reset_col", "goal_row", "goal_col"],
+            "goal_cell": None if goal_cell is None else list(goals[0]),
         },
     )
+
+
+def maze_target_task(env_id: str, options: Any) -> dict[str, list[int]]:
+    """`options` as a maze target task: exactly reset_cell and goal_cell, two distinct free cells."""
+    if not isinstance(options, dict) or set(options) != {"reset_cell", "goal_cell"}:
+        raise ValueError("a maze target task is {'reset_cell': [row, col], 'goal_cell': [row, col]}")
+    free = set(free_cells(env_id))
+    cells = {}
+    for key, value in options.items():
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ValueError(f"{key} must be [row, col] integers, got {value!r}")
+        if tuple(value) not in free:
+            raise ValueError(f"{key} {value} is not a free cell of {env_id}")
+        cells[key] = list(value)
+    if cells["reset_cell"] == cells["goal_cell"]:
+        raise ValueError("reset_cell and goal_cell must differ (a goal in the start cell is solved at step 0)")
+    return {"reset_cell": cells["reset_cell"], "goal_cell": cells["goal_cell"]}
+
+
+def farthest_pairs(env_id: str, space: DiscreteSpace, count: int) -> list[dict[str, list[int]]]:
+    """The reset options of the `count` tasks of a maze space whose cells are farthest apart by shortest
+    path (ties in task order); pairs with no path between them are left out."""
+    paths = shortest_paths(env_id)
+    distances = []
+    for index, options in enumerate(space.options):
+        distance = paths[tuple(options["reset_cell"])].get(tuple(options["goal_cell"]))
+        if distance is not None:
+            distances.append((-distance, index))
+    if count > len(distances):
+        raise ValueError(f"farthest: {count} pairs asked, the task space has {len(distances)} connected pairs")
+    return [space.options[index] for _, index in sorted(distances)[:count]]

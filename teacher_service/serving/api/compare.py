@@ -36,6 +36,9 @@ def compare(
     request: Request,
     curricula: Annotated[str, Query(min_length=1, max_length=2000, description="Curriculum names, comma-separated.")],
     metric: Annotated[Literal["success_rate", "mean_return"], Query(description="Evaluation metric.")] = "success_rate",
+    on_target: Annotated[bool, Query(
+        description="true: evaluations on each curriculum's target tasks; false: on the environment's own distribution."
+    )] = False,
     format: Annotated[Literal["json", "csv"] | None, Query(description="Or send Accept: text/csv.")] = None,
     inspector: Inspector = Depends(get_inspector),
 ):
@@ -43,7 +46,7 @@ def compare(
     names = list(dict.fromkeys(n.strip() for n in curricula.split(",") if n.strip()))
     if not names or len(names) > MAX_CURRICULA:
         raise BadRequest(f"give 1 to {MAX_CURRICULA} curriculum names, comma-separated")
-    result = inspector.compare(names, metric)
+    result = inspector.compare(names, metric, on_target)
     if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
         return Response(compare_csv(result), media_type="text/csv")
     return result

@@ -31,6 +31,13 @@ def get_curriculum(name: CurriculumPath, hub: TeacherHub = Depends(get_hub)) -> 
     return hub.get_curriculum(name)
 
 
+@router.get("/curricula/{name}/target", response_model=wire.TargetTasks, dependencies=[Depends(require_student)])
+def get_target(name: CurriculumPath, hub: TeacherHub = Depends(get_hub)) -> wire.TargetTasks:
+    """The curriculum's target tasks, resolved: evaluate on each with env.reset(options=...) and post the
+    result to /evaluations with `on_target: true`. 404 if the curriculum has none."""
+    return hub.target_tasks(name)
+
+
 @router.delete("/curricula/{name}", status_code=204, dependencies=[Depends(require_admin)])
 def delete_curriculum(name: CurriculumPath, hub: TeacherHub = Depends(get_hub)) -> Response:
     hub.delete_curriculum(name)

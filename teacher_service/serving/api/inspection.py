@@ -76,10 +76,14 @@ def evaluations(
     student: Student = None,
     since: Since = None,
     until: Until = None,
+    on_target: Annotated[bool | None, Query(
+        description="true: only evaluations on the curriculum's target tasks; false: only those on the "
+        "environment's own distribution; absent: both (each row says which in `on_target`)."
+    )] = None,
     inspector: Inspector = Depends(get_inspector),
 ) -> dict:
-    """Evaluations on the environment's default distribution, oldest first, paged like `history`."""
-    return inspector.evaluations(name, limit, after, student, since, until)
+    """Evaluations of the curriculum's students, oldest first, paged like `history`."""
+    return inspector.evaluations(name, limit, after, student, since, until, on_target)
 
 
 @router.get("/distribution")

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -16,6 +17,8 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    false,
+    inspect,
     text,
 )
 from sqlalchemy.engine import Engine
@@ -110,6 +113,8 @@ class Evaluation(Base):
     success_rate: Mapped[float] = mapped_column(Float)
     mean_return: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
+    # On the curriculum's target tasks, or on the environment's own distribution (added after the first schema).
+    on_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 def make_engine(url: str) -> Engine:
@@ -145,10 +150,19 @@ def writer_engine(engine: Engine) -> Engine:
 _SCHEMA_LOCK_KEY = 7_240_311
 
 
+# Columns added since a table was first released: a database created before gets them at start-up.
+ADDED_COLUMNS = (Evaluation.__table__.c.on_target,)
+
+
 def create_tables(engine: Engine) -> None:
-    """Create missing tables. Replicas starting together on PostgreSQL take turns: two concurrent
-    CREATE TABLEs of the same name collide in the catalog (UniqueViolation on pg_type) otherwise."""
+    """Create missing tables and add missing columns. Replicas starting together on PostgreSQL take turns:
+    two concurrent CREATE TABLEs of the same name collide in the catalog (UniqueViolation on pg_type) otherwise."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         Base.metadata.create_all(conn)
+        for column in ADDED_COLUMNS:
+            present = {c["name"] for c in inspect(conn).get_columns(column.table.name)}
+            if column.name not in present:
+                ddl = conn.dialect.ddl_compiler(conn.dialect, None).get_column_specification(column)
+                conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {ddl}"))

@@ -1,0 +1,188 @@
+"""A curriculum's target tasks: validated at creation, resolved by GET /curricula/{name}/target, evaluations
+flagged on_target, and the evaluations table of an older database given its new column at start-up."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+import pytest
+
+from teacher_service.learning.task_spaces.maze import shortest_paths
+from teacher_service.serving.curricula_file import CurriculaFileError, create_curricula
+from teacher_service.serving.hub import TeacherHub
+from teacher_service.serving.settings import Settings
+from teacher_service.serving.store.tables import create_tables, make_engine
+from tests.servers import ServiceProcess
+
+UMAZE = "PointMaze_UMaze-v3"
+MAZE = {"kind": "preset", "env_id": UMAZE}
+TASKS = {"kind": "discrete", "tasks": [{"name": f"t{i}", "reset_options": {"level": i}} for i in range(4)]}
+BOX = {"kind": "box", "low": [0, -1], "high": [1, 1], "option_key": "pos"}
+
+
+def curriculum(name, task_space, target, **fields):
+    return {"name": name, "task_space": task_space, "teacher": {"algorithm": "random"}, "target": target, **fields}
+
+
+def evaluation(name, student, steps, success, on_target):
+    return {"curriculum": name, "student_id": student, "env_steps": steps, "episodes": 10,
+            "success_rate": success, "mean_return": -1.0, "on_target": on_target}
+
+
+def distance(options):
+    return shortest_paths(UMAZE)[tuple(options["reset_cell"])][tuple(options["goal_cell"])]
+
+
+def test_farthest_pairs_are_resolved_stored_and_evaluated_on(service):
+    client = service.client()
+    created = client.post("/curricula", json=curriculum("far", MAZE, {"farthest": 4}))
+    assert created.status_code == 201, created.text
+    assert created.json()["target"] == {"tasks": None, "farthest": 4}
+    assert client.get("/curricula/far").json()["target"] == {"tasks": None, "farthest": 4}
+
+    target = service.client(service.student_token).get("/curricula/far/target")
+    assert target.status_code == 200, target.text
+    resolved = target.json()["reset_options"]
+    # UMaze's longest shortest path is 6 cells, between its two ends (both directions); then 5.
+    assert max(max(row.values()) for row in shortest_paths(UMAZE).values()) == 6
+    assert [distance(o) for o in resolved] == [6, 6, 5, 5]
+
+    for on_target, success in ((True, 0.2), (False, 0.9)):
+        response = client.post("/evaluations", json=evaluation("far", "s1", 100, success, on_target))
+        assert response.status_code == 201, response.text
+    rows = client.get("/curricula/far/evaluations").json()["items"]
+    assert [(r["on_target"], r["success_rate"]) for r in rows] == [(True, 0.2), (False, 0.9)]
+
+
+def test_explicit_tasks_of_each_kind_of_space_are_returned_as_given(service):
+    client = service.client()
+    cases = [
+        ("maze", MAZE, [{"reset_cell": [1, 1], "goal_cell": [3, 1]}, {"goal_cell": [1, 3], "reset_cell": [3, 3]}]),
+        ("disc", TASKS, [{"level": 3}, {"level": 0}]),
+        ("box", BOX, [{"pos": [0.5, -1.0]}, {"pos": [1, 1]}]),
+    ]
+    for name, space, tasks in cases:
+        response = client.post("/curricula", json=curriculum(name, space, {"tasks": tasks}))
+        assert response.status_code == 201, response.text
+        assert client.get(f"/curricula/{name}/target").json()["reset_options"] == tasks
+    adroit = {"kind": "preset", "env_id": "AdroitHandRelocate-v1"}
+    options = {"initial_state_dict": {"qpos": [0.0] * 36, "qvel": [0.0] * 36, "obj_pos": [0.1, 0.2, 0.035],
+                                      "target_pos": [0.0, 0.1, 0.3]}}
+    assert client.post("/curricula", json=curriculum("adroit", adroit, {"tasks": [options]})).status_code == 201
+    bad = {**options["initial_state_dict"], "target_pos": [0.0, 0.1, 0.5]}  # z above the box
+    response = client.post("/curricula", json=curriculum("adroit2", adroit, {"tasks": [{"initial_state_dict": bad}]}))
+    assert response.status_code == 422 and "outside the box" in response.text
+
+
+def test_a_curriculum_without_target_answers_404(service):
+    client = service.client(service.student_token)
+    service.client().post("/curricula", json=curriculum("plain", MAZE, None))
+    response = client.get("/curricula/plain/target")
+    assert response.status_code == 404 and response.json()["detail"] == "curriculum 'plain' has no target tasks"
+    assert client.get("/curricula/nope/target").status_code == 404
+
+
+def test_bad_targets_get_a_clear_422_and_store_nothing(service):
+    client = service.client()
+    cell = {"reset_cell": [1, 1], "goal_cell": [3, 1]}
+    cases = [
+        (MAZE, {}, "exactly one of 'tasks' and 'farthest'"),
+        (MAZE, {"tasks": [cell], "farthest": 2}, "exactly one of 'tasks' and 'farthest'"),
+        (MAZE, {"farthest": 43}, "43 pairs asked, the task space has 42"),
+        (MAZE, {"farthest": 0}, "greater than or equal to 1"),
+        (MAZE, {"farthest": 10**9}, "less than or equal to 1000"),
+        (MAZE, {"tasks": []}, "at least 1 item"),
+        (MAZE, {"tasks": [cell] * 1001}, "at most 1000 items"),
+        (MAZE, {"tasks": ["(1,1)->(3,1)"]}, "valid dictionary"),
+        (MAZE, {"tasks": [[1, 1, 3, 1]]}, "valid dictionary"),
+        (MAZE, {"tasks": [cell, {"reset_cell": [0, 0], "goal_cell": [3, 1]}]}, "tasks[1]: reset_cell [0, 0] is not a free cell"),
+        (MAZE, {"tasks": [{"reset_cell": [1, 1], "goal_cell": [1, 1]}]}, "must differ"),
+        (MAZE, {"tasks": [{"reset_cell": [1, 1]}]}, "{'reset_cell': [row, col], 'goal_cell': [row, col]}"),
+        (MAZE, {"tasks": [{**cell, "noise": 0}]}, "{'reset_cell': [row, col], 'goal_cell': [row, col]}"),
+        (MAZE, {"tasks": [{"reset_cell": [1.5, 1], "goal_cell": [3, 1]}]}, "must be [row, col] integers"),
+        (MAZE, {"tasks": [{"reset_cell": [True, 1], "goal_cell": [3, 1]}]}, "must be [row, col] integers"),
+        (MAZE, {"tasks": [{"reset_cell": [10**30, 1], "goal_cell": [3, 1]}]}, "not a free cell"),
+        (TASKS, {"farthest": 2}, "farthest is for maze presets"),
+        (TASKS, {"tasks": [{"level": 9}]}, "tasks[0]: not the reset_options of any task"),
+        (BOX, {"tasks": [{"pos": [2, 0]}]}, "outside the box"),
+        (BOX, {"tasks": [{"pos": [0.5]}]}, "not the reset options of a point of this box"),
+        (BOX, {"tasks": [{"pos": [0.5, "0"]}]}, "not the reset options of a point of this box"),
+        (BOX, {"tasks": [{"task": [0.5, 0]}]}, "not the reset options of a point of this box"),
+        (BOX, {"tasks": [{"pos": [0.5, 0], "extra": 1}]}, "not the reset options of a point of this box"),
+        (BOX, {"farthest": 1}, "farthest is for maze presets"),
+    ]
+    for space, target, message in cases:
+        response = client.post("/curricula", json=curriculum("bad", space, target))
+        assert response.status_code == 422, (target, response.text)
+        assert message in response.text, (target, response.text)
+    raw = b'{"name": "bad", "task_space": {"kind": "box", "low": [0], "high": [1]}, "target": {"tasks": [{"task": [NaN]}]}}'
+    response = client.post("/curricula", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    for space, message in (({**MAZE, "goal_cell": [0, 0]}, "goal_cell [0, 0] is not a free cell"),
+                           ({"kind": "preset", "env_id": "AdroitHandRelocate-v1", "goal_cell": [1, 1]},
+                            "goal_cell is for maze presets")):
+        response = client.post("/curricula", json=curriculum("bad", space, None))
+        assert response.status_code == 422 and message in response.text, response.text
+    assert client.get("/curricula").json() == []
+
+
+def test_curricula_file_entries_carry_a_target(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(f"curricula:\n  - {{name: far, task_space: {{kind: preset, env_id: {UMAZE}}}, target: {{farthest: 2}}}}\n")
+    bad.write_text(f"curricula:\n  - {{name: far2, task_space: {{kind: preset, env_id: {UMAZE}}}, target: {{farthest: 99}}}}\n")
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+    hub = TeacherHub(settings, engine)
+    (info,) = create_curricula(hub, good)
+    assert info.target.farthest == 2 and [distance(o) for o in hub.target_tasks("far").reset_options] == [6, 6]
+    with pytest.raises(CurriculaFileError, match="curriculum 'far2': target: farthest: 99 pairs asked"):
+        create_curricula(hub, bad)
+
+
+# ---------------------------------------------------------------- a database from before on_target
+
+
+def old_schema_then_upgrade(service, execute):
+    """Evaluations stored by the previous schema (no on_target column) read and written after an upgrade."""
+    client = service.client()
+    client.post("/curricula", json=curriculum("far", MAZE, {"farthest": 2}))
+    service.stop()
+    execute("ALTER TABLE evaluations DROP COLUMN on_target")  # the table as the previous schema made it
+    execute("INSERT INTO evaluations (curriculum_id, student_id, env_steps, episodes, success_rate, mean_return, "
+            "created_at) SELECT id, 'old', 50, 5, 0.4, -2.0, '2026-01-01 00:00:00+00:00' FROM curricula")
+    for restart in range(2):  # the second start finds the column there already
+        service.start()
+        response = client.post("/evaluations", json=evaluation("far", "new", 100 + restart, 0.1, True))
+        assert response.status_code == 201, response.text
+        service.stop()
+    service.start()
+    rows = client.get("/curricula/far/evaluations").json()["items"]
+    assert [(r["student_id"], r["on_target"]) for r in rows] == [("old", False), ("new", True), ("new", True)]
+    on_target = client.get("/curricula/far/evaluations", params={"on_target": "true"}).json()["items"]
+    assert [r["env_steps"] for r in on_target] == [100, 101]
+
+
+def test_an_sqlite_database_from_the_previous_schema_gets_on_target(service):
+    path = service.database_url.removeprefix("sqlite:///")
+
+    def execute(statement):
+        with sqlite3.connect(path) as db:
+            db.execute(statement)
+
+    old_schema_then_upgrade(service, execute)
+
+
+def test_a_postgresql_database_from_the_previous_schema_gets_on_target(tmp_path, postgres_url):
+    service = ServiceProcess(tmp_path, database_url=postgres_url).start()
+    dsn = postgres_url.replace("postgresql+psycopg", "postgresql")
+
+    def execute(statement):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(statement)
+
+    try:
+        old_schema_then_upgrade(service, execute)
+    finally:
+        service.stop()
