@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from teacher_service import wire
 from teacher_service.learning.rewards import DERIVED_SIGNALS
-from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace, build_task_space
+from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace, build_task_space, resolve_target
 from teacher_service.learning.teachers import REGISTRY, Context, Teacher, build_teacher
 from teacher_service.learning.trajectories import group_trajectories
 from teacher_service.serving.group_commit import GroupCommitter, Tx
@@ -156,7 +156,12 @@ class TeacherHub:
         return space, teacher
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
-        _, teacher = self.build(spec)
+        space, teacher = self.build(spec)
+        if spec.target is not None:
+            try:
+                resolve_target(spec.task_space, space, spec.target)
+            except ValueError as exc:
+                raise BadRequest(f"target: {exc}", loc=("body", "target")) from exc
 
         def create(tx: Tx) -> Row:
             existing = tx.conn.execute(CURRICULUM_BY_NAME, {"name": spec.name}).first()
@@ -186,6 +191,13 @@ class TeacherHub:
     def get_curriculum(self, name: str) -> wire.CurriculumInfo:
         with self.engine.connect() as conn:
             return self._info(self.curriculum_row(conn, name))
+
+    def target_tasks(self, name: str) -> wire.TargetTasks:
+        with self.engine.connect() as conn:
+            runtime = self.runtime(self._row_by_name(conn, name))
+        if runtime.spec.target is None:
+            raise NotFound(f"curriculum {name!r} has no target tasks")
+        return wire.TargetTasks(reset_options=resolve_target(runtime.spec.task_space, runtime.space, runtime.spec.target))
 
     def delete_curriculum(self, name: str) -> None:
         def delete_row(tx: Tx) -> int:
