@@ -186,3 +186,30 @@ def test_a_postgresql_database_from_the_previous_schema_gets_on_target(tmp_path,
         old_schema_then_upgrade(service, execute)
     finally:
         service.stop()
+
+
+# ---------------------------------------------------------------- a maze with a fixed goal
+
+
+def test_fixed_goal_proposals_and_target_tasks_reset_a_real_pointmaze(service):
+    import gymnasium as gym
+
+    from student_client.envs import reset_options, verify_reset
+
+    client = service.client()
+    space = {**MAZE, "goal_cell": [3, 1]}
+    info = client.post("/curricula", json=curriculum("goal", space, {"farthest": 3})).json()
+    assert info["task_space_summary"]["size"] == 6 and info["task_space_summary"]["goal_cell"] == [3, 1]
+    proposals = [client.post("/propose", json={"curriculum": "goal", "student_id": "s1"}).json() for _ in range(12)]
+    assert {tuple(p["reset_options"]["goal_cell"]) for p in proposals} == {(3, 1)}
+    assert all(p["task"]["values"] == [*p["reset_options"]["reset_cell"], 3, 1] for p in proposals)
+    assert len({tuple(p["reset_options"]["reset_cell"]) for p in proposals}) > 1  # the teacher chooses the start
+    target = client.get("/curricula/goal/target").json()["reset_options"]
+    # The starts farthest from the goal [3, 1]: the U's other end [1, 1] (6 cells), then [1, 2] (5), [1, 3] (4).
+    assert target == [{"reset_cell": [1, 1], "goal_cell": [3, 1]}, {"reset_cell": [1, 2], "goal_cell": [3, 1]},
+                      {"reset_cell": [1, 3], "goal_cell": [3, 1]}]
+    env = gym.make(UMAZE)
+    for options in [*target, *(p["reset_options"] for p in proposals[:4])]:
+        env.reset(seed=0, options=reset_options(env, options))
+        verify_reset(env, options)
+    env.close()

@@ -103,7 +103,7 @@ class BoxSpace:
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
                 raise TypeError
             point = np.asarray(values, dtype=np.float64)
-        except (KeyError, TypeError, ValueError, IndexError):
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             point = None
         if point is None or point.shape != (self.dim,) or self.reset_options(point) != options:
             example = self.reset_options(self.low)

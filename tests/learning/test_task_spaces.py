@@ -1,0 +1,53 @@
+"""Task spaces' pure parts: a maze with a fixed goal, and a curriculum's target resolved against its space."""
+
+from __future__ import annotations
+
+import pytest
+
+from teacher_service.learning.task_spaces import build_task_space, resolve_target
+from teacher_service.learning.task_spaces.maze import shortest_paths
+from teacher_service.wire import BoxTaskSpace, PresetTaskSpace, TargetSpec
+
+MEDIUM = "PointMaze_Medium-v3"
+
+
+def resolve(spec, **target):
+    return resolve_target(spec, build_task_space(spec), TargetSpec(**target))
+
+
+def test_farthest_pairs_are_in_decreasing_shortest_path_order_and_all_pairs_at_most():
+    spec = PresetTaskSpace(env_id=MEDIUM)
+    paths = shortest_paths(MEDIUM)
+    size = build_task_space(spec).size
+    everything = resolve(spec, farthest=size)
+    distances = [paths[tuple(o["reset_cell"])][tuple(o["goal_cell"])] for o in everything]
+    assert distances == sorted(distances, reverse=True) and len(everything) == size
+    assert resolve(spec, farthest=5) == everything[:5]
+    assert distances[0] == max(max(row.values()) for row in paths.values())
+    with pytest.raises(ValueError, match=f"{size + 1} pairs asked, the task space has {size}"):
+        resolve(spec, farthest=size + 1)
+
+
+def test_a_fixed_goal_keeps_pair_coordinates_and_only_its_pairs():
+    free = build_task_space(PresetTaskSpace(env_id=MEDIUM)).summary()["free_cells"]
+    goal = free[-1]
+    space = build_task_space(PresetTaskSpace(env_id=MEDIUM, goal_cell=goal))
+    assert space.size == len(free) - 1 and space.feature_dim == 4
+    assert all(list(v[2:]) == goal for v in space.values.tolist())
+    assert all(o["goal_cell"] == goal for o in space.options)
+    farthest = resolve(PresetTaskSpace(env_id=MEDIUM, goal_cell=goal), farthest=3)
+    start_distances = sorted(shortest_paths(MEDIUM)[tuple(goal)].values(), reverse=True)
+    assert [shortest_paths(MEDIUM)[tuple(o["reset_cell"])][tuple(goal)] for o in farthest] == start_distances[:3]
+    for bad, message in (([0, 0], "not a free cell"), ([99, 1], "not a free cell")):
+        with pytest.raises(ValueError, match=message):
+            build_task_space(PresetTaskSpace(env_id=MEDIUM, goal_cell=bad))
+
+
+def test_box_targets_round_trip_through_the_reset_options():
+    spec = BoxTaskSpace(low=[0, 0], high=[1, 2], option_key="p")
+    assert resolve(spec, tasks=[{"p": [1, 2]}, {"p": [0.0, 0.5]}]) == [{"p": [1, 2]}, {"p": [0.0, 0.5]}]
+    for options, message in (({"p": [1, 2.5]}, "outside the box"), ({"p": 3}, "not the reset options"),
+                             ({"p": [True, 1]}, "not the reset options"), ({}, "not the reset options"),
+                             ({"p": [10**400, 1]}, "not the reset options")):
+        with pytest.raises(ValueError, match=message):
+            resolve(spec, tasks=[options])
