@@ -285,20 +285,23 @@ class Inspector:
                 per_student[sid] = {
                     "student_id": sid, "proposals": proposals, "episodes": episodes,
                     "env_steps": int(steps or 0), "seen": [proposed, reported], "last_evaluation": None,
+                    "last_target_evaluation": None,
                     # Its run ended with its last proposal; a later proposal means it was resumed.
                     "finished": finished is not None and finished >= proposed,
                 }
+            # The last evaluation of each student on each distribution (the environment's own, the target).
             last_ids = (
-                select(func.max(Evaluation.id)).where(Evaluation.curriculum_id == row.id).group_by(Evaluation.student_id)
+                select(func.max(Evaluation.id)).where(Evaluation.curriculum_id == row.id)
+                .group_by(Evaluation.student_id, Evaluation.on_target)
             )
             for e in session.scalars(select(Evaluation).where(Evaluation.id.in_(last_ids))):
                 student = per_student.setdefault(
                     e.student_id,
                     {"student_id": e.student_id, "proposals": 0, "episodes": 0, "env_steps": 0, "seen": [],
-                     "finished": False},
+                     "last_evaluation": None, "last_target_evaluation": None, "finished": False},
                 )
                 student["seen"].append(e.created_at)
-                student["last_evaluation"] = {
+                student["last_target_evaluation" if e.on_target else "last_evaluation"] = {
                     "env_steps": e.env_steps, "episodes": e.episodes, "success_rate": e.success_rate,
                     "mean_return": e.mean_return, "at": iso(e.created_at),
                 }

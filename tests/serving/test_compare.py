@@ -16,6 +16,7 @@ EVALUATIONS = {  # curriculum: (student, env steps, success rate)
     "a": [("s1", 500, 0.2), ("s2", 500, 0.4), ("s1", 1000, 0.6), ("s2", 1000, 1.0), ("s2", 1000, 0.8)],
     "b": [("s1", 500, 0.0), ("s1", 1000, 0.1)],
 }
+TARGET_EVALUATIONS = {"a": [("s1", 500, 0.05), ("s2", 500, 0.15), ("s1", 1000, 0.5)], "b": []}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -27,10 +28,11 @@ def client(request, tmp_path_factory):
     admin = service.client()
     for name in ("a", "b"):
         create(admin, name, MAZE)
-        for student, steps, success in EVALUATIONS[name]:
-            body = {"curriculum": name, "student_id": student, "env_steps": steps, "episodes": 5,
-                    "success_rate": success, "mean_return": 10 * success}
-            assert admin.post("/evaluations", json=body).status_code == 201
+        for on_target, evaluations in ((False, EVALUATIONS[name]), (True, TARGET_EVALUATIONS[name])):
+            for student, steps, success in evaluations:
+                body = {"curriculum": name, "student_id": student, "env_steps": steps, "episodes": 5,
+                        "success_rate": success, "mean_return": 10 * success, "on_target": on_target}
+                assert admin.post("/evaluations", json=body).status_code == 201
     yield service.client(service.student_token)
     service.stop()
 
@@ -53,6 +55,19 @@ def test_compare_gives_mean_and_band_over_students_per_curriculum(client):
     assert [(r["curriculum"], r["env_steps"], r["students"]) for r in rows] == [
         ("a", "500", "2"), ("a", "1000", "2"), ("b", "500", "1"), ("b", "1000", "1")]
     assert float(rows[1]["mean"]) == pytest.approx(0.75)
+
+
+def test_compare_on_target_uses_only_the_target_evaluations(client):
+    body = client.get("/compare", params={"curricula": "a,b", "on_target": "true"}).json()
+    assert body["on_target"] is True
+    a, b = body["curves"]
+    assert a["env_steps"] == [500, 1000] and a["students"] == [2, 1]
+    assert a["mean"] == pytest.approx([0.1, 0.5]) and a["min"] == pytest.approx([0.05, 0.5])
+    assert b["env_steps"] == [] and b["mean"] == []
+    assert client.get("/compare", params={"curricula": "a"}).json()["on_target"] is False
+    assert client.get("/compare", params={"curricula": "a", "on_target": "maybe"}).status_code == 422
+    schema = client.get("/openapi.json").json()["paths"]["/compare"]["get"]["parameters"]
+    assert "target tasks" in next(p for p in schema if p["name"] == "on_target")["description"]
 
 
 @pytest.mark.parametrize("params, status", [

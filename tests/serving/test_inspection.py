@@ -56,6 +56,9 @@ def data(request, tmp_path_factory):
         evaluation = {"curriculum": "maze", "student_id": student, "env_steps": steps, "episodes": 5,
                       "success_rate": success, "mean_return": 10 * success}
         assert client.post("/evaluations", json=evaluation).status_code == 201
+    target = {"curriculum": "maze", "student_id": "s1", "env_steps": 700, "episodes": 4, "success_rate": 0.25,
+              "mean_return": -3.0, "on_target": True}
+    assert client.post("/evaluations", json=target).status_code == 201
     yield service, service.client(service.student_token)
     service.stop()
 
@@ -133,6 +136,7 @@ def test_students(data):
     assert (s1["student_id"], s1["episodes"], s1["proposals"], s1["env_steps"]) == ("s1", 5, 6, 100 * 5 + 0 + 2 + 4 + 6 + 8)
     assert s1["last_evaluation"]["success_rate"] == 0.6 and s1["last_evaluation"]["mean_return"] == 6.0
     assert s2["last_evaluation"]["env_steps"] == 500 and s2["active"]
+    assert s1["last_target_evaluation"]["success_rate"] == 0.25 and s2["last_target_evaluation"] is None
     assert client.get("/curricula/maze/students", params={"active_within_s": 0.001}).json()["active"] == 0
 
 
@@ -168,7 +172,11 @@ def test_signals_in_windows(data):
 def test_evaluations(data):
     _, client = data
     body = client.get("/curricula/maze/evaluations", params={"student": "s1"}).json()
-    assert [(e["env_steps"], e["success_rate"]) for e in body["items"]] == [(500, 0.2), (1000, 0.6)]
+    assert [(e["env_steps"], e["success_rate"], e["on_target"]) for e in body["items"]] == [
+        (500, 0.2, False), (1000, 0.6, False), (700, 0.25, True)]
+    for on_target, steps in (("true", [700]), ("false", [500, 1000, 500])):
+        body = client.get("/curricula/maze/evaluations", params={"on_target": on_target}).json()
+        assert [e["env_steps"] for e in body["items"]] == steps
 
 
 @pytest.mark.parametrize("path", ["history", "evaluations", "distribution", "students", "teacher", "signals"])

@@ -109,7 +109,9 @@ def students(
     active_within_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600)] = ACTIVE_WITHIN_S,
     inspector: Inspector = Depends(get_inspector),
 ) -> dict:
-    """Per student: episodes, environment steps, last evaluation, last seen, and whether it is active."""
+    """Per student: episodes, environment steps, last evaluation on the environment's own distribution
+    (`last_evaluation`) and on the curriculum's target tasks (`last_target_evaluation`), last seen, and
+    whether it is active."""
     return inspector.students(name, active_within_s)
 
 
