@@ -7,6 +7,7 @@ to a temporary directory.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import re
@@ -210,3 +211,47 @@ def test_the_link_the_service_prints_opens_the_dashboard(service, open_page):
     page, errors = open_page(link)
     refreshed(page)
     assert page.is_hidden("#token-form") and "token" not in page.url and errors == []
+
+
+def test_target_success_curves_and_target_tasks_on_the_maze(service, open_page, shots):
+    client = service.client()
+    for name, algorithm in (("far-a", "gradnorm-reinforce"), ("far-b", "random")):
+        body = {"name": name, "task_space": MAZE, "teacher": {"algorithm": algorithm}, "target": {"farthest": 4}}
+        assert client.post("/curricula", json=body).status_code == 201
+        for student, skill in (("s1", 0.6), ("s2", 0.3)):
+            train(client, name, student, 4, skill)
+            evaluate(client, name, student, 1.0, points=3)  # the default tasks: easy
+            for k in range(1, 5):  # the target tasks: far pairs, learned slowly
+                body = {"curriculum": name, "student_id": student, "env_steps": 5000 * k, "episodes": 8,
+                        "success_rate": skill * k / 4, "mean_return": -50.0, "on_target": True}
+                assert client.post("/evaluations", json=body).status_code == 201
+
+    page, errors = open_page(f"{service.url}/?refresh=1&curriculum=far-a&compare=far-a,far-b#token={service.student_token}")
+    refreshed(page)
+    # Target success: one curve per student and their mean, as /compare?on_target=true computes it.
+    mean = client.get("/compare", params={"curricula": "far-a", "on_target": "true"}).json()["curves"][0]
+    chart = page.locator("#chart-target-success")
+    assert chart.is_visible() and chart.get_attribute("data-points") == str(4 + 4 + 4)
+    assert [tuple(p) for p in json.loads(chart.get_attribute("data-mean"))] == list(zip(mean["env_steps"], mean["mean"]))
+    assert mean["mean"] == pytest.approx([0.1125, 0.225, 0.3375, 0.45])
+    assert chart.get_attribute("data-series").split("\n") == ["mean over students", "s1", "s2"]
+    assert chart.get_attribute("data-y-label") == "success on 4 target tasks"
+    assert page.get_attribute("#chart-success", "data-points") == str(3 + 3)  # the default tasks' apart
+    s1 = client.get("/curricula/far-a/students").json()["students"][0]
+    cells = page.locator('#students tr[data-student="s1"] td').all_text_contents()
+    assert cells[3] == f"{s1['last_evaluation']['success_rate']:.2f}" and cells[5] == "0.60"  # default, target
+
+    # The target tasks drawn on the maze: arrows (red) from starts (green) to goals.
+    assert page.get_attribute("#target-figure", "data-pairs") == "4" and page.is_visible("#target-map")
+    assert "4 start-to-goal pairs (the 4 start-goal pairs farthest apart)" in page.text_content("#target-caption")
+    drawn = colors_of(page.locator("#target-map").screenshot())
+    assert near(drawn, (0xD6, 0x27, 0x28)) and near(drawn, (0x2C, 0xA0, 0x2C))
+
+    # The compare view on the target tasks, labelled as such.
+    page.select_option("#compare-on", "target")
+    page.wait_for_function("document.querySelector('#chart-compare').dataset.series.includes('on target tasks')")
+    compare = client.get("/compare", params={"curricula": "far-a,far-b", "on_target": "true"}).json()
+    assert page.get_attribute("#chart-compare", "data-points") == str(sum(len(c["env_steps"]) for c in compare["curves"]))
+    assert "target tasks" in page.text_content("#compare-distribution")
+    page.locator("main").screenshot(path=str(shots / "dashboard-target.png"))
+    assert errors == []

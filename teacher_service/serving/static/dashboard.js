@@ -57,7 +57,7 @@ function align(lines) {
   return { xs, at };
 }
 
-// lines: [{label, color, points: [[x, y]], band?: [[x, low, high]]}]; kind "bars" for histograms;
+// lines: [{label, color, points: [[x, y]], band?: [[x, low, high]], dash?: [on, off]}]; kind "bars" for histograms;
 // xRange: a fixed [min, max] of the x axis (a histogram's whole range).
 function drawChart(id, lines, { xLabel = "", yLabel = "", kind = "line", height = 220, xRange = null } = {}) {
   const el = $(id);
@@ -68,7 +68,7 @@ function drawChart(id, lines, { xLabel = "", yLabel = "", kind = "line", height 
   lines.forEach((line) => {
     mainIndex.push(series.length);
     series.push({
-      label: line.label, stroke: line.color, width: kind === "bars" ? 1 : 2, spanGaps: true,
+      label: line.label, stroke: line.color, width: kind === "bars" ? 1 : 2, spanGaps: true, dash: line.dash,
       fill: kind === "bars" ? line.color + "99" : undefined,
       paths: kind === "bars" ? uPlot.paths.bars({ size: [0.9, 60] }) : undefined,
       points: { show: kind !== "bars" && xs.length < 60, size: 5 },
@@ -184,6 +184,7 @@ function heatColor(t) {
 }
 
 // A grid of cells: fill(r, c) gives null (a wall, dark) or a count; the counts are colored and written.
+// Returns the context and the cell size, for drawing over it.
 function drawGrid(canvas, rows, cols, value, labels = null) {
   const { ctx, width, height } = context2d(canvas);
   const margin = labels ? 34 : 0;
@@ -218,6 +219,32 @@ function drawGrid(canvas, rows, cols, value, labels = null) {
       ctx.fillText(label, 0, 0);
       ctx.restore();
     });
+  }
+  return { ctx, size };
+}
+
+// The maze with an arrow from the start cell to the goal cell of each target task (reset options);
+// each arrow sits a little to its right, so that a pair and its reverse stay apart.
+function drawTargetMap(layout, targets) {
+  const rows = layout.length, cols = layout[0].length;
+  const { ctx, size } = drawGrid($("target-map"), rows, cols, (r, c) => (layout[r][c] === 1 ? null : 0));
+  const centre = ([r, c]) => [c * size + size / 2, r * size + size / 2];
+  ctx.lineWidth = 2;
+  for (const { reset_cell: start, goal_cell: goal } of targets) {
+    let [x0, y0] = centre(start), [x1, y1] = centre(goal);
+    const length = Math.hypot(x1 - x0, y1 - y0) || 1, ux = (x1 - x0) / length, uy = (y1 - y0) / length;
+    const shift = size * 0.12;
+    [x0, y0, x1, y1] = [x0 - uy * shift, y0 + ux * shift, x1 - uy * shift, y1 + ux * shift];
+    ctx.strokeStyle = ctx.fillStyle = COLORS[3];
+    ctx.beginPath(); ctx.moveTo(x0, y0); ctx.lineTo(x1, y1); ctx.stroke();
+    const head = Math.max(5, size * 0.2);
+    ctx.beginPath();
+    ctx.moveTo(x1, y1);
+    ctx.lineTo(x1 - head * ux + head * 0.5 * uy, y1 - head * uy - head * 0.5 * ux);
+    ctx.lineTo(x1 - head * ux - head * 0.5 * uy, y1 - head * uy + head * 0.5 * ux);
+    ctx.fill();
+    ctx.fillStyle = COLORS[2];
+    ctx.beginPath(); ctx.arc(x0, y0, Math.max(3, size * 0.08), 0, 2 * Math.PI); ctx.fill();
   }
 }
 
@@ -456,15 +483,20 @@ function compareSelection(curricula) {
 
 function compareQuery() {
   const names = [...$("compare-curricula").querySelectorAll("input:checked")].map((i) => i.value);
-  return names.length ? `/compare?curricula=${names.map(encodeURIComponent).join(",")}&metric=${$("compare-metric").value}` : null;
+  const onTarget = $("compare-on").value === "target";
+  return names.length
+    ? `/compare?curricula=${names.map(encodeURIComponent).join(",")}&metric=${$("compare-metric").value}&on_target=${onTarget}`
+    : null;
 }
 
 async function refreshCompare() {
   const query = compareQuery();
   const result = query ? await api(query) : { curves: [] };
   const metric = $("compare-metric").selectedOptions[0].textContent;
+  const on = $("compare-on").value === "target" ? "target tasks" : "default tasks";
+  $("compare-distribution").textContent = $("compare-on").selectedOptions[0].textContent;
   drawChart("chart-compare", result.curves.map((curve, i) => ({
-    label: `${curve.curriculum} (${curve.algorithm}, ${Math.max(0, ...curve.students)} students)`,
+    label: `${curve.curriculum} (${curve.algorithm}, ${Math.max(0, ...curve.students)} students) on ${on}`,
     color: COLORS[i % COLORS.length],
     points: curve.env_steps.map((x, k) => [x, curve.mean[k]]),
     band: curve.env_steps.map((x, k) => [x, curve.min[k], curve.max[k]]),
@@ -475,7 +507,7 @@ async function refreshCompare() {
 
 function evaluationLines(evaluations, key) {
   const byStudent = new Map();
-  for (const e of evaluations.items) {
+  for (const e of evaluations) {
     if (!byStudent.has(e.student_id)) byStudent.set(e.student_id, []);
     byStudent.get(e.student_id).push([e.env_steps, e[key]]);
   }
@@ -494,10 +526,11 @@ function renderStudents(students) {
     const tr = document.createElement("tr");
     tr.dataset.student = s.student_id;
     tr.addEventListener("click", () => { select.value = s.student_id; refreshStudent().catch(showError); });
-    const e = s.last_evaluation;
+    const e = s.last_evaluation, t = s.last_target_evaluation;
     const state = s.finished ? "finished" : s.active ? "active" : "idle";
     for (const text of [s.student_id, s.episodes, s.env_steps, e ? e.success_rate.toFixed(2) : "",
-      e ? e.mean_return.toFixed(2) : "", new Date(s.last_seen).toLocaleTimeString(), state]) {
+      e ? e.mean_return.toFixed(2) : "", t ? t.success_rate.toFixed(2) : "", new Date(s.last_seen).toLocaleTimeString(),
+      state]) {
       tr.append(Object.assign(document.createElement("td"), { textContent: text }));
     }
     tr.lastChild.className = state;
@@ -538,13 +571,15 @@ async function refresh() {
   const summary = info.task_space_summary;
   const adroitSpace = summary.env_id === "AdroitHandRelocate-v1";
   const window_s = Number($("active-window").value) || 300;
-  const [teacher, signals, students, evaluations, distribution, informativeness] = await Promise.all([
+  const [teacher, signals, students, evaluations, distribution, informativeness, target, targetMean] = await Promise.all([
     api(`${base}/teacher`),
     api(`${base}/signals?signal=reward${adroitSpace ? "&signal=ball_target_distance" : ""}`),
     api(`${base}/students?active_within_s=${window_s}`),
     api(`${base}/evaluations?limit=10000`),
     summary.maze_map ? api(`${base}/distribution?source=proposals&buckets=${BUCKETS}`) : null,
     loadInformativeness(base, info.name),
+    info.target ? api(`${base}/target`) : null,
+    info.target ? api(`/compare?curricula=${encodeURIComponent(info.name)}&on_target=true`) : null,
     refreshCompare(),
   ]);
 
@@ -561,8 +596,19 @@ async function refresh() {
   } else if (distribution) {
     drawChart("chart-distance", [mazeDistanceLine(distribution)], { xLabel: "proposals" });
   }
-  drawChart("chart-success", evaluationLines(evaluations, "success_rate"), { xLabel: "environment steps" });
-  drawChart("chart-return", evaluationLines(evaluations, "mean_return"), { xLabel: "environment steps" });
+  const onDefault = evaluations.items.filter((e) => !e.on_target);
+  drawChart("chart-success", evaluationLines(onDefault, "success_rate"), { xLabel: "environment steps", yLabel: "success rate" });
+  drawChart("chart-return", evaluationLines(onDefault, "mean_return"), { xLabel: "environment steps", yLabel: "mean return" });
+  $("chart-target-success").hidden = !target;
+  if (target) {
+    const { curves: [mean] } = targetMean;
+    const meanPoints = mean.env_steps.map((x, k) => [x, mean.mean[k]]);
+    $("chart-target-success").dataset.mean = JSON.stringify(meanPoints);
+    drawChart("chart-target-success", [
+      { label: "mean over students", color: "#222", dash: [6, 4], points: meanPoints },
+      ...evaluationLines(evaluations.items.filter((e) => e.on_target), "success_rate"),
+    ], { xLabel: "environment steps", yLabel: `success on ${target.reset_options.length} target tasks` });
+  }
 
   $("maze").hidden = !distribution;
   if (distribution) {
@@ -572,6 +618,13 @@ async function refresh() {
       paths: distribution.shortest_path,
       policy: policy ? new Map(distribution.values.map(([a, b, c, d], i) => [`${a},${b}>${c},${d}`, policy[i]])) : null };
     $("policy-figure").hidden = !policy;
+    $("target-figure").hidden = !target;
+    if (target) {
+      drawTargetMap(summary.maze_map, target.reset_options);
+      const rule = info.target.farthest ? `the ${info.target.farthest} start-goal pairs farthest apart` : "as listed";
+      $("target-caption").textContent = `target tasks: ${target.reset_options.length} start-to-goal pairs (${rule})`;
+      $("target-figure").dataset.pairs = target.reset_options.length;
+    }
     mazeSlider.setCount(maze.buckets.length);
     $("maze").dataset.total = distribution.proposals;
     drawMaze();
@@ -622,6 +675,7 @@ $("forget-token").addEventListener("click", () => {
 $("curriculum").addEventListener("change", () => refresh().catch(showError));
 $("student").addEventListener("change", () => refreshStudent().catch(showError));
 $("compare-metric").addEventListener("change", () => refreshCompare().catch(showError));
+$("compare-on").addEventListener("change", () => refreshCompare().catch(showError));
 $("active-window").value = localStorage.getItem("activeWindow") || 300;
 $("active-window").addEventListener("change", () => {
   localStorage.setItem("activeWindow", $("active-window").value);
