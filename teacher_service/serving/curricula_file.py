@@ -1,6 +1,7 @@
 """Curricula declared in a YAML file, created at start-up if missing.
 
-The file holds `curricula:`, a list of `POST /curricula` bodies (wire.CurriculumCreate). Existing
+The file holds `curricula:`, a list of `POST /curricula` bodies (wire.CurriculumCreate), each with its
+optional `target` (the tasks its students evaluate on, e.g. `target: {farthest: 10}` on a maze). Existing
 curricula, and the state their teachers have learned, are left alone, so restarting the service (or
 starting another replica) with the same file changes nothing.
 """
