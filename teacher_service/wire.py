@@ -241,7 +241,8 @@ class TargetSpec(WireModel):
         max_length=1_000,
         description="The reset options of each target task. Maze presets: `{reset_cell: [r, c], goal_cell: [r, c]}`, "
         "two distinct free cells of the maze (any pair, whatever the teacher may propose). Discrete spaces: the "
-        "reset options of one of its tasks. Box spaces: the reset options of a point within the bounds.",
+        "reset options of one of its tasks (`{task: <name>}` for a task given without reset_options). Box spaces: "
+        "the reset options of a point within the bounds (`{<option_key>: [values...]}`).",
     )
     farthest: int | None = Field(
         default=None,

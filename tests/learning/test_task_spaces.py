@@ -6,7 +6,7 @@ import pytest
 
 from teacher_service.learning.task_spaces import build_task_space, resolve_target
 from teacher_service.learning.task_spaces.maze import shortest_paths
-from teacher_service.wire import BoxTaskSpace, PresetTaskSpace, TargetSpec
+from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace, TargetSpec
 
 MEDIUM = "PointMaze_Medium-v3"
 
@@ -50,4 +50,13 @@ def test_box_targets_round_trip_through_the_reset_options():
                              ({"p": [True, 1]}, "not the reset options"), ({}, "not the reset options"),
                              ({"p": [10**400, 1]}, "not the reset options")):
         with pytest.raises(ValueError, match=message):
+            resolve(spec, tasks=[options])
+
+
+def test_discrete_targets_are_reset_options_of_its_tasks():
+    spec = DiscreteTaskSpace(tasks=[{"name": "easy"}, {"name": "hard", "reset_options": {"level": [3, {"walls": 2}]}}])
+    targets = [{"task": "easy"}, {"level": [3, {"walls": 2}]}]
+    assert resolve(spec, tasks=targets) == targets
+    for options in ({"task": "hard"}, {"level": [3, {"walls": 3}]}, {"task": "easy", "x": 1}):
+        with pytest.raises(ValueError, match="tasks\\[0\\]: not the reset_options of any task"):
             resolve(spec, tasks=[options])
