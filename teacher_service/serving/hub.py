@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -69,6 +69,16 @@ class Runtime:
     # The updater's copy, which learns while `teacher` goes on proposing (see updater.py); its version.
     learner: Teacher | None = None
     learner_version: int = -1
+
+
+@dataclass
+class Batching:
+    """A curriculum's batching state in one report transaction, which holds its row lock: read once, then
+    kept up to date by the reports stored in it (episodes ready for the next batch, the last numbered one)."""
+
+    row: CurriculumRow
+    ready: int
+    last_scheduled: int
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
@@ -267,19 +277,29 @@ class TeacherHub:
             return runtime
 
     def sync(self, cursor: Any, runtime: Runtime, stored_version: int) -> None:
-        """Load the stored checkpoint if another process (or a failed commit) made the cache stale.
+        """Bring a cache that another process (or a failed commit) made stale to the stored version: replay
+        the updates it misses onto it, or load the checkpoint if that is newer, and replay from there.
 
         Call with runtime.lock held. Versions only grow: a cache ahead of the caller's row is current."""
         if runtime.version != -1 and runtime.version >= stored_version:
             return
+        try:
+            self._catch_up(cursor, runtime)
+        except BaseException:
+            runtime.version = -1  # a replay that failed half-way leaves the cache in doubt
+            raise
+
+    def _catch_up(self, cursor: Any, runtime: Runtime) -> None:
         # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
         # proposing) a second statement could see a newer commit than the caller's row did.
-        checkpoint = self.driver.one(cursor, "checkpoint", {"curriculum_id": runtime.curriculum_id})
+        teacher = runtime.teacher
+        checkpoint = self.driver.one(cursor, "checkpoint_if_newer", {
+            "curriculum_id": runtime.curriculum_id, "cached": runtime.version, "every": teacher.checkpoint_every})
         if checkpoint is None:  # deleted since the caller read its row
             raise NotFound(f"curriculum {runtime.spec.name!r} not found (deleted meanwhile)")
         version, state = checkpoint
-        teacher = runtime.teacher
-        teacher.load_state_bytes(bytes(state))
+        if state is not None:  # else the cache is at least as new as the checkpoint: replay onto it
+            teacher.load_state_bytes(bytes(state))
         # A teacher that checkpoints every few updates (Teacher.checkpoint_every) is behind the stored
         # version by the updates since: replay them from their stored batches, in order.
         for replayed in range(teacher.updates + 1, version + 1):
@@ -305,19 +325,21 @@ class TeacherHub:
     def propose_batch(self, requests: list[wire.ProposeRequest]) -> list[wire.Proposal | ApiError]:
         """A proposal for each request, or the error of that request; the proposals in one transaction."""
         now = utcnow()
-        results: list[wire.Proposal | ApiError] = []
-        rows: list[dict[str, Any]] = []
+        decided: list[tuple[wire.Proposal, dict[str, Any]] | ApiError | None] = [None] * len(requests)
+        by_curriculum: dict[str, list[int]] = {}
+        for k, request in enumerate(requests):
+            by_curriculum.setdefault(request.curriculum, []).append(k)
         # Deciding only reads; the write is one insert per proposal, in the group's transaction.
         with self.reading() as cursor:
-            curricula: dict[str, CurriculumRow | None] = {}
-            for request in requests:
+            for name, indices in by_curriculum.items():
                 try:
-                    proposal, row = self._decide(cursor, curricula, request, now)
-                except ApiError as exc:
-                    results.append(exc)
-                    continue
-                results.append(proposal)
-                rows.append(row)
+                    outcomes = self._decide(cursor, name, [requests[k] for k in indices], now)
+                except ApiError as exc:  # the curriculum's: every item of it gets it
+                    outcomes = [exc] * len(indices)
+                for k, outcome in zip(indices, outcomes):
+                    decided[k] = outcome
+        results = [d if isinstance(d, ApiError) else d[0] for d in decided]
+        rows = [d[1] for d in decided if not isinstance(d, ApiError)]
 
         def insert_proposals(tx: Tx) -> None:
             self.driver.many(tx.cursor, "insert_proposal", rows)
@@ -351,68 +373,90 @@ class TeacherHub:
             stored.append(result)
         return stored
 
-    def _decide(self, cursor: Any, curricula: dict[str, CurriculumRow | None], request: wire.ProposeRequest,
-                now) -> tuple[wire.Proposal, dict[str, Any]]:
-        """The teacher's proposal for one request, and its row to insert."""
-        if request.curriculum not in curricula:  # looked up once per batch
-            raw = self.driver.one(cursor, "curriculum_by_name", {"name": request.curriculum})
-            curricula[request.curriculum] = None if raw is None else CurriculumRow(*raw)
-        row = curricula[request.curriculum]
-        if row is None:
-            raise NotFound(f"curriculum {request.curriculum!r} not found")
+    def _decide(self, cursor: Any, name: str, requests: list[wire.ProposeRequest],
+                now) -> list[tuple[wire.Proposal, dict[str, Any]] | ApiError]:
+        """The teacher's proposals for requests to one curriculum, each with its row to insert, or the
+        request's error; one teacher call for all of them (Teacher.propose_many)."""
+        raw = self.driver.one(cursor, "curriculum_by_name", {"name": name})
+        if raw is None:
+            raise NotFound(f"curriculum {name!r} not found")
+        row = CurriculumRow(*raw)
         runtime = self.runtime_by_id(cursor, row.id)
-        context = self._context(cursor, runtime, request) if runtime.teacher.uses_context else Context()
+        space = runtime.space
+        contexts: list[Context | ApiError] = (
+            self._contexts(cursor, runtime, requests) if runtime.teacher.uses_context else [Context()] * len(requests)
+        )
+        valid = [c for c in contexts if not isinstance(c, ApiError)]
         with runtime.lock:
             self.sync(cursor, runtime, row.teacher_version)
-            decision = runtime.teacher.propose(context)
+            decisions = iter(runtime.teacher.propose_many(valid))
             version = runtime.version
-        space = runtime.space
-        if decision.task_index is not None:
-            task, options = space.task(decision.task_index), space.reset_options(decision.task_index)
-        elif decision.task_values is not None:
-            task, options = space.task(decision.task_values), space.reset_options(decision.task_values)
-        else:
-            task, options = None, {}
         ttl = runtime.spec.proposal_ttl_s or self.settings.proposal_ttl_s
-        proposal = wire.Proposal(
-            proposal_id=uuid.uuid4().hex,
-            curriculum=row.name,
-            student_id=request.student_id,
-            task=task,
-            reset_options=options,
-            teacher_version=version,
-            expires_at=now + timedelta(seconds=ttl),
-        )
+        expires_at = now + timedelta(seconds=ttl)
         driver = self.driver
-        return proposal, {
-            "proposal_id": proposal.proposal_id,
-            "curriculum_id": row.id,
-            "student_id": request.student_id,
-            "task_index": decision.task_index,
-            "task_values": driver.json(task.values if task else None),
-            "reset_options": driver.json(options),
-            "teacher_version": version,
-            "teacher_input": driver.json(decision.teacher_input),
-            "created_at": driver.time(now),
-            "expires_at": driver.time(proposal.expires_at),
-        }
+        created, expires = driver.time(now), driver.time(expires_at)
+        proposal_ids = os.urandom(16 * len(requests)).hex()  # one system call for the batch's random ids
+        outcomes: list[tuple[wire.Proposal, dict[str, Any]] | ApiError] = []
+        for k, (request, context) in enumerate(zip(requests, contexts)):
+            if isinstance(context, ApiError):
+                outcomes.append(context)
+                continue
+            decision = next(decisions)
+            if decision.task_index is not None:
+                task, options = space.task(decision.task_index), space.reset_options(decision.task_index)
+            elif decision.task_values is not None:
+                task, options = space.task(decision.task_values), space.reset_options(decision.task_values)
+            else:
+                task, options = None, {}
+            proposal = wire.Proposal(
+                proposal_id=proposal_ids[32 * k:32 * (k + 1)],
+                curriculum=row.name,
+                student_id=request.student_id,
+                task=task,
+                reset_options=options,
+                teacher_version=version,
+                expires_at=expires_at,
+            )
+            outcomes.append((proposal, {
+                "proposal_id": proposal.proposal_id,
+                "curriculum_id": row.id,
+                "student_id": request.student_id,
+                "task_index": decision.task_index,
+                "task_values": driver.json(task.values if task else None),
+                "reset_options": driver.json(options),
+                "teacher_version": version,
+                "teacher_input": driver.json(decision.teacher_input),
+                "created_at": created,
+                "expires_at": expires,
+            }))
+        return outcomes
 
-    def _context(self, cursor: Any, runtime: Runtime, request: wire.ProposeRequest) -> Context:
-        """The student's last episode: from the request if it says, else from its last report here."""
+    def _contexts(self, cursor: Any, runtime: Runtime, requests: list[wire.ProposeRequest]) -> list[Context | ApiError]:
+        """Each student's last episode: from the request if it says, else from its last report here (one
+        query for all of them)."""
         space = runtime.space
-        given = request.context
-        if given is not None and given.last_task is not None:
-            if len(given.last_task) != space.feature_dim:
-                raise BadRequest(f"context.last_task must have {space.feature_dim} values for this task space")
-            return Context(given.last_return, space.features_of_values(given.last_task))
-        if given is not None and given.last_return is not None:  # the student's word, even without a task
-            return Context(given.last_return, None)
-        last = self.driver.one(
-            cursor, "last_report_of_student", {"curriculum_id": runtime.curriculum_id, "student_id": request.student_id}
-        )
-        if last is None:
-            return Context()
-        task_index, task_values, signals = last[0], self.driver.load_json(last[1]), self.driver.load_json(last[2])
+        contexts: list[Context | ApiError | None] = []
+        for request in requests:
+            given = request.context
+            if given is not None and given.last_task is not None:
+                if len(given.last_task) != space.feature_dim:
+                    contexts.append(
+                        BadRequest(f"context.last_task must have {space.feature_dim} values for this task space"))
+                else:
+                    contexts.append(Context(given.last_return, space.features_of_values(given.last_task)))
+            elif given is not None and given.last_return is not None:  # the student's word, even without a task
+                contexts.append(Context(given.last_return, None))
+            else:
+                contexts.append(None)
+        asking = sorted({r.student_id for r, c in zip(requests, contexts) if c is None})
+        last = {
+            student: self._stored_context(space, task_index, task_values, signals)
+            for student, task_index, task_values, signals in self.driver.last_reports(cursor, runtime.curriculum_id, asking)
+        } if asking else {}
+        return [last.get(r.student_id, Context()) if c is None else c for r, c in zip(requests, contexts)]
+
+    def _stored_context(self, space: TaskSpace, task_index: int | None, task_values: Any, signals: Any) -> Context:
+        task_values, signals = self.driver.load_json(task_values), self.driver.load_json(signals)
         if task_values is None:
             return Context()
         if isinstance(space, DiscreteSpace) and task_index is not None:
@@ -430,10 +474,11 @@ class TeacherHub:
         """Store each report in one transaction: its acknowledgement, or its error (the others go on)."""
 
         def store(tx: Tx) -> list[tuple[wire.ReportAck | ApiError, CurriculumRow | None, bool]]:
+            locked: dict[int, Batching] = {}  # per job: a job run again (group_commit.py) reads them again
             outcomes = []
             for request in requests:
                 try:
-                    outcomes.append(self._store_report(tx, request))
+                    outcomes.append(self._store_report(tx, locked, request))
                 except ApiError as exc:  # raised before this report wrote anything
                     outcomes.append((exc, None, False))
             return outcomes
@@ -447,18 +492,36 @@ class TeacherHub:
                     self.updater.notify(row.id)
         return [ack for ack, _, _ in outcomes]
 
-    def _store_report(self, tx: Tx, request: wire.ReportRequest) -> tuple[wire.ReportAck, CurriculumRow, bool]:
+    def _lock(self, cursor: Any, locked: dict[int, Batching], curriculum_id: int) -> Batching:
+        """Take the curriculum's row lock in this transaction (once) and read its batching state."""
+        batching = locked.get(curriculum_id)
+        if batching is None:
+            driver, ids = self.driver, {"curriculum_id": curriculum_id}
+            # The row lock orders all reports of a curriculum, across service processes too.
+            raw = driver.one(cursor, "lock_curriculum", ids)
+            if raw is None:
+                raise NotFound("curriculum not found (deleted meanwhile)")
+            (ready,) = driver.one(cursor, "count_ready", ids)
+            (last,) = driver.one(cursor, "last_scheduled", ids)
+            batching = locked[curriculum_id] = Batching(CurriculumRow(*raw), ready, last or 0)
+        return batching
+
+    def _store_report(self, tx: Tx, locked: dict[int, Batching],
+                      request: wire.ReportRequest) -> tuple[wire.ReportAck, CurriculumRow, bool]:
         """Store one report; number the teacher's next batch if it completes one. Returns the
         acknowledgement, the curriculum and whether the report is new (not a resend)."""
         driver, cursor = self.driver, tx.cursor
         ids = {"proposal_id": request.proposal_id}
-        # The row lock orders all reports of a curriculum, across service processes too; the
-        # proposal is read after it, so a concurrent resend on another replica is seen.
-        raw = driver.one(cursor, "lock_curriculum_of_proposal", ids)
-        if raw is None:
+        found = driver.one(cursor, "proposal_by_id", ids)
+        if found is None:
             raise NotFound(f"proposal {request.proposal_id!r} not found")
-        row = CurriculumRow(*raw)
-        proposal = driver.proposal(driver.one(cursor, "proposal_by_id", ids))
+        proposal = driver.proposal(found)
+        if proposal.curriculum_id not in locked:
+            batching = self._lock(cursor, locked, proposal.curriculum_id)
+            # Read again under the lock, so that a concurrent resend on another replica is seen.
+            proposal = driver.proposal(driver.one(cursor, "proposal_by_id", ids))
+        batching = locked[proposal.curriculum_id]
+        row = batching.row
         signals = request.signals.model_dump(mode="json")
         if request.outcome != "completed":  # stored with the signals (history shows it); rewards no teacher
             signals["outcome"] = request.outcome
@@ -482,11 +545,10 @@ class TeacherHub:
         teacher = runtime.teacher  # only its batching parameters are read here: no teacher lock
         trajectory, completes = None, False
         if reward is not None and teacher.batch_size > 0:
-            trajectory = self._close_trajectory(cursor, runtime, proposal)
-            (waiting,) = driver.one(cursor, "count_others_ready", {"curriculum_id": row.id, "seq": proposal.seq})
-            completes = waiting + (trajectory is not None) >= teacher.batch_size
-        (last,) = driver.one(cursor, "last_scheduled", {"curriculum_id": row.id})
-        version = max(last or 0, row.teacher_version) + int(completes)
+            trajectory, ready = self._close_trajectory(cursor, runtime, proposal)
+            batching.ready += ready
+            completes = batching.ready >= teacher.batch_size
+        version = max(batching.last_scheduled, row.teacher_version) + int(completes)
         ack = wire.ReportAck(proposal_id=proposal.proposal_id, reward=reward, teacher_version=version,
                              teacher_updated=completes)
         driver.execute(cursor, "mark_reported", {
@@ -495,25 +557,28 @@ class TeacherHub:
         })
         if completes:  # the batch is numbered with the version that will have learned from it
             driver.execute(cursor, "schedule_ready", {"curriculum_id": row.id, "version": version})
+            batching.ready, batching.last_scheduled = 0, version
         return ack, row, True
 
-    def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal) -> int | None:
+    def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal) -> tuple[int | None, int]:
         """Store the grouping of this student's rewarded episodes into trajectories (learning/trajectories.py);
-        returns the trajectory this proposal completes, if it completes one."""
+        returns the trajectory this proposal completes, if it completes one, and how many episodes (this
+        one included) the trajectories it completes make ready for a batch."""
         horizon = runtime.teacher.horizon
         if horizon == 1:
-            return proposal.seq
+            return proposal.seq, 1
         open_seqs = [seq for (seq,) in self.driver.all(
             cursor, "open_episodes_of_student",
             {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
         )]
-        trajectory = None
+        trajectory, ready = None, 0
         for members in group_trajectories([*open_seqs, proposal.seq], horizon):
             if proposal.seq in members:
                 trajectory = members[0]
             others = [{"trajectory": members[0], "seq": seq} for seq in members if seq != proposal.seq]
             self.driver.many(cursor, "set_trajectory", others)
-        return trajectory
+            ready += len(members)
+        return trajectory, ready
 
     # ------------------------------------------------------------------ evaluations
 

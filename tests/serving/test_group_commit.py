@@ -213,3 +213,37 @@ def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path, 
     assert stored == {first.proposal_id, third.proposal_id}
     hub.close()
 
+
+
+def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch):
+    """Another replica moved on by a few updates: the cache catches up by replaying those onto itself,
+    not by loading the older checkpoint and replaying everything since it."""
+    spec = CurriculumCreate(**{"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
+                               "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
+                               "reward_signal": "episode_return"})
+    writer, reader = sqlite_hub(tmp_path), sqlite_hub(tmp_path)  # two replicas on one database
+    writer.start()
+    writer.create_curriculum(spec)
+
+    def reports(count: int) -> None:
+        for k in range(count):
+            (proposal,) = writer.propose_batch([ProposeRequest(curriculum="alp", student_id="s")])
+            writer.report(ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
+                                        signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k)))
+        writer.updater.settle()
+
+    reports(52)
+    reader.propose_batch([ProposeRequest(curriculum="alp", student_id="r")])  # its cache: checkpoint 50 + 2 replayed
+    cached = reader.runtime_by_id(None, 1)
+    assert cached.version == 52
+    reports(3)
+    replayed = []
+    update = cached.teacher.update
+    monkeypatch.setattr(cached.teacher, "update", lambda batch: replayed.append(batch) or update(batch))
+    reader.propose_batch([ProposeRequest(curriculum="alp", student_id="r")])
+    assert len(replayed) == 3 and cached.version == 55
+    with writer.sessions() as session:
+        live = writer.runtime(writer.curriculum_row(session, "alp")).teacher
+    assert cached.teacher.describe() == live.describe() and cached.teacher.updates == 55
+    writer.close()
+    reader.close()

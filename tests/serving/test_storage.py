@@ -82,7 +82,7 @@ def test_insecure_only_when_asked(tmp_path):
     process, url = run_service(tmp_path, "--insecure")
     try:
         body = {"name": "c", "task_space": {"kind": "box", "low": [0], "high": [1]}}
-        assert httpx.post(f"{url}/curricula", json=body).status_code == 201
+        assert httpx.post(f"{url}/curricula", json=body, timeout=30).status_code == 201  # the first one builds a teacher
         assert not (tmp_path / "tokens.json").exists()
     finally:
         process.terminate()

@@ -84,6 +84,11 @@ class Teacher:
     def propose(self, context: Context) -> Decision:
         raise NotImplementedError
 
+    def propose_many(self, contexts: list[Context]) -> list[Decision]:
+        """A decision per context: what that many propose() calls in order give, drawing the same random
+        numbers. Teachers that can decide for many at once (one network forward) override it."""
+        return [self.propose(context) for context in contexts]
+
     def update(self, batch: list[Experience]) -> dict[str, Any]:
         """Learn from a batch; returns statistics to keep (loss, reward statistics...)."""
         raise NotImplementedError(f"{self.name} does not learn")

@@ -129,22 +129,33 @@ class GradNormReinforceTeacher(Teacher):
             return torch.distributions.Categorical(logits=out)
         return torch.distributions.Normal(out, self.log_std.exp().expand_as(out))
 
-    @torch.no_grad()
     def propose(self, context: Context) -> Decision:
-        obs = self.observation(context)
+        return self.propose_many([context])[0]
+
+    @torch.no_grad()
+    def propose_many(self, contexts: list[Context]) -> list[Decision]:
+        """One policy forward for all the contexts; the same draws, in order, as one propose() per context."""
+        obs = [self.observation(context) for context in contexts]
+        out = self.policy(torch.tensor(obs, dtype=torch.float32))
         if self.discrete:  # sampled from the logits directly: building a Categorical costs more than the network
-            probs = torch.softmax(self.policy(torch.tensor(obs, dtype=torch.float32)), -1)
-            index = int(torch.multinomial(probs, 1, generator=self.generator))
-            log_prob = math.log(float(probs[index]))
-            return Decision(task_index=index, teacher_input={"obs": obs, "action": index, "log_prob": log_prob})
-        dist = self._distribution(torch.tensor(obs, dtype=torch.float32))
-        noise = torch.randn(self.space.dim, generator=self.generator)
-        raw = dist.mean + dist.stddev * noise  # the pre-squash sample; its log-prob is what REINFORCE needs
+            probs = torch.softmax(out, -1)
+            # Row by row from the generator, as len(contexts) single draws would be.
+            indices = torch.multinomial(probs, 1, generator=self.generator)
+            chosen = probs.gather(1, indices).squeeze(1).tolist()
+            return [
+                Decision(task_index=index, teacher_input={"obs": o, "action": index, "log_prob": math.log(p)})
+                for o, index, p in zip(obs, indices.squeeze(1).tolist(), chosen)
+            ]
+        std = self.log_std.exp()
+        # One draw per context: a single randn over all of them would use another order of random numbers.
+        noise = torch.stack([torch.randn(self.space.dim, generator=self.generator) for _ in contexts])
+        raw = out + std * noise  # the pre-squash sample; its log-prob is what REINFORCE needs
         values = self.space.from_unit(torch.tanh(raw).double().numpy())
-        log_prob = float(dist.log_prob(raw).sum())
-        return Decision(
-            task_values=values.tolist(), teacher_input={"obs": obs, "action": raw.tolist(), "log_prob": log_prob}
-        )
+        log_probs = torch.distributions.Normal(out, std.expand_as(out)).log_prob(raw).sum(-1)
+        return [
+            Decision(task_values=v, teacher_input={"obs": o, "action": a, "log_prob": lp})
+            for o, v, a, lp in zip(obs, values.tolist(), raw.tolist(), log_probs.tolist())
+        ]
 
     def update(self, batch: list[Experience]) -> dict[str, Any]:
         obs = torch.tensor([exp.teacher_input["obs"] for exp in batch], dtype=torch.float32)

@@ -22,13 +22,17 @@ SQL = {
     "curriculum_by_name": f"{_CURRICULUM} WHERE name = :name",
     "curriculum_by_id": f"{_CURRICULUM} WHERE id = :curriculum_id",
     # The row lock that orders all reports of a curriculum across replicas (SQLite: the write lock does).
-    "lock_curriculum_of_proposal": f"{_CURRICULUM} WHERE id = "
-    "(SELECT curriculum_id FROM proposals WHERE proposal_id = :proposal_id){for_update}",
+    "lock_curriculum": f"{_CURRICULUM} WHERE id = :curriculum_id" "{for_update}",
     "spec": "SELECT spec FROM curricula WHERE id = :curriculum_id",
-    "checkpoint": "SELECT teacher_version, teacher_state FROM curricula WHERE id = :curriculum_id",
-    "last_report_of_student": "SELECT task_index, task_values, signals FROM proposals "
-    "WHERE curriculum_id = :curriculum_id AND student_id = :student_id AND reported_at IS NOT NULL "
-    "ORDER BY seq DESC LIMIT 1",
+    # The version, and the checkpoint only if a cache at version :cached is older than it (a teacher that
+    # checkpoints every :every updates stores it at the versions that are multiples of :every).
+    "checkpoint_if_newer": "SELECT teacher_version, CASE WHEN :cached < teacher_version / :every * :every "
+    "THEN teacher_state END FROM curricula WHERE id = :curriculum_id",
+    # The last report of each of a list of students, one statement for a batch's contexts; per student
+    # an index scan from its newest proposal, as for one (a max() over its rows would read its history).
+    "last_reports_of_students": "SELECT p.student_id, p.task_index, p.task_values, p.signals FROM {students} "
+    "JOIN proposals p ON p.seq = (SELECT seq FROM proposals WHERE curriculum_id = :curriculum_id "
+    "AND student_id = s.value AND reported_at IS NOT NULL ORDER BY seq DESC LIMIT 1)",
     "insert_proposal": "INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, task_values, "
     "reset_options, teacher_version, teacher_input, created_at, expires_at) VALUES (:proposal_id, :curriculum_id, "
     ":student_id, :task_index, :task_values, :reset_options, :teacher_version, :teacher_input, :created_at, "
@@ -39,7 +43,7 @@ SQL = {
     "open_episodes_of_student": "SELECT seq FROM proposals WHERE curriculum_id = :curriculum_id "
     "AND student_id = :student_id AND reward IS NOT NULL AND trajectory IS NULL AND seq != :seq",
     "set_trajectory": "UPDATE proposals SET trajectory = :trajectory WHERE seq = :seq",
-    "count_others_ready": f"SELECT count(*) FROM proposals WHERE {_READY} AND seq != :seq",
+    "count_ready": f"SELECT count(*) FROM proposals WHERE {_READY}",
     # Batches are numbered by the teacher version that will have learned from them.
     "last_scheduled": "SELECT max(consumed_version) FROM proposals WHERE curriculum_id = :curriculum_id",
     "schedule_ready": f"UPDATE proposals SET consumed_version = :version WHERE {_READY}",
@@ -68,8 +72,10 @@ class Driver:
         self.postgres = dialect == "postgresql"
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database dialect {dialect!r}")
+        # A list parameter as a table s(value): a PostgreSQL array, or on SQLite a JSON array.
+        students = "unnest(:student_ids::text[]) AS s(value)" if self.postgres else "json_each(:student_ids) s"
         filled = {
-            name: text.format(for_update=" FOR UPDATE" if self.postgres else "")
+            name: text.format(for_update=" FOR UPDATE" if self.postgres else "", students=students)
             for name, text in SQL.items()
         }
         # sqlite3 takes :name; psycopg takes %(name)s.
@@ -84,6 +90,11 @@ class Driver:
 
     def all(self, cursor, name: str, params: dict[str, Any] | None = None) -> list[tuple]:
         return self.execute(cursor, name, params).fetchall()
+
+    def last_reports(self, cursor, curriculum_id: int, student_ids: list[str]) -> list[tuple]:
+        """(student_id, task_index, task_values, signals) of each student's last report, for those with one."""
+        ids = student_ids if self.postgres else self.json(student_ids)
+        return self.all(cursor, "last_reports_of_students", {"curriculum_id": curriculum_id, "student_ids": ids})
 
     def many(self, cursor, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
