@@ -41,6 +41,7 @@ class GradNormAccumulator:
         like = self.params[0] if self.params else torch.empty(0)  # statistics on the parameters' device
         size = sum(p.numel() for p in self.params) // self.members
         self._grad_sum = torch.zeros(self.members, size, dtype=like.dtype, device=like.device)
+        self._grad = torch.empty_like(self._grad_sum)  # this update's gradient, copied out of .grad
         self._norm_sum = torch.zeros(self.members, dtype=torch.float64, device=like.device)
         self._updates = [0] * self.members
 
@@ -55,7 +56,7 @@ class GradNormAccumulator:
         k = self.members
         grads = [p.grad.reshape(k, -1) if p.grad is not None else p.new_zeros(k, p.numel() // k)
                  for p in self.params]
-        flat = torch.cat(grads, dim=1)  # (members, size), a copy: later changes to .grad cannot reach it
+        flat = torch.cat(grads, dim=1, out=self._grad)  # (members, size): later changes to .grad cannot reach it
         self._norm_sum += torch.linalg.vector_norm(flat, dim=1)
         self._grad_sum += flat
         self._updates = [n + 1 for n in self._updates]

@@ -25,8 +25,10 @@ class ReplayBuffer:
     then ``add`` takes each field with a leading member dimension, every member samples its own
     indices from its own generator, and batches are (K, batch_size, ...).
 
-    Transitions are stored on ``device`` and batches come from there; the indices are drawn on the
-    CPU, so that a seed gives the same batches on every device and checkpoints move across devices.
+    Transitions are stored on ``device`` as rows (observation, action, next observation, reward,
+    done) of one tensor, so that a batch is one indexing; the fields are views of it. The indices
+    are drawn on the CPU, so that a seed gives the same batches on every device and checkpoints
+    move across devices.
     """
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, seed: int | list[int] = 0,
@@ -34,17 +36,20 @@ class ReplayBuffer:
         self.members = len(seed) if isinstance(seed, list) else None
         lead = (capacity, self.members) if self.members else (capacity,)
         self.capacity = capacity
-        self.device = device = resolve_device(device)
-        self.obs = torch.zeros((*lead, obs_dim), dtype=torch.float32, device=device)
-        self.next_obs = torch.zeros((*lead, obs_dim), dtype=torch.float32, device=device)
-        self.actions = torch.zeros((*lead, act_dim), dtype=torch.float32, device=device)
-        self.rewards = torch.zeros(lead, dtype=torch.float32, device=device)
-        self.dones = torch.zeros(lead, dtype=torch.float32, device=device)
+        self.device = resolve_device(device)
+        self._widths = (obs_dim, act_dim, obs_dim, 1, 1)
+        self.rows = torch.zeros((*lead, 2 * obs_dim + act_dim + 2), dtype=torch.float32, device=self.device)
+        self.obs, self.actions, self.rewards, self.next_obs, self.dones = self._fields(self.rows)
         self.pos = 0
         self.size = 0
         seeds = seed if self.members else [seed]
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self._member_index = torch.arange(self.members or 1, device=device).unsqueeze(1)
+        self._index = torch.empty((len(seeds), 0), dtype=torch.int64)  # reused between samples of one size
+        self._member_index = torch.arange(self.members or 1, device=self.device).unsqueeze(1)
+
+    def _fields(self, rows: torch.Tensor) -> Batch:
+        obs, actions, next_obs, rewards, dones = rows.split(self._widths, dim=-1)
+        return Batch(obs, actions, rewards.squeeze(-1), next_obs, dones.squeeze(-1))
 
     @property
     def generator(self) -> torch.Generator:
@@ -52,22 +57,18 @@ class ReplayBuffer:
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: float | np.ndarray, next_obs: np.ndarray,
             done: bool | np.ndarray) -> None:
-        i = self.pos
-        self.obs[i] = torch.from_numpy(obs)
-        self.actions[i] = torch.from_numpy(action)
-        self.rewards[i] = torch.as_tensor(reward, dtype=torch.float32)
-        self.next_obs[i] = torch.from_numpy(next_obs)
-        self.dones[i] = torch.as_tensor(done, dtype=torch.float32)
-        self.pos = (i + 1) % self.capacity
+        row = np.concatenate([obs, action, next_obs, np.stack([reward, done], axis=-1)], axis=-1, dtype=np.float32)
+        self.rows[self.pos] = torch.from_numpy(row)  # one copy (to the device)
+        self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int) -> Batch:
-        if self.members is None:
-            idx = torch.randint(self.size, (batch_size,), generator=self.generator).to(self.device)
-        else:  # (members, batch) rows, each member's from its own stream
-            idx = torch.stack([torch.randint(self.size, (batch_size,), generator=g) for g in self.generators])
-            idx = (idx.to(self.device), self._member_index)
-        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
+        if self._index.shape[1] != batch_size:
+            self._index = torch.empty((len(self.generators), batch_size), dtype=torch.int64)
+        for row, g in zip(self._index, self.generators):  # each member's rows from its own stream
+            torch.randint(self.size, (batch_size,), generator=g, out=row)
+        idx = self._index.to(self.device)
+        return self._fields(self.rows[idx[0]] if self.members is None else self.rows[idx, self._member_index])
 
     def state_dict(self) -> dict:
         """The filled part only, so checkpoints of young runs stay small."""

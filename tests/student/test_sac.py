@@ -148,3 +148,27 @@ def test_asking_for_a_missing_gpu_is_a_clear_error():
         SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), SmallPreset(), device="cuda")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         make_buffer(SmallPreset(), 100, OBS, ACT, seed=0, device="cuda:0")
+
+
+def test_adam_step_is_torch_fused_adams_step():
+    """The update's Adam step (torch's fused kernel called directly) moves weights and moments exactly
+    as torch.optim.Adam(fused=True).step() does."""
+    from student_client.sac.agent import adam_step
+
+    torch.manual_seed(0)
+    weights = [torch.randn(5, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    copies = [w.detach().clone().requires_grad_() for w in weights]
+    ours = torch.optim.Adam(weights, lr=1e-2, fused=True)
+    torch_s = torch.optim.Adam(copies, lr=1e-2, fused=True)
+    for _ in range(4):
+        x = torch.randn(7, 5)
+        for params, step in ((weights, lambda: adam_step(ours)), (copies, torch_s.step)):
+            for p in params:
+                p.grad = None
+            ((x @ params[0] + params[1]).tanh().square().sum()).backward()
+            step()
+    for a, b in zip(weights, copies):
+        assert torch.equal(a, b) and not torch.equal(a, torch.zeros_like(a))
+    for a, b in zip(ours.state.values(), torch_s.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert float(ours.state[weights[0]]["step"]) == 4
