@@ -8,6 +8,7 @@ import sqlite3
 import psycopg
 import pytest
 
+from teacher_service import wire
 from teacher_service.learning.task_spaces.maze import shortest_paths
 from teacher_service.serving.curricula_file import CurriculaFileError, create_curricula
 from teacher_service.serving.hub import TeacherHub
@@ -19,6 +20,14 @@ UMAZE = "PointMaze_UMaze-v3"
 MAZE = {"kind": "preset", "env_id": UMAZE}
 TASKS = {"kind": "discrete", "tasks": [{"name": f"t{i}", "reset_options": {"level": i}} for i in range(4)]}
 BOX = {"kind": "box", "low": [0, -1], "high": [1, 1], "option_key": "pos"}
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """One service for the API tests (each uses its own curriculum names): a start costs seconds."""
+    proc = ServiceProcess(tmp_path_factory.mktemp("target")).start()
+    yield proc
+    proc.stop()
 
 
 def curriculum(name, task_space, target, **fields):
@@ -112,6 +121,7 @@ def test_bad_targets_get_a_clear_422_and_store_nothing(service):
         (BOX, {"tasks": [{"pos": [0.5, 0], "extra": 1}]}, "not the reset options of a point of this box"),
         (BOX, {"farthest": 1}, "farthest is for maze presets"),
     ]
+    before = client.get("/curricula").json()
     for space, target, message in cases:
         response = client.post("/curricula", json=curriculum("bad", space, target))
         assert response.status_code == 422, (target, response.text)
@@ -124,7 +134,7 @@ def test_bad_targets_get_a_clear_422_and_store_nothing(service):
                             "goal_cell is for maze presets")):
         response = client.post("/curricula", json=curriculum("bad", space, None))
         assert response.status_code == 422 and message in response.text, response.text
-    assert client.get("/curricula").json() == []
+    assert client.get("/curricula").json() == before
 
 
 def test_curricula_file_entries_carry_a_target(tmp_path):
@@ -144,48 +154,48 @@ def test_curricula_file_entries_carry_a_target(tmp_path):
 # ---------------------------------------------------------------- a database from before on_target
 
 
-def old_schema_then_upgrade(service, execute):
-    """Evaluations stored by the previous schema (no on_target column) read and written after an upgrade."""
-    client = service.client()
-    client.post("/curricula", json=curriculum("far", MAZE, {"farthest": 2}))
-    service.stop()
+def old_schema_then_upgrade(tmp_path, url, execute):
+    """A database whose evaluations table is the previous schema's (no on_target), with a stored evaluation:
+    the service adds the column at start-up, reads the old row and stores new ones; a second upgrade is a no-op."""
+    engine = make_engine(url)
+    create_tables(engine)
+    TeacherHub(Settings(data_dir=tmp_path), engine).create_curriculum(
+        wire.CurriculumCreate.model_validate(curriculum("far", MAZE, {"farthest": 2})))
     execute("ALTER TABLE evaluations DROP COLUMN on_target")  # the table as the previous schema made it
     execute("INSERT INTO evaluations (curriculum_id, student_id, env_steps, episodes, success_rate, mean_return, "
             "created_at) SELECT id, 'old', 50, 5, 0.4, -2.0, '2026-01-01 00:00:00+00:00' FROM curricula")
-    for restart in range(2):  # the second start finds the column there already
-        service.start()
-        response = client.post("/evaluations", json=evaluation("far", "new", 100 + restart, 0.1, True))
+    service = ServiceProcess(tmp_path, database_url=url).start()
+    try:
+        client = service.client()
+        response = client.post("/evaluations", json=evaluation("far", "new", 100, 0.1, True))
         assert response.status_code == 201, response.text
+        rows = client.get("/curricula/far/evaluations").json()["items"]
+        assert [(r["student_id"], r["on_target"]) for r in rows] == [("old", False), ("new", True)]
+        assert [r["env_steps"] for r in client.get("/curricula/far/evaluations", params={"on_target": "true"}).json()["items"]] == [100]
+    finally:
         service.stop()
-    service.start()
-    rows = client.get("/curricula/far/evaluations").json()["items"]
-    assert [(r["student_id"], r["on_target"]) for r in rows] == [("old", False), ("new", True), ("new", True)]
-    on_target = client.get("/curricula/far/evaluations", params={"on_target": "true"}).json()["items"]
-    assert [r["env_steps"] for r in on_target] == [100, 101]
+    create_tables(engine)  # as the next start does: the column is there already
+    engine.dispose()
 
 
-def test_an_sqlite_database_from_the_previous_schema_gets_on_target(service):
-    path = service.database_url.removeprefix("sqlite:///")
+def test_an_sqlite_database_from_the_previous_schema_gets_on_target(tmp_path):
+    url = f"sqlite:///{tmp_path / 'teacher.db'}"
 
     def execute(statement):
-        with sqlite3.connect(path) as db:
+        with sqlite3.connect(tmp_path / "teacher.db") as db:
             db.execute(statement)
 
-    old_schema_then_upgrade(service, execute)
+    old_schema_then_upgrade(tmp_path, url, execute)
 
 
 def test_a_postgresql_database_from_the_previous_schema_gets_on_target(tmp_path, postgres_url):
-    service = ServiceProcess(tmp_path, database_url=postgres_url).start()
     dsn = postgres_url.replace("postgresql+psycopg", "postgresql")
 
     def execute(statement):
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(statement)
 
-    try:
-        old_schema_then_upgrade(service, execute)
-    finally:
-        service.stop()
+    old_schema_then_upgrade(tmp_path, postgres_url, execute)
 
 
 # ---------------------------------------------------------------- a maze with a fixed goal
