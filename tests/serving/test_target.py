@@ -4,6 +4,8 @@ flagged on_target, and the evaluations table of an older database given its new 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -14,7 +16,7 @@ from teacher_service.serving.curricula_file import CurriculaFileError, create_cu
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store.tables import create_tables, make_engine
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, wait_until
 
 UMAZE = "PointMaze_UMaze-v3"
 MAZE = {"kind": "preset", "env_id": UMAZE}
@@ -196,6 +198,34 @@ def test_a_postgresql_database_from_the_previous_schema_gets_on_target(tmp_path,
             conn.execute(statement)
 
     old_schema_then_upgrade(tmp_path, postgres_url, execute)
+
+
+def test_processes_upgrading_one_sqlite_file_at_once_all_start(tmp_path):
+    """Replicas started together on an old SQLite file: one adds the column, the others then find it
+    (without the write lock taken up front, some failed with "database is locked")."""
+    url = f"sqlite:///{tmp_path / 'teacher.db'}"
+    engine = make_engine(url)
+    create_tables(engine)
+    engine.dispose()
+    # Each process signals it is ready, then all upgrade at once.
+    code = (
+        "import pathlib, sys, time\n"
+        "from teacher_service.serving.store.tables import create_tables, make_engine\n"
+        "engine = make_engine(sys.argv[1]); ready, go = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])\n"
+        "ready.touch()\n"
+        "while not go.exists(): time.sleep(0.001)\n"
+        "create_tables(engine)\n"
+    )
+    for trial in range(3):
+        with sqlite3.connect(tmp_path / "teacher.db") as db:
+            db.execute("ALTER TABLE evaluations DROP COLUMN on_target")
+        go = tmp_path / f"go-{trial}"
+        ready = [tmp_path / f"ready-{trial}-{k}" for k in range(4)]
+        processes = [subprocess.Popen([sys.executable, "-c", code, url, str(r), str(go)], stderr=subprocess.PIPE,
+                                      text=True) for r in ready]
+        wait_until(lambda: all(r.exists() for r in ready), 120, "the upgrading processes")
+        go.touch()
+        assert [(p.wait(timeout=120), p.stderr.read()) for p in processes] == [(0, "")] * 4
 
 
 # ---------------------------------------------------------------- a maze with a fixed goal

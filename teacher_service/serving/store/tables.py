@@ -156,8 +156,9 @@ ADDED_COLUMNS = (Evaluation.__table__.c.on_target,)
 
 def create_tables(engine: Engine) -> None:
     """Create missing tables and add missing columns. Replicas starting together on PostgreSQL take turns:
-    two concurrent CREATE TABLEs of the same name collide in the catalog (UniqueViolation on pg_type) otherwise."""
-    with engine.begin() as conn:
+    two concurrent CREATE TABLEs of the same name collide in the catalog (UniqueViolation on pg_type) otherwise;
+    on SQLite the write lock, taken up front, serializes them."""
+    with writer_engine(engine).begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
         Base.metadata.create_all(conn)
