@@ -87,5 +87,6 @@ async def report_batch(
 async def add_evaluation(
     request: Request, body: wire.EvaluationRequest, hub: TeacherHub = Depends(get_hub)
 ) -> wire.EvaluationAck:
-    """An evaluation on the environment's default start and goal distribution."""
+    """An evaluation of a student: on the curriculum's target tasks (`on_target: true`) or the environment's own
+    start and goal distribution."""
     return await run_in_request_thread(request, hub.add_evaluation, body)
