@@ -246,6 +246,7 @@ def test_target_success_curves_and_target_tasks_on_the_maze(service, open_page, 
     assert "4 start-to-goal pairs (the 4 start-goal pairs farthest apart)" in page.text_content("#target-caption")
     drawn = colors_of(page.locator("#target-map").screenshot())
     assert near(drawn, (0xD6, 0x27, 0x28)) and near(drawn, (0x2C, 0xA0, 0x2C))
+    assert near(colors_of(page.locator("#pairs").screenshot()), (0xD6, 0x27, 0x28), 6)  # target pairs outlined
 
     # The compare view on the target tasks, labelled as such.
     page.select_option("#compare-on", "target")

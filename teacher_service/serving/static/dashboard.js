@@ -184,7 +184,7 @@ function heatColor(t) {
 }
 
 // A grid of cells: fill(r, c) gives null (a wall, dark) or a count; the counts are colored and written.
-// Returns the context and the cell size, for drawing over it.
+// Returns the context, the cell size and the labels' margin, for drawing over it.
 function drawGrid(canvas, rows, cols, value, labels = null) {
   const { ctx, width, height } = context2d(canvas);
   const margin = labels ? 34 : 0;
@@ -220,7 +220,7 @@ function drawGrid(canvas, rows, cols, value, labels = null) {
       ctx.restore();
     });
   }
-  return { ctx, size };
+  return { ctx, size, margin };
 }
 
 // The maze with an arrow from the start cell to the goal cell of each target task (reset options);
@@ -296,7 +296,14 @@ function drawMaze() {
   drawGrid($("heat-goal"), rows, cols, cell(goals));
   const labels = maze.free.map(([r, c]) => `${r},${c}`);
   const pairValue = (source) => (i, j) => (i === j ? null : source.get(`${labels[i]}>${labels[j]}`) || 0);
-  drawGrid($("pairs"), labels.length, labels.length, pairValue(pairs), labels);
+  const grid = drawGrid($("pairs"), labels.length, labels.length, pairValue(pairs), labels);
+  // The target tasks' cells outlined, to read the proposals against them.
+  grid.ctx.strokeStyle = COLORS[3];
+  grid.ctx.lineWidth = 2;
+  for (const { reset_cell: start, goal_cell: goal } of maze.targets) {
+    const [i, j] = [labels.indexOf(start.join()), labels.indexOf(goal.join())];
+    grid.ctx.strokeRect(grid.margin + j * grid.size + 1, grid.margin + i * grid.size + 1, grid.size - 2, grid.size - 2);
+  }
   if (maze.policy) drawGrid($("policy"), labels.length, labels.length, pairValue(maze.policy), labels);
   const longest = Math.max(1, ...maze.paths);
   drawChart("chart-path-hist", [{ label: "proposals", color: COLORS[2],
@@ -615,7 +622,7 @@ async function refresh() {
     const free = summary.free_cells;
     const policy = teacher.state && teacher.state.probabilities;
     maze = { layout: summary.maze_map, free, values: distribution.values, buckets: distribution.buckets,
-      paths: distribution.shortest_path,
+      paths: distribution.shortest_path, targets: target ? target.reset_options : [],
       policy: policy ? new Map(distribution.values.map(([a, b, c, d], i) => [`${a},${b}>${c},${d}`, policy[i]])) : null };
     $("policy-figure").hidden = !policy;
     $("target-figure").hidden = !target;
