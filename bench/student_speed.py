@@ -6,18 +6,21 @@ count, while contention for caches still does.
 
 1. Updates/s of one student, ours (probes on and off) against SB3's SAC with the same networks and
    batch (the paper's PointMaze preset: 3x128 tanh, one critic, batch 128, alpha 0.2), on the same
-   transitions; interleaved rounds (the machine is shared and noisy), medians.
+   transitions; interleaved rounds (the machine is shared and noisy), medians. Ratios are the
+   median (and range) of per-round ratios: two configurations measured side by side share the
+   load of their moment, so these are steadier than ratios of medians.
 2. Training env steps/s per core with the environment stepping included: one student per process
    (the single SAC) against K = 1, 4, 8, 16 students in one process (EnsembleSAC, K envs, one
    update of all K per step), for the `small` preset (2x64, batch 64: what acl-experiment runs) and
    the PointMaze preset, in interleaved rounds; resident memory per student from a fresh process per
-   configuration; replay buffers sized to the run.
+   configuration; replay buffers sized to the run. ``--device cuda`` trains these students on a GPU
+   (their rates stay per CPU-second of the process that drives them; RSS is host memory only).
 
 Targets (issue #14): ours >= 1.5x SB3; K=8 in one process >= 4x the env steps per core of one
 student per process. The last line is for tools; its K=8 figure is the first preset's.
 
-    .venv/bin/python bench/student_speed.py [--updates 300] [--rounds 5] [--compile] [--steps 100]
-        [--train-rounds 6] [--presets small pointmaze] [--members 1 4 8 16]
+    .venv/bin/python bench/student_speed.py [--updates 200] [--rounds 9] [--compile] [--steps 100]
+        [--train-rounds 6] [--presets small pointmaze] [--members 1 4 8 16] [--device cpu]
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ from student_client.sac.ensemble import EnsembleSAC
 
 ENV_ID = "PointMaze_UMaze-v3"
 MEMBERS = (1, 4, 8, 16)
+
+
+def ratios(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median, min and max of the per-round ratios of two configurations measured in the same rounds."""
+    r = [a / b for a, b in zip(num, den)]
+    return statistics.median(r), min(r), max(r)
 
 
 # ---------------------------------------------------------------- part 1: updates/s against SB3
@@ -129,14 +138,13 @@ def updates_vs_sb3(args: argparse.Namespace) -> float:
     print(f"{'configuration':<20}{'updates/s':>12}{'min':>10}{'max':>10}")
     for name, r in rates.items():
         print(f"{name:<20}{median[name]:>12.1f}{min(r):>10.1f}{max(r):>10.1f}")
-    sb3_rate = median["SB3 SAC"]
-    print(f"ours (probes on) / SB3:  {median['ours, probes on'] / sb3_rate:.2f}x")
-    print(f"ours (probes off) / SB3: {median['ours, probes off'] / sb3_rate:.2f}x")
-    if args.compile:
-        print(f"ours (compiled) / SB3:   {median['ours, compiled'] / sb3_rate:.2f}x")
+    for name in runners:
+        if name != "SB3 SAC":
+            ratio, low, high = ratios(rates[name], rates["SB3 SAC"])
+            print(f"{name + ' / SB3:':<26}{ratio:.2f}x (rounds {low:.2f}x to {high:.2f}x)")
     print(f"probe cost timed directly: {probe_s * 1e6:.0f} us per update = "
           f"{probe_s * median['ours, probes on']:.1%} of an update")
-    return median["ours, probes on"] / sb3_rate
+    return ratios(rates["ours, probes on"], rates["SB3 SAC"])[0]
 
 
 # ---------------------------------------------------------------- part 2: training, K students per process
@@ -146,15 +154,16 @@ class Training:
     """``members`` students (None: the single SAC) training on PointMaze as the worker does: act, step the
     envs, store, one update (of all members) per step. ``run(n)`` continues where the last call stopped."""
 
-    def __init__(self, preset: str, members: int | None, capacity: int) -> None:
+    def __init__(self, preset: str, members: int | None, capacity: int, device: str = "cpu") -> None:
         self.config = config = PRESETS[preset]()
         self.members = members
         seeds = list(range(members or 1))
         self.envs = [make_env(ENV_ID) for _ in seeds]
         env = self.envs[0]
         args = (env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high, config)
-        self.agent = SAC(*args) if members is None else EnsembleSAC(*args, seeds=seeds)
-        self.buffer = make_buffer(config, capacity, env.obs_dim, env.act_dim, seed=seeds if members else 0)
+        self.agent = SAC(*args, device=device) if members is None else EnsembleSAC(*args, seeds=seeds, device=device)
+        self.buffer = make_buffer(config, capacity, env.obs_dim, env.act_dim, seed=seeds if members else 0,
+                                  device=device)
         for e, seed in zip(self.envs, seeds):
             e.action_space.seed(seed)
         self.obs = np.stack([e.reset(seed=seed) for e, seed in zip(self.envs, seeds)])
@@ -185,17 +194,15 @@ class Training:
                 agent.update(buffer.sample(batch_size))
 
 
-def resident_memory(preset: str, members: int | None, capacity: int) -> dict:
+def resident_memory(preset: str, members: int | None, capacity: int, device: str) -> dict:
     """Run in a fresh process: its resident memory once training runs, and the buffer's size."""
     torch.set_num_threads(1)
-    training = Training(preset, members, capacity)
+    training = Training(preset, members, capacity, device)
     training.run(training.warmup + 10)
     rss_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                   if line.startswith("VmRSS:"))
-    buffer = training.buffer
-    buffer_bytes = sum(t.numel() * t.element_size()
-                       for t in (buffer.obs, buffer.next_obs, buffer.actions, buffer.rewards, buffer.dones))
-    return {"rss_mb": rss_kb / 1024, "buffer_mb": buffer_bytes / 2**20}
+    rows = training.buffer.rows
+    return {"rss_mb": rss_kb / 1024, "buffer_mb": rows.numel() * rows.element_size() / 2**20}
 
 
 def training_per_core(args: argparse.Namespace, preset: str) -> float:
@@ -208,7 +215,7 @@ def training_per_core(args: argparse.Namespace, preset: str) -> float:
     """
     configs: list[int | None] = [None, *args.members]
     capacity = PRESETS[preset]().batch_size + 20 + args.train_rounds * args.steps
-    trainings = {m: Training(preset, m, capacity) for m in configs}
+    trainings = {m: Training(preset, m, capacity, args.device) for m in configs}
     for training in trainings.values():
         training.run(training.warmup)
     rates: dict[int | None, list[float]] = {m: [] for m in configs}
@@ -219,29 +226,29 @@ def training_per_core(args: argparse.Namespace, preset: str) -> float:
             rates[members].append((members or 1) * args.steps / (time.process_time() - start))
     memory = {}
     for members in configs:
-        cmd = [sys.executable, __file__, "--child", str(members or 0), "--preset", preset, "--steps", str(capacity)]
+        cmd = [sys.executable, __file__, "--child", str(members or 0), "--preset", preset, "--steps", str(capacity),
+               "--device", args.device]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         memory[members] = json.loads(out.strip().splitlines()[-1])
-    single = statistics.median(rates[None])
     config = PRESETS[preset]()
     print(f"\nTraining on {ENV_ID}, preset {preset} ({'x'.join(map(str, config.hidden))} {config.activation}, "
-          f"batch {config.batch_size}), one update per env step, env stepping included, 1 thread, "
+          f"batch {config.batch_size}), on {args.device}, one update per env step, env stepping included, 1 thread, "
           f"{args.train_rounds} interleaved rounds of {args.steps} steps, median")
-    print(f"{'configuration':<26}{'env steps/s':>12}{'min':>9}{'max':>9}{'vs single':>11}"
+    print(f"{'configuration':<26}{'env steps/s':>12}{'min':>9}{'max':>9}{'vs single (rounds)':>26}"
           f"{'RSS/student':>13}{'buffer/student':>16}")
     for members in configs:
-        rate, k = statistics.median(rates[members]), members or 1
+        k, (ratio, low, high) = members or 1, ratios(rates[members], rates[None])
         name = "single SAC, 1 per process" if members is None else f"ensemble K={members}, 1 process"
-        print(f"{name:<26}{rate:>12.0f}{min(rates[members]):>9.0f}{max(rates[members]):>9.0f}"
-              f"{rate / single:>10.2f}x{memory[members]['rss_mb'] / k:>10.0f} MB"
-              f"{memory[members]['buffer_mb'] / k:>13.2f} MB")
-    return statistics.median(rates[8]) / single if 8 in rates else float("nan")
+        print(f"{name:<26}{statistics.median(rates[members]):>12.0f}{min(rates[members]):>9.0f}"
+              f"{max(rates[members]):>9.0f}{f'{ratio:.2f}x ({low:.2f}x to {high:.2f}x)':>26}"
+              f"{memory[members]['rss_mb'] / k:>10.0f} MB{memory[members]['buffer_mb'] / k:>13.2f} MB")
+    return ratios(rates[8], rates[None])[0] if 8 in rates else float("nan")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--updates", type=int, default=300, help="updates per configuration and round (part 1)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of part 1")
+    parser.add_argument("--updates", type=int, default=200, help="updates per configuration and round (part 1)")
+    parser.add_argument("--rounds", type=int, default=9, help="rounds of part 1")
     parser.add_argument("--transitions", type=int, default=5000)
     parser.add_argument("--compile", action="store_true", help="also measure the torch.compiled update (part 1)")
     parser.add_argument("--steps", type=int, default=100, help="env steps per configuration and round (part 2)")
@@ -249,11 +256,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=list(MEMBERS), help="K values of part 2")
     parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=["small", "pointmaze"],
                         help="SAC presets of part 2")
+    parser.add_argument("--device", default="cpu", help="where part 2's students train, e.g. cuda")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # part 2's worker process
     parser.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(resident_memory(args.preset, args.child or None, args.steps)))
+        print(json.dumps(resident_memory(args.preset, args.child or None, args.steps, args.device)))
         return
     torch.set_num_threads(1)
     vs_sb3 = updates_vs_sb3(args)

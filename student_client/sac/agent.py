@@ -168,7 +168,10 @@ class Actor(nn.Module):
             eps = torch.randn_like(mean)
         else:
             # the members' streams are CPU generators on every device: checkpoints move across devices
-            eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in self.generators]).to(mean.device)
+            eps = torch.empty(mean.shape)
+            for member_eps, g in zip(eps, self.generators):
+                torch.randn(member_eps.shape, generator=g, out=member_eps)
+            eps = eps.to(mean.device)
         u = torch.addcmul(mean, log_std.exp(), eps)
         # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable
         # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)); constants are folded into log_prob_offset.
@@ -215,6 +218,12 @@ class Critics(nn.Module):
 
 
 # ---------------------------------------------------------------- algorithm
+
+
+def clear_grads(params: list[torch.Tensor]) -> None:
+    """``optimizer.zero_grad()`` (to None) without its ~50 us of Python."""
+    for p in params:
+        p.grad = None
 
 
 def adam_step(optimizer: torch.optim.Adam) -> None:
@@ -302,7 +311,7 @@ class SAC:
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step of critics, actor (and temperature), then Polyak averaging."""
         critic_loss = self.critic_loss(batch)
-        self.critic_optimizer.zero_grad(set_to_none=True)
+        clear_grads(self._critic_params)
         critic_loss.backward()
         if self.probes:
             self.critic_probe.record()
@@ -310,7 +319,7 @@ class SAC:
 
         actions, log_prob = self.actor.sample(batch.obs)
         actor_loss = (self.alpha * log_prob - self.critic.min_q(batch.obs, actions)).mean(-1).sum()
-        self.actor_optimizer.zero_grad(set_to_none=True)
+        clear_grads(self._actor_params)
         # Through the critics to the actions, without the critics' weight gradients.
         actor_loss.backward(inputs=self._actor_params)
         if self.probes:
@@ -319,7 +328,7 @@ class SAC:
 
         if self.auto_alpha:
             alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean(-1).sum()
-            self.alpha_optimizer.zero_grad(set_to_none=True)
+            self.log_alpha.grad = None
             alpha_loss.backward()
             self.alpha_optimizer.step()
             self.alpha = self.log_alpha.detach().exp()
