@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import sqlite3
 
 import httpx
+import pytest
 
 from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
-from teacher_service.wire import ReportAck, ReportRequest, Signals
+from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportAck, ReportRequest, Signals
 from tests.servers import ServiceProcess
+from tests.serving.test_group_commit import sqlite_hub
 from tests.serving.test_api import create
 
 
@@ -102,3 +106,26 @@ def test_openapi_documents_the_batch_verbs(service):
     assert {"/propose/batch", "/report/batch"} <= set(schema["paths"])
     ack = schema["components"]["schemas"]["ReportAck"]["properties"]["teacher_version"]["description"]
     assert "scheduled" in ack
+
+
+def test_a_batch_gives_each_student_the_context_of_its_own_last_report(tmp_path):
+    """One query finds the last reports of a batch's students: each item's teacher input is its own."""
+    hub = sqlite_hub(tmp_path)
+    tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
+    hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
+    a, b = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=s) for s in ("a", "b")])
+    hub.report_batch([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(episode_return=r))
+                      for p, r in ((a, 10.0), (b, -3.0))])
+    asked = [ProposeRequest(curriculum="cur", student_id="b"), ProposeRequest(curriculum="cur", student_id="new"),
+             ProposeRequest(curriculum="cur", student_id="a"),
+             ProposeRequest(curriculum="cur", student_id="a", context={"last_return": 5.0})]
+    proposals = hub.propose_batch(asked)
+    hub.close()
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        observation = {pid: json.loads(obs) for pid, obs in db.execute(
+            "select proposal_id, json_extract(teacher_input, '$.obs') from proposals")}
+    feature = {p.student_id: p.task.index / 5 * 2 - 1 for p in (a, b)}  # the task's value (0..5) scaled to [-1, 1]
+    expected = [[-math.log1p(3.0), 1.0, feature["b"]], [0.0, 0.0, 0.0], [math.log1p(10.0), 1.0, feature["a"]],
+                [math.log1p(5.0), 1.0, 0.0]]
+    for proposal, obs in zip(proposals, expected):
+        assert observation[proposal.proposal_id] == pytest.approx(obs), proposal.student_id
