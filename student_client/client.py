@@ -30,6 +30,7 @@ from teacher_service.wire import (
     ReportRequest,
     Signals,
     StudentContext,
+    TargetTasks,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -172,6 +173,15 @@ class TeacherClient(_Base):
     def list_curricula(self) -> list[CurriculumInfo]:
         return self._request("GET", "/curricula", model=list[CurriculumInfo])
 
+    def target(self, curriculum: str) -> TargetTasks | None:
+        """The curriculum's target tasks (what its students evaluate on); None if it names none (404)."""
+        try:
+            return self._request("GET", f"/curricula/{curriculum}/target", model=TargetTasks)
+        except TeacherError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
     def delete_curriculum(self, name: str) -> None:
         self._request("DELETE", f"/curricula/{name}")
 
@@ -244,6 +254,14 @@ class AsyncTeacherClient(_Base):
 
     async def list_curricula(self) -> list[CurriculumInfo]:
         return await self._request("GET", "/curricula", model=list[CurriculumInfo])
+
+    async def target(self, curriculum: str) -> TargetTasks | None:
+        try:
+            return await self._request("GET", f"/curricula/{curriculum}/target", model=TargetTasks)
+        except TeacherError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
 
     async def delete_curriculum(self, name: str) -> None:
         await self._request("DELETE", f"/curricula/{name}")

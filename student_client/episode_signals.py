@@ -30,6 +30,7 @@ import torch
 
 from student_client.sac.agent import SAC
 from student_client.sac.buffer import ReplayBuffer
+from student_client.sac.ensemble import EnsembleSAC
 
 Obs = torch.Tensor | dict[str, torch.Tensor]
 
@@ -111,21 +112,45 @@ def local_signals(nets: SACNets, episode: Transitions, batch_size: int,
 # ---------------------------------------------------------------- callers
 
 
-def agent_signals(agent: SAC, buffer: ReplayBuffer, steps: int) -> LocalSignals:
+def agent_signals(agent: SAC, buffer: ReplayBuffer, steps: int, member: int | None = None) -> LocalSignals:
     """The worker's: the last ``steps`` transitions of ``buffer``, the agent's batch size and the buffer's generator.
 
-    A single SAC; for member k of an ``EnsembleSAC``, pass a SAC loaded with its ``member_state_dict(k)``.
+    A single SAC; or member k (``member=k``) of an ``EnsembleSAC`` and its ensemble buffer: computed as a
+    single SAC with member k's weights, transitions and random streams (buffer and actor noise) would.
     """
+    if member is not None:
+        return _member_signals(agent, buffer, steps, member)
     if agent.members is not None:
-        raise ValueError("agent_signals needs a single SAC, not an ensemble")
-    n = min(steps, buffer.size)
-    idx = (buffer.pos - n + torch.arange(n)) % buffer.capacity
+        raise ValueError("agent_signals needs a single SAC, or member=k for an ensemble")
+    idx = _tail(buffer, steps)
     episode = Transitions(buffer.obs[idx], buffer.actions[idx], buffer.rewards[idx], buffer.next_obs[idx],
                           buffer.dones[idx])
-    nets = SACNets(policy=agent.actor.sample, critics=agent.critic, target_critics=agent.critic_target,
+    return local_signals(_nets(agent), episode, agent.config.batch_size, buffer.generator)
+
+
+def _member_signals(agent: EnsembleSAC, buffer: ReplayBuffer, steps: int, k: int) -> LocalSignals:
+    idx = _tail(buffer, steps)
+    episode = Transitions(buffer.obs[idx, k], buffer.actions[idx, k], buffer.rewards[idx, k], buffer.next_obs[idx, k],
+                          buffer.dones[idx, k])
+    noise = agent.actor.generators[k]
+    # A single student draws its actor noise from torch's stream: member k's generator plays that part.
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(noise.get_state())
+        signals = local_signals(_nets(agent.member(k)), episode, agent.config.batch_size, buffer.generators[k])
+        noise.set_state(torch.get_rng_state())
+    return signals
+
+
+def _tail(buffer: ReplayBuffer, steps: int) -> torch.Tensor:
+    """Indices of the buffer's last ``steps`` transitions (at most its size), oldest first."""
+    n = min(steps, buffer.size)
+    return (buffer.pos - n + torch.arange(n)) % buffer.capacity
+
+
+def _nets(agent: SAC) -> SACNets:
+    return SACNets(policy=agent.actor.sample, critics=agent.critic, target_critics=agent.critic_target,
                    actor_params=list(agent.actor.parameters()), critic_params=list(agent.critic.parameters()),
                    alpha=float(agent.alpha), gamma=agent.config.gamma)
-    return local_signals(nets, episode, agent.config.batch_size, buffer.generator)
 
 
 def cleanrl_signals(actor: torch.nn.Module, qfs: Sequence[torch.nn.Module], qf_targets: Sequence[torch.nn.Module],

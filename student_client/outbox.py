@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from itertools import takewhile
 from pathlib import Path
 
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
@@ -56,6 +57,30 @@ class Outbox:
             delivered += 1
             self._save()
         return delivered
+
+    def flush_reports(self, client: TeacherClient, others: list[Outbox]) -> None:
+        """Deliver the reports leading this outbox and ``others`` in one batch call (``report_many``).
+
+        Raises `TeacherUnavailableError` if the call fails; an item refused with a 5xx stays pending,
+        one refused with a 4xx is moved to ``rejected`` as in ``flush``. What follows the leading
+        reports (e.g. an evaluation) is left for ``flush``.
+        """
+        boxes = [self, *others]
+        heads = [list(takewhile(lambda m: m["kind"] == "report", box.pending)) for box in boxes]
+        reports = [ReportRequest.model_validate(m["body"]) for head in heads for m in head]
+        if not reports:
+            return
+        results = iter(client.report_many(reports))
+        for box, head in zip(boxes, heads):
+            answers = [next(results) for _ in head]
+            for message, answer in zip(head, answers):
+                if isinstance(answer, TeacherError):
+                    if answer.status_code is None or answer.status_code >= 500:
+                        break  # keep it and what follows it, in order
+                    log.warning("teacher rejected a report (%s): %s", answer.status_code, answer.detail)
+                    box.rejected.append({**message, "status_code": answer.status_code, "detail": str(answer.detail)})
+                box.pending.pop(0)
+            box._save()
 
     def _put(self, message: dict) -> None:
         self.pending.append(message)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-from student_client.client import TeacherClient, TeacherUnavailableError
+from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
 from student_client.outbox import Outbox
-from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext
+from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext, TargetTasks
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class TeacherSession:
         self.down_until = 0.0
         self.last_return: float | None = None
         self.last_task: list[float] | None = None
+        self._target: TargetTasks | None = None
+        self._target_known = False
 
     def reachable(self) -> bool:
         """Whether to try the teacher now (False for ``retry_every`` seconds after a failed try)."""
@@ -57,25 +59,41 @@ class TeacherSession:
         self.flush()
         if not self.reachable():
             return None
-        task = self.last_task if self.last_task is not None and len(self.last_task) <= 64 else None
-        context = StudentContext(last_return=self.last_return, last_task=task)
         try:
-            return self.client.propose(self.curriculum, self.student_id, context)
+            return self.client.propose(self.curriculum, self.student_id, self.context())
         except TeacherUnavailableError:
             self._mark_down()
             return None
+
+    def context(self) -> StudentContext:
+        """What the teacher sees of this student: the return and task of its last ended episode."""
+        task = self.last_task if self.last_task is not None and len(self.last_task) <= 64 else None
+        return StudentContext(last_return=self.last_return, last_task=task)
+
+    def target(self) -> TargetTasks | None:
+        """The curriculum's target tasks (None: it names none), asked once; while the teacher is
+        unreachable None, and asked again at the next call."""
+        if not self._target_known and self.reachable():
+            try:
+                self._target, self._target_known = self.client.target(self.curriculum), True
+            except TeacherUnavailableError:
+                self._mark_down()
+        return self._target
 
     def ended(self, proposal: Proposal | None, episode_return: float) -> None:
         """The environment ended the episode of ``proposal``: its return and task are the next context."""
         self.last_task = proposal.task.values if proposal is not None and proposal.task else None
         self.last_return = episode_return
 
-    def finish(self, proposal: Proposal | None, signals: Signals, outcome: Outcome = "completed") -> None:
-        """Report an episode trained on ``proposal`` (None: an env-default task, nothing to report)."""
+    def finish(self, proposal: Proposal | None, signals: Signals, outcome: Outcome = "completed",
+               deliver: bool = True) -> None:
+        """Report an episode trained on ``proposal`` (None: an env-default task, nothing to report);
+        ``deliver=False`` only queues it, for `flush_many`."""
         if proposal is not None:
             self.outbox.put_report(ReportRequest(proposal_id=proposal.proposal_id, student_id=self.student_id,
                                                  signals=signals, outcome=outcome))
-            self.flush()
+            if deliver:
+                self.flush()
 
     def release(self, proposal: Proposal) -> None:
         """Give back a proposal that no episode was trained on."""
@@ -102,3 +120,51 @@ class TeacherSession:
         if self.outbox.pending:
             where = f"; they are delivered on the next start with {self.outbox.path}" if self.outbox.path else ""
             log.warning("%d messages left undelivered in the outbox%s", len(self.outbox.pending), where)
+
+
+# ---------------------------------------------------------------- several students, one client
+
+
+def flush_many(sessions: Sequence[TeacherSession]) -> None:
+    """Deliver several students' outboxes (sessions sharing one client): their leading reports in one
+    ``POST /report/batch``, then whatever is left (evaluations) one message at a time."""
+    live = [s for s in sessions if s.outbox.pending and s.reachable()]
+    if not live:
+        return
+    try:
+        live[0].outbox.flush_reports(live[0].client, [s.outbox for s in live[1:]])
+    except TeacherUnavailableError:
+        for session in live:
+            session._mark_down()
+        return
+    for session in live:
+        session.flush()
+
+
+def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
+    """The next task of each of several students (sessions sharing one client), with `TeacherSession.propose`'s
+    outage policy: None (env default) where the teacher is unreachable. One student asks ``POST /propose``;
+    several ask ``POST /propose/batch``, one call per curriculum. A 4xx answer is raised."""
+    if len(sessions) == 1:
+        return [sessions[0].propose()]
+    flush_many(sessions)
+    proposals: list[Proposal | None] = [None] * len(sessions)
+    groups: dict[str, list[int]] = {}
+    for i, session in enumerate(sessions):
+        if session.reachable():
+            groups.setdefault(session.curriculum, []).append(i)
+    for curriculum, members in groups.items():
+        group = [sessions[i] for i in members]
+        try:
+            results = group[0].client.propose_many(curriculum, [s.student_id for s in group],
+                                                   [s.context() for s in group])
+        except TeacherUnavailableError:
+            results = [TeacherUnavailableError(None, "unreachable")] * len(group)
+        for i, result in zip(members, results):
+            if not isinstance(result, TeacherError):
+                proposals[i] = result
+            elif result.status_code is None or result.status_code >= 500:
+                sessions[i]._mark_down()
+            else:
+                raise result
+    return proposals

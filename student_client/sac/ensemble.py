@@ -115,6 +115,12 @@ class EnsembleSAC(SAC):
             self.log_alpha[k].copy_(state["log_alpha"])
         self.alpha = self.log_alpha.detach().exp()
 
+    def member(self, k: int) -> SAC:
+        """Member k as a single SAC (copies of its weights, optimizers and temperature), e.g. to measure it;
+        the same SAC object is reloaded by every call."""
+        self._single.load_state_dict(self.member_state_dict(k))
+        return self._single
+
     def state_dict(self) -> dict:
         return {"members": [self.member_state_dict(k) for k in range(self.members)],
                 "generators": [g.get_state() for g in self.actor.generators]}

@@ -1,0 +1,240 @@
+"""`student-worker --seeds ...`: K students in one process, each a student of its own, against a real service."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlite3
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from student_client import TeacherClient
+from student_client.ensemble_worker import load_member_buffer, member_buffer_state
+from student_client.episode_signals import agent_signals
+from student_client.evaluation import target_options
+from student_client.sac.agent import SAC, SmallPreset
+from student_client.sac.buffer import ReplayBuffer
+from student_client.sac.ensemble import EnsembleSAC
+from student_client.session import TeacherSession
+from student_client.worker import parse_args
+from teacher_service.wire import CurriculumCreate, PresetTaskSpace, TargetSpec, TargetTasks
+from tests.servers import wait_until
+from tests.student.test_worker import assert_reports_match_log
+from tests.student_helpers import (REPO, TINY, create_curriculum, episode_log, start_worker, stored_evaluations,
+                                   stored_proposals, wait_exit)
+
+SEEDS = (3, 4, 5)
+
+
+def start_ensemble(service, root: Path, curricula: list[str], steps: int, *extra: str) -> subprocess.Popen:
+    """One `student-worker` process with a student per seed of SEEDS, in root/s<seed>, logging to root/worker.log."""
+    root.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "student_client.worker", "--teacher", service.url, "--curriculum", *curricula,
+           "--env", "PointMaze_UMaze-v3", "--steps", str(steps), "--seeds", *map(str, SEEDS),
+           "--student-id", *(f"student-{s}" for s in SEEDS), "--checkpoint-dir", str(root), *TINY, *extra]
+    env = {**os.environ, "TEACHER_TOKEN": service.student_token, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=open(root / "worker.log", "a"), stderr=subprocess.STDOUT)
+
+
+def logs(root: Path) -> list[list[dict]]:
+    return [episode_log(root / f"s{seed}") for seed in SEEDS]
+
+
+def requests_by_route(service) -> dict[str, int]:
+    """POST requests the service answered 200, by route (its Prometheus counters)."""
+    text = httpx.get(f"{service.url}/metrics").text
+    counts = re.findall(r'teacher_http_requests_total\{method="POST",route="([^"]+)",status="200"\} (\S+)', text)
+    return {route: int(float(n)) for route, n in counts}
+
+
+def test_members_train_report_and_evaluate_as_their_own_students(service, tmp_path):
+    for name in ("ens-a", "ens-b"):
+        create_curriculum(service, name)
+    curricula = ["ens-a", "ens-b", "ens-a"]
+    wait_exit(start_ensemble(service, tmp_path, curricula, 700, "--eval-every", "600", "--eval-episodes", "1"),
+              tmp_path)
+    stored = {name: stored_proposals(service, name) for name in ("ens-a", "ens-b")}
+    for seed, curriculum, log in zip(SEEDS, curricula, logs(tmp_path)):
+        assert [r["env_steps"] for r in log] == [300, 300, 100]
+        assert [r["grad_updates"] for r in log] == [51, 300, 100]  # one update per own env step from step 250
+        assert [r["outcome"] for r in log] == ["completed", "completed", "stopped"]
+        assert all(r["grad_norm_local"] > 0 for r in log[1:])
+        assert_reports_match_log(stored[curriculum], log, f"student-{seed}")
+        assert (tmp_path / f"s{seed}" / "checkpoint.pt").exists()
+    # Each member had its own proposals; the members' signals differ (different students).
+    assert len({r["proposal_id"] for log in logs(tmp_path) for r in log}) == 9
+    assert len({log[1]["grad_norm_mean"] for log in logs(tmp_path)}) == 3
+    assert len(stored["ens-a"]) == 6 and len(stored["ens-b"]) == 3
+    assert sorted(e[:3] for e in stored_evaluations(service, "ens-a")) == [("student-3", 600, 1), ("student-5", 600, 1)]
+    assert [e[:3] for e in stored_evaluations(service, "ens-b")] == [("student-4", 600, 1)]
+    # The members' episodes end together: proposals and reports all went through the batch verbs.
+    routes = requests_by_route(service)
+    assert routes.get("/propose/batch", 0) >= 3 and routes.get("/report/batch", 0) == 3
+    assert "/propose" not in routes and "/report" not in routes
+
+
+def test_sigterm_stops_every_member_and_resume_continues_their_steps(service, tmp_path):
+    create_curriculum(service, "ens-term")
+    proc = start_ensemble(service, tmp_path, ["ens-term"], 1200, "--eval-every", "0")
+    wait_until(lambda: all(logs(tmp_path)), 120, "an episode of every member")
+    time.sleep(2)  # into the next episodes
+    proc.send_signal(signal.SIGTERM)
+    wait_exit(proc, tmp_path, timeout=60)
+    saved = {torch.load(tmp_path / f"s{s}" / "checkpoint.pt", weights_only=False)["step"] for s in SEEDS}
+    (step,) = saved
+    before = [len(log) for log in logs(tmp_path)]
+    for log in logs(tmp_path):
+        assert log[-1]["step"] == step < 1200
+        assert [r["outcome"] for r in log] == ["completed"] * (len(log) - 1) + ["stopped"]  # the cut episodes
+    wait_exit(start_ensemble(service, tmp_path, ["ens-term"], 1200, "--eval-every", "0"), tmp_path)
+    assert "resumed 3 students" in (tmp_path / "worker.log").read_text()
+    stored = stored_proposals(service, "ens-term")
+    for seed, n, log in zip(SEEDS, before, logs(tmp_path)):
+        after = log[n:]
+        assert after[0]["step"] == step + after[0]["env_steps"]  # continues, not from 0
+        assert after[0]["grad_updates"] == after[0]["env_steps"]  # learning had already started
+        assert after[-1]["step"] == 1200
+        assert_reports_match_log(stored, log, f"student-{seed}")
+    assert all(row["signals"] is not None for row in stored.values())  # every proposal reported
+
+
+def test_members_deliver_every_report_after_a_teacher_outage(service, tmp_path):
+    create_curriculum(service, "ens-outage")
+    proc = start_ensemble(service, tmp_path, ["ens-outage"], 2400, "--retry-every", "0.5", "--eval-every", "0")
+    wait_until(lambda: any(r["signals"] for r in stored_proposals(service, "ens-outage").values()), 120, "a report")
+    service.stop()
+    down_from = [len(log) for log in logs(tmp_path)]
+    wait_until(lambda: all(len(log) >= n + 2 for log, n in zip(logs(tmp_path), down_from)) or proc.poll() is not None,
+               120, "episodes while down")
+    while_down = [log[n:] for log, n in zip(logs(tmp_path), down_from)]
+    service.start()
+    wait_exit(proc, tmp_path)
+    stored = stored_proposals(service, "ens-outage")
+    for seed, log, down in zip(SEEDS, logs(tmp_path), while_down):
+        assert any(r["proposal_id"] is None for r in down)  # env-default tasks while down
+        assert_reports_match_log(stored, log, f"student-{seed}")
+        assert '"pending": []' in (tmp_path / f"s{seed}" / "outbox.json").read_text()
+    assert all(row["signals"] is not None for row in stored.values())  # no report lost
+
+
+def create_with_target(service, name: str, target: TargetSpec) -> None:
+    with TeacherClient(service.url, service.admin_token) as client:
+        client.create_curriculum(CurriculumCreate(name=name, task_space=PresetTaskSpace(env_id="PointMaze_UMaze-v3"),
+                                                  target=target))
+
+
+def evaluations_on_target(service, curriculum: str) -> list[tuple]:
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        return db.execute("SELECT e.student_id, e.episodes, e.on_target FROM evaluations e JOIN curricula c "
+                          "ON c.id = e.curriculum_id WHERE c.name = ? ORDER BY e.student_id", (curriculum,)).fetchall()
+
+
+def test_members_evaluate_on_their_curriculums_target_tasks(service, tmp_path):
+    """A member whose curriculum names target tasks evaluates on them (on_target); the others on the env's own."""
+    create_with_target(service, "ens-far", TargetSpec(farthest=2))
+    create_curriculum(service, "ens-default")
+    wait_exit(start_ensemble(service, tmp_path, ["ens-far", "ens-default", "ens-far"], 300, "--eval-every", "300",
+                             "--eval-episodes", "3"), tmp_path)
+    assert evaluations_on_target(service, "ens-far") == [("student-3", 3, 1), ("student-5", 3, 1)]
+    assert evaluations_on_target(service, "ens-default") == [("student-4", 3, 0)]
+    # The single worker too.
+    wait_exit(start_worker(service, tmp_path / "single", "ens-far", 300, 8, "--eval-every", "300",
+                           "--eval-episodes", "1"), tmp_path / "single")
+    assert ("student-8", 1, 1) in evaluations_on_target(service, "ens-far")
+
+
+def test_the_target_is_asked_again_while_the_teacher_is_down(service):
+    create_with_target(service, "far", TargetSpec(tasks=[{"reset_cell": [1, 1], "goal_cell": [3, 1]}]))
+    create_curriculum(service, "plain")
+    client = TeacherClient(service.url, service.student_token, attempts=1)
+    session, plain = TeacherSession(client, "far", "s", retry_every=0.1), TeacherSession(client, "plain", "s")
+    service.stop()
+    assert session.target() is None  # unreachable: the env's own tasks this time
+    service.start()
+    time.sleep(0.2)
+    assert session.target().reset_options == [{"reset_cell": [1, 1], "goal_cell": [3, 1]}]
+    assert plain.target() is None  # names none (404)
+    service.stop()
+    assert session.target().reset_options == [{"reset_cell": [1, 1], "goal_cell": [3, 1]}]  # asked once
+
+
+def test_target_tasks_rotate_evenly_over_evaluations():
+    five = TargetTasks(reset_options=[{"t": i} for i in range(5)])
+    assert [o["t"] for o in target_options(five, 7, 0)] == [0, 1, 2, 3, 4, 0, 1]  # every task in each evaluation
+    windows = [[o["t"] for o in target_options(five, 2, j)] for j in range(5)]
+    assert windows == [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4]]  # each task twice over five evaluations
+    assert target_options(None, 3, 4) == [None] * 3
+
+
+def test_a_members_local_signals_are_a_single_sacs_with_its_weights():
+    """Member k's local signals equal those of a single SAC with member k's weights, transitions and random
+    streams (buffer generator, actor noise), and both streams continue alike."""
+    torch.set_num_threads(1)
+    obs_dim, act_dim, seeds, k, episode = 5, 2, [7, 8, 9], 1, 40
+    config = SmallPreset(batch_size=16, hidden=(32, 32), alpha=None)
+    low, high = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
+    ensemble = EnsembleSAC(obs_dim, act_dim, low, high, config, seeds)
+    buffer = ReplayBuffer(100, obs_dim, act_dim, seed=seeds)
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        obs, next_obs = rng.normal(size=(2, 3, obs_dim)).astype(np.float32)
+        buffer.add(obs, rng.uniform(-1, 1, (3, act_dim)).astype(np.float32), rng.normal(size=3), next_obs,
+                   rng.random(3) < 0.1)
+    for _ in range(5):
+        ensemble.update(buffer.sample(config.batch_size))
+
+    single = SAC(obs_dim, act_dim, low, high, config)
+    single.load_state_dict(ensemble.member_state_dict(k))
+    alone = ReplayBuffer(100, obs_dim, act_dim, seed=0)
+    alone.load_state_dict(member_buffer_state(buffer, k))
+    torch.set_rng_state(ensemble.actor.generators[k].get_state())  # the single student's torch stream
+    expected = agent_signals(single, alone, episode)
+    got = agent_signals(ensemble, buffer, episode, member=k)
+    for name, value in expected.as_dict().items():
+        assert getattr(got, name) == pytest.approx(value, rel=1e-4), name
+    assert torch.equal(ensemble.actor.generators[k].get_state(), torch.get_rng_state())
+    assert torch.equal(buffer.generators[k].get_state(), alone.generator.get_state())
+    # Another member's signals are another student's.
+    assert agent_signals(ensemble, buffer, episode, member=0).grad_norm_local != pytest.approx(got.grad_norm_local)
+
+
+def test_member_buffer_state_roundtrip():
+    buffer = ReplayBuffer(10, 3, 2, seed=[1, 2])
+    rng = np.random.default_rng(1)
+    for _ in range(12):  # wraps around
+        buffer.add(rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(2, 2)).astype(np.float32),
+                   rng.normal(size=2), rng.normal(size=(2, 3)).astype(np.float32), rng.random(2) < 0.5)
+    restored = ReplayBuffer(10, 3, 2, seed=[5, 6])
+    for k in range(2):
+        load_member_buffer(restored, k, member_buffer_state(buffer, k))
+    assert torch.equal(restored.sample(4).obs, buffer.sample(4).obs) and restored.pos == buffer.pos == 2
+
+
+def test_the_command_line_gives_each_student_its_own_seed_id_curriculum_and_files(tmp_path):
+    base = ["--env", "PointMaze_UMaze-v3", "--steps", "10"]
+    args = parse_args([*base, "--curriculum", "c", "--students", "3", "--seed", "5", "--checkpoint-dir",
+                       str(tmp_path), "--tensorboard", "tb"])
+    assert [(s.seed, s.curriculum, s.student_id) for s in args.students] == [(5, "c", None), (6, "c", None),
+                                                                            (7, "c", None)]
+    assert [s.checkpoint_dir for s in args.students] == [tmp_path / f"s{seed}" for seed in (5, 6, 7)]
+    assert [s.tensorboard for s in args.students] == ["tb/s5", "tb/s6", "tb/s7"]
+    args = parse_args([*base, "--curriculum", "a", "b", "--seeds", "9", "2", "--student-id", "x", "y",
+                       "--checkpoint-dir", "d1", "d2", "--env-kwargs", '{"continuing_task": false}'])
+    assert [(s.seed, s.curriculum, s.student_id, str(s.checkpoint_dir)) for s in args.students] == [
+        (9, "a", "x", "d1"), (2, "b", "y", "d2")]
+    assert args.env_kwargs == {"continuing_task": False}
+    (single,) = parse_args([*base, "--curriculum", "c", "--checkpoint-dir", "d", "--seed", "4"]).students
+    assert (single.seed, single.checkpoint_dir, single.tensorboard) == (4, Path("d"), None)  # as before: DIR itself
+    for bad in (["--curriculum", "a", "b", "c", "--students", "2"], ["--curriculum", "a", "--seeds", "1", "1"],
+                ["--curriculum", "a", "--students", "2", "--student-id", "x"],
+                ["--curriculum", "a", "--students", "2", "--seeds", "1", "2"], ["--curriculum", "a", "--students", "0"],
+                ["--curriculum", "a", "--env-kwargs", "[1]"]):
+        with pytest.raises(SystemExit):
+            parse_args([*base, *bad])
