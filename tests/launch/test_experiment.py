@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from rich.console import Console
 
-from teacher_service.launch.experiment import runner, stats
+from teacher_service.launch.experiment import plots, runner, stats
 
 
 def write_csv(path, rows):
@@ -30,7 +33,7 @@ def test_run_metrics_by_hand():
 
 
 def test_summary_by_hand(tmp_path):
-    # Baseline reaches 80% at 300 or 400 (or never: counts as the budget, 400); the teacher at 100 or 200.
+    # Baseline reaches 80% at 300 or 400 (or never: censored at the budget, 400); the teacher at 100 or 200.
     rows = []
     base = {0: [0.0, 0.2, 0.8, 0.9], 1: [0.0, 0.1, 0.5, 0.8], 2: [0.0, 0.1, 0.2, 0.3]}
     fast = {0: [0.8, 0.9, 1.0, 1.0], 1: [0.5, 0.8, 0.9, 1.0], 2: [0.9, 1.0, 1.0, 1.0]}
@@ -52,53 +55,175 @@ def test_summary_by_hand(tmp_path):
     assert (est.low, est.high) == pytest.approx((133.333 - 143.42, 133.333 + 143.42), abs=0.01)
     # Final success: teacher [1, 1, 1] has no spread; its interval is the point itself.
     assert (t.estimates["final_success"].mean, t.estimates["final_success"].low) == (1.0, 1.0)
-    # Mann-Whitney, fully separated groups of 3 and 3: exact two-sided p = 2 / C(6, 3) = 0.1.
-    assert t.estimates["auc"].p_value == pytest.approx(0.1)
-    assert b.estimates["auc"].p_value is None
+    # Mann-Whitney, fully separated groups of 3 and 3: exact two-sided p = 2 / C(6, 3) = 0.1; one comparison,
+    # so Holm leaves it; every teacher AUC above every baseline AUC: Cliff's delta +1.
+    auc = t.comparisons["env-default"]["auc"]
+    assert (auc.p_value, auc.p_raw, auc.cliffs_delta) == (pytest.approx(0.1), pytest.approx(0.1), 1.0)
+    assert b.comparisons == {} and "random" not in t.comparisons  # no random condition in this grid
 
+    # Steps: ties among the teacher's seeds, so scipy uses the normal approximation: p = 0.0765.
     table = stats.markdown_table(list(summary.values()), 0.8, 400)
-    assert "| teacher | 3 | 3/3 | 133 [-10, 277] | 0.36 |" in table
+    assert "| teacher | 3 | 3/3 | 133 [-10, 277] | 0.36 | 0.0765 (-1.00) | - |" in table
+
+
+def test_censored_runs_rank_after_a_run_that_reached_at_the_budget():
+    steps = np.array([100, 200])
+    reached_last = stats.run_metrics(steps, np.array([0.0, 0.9]), threshold=0.8, budget=200)
+    never = stats.run_metrics(steps, np.array([0.0, 0.1]), threshold=0.8, budget=200)
+    assert reached_last.steps_to_threshold == never.steps_to_threshold == 200  # the same value in the means
+    rows = [["env-default", seed, step, s, 0] for seed in range(4) for step, s in zip((100, 200), (0.0, 0.1))]
+    rows += [["late", seed, step, s, 0] for seed in range(4) for step, s in zip((100, 200), (0.0, 0.9))]
+    curves = {cond: {seed: (np.array([100, 200]), np.array([0.0, 0.1 if cond == "env-default" else 0.9]),
+                            np.zeros(2)) for seed in range(4)} for cond in ("env-default", "late")}
+    late = {s.condition: s for s in stats.summarize(curves, 0.8, 200)}["late"]
+    assert late.ratio == 1.0
+    assert late.comparisons["env-default"]["steps_to_threshold"].cliffs_delta == -1.0  # but earlier in the ranks
+
+
+def test_mann_whitney_holm_and_cliffs_delta_against_scipy():
+    rng = np.random.default_rng(3)
+    steps = np.arange(1, 11) * 1000
+    shifts = {"env-default": 0.0, "random": 0.1, "good": 0.5, "same": 0.0}
+    curves = {cond: {seed: (steps, np.clip(steps / 10_000 + shift + rng.normal(0, 0.15, 10), 0, 1), np.zeros(10))
+                     for seed in range(10)} for cond, shift in shifts.items()}
+    summary = {s.condition: s for s in stats.summarize(curves, 0.6, 10_000)}
+    auc = {c: np.array([stats.run_metrics(s, ok, 0.6, 10_000).auc for s, ok, _ in curves[c].values()]) for c in curves}
+    for baseline in ("env-default", "random"):
+        others = [c for c in shifts if c != baseline]
+        raw = [stats_mw(auc[c], auc[baseline]) for c in others]
+        # Holm by hand: sort, multiply the k-th smallest by (m - k + 1), keep monotone, cap at 1.
+        order = np.argsort(raw)
+        expected, running = {}, 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (len(raw) - rank) * raw[i]))
+            expected[others[i]] = running
+        for c in others:
+            got = summary[c].comparisons[baseline]["auc"]
+            assert got.p_raw == pytest.approx(raw[others.index(c)])
+            assert got.p_value == pytest.approx(expected[c])
+            pairs = [np.sign(x - y) for x in auc[c] for y in auc[baseline]]
+            assert got.cliffs_delta == pytest.approx(np.mean(pairs))
+    assert summary["good"].comparisons["env-default"]["auc"].p_value < 0.01
+    assert summary["same"].comparisons["env-default"]["auc"].p_value > 0.05
+
+
+def stats_mw(x, y):
+    from scipy.stats import mannwhitneyu
+
+    return float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+
+
+def test_holm_known_values():
+    # m = 4: 0.01*4 = 0.04; 0.03*3 = 0.09; 0.04*2 = 0.08 -> 0.09 (monotone); 0.5*1 = 0.5.
+    assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_analyze_writes_summary_json_and_heatmaps(tmp_path):
+    (tmp_path / "experiment.json").write_text(json.dumps(
+        {"env": "PointMaze_Medium-v3", "steps": 400, "eval_every": 100, "eval_episodes": 4, "preset": "small",
+         "env_kwargs": {"continuing_task": False}, "target_farthest": 4}))
+    rows = [[c, seed, step, min(1.0, step / (200 if c == "learnability" else 400) * (0.9 + 0.1 * seed)), 0]
+            for c in ("env-default", "random", "learnability") for seed in range(3) for step in (100, 200, 300, 400)]
+    write_csv(tmp_path / "evaluations.csv", rows)
+    with open(tmp_path / "proposals.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(plots.PROPOSAL_COLUMNS)
+        for c in ("random", "learnability"):
+            for seed in range(3):
+                writer.writerows([c, seed, step, json.dumps([1, 1, 6, 6])] for step in (50, 150, 350))
+    runner.analyze(tmp_path, 0.5, Console(quiet=True))
+
+    records = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["condition"] for r in records] == ["env-default", "random", "learnability"]
+    for r in records:
+        assert {"condition", "seeds", "steps_to_threshold_mean", "ratio_vs_env_default", "p_vs_env_default",
+                "p_vs_random", "auc_mean"} <= set(r)
+        assert r["seeds"] == 3
+    by = {r["condition"]: r for r in records}
+    # learnability reaches 50% at step 100 or 200, the others at 200; ratio and p follow from that.
+    assert by["env-default"]["p_vs_env_default"] is None and by["random"]["p_vs_random"] is None
+    assert by["learnability"]["ratio_vs_env_default"] == pytest.approx(
+        by["learnability"]["steps_to_threshold_mean"] / by["env-default"]["steps_to_threshold_mean"])
+    assert by["learnability"]["ratio_vs_env_default"] < 1
+    assert 0 <= by["learnability"]["p_vs_env_default"] <= 1
+    summary = (tmp_path / "summary.md").read_text()
+    assert "the 4 start-goal pairs farthest apart" in summary and '{"continuing_task": false}' in summary
+    for png in ("learning_curves.png", "teacher_proposals.png", "proposal_heatmaps.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_benchmark_sets_defaults_and_flags_override(tmp_path):
+    args = runner.parse_args(["--benchmark", "far-goal", "--steps", "1000", "--out", str(tmp_path)])
+    assert (args.env, args.target_farthest, args.steps) == ("PointMaze_Medium-v3", 20, 1000)
+    assert args.env_kwargs["continuing_task"] is False and len(args.seeds) >= 10
+    assert {"env-default", "random", "gradnorm-mean", "reinforce-mean", "reinforce-local", "learnability", "plr",
+            "alp-gmm"} <= set(args.conditions)
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--env-kwargs", "[1]", "--out", str(tmp_path)])
+
+
+def test_groups_of_a_condition(tmp_path):
+    args = runner.parse_args(["--conditions", "env-default", "random", "--seeds", "0", "1", "2",
+                              "--students-per-process", "2", "--out", str(tmp_path)])
+    experiment = SimpleNamespace(args=args)
+    pending = [("env-default", 0), ("env-default", 2), ("random", 0), ("random", 1), ("random", 2)]
+    # At most 2 students a process, never two conditions in one; groups with the first seeds first.
+    assert runner.Experiment.groups(experiment, pending) == [
+        [("env-default", 0), ("env-default", 2)], [("random", 0), ("random", 1)], [("random", 2)]]
+    args.students_per_process = 0  # all of a condition's pending seeds
+    assert runner.Experiment.groups(experiment, pending) == [pending[:2], pending[2:]]
+    assert runner.Experiment.groups(experiment, pending[2:]) == [pending[2:]]  # a condition with none pending
 
 
 def test_miniature_grid_end_to_end(tmp_path):
+    """2 conditions x 2 seeds on a sparse maze with a target: each condition's seeds in one process."""
     out = tmp_path / "exp"
-    argv = ["--env", "PointMaze_UMazeDense-v3", "--conditions", "env-default", "gradnorm-mean", "--seeds", "0", "1",
-            "--steps", "300", "--eval-every", "150", "--eval-episodes", "1", "--learning-starts", "100",
+    argv = ["--env", "PointMaze_UMaze-v3", "--env-kwargs", '{"continuing_task": false}', "--target-farthest", "2",
+            "--conditions", "env-default", "gradnorm-mean", "--seeds", "0", "1",
+            "--steps", "300", "--eval-every", "150", "--eval-episodes", "2", "--learning-starts", "100",
             "--random-steps", "100", "--params", 'gradnorm-mean={"batch_size": 2, "horizon": 1}',
             "--parallel", "2", "--out", str(out)]
     with pytest.raises(SystemExit) as exit_info:
         runner.main(argv)
     assert exit_info.value.code == 0
 
+    runs = out / "runs"
+    for c in ("env-default", "gradnorm-mean"):
+        # One process per condition, logging in its first student's directory; each student its own files.
+        assert (runs / f"{c}-s0" / "worker.log").exists() and not (runs / f"{c}-s1" / "worker.log").exists()
+        for s in (0, 1):
+            assert {"checkpoint.pt", "episodes.jsonl", "done"} <= {p.name for p in (runs / f"{c}-s{s}").iterdir()}
     with open(out / "evaluations.csv") as f:
         rows = list(csv.DictReader(f))
+    # Only evaluations on the target are collected: every student evaluated on it at each step.
     assert {(r["condition"], r["seed"], r["step"]) for r in rows} == {
         (c, s, step) for c in ("env-default", "gradnorm-mean") for s in ("0", "1") for step in ("150", "300")}
     with open(out / "proposals.csv") as f:
         proposals = list(csv.DictReader(f))
     assert proposals and {r["condition"] for r in proposals} == {"gradnorm-mean"}  # env-default proposes no task
-    assert "| gradnorm-mean | 2 | " in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| gradnorm-mean | 2 | " in summary and "the 2 start-goal pairs farthest apart" in summary
+    assert [r["condition"] for r in json.loads((out / "summary.json").read_text())] == ["env-default", "gradnorm-mean"]
     with open(out / "informativeness.csv") as f:
         figures = list(csv.DictReader(f))
     # One row per run and signal; runs this short have too few episodes for figures (README: at least 10).
     assert {(r["condition"], r["seed"], r["signal"]) for r in figures} == {
         (c, s, signal) for c in ("env-default", "gradnorm-mean") for s in ("0", "1") for signal in runner.INFORMATIVENESS_SIGNALS}
-    assert "## How informative is each signal about the task?" in (out / "summary.md").read_text()
-    for png in ("learning_curves.png", "teacher_proposals.png"):
+    assert "## How informative is each signal about the task?" in summary
+    for png in ("learning_curves.png", "teacher_proposals.png", "proposal_heatmaps.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
-    # A rerun skips the finished runs and gives the same evaluations.
+    # A rerun trains only the students without `done` (here one whose mark was lost) and gives the same evaluations.
     before = (out / "evaluations.csv").read_text()
-    with pytest.raises(SystemExit):
+    logs = {c: (runs / f"{c}-s0" / "worker.log").read_text() for c in ("env-default", "gradnorm-mean")}
+    (runs / "gradnorm-mean-s1" / "done").unlink()
+    with pytest.raises(SystemExit) as exit_info:
         runner.main(argv)
+    assert exit_info.value.code == 0
+    assert (runs / "gradnorm-mean-s1" / "done").exists() and (runs / "gradnorm-mean-s1" / "worker.log").exists()
+    assert {c: (runs / f"{c}-s0" / "worker.log").read_text() for c in logs} == logs  # no process for them
     assert (out / "evaluations.csv").read_text() == before
-
-    # A fresh run of the same seed from scratch gives the same numbers.
-    again = tmp_path / "again"
-    with pytest.raises(SystemExit):
-        runner.main([*argv[:3], "env-default", "--seeds", "1", *argv[8:-1], str(again)])
-    first = [line for line in before.splitlines() if line.startswith("env-default,1,")]
-    assert first and (again / "evaluations.csv").read_text().splitlines()[1:] == first
 
 
 def test_teacher_proposals_reproducible(tmp_path):

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import stats as sps
 
-from teacher_service.learning.task_spaces.maze import shortest_paths
+from teacher_service.learning.task_spaces.maze import maze_map, shortest_paths
 
 PROPOSAL_COLUMNS = ("condition", "seed", "step", "task_values")
 
@@ -45,14 +45,15 @@ def _plot_curves(ax, curves: dict, column: int, ylabel: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def learning_curves(curves: dict, path: Path, threshold: float) -> None:
+def learning_curves(curves: dict, path: Path, threshold: float,
+                    on: str = "the environment's default starts and goals") -> None:
     fig, (ax_success, ax_return) = plt.subplots(1, 2, figsize=(12, 4.5))
     _plot_curves(ax_success, curves, 1, "evaluation success rate")
     ax_success.axhline(threshold, color="grey", linestyle=":", label=f"{threshold:.0%}")
     ax_success.set_ylim(-0.02, 1.02)
     _plot_curves(ax_return, curves, 2, "evaluation mean return")
     ax_success.legend(fontsize=8)
-    fig.suptitle("Evaluation on the environment's default starts and goals (mean, 95% t band over seeds)")
+    fig.suptitle(f"Evaluation on {on} (mean, 95% t band over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -110,4 +111,41 @@ def teacher_proposals(curves: dict, proposals_csv: Path, env_id: str, path: Path
     fig.suptitle("What the teachers proposed (right; mean per tenth of training, 95% t band over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def proposal_heatmaps(proposals_csv: Path, env_id: str, budget: int, path: Path, stretches: int = 3) -> None:
+    """Per teacher (rows) and third of training (columns), pooled over seeds: the share of proposals
+    starting in each maze cell (colour) and ending in it (red dots, area by share)."""
+    layout = np.array(maze_map(env_id))
+    counts: dict[str, np.ndarray] = {}  # condition -> (stretch, start/goal, row, col)
+    with open(proposals_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            reset_row, reset_col, goal_row, goal_col = map(int, json.loads(row["task_values"]))
+            grid = counts.setdefault(row["condition"], np.zeros((stretches, 2, *layout.shape)))
+            stretch = min(int(row["step"]) * stretches // budget, stretches - 1)
+            grid[stretch, 0, reset_row, reset_col] += 1
+            grid[stretch, 1, goal_row, goal_col] += 1
+    rows = max(len(counts), 1)
+    fig, axes = plt.subplots(rows, stretches, figsize=(3 * stretches, 3 * rows), squeeze=False)
+    walls = np.ma.masked_where(layout == 0, layout)
+    edges = np.linspace(0, budget, stretches + 1)
+    for i, (condition, grid) in enumerate(counts.items()):
+        for j in range(stretches):
+            ax = axes[i, j]
+            total = max(grid[j, 0].sum(), 1)
+            image = ax.imshow(np.ma.masked_where(layout == 1, grid[j, 0] / total), cmap="Blues", vmin=0)
+            ax.imshow(walls, cmap="Greys", vmin=0, vmax=1)
+            goal_rows, goal_cols = np.nonzero(grid[j, 1])
+            ax.scatter(goal_cols, goal_rows, s=600 * grid[j, 1][goal_rows, goal_cols] / total, color="red", alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{condition}: steps {edges[j]:.0f}-{edges[j + 1]:.0f}\n{int(grid[j, 0].sum())} proposals",
+                         fontsize=8)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    if not counts:
+        axes[0, 0].set_axis_off()
+    fig.suptitle("Where each teacher put the start (blue: share of proposals) and the goal (red: area by share)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)

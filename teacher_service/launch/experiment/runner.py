@@ -1,13 +1,16 @@
 """`acl-experiment`: a grid of curriculum conditions x seeds, run against one local teacher service.
 
-Each (condition, seed) gets its own curriculum (seeded with the seed) and one `student-worker`
-process (seeded with the seed), so teachers never share students. At most `--parallel` workers run
-at once, here or on a Ray cluster (--launcher ray). Evaluations (the worker's own, on the environment's default starts and goals) and the
-teachers' proposals are read back from the service at the end and written to CSV, then summarized
-(stats.py) and plotted (plots.py).
+Each (condition, seed) is one student with its own curriculum (seeded with the seed), so teachers
+never share students. A condition's seeds train together in `student-worker` processes of up to
+--students-per-process students each (one ensemble SAC, seeds as a batch dimension; 1: a process per
+student). At most `--parallel` processes run at once, here or on a Ray cluster (--launcher ray).
+Evaluations (on the curriculum's target tasks with --target-farthest, else on the environment's default
+starts and goals) and the teachers' proposals are read back from the service at the end and written to
+CSV, then summarized (stats.py) and plotted (plots.py). `--benchmark far-goal` sets up the far-goal
+maze benchmark (README "Does the gradient-norm teacher help?"); explicit flags override its settings.
 
-Resume: a finished run leaves `runs/<name>/done`; a rerun with the same --out skips it. A run that
-was stopped (Ctrl-C, SIGTERM, a kill) restarts from its worker checkpoint (written every
+Resume: a finished student leaves `runs/<name>/done`; a rerun with the same --out skips it. A student
+that was stopped (Ctrl-C, SIGTERM, a kill) restarts from its checkpoint (written every
 --checkpoint-every steps and on a clean stop) and its teacher from the service's database.
 """
 
@@ -69,14 +72,33 @@ CONDITIONS = {
 INFORMATIVENESS_SIGNALS = ["grad_norm_mean", "grad_norm_episode", "grad_norm_local", "critic_grad_norm_local",
                            "positive_value_loss", "episode_return", "success"]
 DEFAULT_CONDITIONS = ["env-default", "random", "gradnorm-mean", "gradnorm-episode"]
+# Named setups: defaults for the flags below (explicit flags win).
+BENCHMARKS = {
+    # Sparse reward, episodes that end on success, evaluated on the 20 start-goal pairs farthest apart
+    # (10 or 11 cells by shortest path); the teachers choose among all 650 pairs. Sized by
+    # bench/far_goal_pilot.py (README).
+    "far-goal": dict(
+        env="PointMaze_Medium-v3", env_kwargs={"continuing_task": False, "max_episode_steps": 400},
+        target_farthest=20, steps=150_000, eval_every=5_000, eval_episodes=20, threshold=0.5,
+        seeds=list(range(10)),
+        conditions=["env-default", "random", "gradnorm-mean", "reinforce-mean", "reinforce-local", "learnability",
+                    "plr", "alp-gmm"]),
+}
 # Changing these would mix incomparable runs in one output directory.
-FIXED = ("env", "steps", "eval_every", "eval_episodes", "preset", "learning_starts", "random_steps", "params")
+FIXED = ("env", "steps", "eval_every", "eval_episodes", "preset", "learning_starts", "random_steps", "params",
+         "env_kwargs", "target_farthest")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="acl-experiment", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), default=None,
+                   help="a named setup: its env, target, budget, seeds and conditions become the defaults")
     p.add_argument("--env", default="PointMaze_UMazeDense-v3")
+    p.add_argument("--env-kwargs", type=_json_object, default={}, metavar="JSON",
+                   help='gym.make keyword arguments, e.g. \'{"continuing_task": false}\'')
+    p.add_argument("--target-farthest", type=int, default=None, metavar="N",
+                   help="evaluate on the N start-goal pairs farthest apart (maze envs; default: the env's own)")
     p.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS, choices=sorted(CONDITIONS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=20_000, help="env steps per run")
@@ -89,16 +111,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--params", action="append", default=[], metavar="CONDITION=JSON",
                    help='teacher parameters over the condition\'s, e.g. gradnorm-mean=\'{"batch_size": 10}\'')
     p.add_argument("--threshold", type=float, default=0.8, help="evaluation success rate that counts as proficient")
+    p.add_argument("--students-per-process", type=int, default=0, metavar="K",
+                   help="students of one condition trained in one process (0: all its seeds; 1: a process each)")
     p.add_argument("--parallel", type=int, default=None,
-                   help="workers at a time (default: the CPUs here, or with Ray the cluster's CPUs / --worker-cpus)")
+                   help="processes at a time (default: the CPUs here, or with Ray the cluster's CPUs / --worker-cpus)")
     p.add_argument("--out", type=Path, required=True, help="output directory; a rerun resumes in it")
     p.add_argument("--analyze-only", action="store_true", help="only redo the summary and plots from the CSVs")
     add_launcher_args(p)
+    chosen, _ = p.parse_known_args(argv)
+    if chosen.benchmark:
+        p.set_defaults(**BENCHMARKS[chosen.benchmark])
     args = p.parse_args(argv)
+    if args.students_per_process < 0:
+        p.error("--students-per-process must be >= 0")
     args.params = dict(_parse_params(item) for item in args.params)
     # One run per (condition, seed): a repeated one would run twice on one checkpoint directory.
     args.conditions, args.seeds = list(dict.fromkeys(args.conditions)), list(dict.fromkeys(args.seeds))
     return args
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text}")
+    return value
 
 
 def _parse_params(item: str) -> tuple[str, dict]:
@@ -157,10 +193,13 @@ class Experiment:
                     "teacher": {"algorithm": spec.algorithm,
                                 "params": {**spec.params, **self.args.params.get(condition, {})}},
                     "reward_signal": spec.reward_signal, "seed": seed}
+            if self.args.target_farthest is not None:
+                body["target"] = {"farthest": self.args.target_farthest}
             r = httpx.post(f"{self.url}/curricula", json=body, headers=self.headers(admin=True), timeout=60)
             if r.status_code == 409:  # a resumed experiment: it must be the same curriculum
                 have = httpx.get(f"{self.url}/curricula/{body['name']}", headers=self.headers(), timeout=30).json()
-                if any(have[k] != body[k] for k in ("teacher", "reward_signal", "seed")):
+                if (any(have[k] != body[k] for k in ("teacher", "reward_signal", "seed"))
+                        or (have.get("target") or {}).get("farthest") != self.args.target_farthest):
                     raise SystemExit(f"acl-experiment: curriculum {body['name']} exists with another teacher; "
                                      "use another --out")
             else:
@@ -171,22 +210,42 @@ class Experiment:
     def run_dir(self, condition: str, seed: int) -> Path:
         return self.runs_dir / run_name(condition, seed)
 
-    def start_worker(self, condition: str, seed: int) -> WorkerHandle:
-        workdir = self.run_dir(condition, seed)
-        workdir.mkdir(parents=True, exist_ok=True)
+    def groups(self, pending: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+        """The students each process trains: a condition's pending seeds, --students-per-process at a time."""
+        k = self.args.students_per_process
+        groups = []
+        for condition in self.args.conditions:
+            members = [run for run in pending if run[0] == condition]
+            size = k or len(members) or 1
+            groups += [members[i:i + size] for i in range(0, len(members), size)]
+        # Seed by seed (first seeds first), so that a partial grid already compares every condition.
+        return sorted(groups, key=lambda group: self.args.seeds.index(group[0][1]))
+
+    def start_worker(self, group: list[tuple[str, int]]) -> WorkerHandle:
+        """One student-worker process for these (condition, seed) students; its log is in the first one's dir."""
+        for run in group:
+            self.run_dir(*run).mkdir(parents=True, exist_ok=True)
         a = self.args
-        cmd = ["--teacher", self.url,
-               "--curriculum", run_name(condition, seed), "--student-id", run_name(condition, seed),
-               "--env", a.env, "--steps", str(a.steps), "--seed", str(seed), "--preset", a.preset,
+        names = [run_name(*run) for run in group]
+        if len(group) == 1:
+            members = ["--seed", str(group[0][1]), "--curriculum", names[0], "--student-id", names[0],
+                       "--checkpoint-dir", str(self.run_dir(*group[0]))]
+        else:
+            members = ["--seeds", *(str(seed) for _, seed in group), "--curriculum", *names, "--student-id", *names,
+                       "--checkpoint-dir", *(str(self.run_dir(*run)) for run in group)]
+        cmd = ["--teacher", self.url, *members,
+               "--env", a.env, "--steps", str(a.steps), "--preset", a.preset,
                "--eval-every", str(a.eval_every), "--eval-episodes", str(a.eval_episodes),
-               "--checkpoint-dir", str(workdir), "--checkpoint-every", str(a.checkpoint_every), "--no-progress"]
+               "--checkpoint-every", str(a.checkpoint_every), "--no-progress"]
+        if a.env_kwargs:
+            cmd += ["--env-kwargs", json.dumps(a.env_kwargs)]
         for flag in ("learning_starts", "random_steps"):
             if getattr(a, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(a, flag))]
         env = {"OMP_NUM_THREADS": "1"}
         if self.tokens.student:
             env["TEACHER_TOKEN"] = self.tokens.student
-        proc = self.launcher.start(cmd, workdir, env)
+        proc = self.launcher.start(cmd, self.run_dir(*group[0]), env)
         self.workers.append(proc)
         return proc
 
@@ -195,39 +254,44 @@ class Experiment:
         return recent[-1]["step"] if recent else 0
 
     def run_all(self, console: Console) -> list[str]:
-        """Run every unfinished (condition, seed); the names of the runs that failed."""
-        # Seed by seed, so that a partial run already compares every condition.
-        pending = deque(sorted((run for run in self.runs if not (self.run_dir(*run) / "done").exists()),
-                               key=lambda run: self.args.seeds.index(run[1])))
+        """Train every unfinished student; the names of those that failed."""
+        pending = [run for run in self.runs if not (self.run_dir(*run) / "done").exists()]
         if len(pending) < len(self.runs):
-            console.print(f"Resuming: {len(self.runs) - len(pending)} of {len(self.runs)} runs already done")
-        running: dict[tuple[str, int], tuple[WorkerHandle, int]] = {}
+            console.print(f"Resuming: {len(self.runs) - len(pending)} of {len(self.runs)} students already done")
+        queue = deque(self.groups(pending))
+        running: dict[WorkerHandle, tuple[list[tuple[str, int]], object]] = {}
         failed = []
+        steps = self.args.steps
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
-            total = progress.add_task("all runs (steps)", total=len(self.runs) * self.args.steps,
-                                      completed=(len(self.runs) - len(pending)) * self.args.steps)
-            while pending or running:
-                while pending and len(running) < self.parallel:
-                    run = pending.popleft()
-                    task = progress.add_task(run_name(*run), total=self.args.steps, completed=self.steps_done(*run))
-                    running[run] = (self.start_worker(*run), task)
+            total = progress.add_task("all students (steps)", total=len(self.runs) * steps,
+                                      completed=(len(self.runs) - len(pending)) * steps)
+            while queue or running:
+                while queue and len(running) < self.parallel:
+                    group = queue.popleft()
+                    label = run_name(*group[0]) + (f" +{len(group) - 1}" if len(group) > 1 else "")
+                    task = progress.add_task(label, total=len(group) * steps,
+                                             completed=sum(self.steps_done(*run) for run in group))
+                    running[self.start_worker(group)] = (group, task)
                 time.sleep(1)
-                for run, (proc, task) in list(running.items()):
-                    progress.update(task, completed=self.steps_done(*run))
+                for proc, (group, task) in list(running.items()):
+                    progress.update(task, completed=sum(self.steps_done(*run) for run in group))
                     if proc.poll() is None:
                         continue
-                    del running[run]
+                    del running[proc]
                     progress.remove_task(task)
-                    if proc.returncode == 0 and self.steps_done(*run) >= self.args.steps:
-                        (self.run_dir(*run) / "done").touch()
-                    else:
-                        failed.append(run_name(*run))
-                        console.print(f"[red]{run_name(*run)} failed ({proc.returncode}); "
-                                      f"see {self.run_dir(*run) / 'worker.log'}")
-                done = sum((self.run_dir(*r) / "done").exists() for r in self.runs) * self.args.steps
-                progress.update(total, completed=done + sum(self.steps_done(*r) for r in running))
+                    for run in group:
+                        if proc.returncode == 0 and self.steps_done(*run) >= steps:
+                            (self.run_dir(*run) / "done").touch()
+                        else:
+                            failed.append(run_name(*run))
+                    if proc.returncode != 0:
+                        console.print(f"[red]{', '.join(run_name(*run) for run in group)} failed "
+                                      f"({proc.returncode}); see {self.run_dir(*group[0]) / 'worker.log'}")
+                done = sum((self.run_dir(*r) / "done").exists() for r in self.runs) * steps
+                progress.update(total, completed=done + sum(self.steps_done(*r) for g, _ in running.values()
+                                                            for r in g))
         return failed
 
     # ------------------------------------------------------------ read back
@@ -252,7 +316,11 @@ class Experiment:
             writer.writerow(stats.CSV_COLUMNS)
             for condition, seed in done:
                 # A run resumed from a checkpoint evaluates some steps again: keep the last of each step.
-                by_step = {e["env_steps"]: e for e in self.pages(run_name(condition, seed), "evaluations")}
+                # With a target, a student evaluates on it only (evaluations while the service was down, on
+                # the env's default tasks, are left out).
+                on_target = self.args.target_farthest is not None
+                by_step = {e["env_steps"]: e for e in self.pages(run_name(condition, seed), "evaluations")
+                           if e.get("on_target", False) == on_target}
                 for step in sorted(by_step):
                     writer.writerow([condition, seed, step, by_step[step]["success_rate"],
                                      by_step[step]["mean_return"]])
@@ -284,7 +352,8 @@ class Experiment:
         path = self.out / "experiment.json"
         config = {k: v for k, v in vars(self.args).items() if k in FIXED}
         if path.exists():
-            stored = json.loads(path.read_text())
+            # Files written before a key existed hold its default.
+            stored = {"env_kwargs": {}, "target_farthest": None, **json.loads(path.read_text())}
             changed = [k for k in FIXED if stored.get(k) != config[k]]
             if changed:
                 raise SystemExit(f"acl-experiment: {self.out} holds an experiment with other {', '.join(changed)}; "
@@ -324,7 +393,7 @@ class Experiment:
 
 
 def analyze(out: Path, threshold: float, console: Console) -> None:
-    """summary.md and the plots from evaluations.csv and proposals.csv, for the config in experiment.json."""
+    """summary.md, summary.json and the plots from the CSVs, for the config in experiment.json."""
     config = json.loads((out / "experiment.json").read_text())
     curves = stats.read_curves(out / "evaluations.csv")
     if not curves:
@@ -332,18 +401,27 @@ def analyze(out: Path, threshold: float, console: Console) -> None:
         return
     summaries = stats.summarize(curves, threshold, config["steps"])
     seeds = sorted({seed for runs in curves.values() for seed in runs})
-    header = (f"# {config['env']}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {config['steps']} env steps "
-              f"per run, evaluation every {config['eval_every']} steps ({config['eval_episodes']} episodes), "
+    env = config["env"] + (f" {json.dumps(config['env_kwargs'])}" if config.get("env_kwargs") else "")
+    on = (f"the {config['target_farthest']} start-goal pairs farthest apart" if config.get("target_farthest")
+          else "the environment's default starts and goals")
+    header = (f"# {env}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {config['steps']} env steps "
+              f"per run, evaluation on {on} every {config['eval_every']} steps ({config['eval_episodes']} episodes), "
               f"SAC preset {config['preset']}\n\n")
     text = header + stats.markdown_table(summaries, threshold, config["steps"])
     if (out / "informativeness.csv").exists():
         text += "\n## How informative is each signal about the task?\n\n"
         text += stats.informativeness_table(out / "informativeness.csv")
     (out / "summary.md").write_text(text)
+    records = stats.summary_records(summaries, threshold, config["steps"])
+    (out / "summary.json").write_text(json.dumps(records, indent=2) + "\n")
     console.print(text)
-    plots.learning_curves(curves, out / "learning_curves.png", threshold)
+    plots.learning_curves(curves, out / "learning_curves.png", threshold, on)
     plots.teacher_proposals(curves, out / "proposals.csv", config["env"], out / "teacher_proposals.png")
-    console.print(f"Wrote {out / 'evaluations.csv'}, summary.md, learning_curves.png, teacher_proposals.png")
+    written = ["summary.md", "summary.json", "learning_curves.png", "teacher_proposals.png"]
+    if config["env"].startswith(("PointMaze_", "AntMaze_")):
+        plots.proposal_heatmaps(out / "proposals.csv", config["env"], config["steps"], out / "proposal_heatmaps.png")
+        written.append("proposal_heatmaps.png")
+    console.print(f"Wrote {out / 'evaluations.csv'}, {', '.join(written)}")
 
 
 def main(argv: list[str] | None = None) -> None:

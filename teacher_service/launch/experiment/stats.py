@@ -1,14 +1,18 @@
 """Per-seed metrics of the learning curves and their comparison between conditions.
 
-Per run (one condition, one seed), from its evaluations on the environment's default distribution:
-- steps to threshold: the first evaluation step with success rate >= threshold; a run that never gets
-  there counts as the step budget (so its true value is *at least* that: the mean is a lower bound).
+Per run (one condition, one seed), from its evaluations (on the curriculum's target tasks when it has
+them, else on the environment's default distribution):
+- steps to threshold: the first evaluation step with success rate >= threshold. A run that never gets
+  there is censored at the step budget: its mean counts the budget (so the condition's mean, and its
+  ratio to env-default, are lower bounds), and the rank tests put it after every run that did reach it
+  (ties among the censored ones).
 - final success: the success rate of the last evaluation.
 - AUC: the area under the success curve between the first and the last evaluation (trapezoids),
   divided by that span: the mean success rate over training, in [0, 1].
-Per condition: the mean over seeds with a 95% t confidence interval, and a two-sided Mann-Whitney U
-test of the per-seed values against the baseline condition (ranks, so censored runs tied at the
-budget are handled without assuming normality).
+Per condition: the mean over seeds with a 95% t confidence interval; against `env-default` and against
+`random`, a two-sided Mann-Whitney U test of the per-seed values (ranks: no normality assumed, censored
+runs handled as above), Holm-adjusted over the conditions compared with the same baseline on the same
+metric, and Cliff's delta as the effect size.
 """
 
 from __future__ import annotations
@@ -55,7 +59,6 @@ class Estimate:
     mean: float
     low: float
     high: float
-    p_value: float | None  # against the baseline; None for the baseline itself
 
 
 def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -70,15 +73,35 @@ def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, flo
     return float(low), float(high)
 
 
-def compare(values: np.ndarray, baseline: np.ndarray | None) -> Estimate:
-    low, high = t_interval(values)
-    p = None
-    if baseline is not None:
-        p = float(stats.mannwhitneyu(values, baseline, alternative="two-sided").pvalue)
-    return Estimate(float(np.mean(values)), low, high, p)
+def estimate(values: np.ndarray) -> Estimate:
+    return Estimate(float(np.mean(values)), *t_interval(values))
+
+
+def cliffs_delta(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y) - P(X < Y) over all pairs: -1 when every x is below every y, 0 for no difference."""
+    x, y = x[:, None], y[None, :]  # comparisons, not differences: censored runs are inf
+    return float(np.mean((x > y).astype(float) - (x < y)))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the k-th smallest of m p-values times (m - k + 1), kept monotone, at most 1."""
+    order = np.argsort(p_values)
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass
+class Comparison:
+    p_value: float  # two-sided Mann-Whitney U, Holm-adjusted over the conditions compared with the same baseline
+    p_raw: float
+    cliffs_delta: float  # of this condition against the baseline
 
 
 METRICS = ("steps_to_threshold", "final_success", "auc")
+BASELINES = ("env-default", "random")
 
 
 @dataclass
@@ -87,56 +110,99 @@ class ConditionSummary:
     seeds: int
     reached: int
     estimates: dict[str, Estimate]
-    ratio: float | None  # mean steps to threshold / the baseline's
+    # {baseline: {metric: Comparison}}; a baseline absent from the grid, and a condition against itself, have none
+    comparisons: dict[str, dict[str, Comparison]]
+    ratio: float | None  # mean steps to threshold / env-default's
 
 
-def summarize(curves: dict, threshold: float, budget: int, baseline: str = "env-default") -> list[ConditionSummary]:
+def summarize(curves: dict, threshold: float, budget: int) -> list[ConditionSummary]:
     per_run = {cond: [run_metrics(s, ok, threshold, budget) for s, ok, _ in seeds.values()]
                for cond, seeds in curves.items()}
-    base = per_run.get(baseline)
-    summaries = []
-    for cond, runs in per_run.items():
-        estimates = {}
+    values = {cond: {m: np.array([getattr(r, m) for r in runs]) for m in METRICS} for cond, runs in per_run.items()}
+    # For the rank tests a censored run is later than any run that reached the threshold, even at the budget.
+    ranked = {cond: {**v, "steps_to_threshold": np.array([r.steps_to_threshold if r.reached else np.inf
+                                                          for r in per_run[cond]])} for cond, v in values.items()}
+    comparisons: dict[str, dict[str, dict[str, Comparison]]] = {cond: {} for cond in curves}
+    for baseline in BASELINES:
+        if baseline not in values:
+            continue
+        others = [cond for cond in curves if cond != baseline]
         for metric in METRICS:
-            values = np.array([getattr(r, metric) for r in runs])
-            reference = None if cond == baseline or base is None else np.array([getattr(r, metric) for r in base])
-            estimates[metric] = compare(values, reference)
-        ratio = None
-        if base is not None:
-            ratio = estimates["steps_to_threshold"].mean / np.mean([r.steps_to_threshold for r in base])
-        summaries.append(ConditionSummary(cond, len(runs), sum(r.reached for r in runs), estimates, ratio))
-    return summaries
+            base = ranked[baseline][metric]
+            raw = [float(stats.mannwhitneyu(ranked[c][metric], base, alternative="two-sided").pvalue) for c in others]
+            for cond, p_raw, p in zip(others, raw, holm(raw)):
+                delta = cliffs_delta(ranked[cond][metric], base)
+                comparisons[cond].setdefault(baseline, {})[metric] = Comparison(p, p_raw, delta)
+    base_steps = values.get("env-default", {}).get("steps_to_threshold")
+    return [ConditionSummary(
+        cond, len(runs), sum(r.reached for r in runs), {m: estimate(values[cond][m]) for m in METRICS},
+        comparisons[cond],
+        None if base_steps is None else float(values[cond]["steps_to_threshold"].mean() / base_steps.mean()))
+        for cond, runs in per_run.items()]
+
+
+def summary_records(summaries: list[ConditionSummary], threshold: float, budget: int) -> list[dict]:
+    """summary.json: one record per condition; p values Holm-adjusted; None where there is no comparison."""
+    records = []
+    for s in summaries:
+        record = {"condition": s.condition, "seeds": s.seeds, "threshold": threshold, "budget": budget,
+                  "reached": s.reached, "ratio_vs_env_default": s.ratio}
+        for metric in METRICS:
+            e = s.estimates[metric]
+            record |= {f"{metric}_mean": e.mean, f"{metric}_ci95": [e.low, e.high]}
+            for baseline in BASELINES:
+                c = s.comparisons.get(baseline, {}).get(metric)
+                key = baseline.replace("-", "_")
+                record[f"p_{metric}_vs_{key}"] = c and c.p_value
+                record[f"cliffs_delta_{metric}_vs_{key}"] = c and c.cliffs_delta
+        # The issue's short names: steps to threshold is the primary metric.
+        record |= {"auc_mean": record["auc_mean"], "p_vs_env_default": record["p_steps_to_threshold_vs_env_default"],
+                   "p_vs_random": record["p_steps_to_threshold_vs_random"]}
+        records.append(_finite(record))
+    return records
+
+
+def _finite(value):
+    """NaN (an interval of one seed) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 def _fmt(e: Estimate, digits: int) -> str:
     return f"{e.mean:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}]"
 
 
-def _p(e: Estimate) -> str:
-    return "-" if e.p_value is None else f"{e.p_value:.3f}"
+def _vs(s: ConditionSummary, baseline: str, metric: str) -> str:
+    c = s.comparisons.get(baseline, {}).get(metric)
+    return "-" if c is None else f"{c.p_value:.3g} ({c.cliffs_delta:+.2f})"
 
 
-def markdown_table(summaries: list[ConditionSummary], threshold: float, budget: int,
-                   baseline: str = "env-default") -> str:
+def markdown_table(summaries: list[ConditionSummary], threshold: float, budget: int) -> str:
     pct = f"{threshold:.0%}"
     lines = [
-        f"| condition | seeds | reached {pct} | steps to {pct} | x {baseline} | p | final success | p "
-        f"| AUC (mean success) | p |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| condition | seeds | reached {pct} | steps to {pct} | x env-default | vs env-default | vs random "
+        f"| AUC (mean success) | vs env-default | vs random | final success |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         e = s.estimates
         ratio = "-" if s.ratio is None else f"{s.ratio:.2f}"
         lines.append(
             f"| {s.condition} | {s.seeds} | {s.reached}/{s.seeds} | {_fmt(e['steps_to_threshold'], 0)} | {ratio} "
-            f"| {_p(e['steps_to_threshold'])} | {_fmt(e['final_success'], 2)} | {_p(e['final_success'])} "
-            f"| {_fmt(e['auc'], 2)} | {_p(e['auc'])} |")
+            f"| {_vs(s, 'env-default', 'steps_to_threshold')} | {_vs(s, 'random', 'steps_to_threshold')} "
+            f"| {_fmt(e['auc'], 2)} | {_vs(s, 'env-default', 'auc')} | {_vs(s, 'random', 'auc')} "
+            f"| {_fmt(e['final_success'], 2)} |")
     lines += [
         "",
-        f"Mean over seeds [95% t interval]; p: two-sided Mann-Whitney U test of the per-seed values against "
-        f"`{baseline}`. Runs that never reached {pct} success count as the budget ({budget} steps), so their "
-        f"condition's steps-to-{pct} is a lower bound. AUC: mean evaluation success rate over training "
-        "(trapezoids between the first and the last evaluation).",
+        f"Mean over seeds [95% t interval]. vs X: two-sided Mann-Whitney U test of the per-seed values against "
+        f"condition X, p Holm-adjusted over all conditions compared with X on that metric, and in brackets "
+        f"Cliff's delta (P(this > X) - P(this < X); for steps, negative means faster). Runs that never reached "
+        f"{pct} success count as the budget ({budget} steps): their true value is later, so the mean and the "
+        f"ratio are lower bounds, and in the rank test they tie with each other above every run that reached it. "
+        "AUC: mean evaluation success rate over training (trapezoids between the first and the last evaluation).",
     ]
     return "\n".join(lines) + "\n"
 
