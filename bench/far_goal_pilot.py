@@ -3,11 +3,13 @@ farthest start-goal pairs of a sparse maze, and does an ordering of tasks leave 
 
 No teacher service: K students train in one process (one ensemble SAC, seeds as a batch dimension),
 each with a fixed task rule, and all are evaluated on the same target (the N farthest pairs by shortest
-path) every --eval-every steps. Rules: `env-default` (the env's own random start and goal), `random`
-(uniform over start-goal pairs), `near-first` (a hand-made curriculum: pairs at most d cells apart, d
-growing from 1 to the maze's diameter over the first --ramp share of the budget).
+path, one episode each, success = the goal reached at some step) every --eval-every steps. Rules:
+`env-default` (the env's own random start and goal), `random` (uniform over start-goal pairs),
+`near-first` (a hand-made curriculum: pairs at most d cells apart, d growing from 1 to the maze's
+diameter over the first --ramp share of the budget). Episodes run to the step limit unless
+--end-on-success; --auto-alpha tunes SAC's temperature instead of the preset's fixed one.
 
-    nice -n 5 .venv/bin/python bench/far_goal_pilot.py --steps 60000 --seeds 0 1 2 --out /tmp/pilot.csv
+    nice -n 5 .venv/bin/python bench/far_goal_pilot.py --steps 150000 --seeds 0 1 2 --out /tmp/pilot.csv
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def farthest_pairs(env_id: str, n: int) -> list[tuple[tuple[int, int], tuple[int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="PointMaze_Medium-v3")
-    p.add_argument("--max-episode-steps", type=int, default=400)
+    p.add_argument("--max-episode-steps", type=int, default=300)
+    p.add_argument("--end-on-success", action="store_true", help="continuing_task=False: success ends the episode")
+    p.add_argument("--auto-alpha", action="store_true", help="tune SAC's temperature instead of the preset's")
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=60_000)
@@ -51,11 +55,11 @@ def main() -> None:
 
     members = [(rule, seed) for rule in a.rules for seed in a.seeds]
     k = len(members)
-    kwargs = {"continuing_task": False, "max_episode_steps": a.max_episode_steps}
+    kwargs = {"continuing_task": not a.end_on_success, "max_episode_steps": a.max_episode_steps}
     envs = [make_env(a.env, **kwargs) for _ in members]
     eval_envs = [make_env(a.env, **kwargs) for _ in members]
     config = PRESETS[a.preset]()
-    config = replace(config, buffer_size=a.steps)
+    config = replace(config, buffer_size=a.steps, **({"alpha": None} if a.auto_alpha else {}))
     env0 = envs[0]
     seeds = [1000 * i + s for i, (_, s) in enumerate(members)]
     agent = EnsembleSAC(env0.obs_dim, env0.act_dim, env0.action_space.low, env0.action_space.high, config, seeds,
@@ -89,7 +93,7 @@ def main() -> None:
                 for i in np.flatnonzero(live):
                     obs[i], _, term, trunc, ok = eval_envs[i].step(actions[i])
                     wins[i] += ok
-                    live[i] = not (term or trunc)
+                    live[i] = not (term or trunc or ok)
         return wins / len(target)
 
     obs = np.stack([e.reset(task(i, 0), seed=seeds[i]) for i, e in enumerate(envs)])
@@ -97,7 +101,8 @@ def main() -> None:
         e.action_space.seed(seeds[i])
     episodes = np.zeros(k, int)
     successes = np.zeros(k, int)
-    rows, t0 = [], time.monotonic()
+    reached = np.zeros(k, bool)  # the goal reached at some step of the current episode
+    t0 = time.monotonic()
     with open(a.out, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["rule", "seed", "step", "target_success", "episodes", "train_success_share", "elapsed_s"])
@@ -111,10 +116,12 @@ def main() -> None:
             buffer.add(obs, actions, np.array([o[1] for o in out], np.float32), next_obs,
                        np.array([o[2] for o in out], np.float32))
             obs = next_obs
-            for i, (_, _, term, trunc, ok) in enumerate(out):
+            reached |= np.array([o[4] for o in out])
+            for i, (_, _, term, trunc, _) in enumerate(out):
                 if term or trunc:
                     episodes[i] += 1
-                    successes[i] += ok
+                    successes[i] += reached[i]
+                    reached[i] = False
                     obs[i] = envs[i].reset(task(i, step))
             if step >= config.learning_starts:
                 agent.update(buffer.sample(config.batch_size))
@@ -124,7 +131,6 @@ def main() -> None:
                     row = [rule, seed, step, wins[i], episodes[i], successes[i] / max(episodes[i], 1),
                            round(time.monotonic() - t0)]
                     writer.writerow(row)
-                    rows.append(row)
                 f.flush()
                 means = {r: np.mean([w for (rr, _), w in zip(members, wins) if rr == r]) for r in a.rules}
                 print(step, round(time.monotonic() - t0), {r: round(float(v), 2) for r, v in means.items()},
