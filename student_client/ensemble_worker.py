@@ -68,8 +68,8 @@ class EnsembleWorker:
         self.config = sac_config(args)
         # Member k starts as a single SAC seeded with seeds[k] (ensemble.py).
         self.agent = EnsembleSAC(env.obs_dim, env.act_dim, env.action_space.low, env.action_space.high, self.config,
-                                 seeds)
-        self.buffer = make_buffer(self.config, args.steps, env.obs_dim, env.act_dim, seeds)
+                                 seeds, device=args.device)
+        self.buffer = make_buffer(self.config, args.steps, env.obs_dim, env.act_dim, seeds, device=args.device)
         self.step = 0
         self.next_eval = args.eval_every
         self.next_checkpoint = args.checkpoint_every
@@ -205,7 +205,7 @@ def member_buffer_state(buffer: ReplayBuffer, k: int) -> dict:
     """Member k's rows of an ensemble buffer as a single buffer's ``state_dict``."""
     n = buffer.size
     return {"capacity": buffer.capacity, "pos": buffer.pos, "size": n,
-            **{key: getattr(buffer, key)[:n, k].clone() for key in BUFFER_FIELDS},
+            **{key: getattr(buffer, key)[:n, k].to("cpu", copy=True) for key in BUFFER_FIELDS},
             "generator": buffer.generators[k].get_state()}
 
 

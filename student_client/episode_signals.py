@@ -130,8 +130,9 @@ def agent_signals(agent: SAC, buffer: ReplayBuffer, steps: int, member: int | No
 
 def _member_signals(agent: EnsembleSAC, buffer: ReplayBuffer, steps: int, k: int) -> LocalSignals:
     idx = _tail(buffer, steps)
-    episode = Transitions(buffer.obs[idx, k], buffer.actions[idx, k], buffer.rewards[idx, k], buffer.next_obs[idx, k],
-                          buffer.dones[idx, k])
+    # On the CPU, where agent.member(k) is, whatever the ensemble's device.
+    episode = Transitions(*(field[idx, k].cpu() for field in (buffer.obs, buffer.actions, buffer.rewards,
+                                                               buffer.next_obs, buffer.dones)))
     noise = agent.actor.generators[k]
     # A single student draws its actor noise from torch's stream: member k's generator plays that part.
     with torch.random.fork_rng(devices=[]):

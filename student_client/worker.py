@@ -30,6 +30,7 @@ from student_client.envs import make_env
 from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import PRESETS, SAC, make_buffer
+from student_client.sac.device import resolve_device
 from student_client.training import CHECKPOINT, Episode, StudentFiles, StudentSpec, make_client, sac_config
 from teacher_service.wire import Proposal
 
@@ -47,8 +48,9 @@ class Worker:
         self._seed(spec.seed)  # before the networks are built: their initial weights come from torch's RNG
         self.config = sac_config(args)
         self.agent = SAC(self.env.obs_dim, self.env.act_dim, self.env.action_space.low, self.env.action_space.high,
-                         self.config)
-        self.buffer = make_buffer(self.config, args.steps, self.env.obs_dim, self.env.act_dim, spec.seed)
+                         self.config, device=args.device)
+        self.buffer = make_buffer(self.config, args.steps, self.env.obs_dim, self.env.act_dim, spec.seed,
+                                  device=args.device)
         self.files = StudentFiles(spec, make_client(args), args.retry_every)
         self.session = self.files.session
         self.dir = self.files.dir
@@ -206,6 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="K students in this process, seeds --seed .. --seed+K-1 (ensemble_worker.py)")
     many.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S", help="one student per seed")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="SAC preset (default: by env)")
+    p.add_argument("--device", default="cpu", help="torch device of the networks and replay buffers: cpu, cuda")
     p.add_argument("--learning-starts", type=int, default=None, help="override the preset's first update step")
     p.add_argument("--random-steps", type=int, default=None, help="override the preset's random-action steps")
     p.add_argument("--student-id", nargs="+", default=None,
@@ -226,6 +229,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.students < 1 or args.eval_episodes < 1:
         p.error("--students and --eval-episodes must be at least 1")
+    try:
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: a name torch does not know
+        p.error(f"--device: {exc}")
     seeds = args.seeds or list(range(args.seed, args.seed + args.students))
     if len(set(seeds)) != len(seeds):
         p.error(f"--seeds must differ: {seeds}")

@@ -116,8 +116,8 @@ class EnsembleSAC(SAC):
         self.alpha = self.log_alpha.detach().exp()
 
     def member(self, k: int) -> SAC:
-        """Member k as a single SAC (copies of its weights, optimizers and temperature), e.g. to measure it;
-        the same SAC object is reloaded by every call."""
+        """Member k as a single SAC on the CPU (copies of its weights, optimizers and temperature), e.g. to
+        measure it; the same SAC object is reloaded by every call."""
         self._single.load_state_dict(self.member_state_dict(k))
         return self._single
 

@@ -229,12 +229,15 @@ def test_the_command_line_gives_each_student_its_own_seed_id_curriculum_and_file
                        "--checkpoint-dir", "d1", "d2", "--env-kwargs", '{"continuing_task": false}'])
     assert [(s.seed, s.curriculum, s.student_id, str(s.checkpoint_dir)) for s in args.students] == [
         (9, "a", "x", "d1"), (2, "b", "y", "d2")]
-    assert args.env_kwargs == {"continuing_task": False}
+    assert args.env_kwargs == {"continuing_task": False} and args.device == "cpu"
     (single,) = parse_args([*base, "--curriculum", "c", "--checkpoint-dir", "d", "--seed", "4"]).students
     assert (single.seed, single.checkpoint_dir, single.tensorboard) == (4, Path("d"), None)  # as before: DIR itself
     for bad in (["--curriculum", "a", "b", "c", "--students", "2"], ["--curriculum", "a", "--seeds", "1", "1"],
                 ["--curriculum", "a", "--students", "2", "--student-id", "x"],
                 ["--curriculum", "a", "--students", "2", "--seeds", "1", "2"], ["--curriculum", "a", "--students", "0"],
-                ["--curriculum", "a", "--env-kwargs", "[1]"]):
+                ["--curriculum", "a", "--env-kwargs", "[1]"], ["--curriculum", "a", "--device", "gpu0"]):
         with pytest.raises(SystemExit):
             parse_args([*base, *bad])
+    if not torch.cuda.is_available():  # a clear error, not a crash at the first update
+        with pytest.raises(SystemExit):
+            parse_args([*base, "--curriculum", "a", "--device", "cuda"])
