@@ -77,6 +77,9 @@ def wrk(url: str, script: str, connections: int, seconds: int, *args: str) -> di
         "p50": ms("50%"),
         "p99": ms("99%"),
         "errors": (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+        # Which: refused answers (503 when shedding load) or wrk's own timeouts (2 s) and socket errors.
+        "error_kinds": f"non-2xx {non_2xx.group(1) if non_2xx else 0}, "
+                       f"socket {socket_errors.group(0) if socket_errors else 'none'}",
     }
 
 
@@ -249,6 +252,8 @@ def main() -> None:
     for backend, s in batch.items():
         print(f"{args.batch_loops} learners x 64 envs, batch verbs, {backend}: {s['episodes_per_s']:,.0f} episodes/s "
               f"(a propose and a report each), p50 {s['p50']:.1f} ms per propose+report pair, errors {s['errors']}")
+    if loop_stats["errors"]:
+        print(f"errors of the /propose + /report loops: {loop_stats['error_kinds']}")
     ratio = loop_stats["rps"] / empty_stats["rps"]
     errors = loop_stats["errors"] + paced_stats["errors"]
     print(f"saturated throughput ratio: {ratio:.2f} (target >= 0.60); paced students: p99 {paced_stats['p99']:.1f} ms "
