@@ -54,6 +54,14 @@ def requests_by_route(service) -> dict[str, int]:
     return {route: int(float(n)) for route, n in counts}
 
 
+def stored_tasks(service, curriculum: str) -> dict[str, list | None]:
+    """proposal_id -> the proposed task's values."""
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        rows = db.execute("SELECT p.proposal_id, p.task_values FROM proposals p JOIN curricula c "
+                          "ON c.id = p.curriculum_id WHERE c.name = ?", (curriculum,)).fetchall()
+    return {pid: values for pid, values in rows}
+
+
 def test_members_train_report_and_evaluate_as_their_own_students(service, tmp_path):
     for name in ("ens-a", "ens-b"):
         create_curriculum(service, name)
@@ -241,3 +249,22 @@ def test_the_command_line_gives_each_student_its_own_seed_id_curriculum_and_file
     if not torch.cuda.is_available():  # a clear error, not a crash at the first update
         with pytest.raises(SystemExit):
             parse_args([*base, "--curriculum", "a", "--device", "cuda"])
+
+
+def test_a_member_trains_as_the_single_student_with_its_seed(service, tmp_path):
+    """Same seed, same (fresh, identically seeded) curriculum: member 3 of an ensemble and a single worker with
+    seed 3 get the same proposals and measure the same episodes, up to float rounding."""
+    for name in ("eq-single", "eq-3", "eq-4", "eq-5"):
+        create_curriculum(service, name)
+    single = start_worker(service, tmp_path / "single", "eq-single", 600, 3, "--eval-every", "0")
+    wait_exit(start_ensemble(service, tmp_path, ["eq-3", "eq-4", "eq-5"], 600, "--eval-every", "0"), tmp_path)
+    wait_exit(single, tmp_path / "single")
+    alone, member = episode_log(tmp_path / "single"), logs(tmp_path)[0]
+    tasks = [[stored_tasks(service, name)[r["proposal_id"]] for r in log]
+             for name, log in (("eq-single", alone), ("eq-3", member))]
+    assert len(alone) == len(member) == 2 and tasks[0] == tasks[1] and all(tasks[0])
+    for a, m in zip(alone, member):
+        for key in ("env_steps", "grad_updates", "success"):
+            assert a[key] == m[key], key
+        for key in ("episode_return", "grad_norm_mean", "critic_grad_norm_mean", "grad_norm_local"):
+            assert m[key] == pytest.approx(a[key], rel=1e-3), key
