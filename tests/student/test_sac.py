@@ -172,3 +172,25 @@ def test_adam_step_is_torch_fused_adams_step():
     for a, b in zip(ours.state.values(), torch_s.state.values()):
         assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
     assert float(ours.state[weights[0]]["step"]) == 4
+
+
+@pytest.mark.parametrize("members", [None, 3])
+def test_buffer_batches_keep_each_transition_whole(members):
+    """Sampled rows are stored transitions, field for field (one storage tensor, views per field)."""
+    lead = (members,) if members else ()
+    buffer = ReplayBuffer(10, OBS, ACT, seed=[1, 2, 3] if members else 1)
+    rng = np.random.default_rng(0)
+    for t in range(12):  # wraps around
+        obs = np.full((*lead, OBS), t, dtype=np.float32)
+        obs[..., 1] = np.arange(members or 1).reshape(lead)  # the member that stored it
+        done = rng.random(lead) < 0.5 if members else bool(rng.random() < 0.5)
+        buffer.add(obs, obs[..., :ACT] + 0.5, obs[..., 0] + 0.25, obs + 100, done)
+    batch = buffer.sample(32)
+    assert batch.obs.shape == (*lead, 32, OBS) and batch.dones.shape == (*lead, 32)
+    torch.testing.assert_close(batch.actions, batch.obs[..., :ACT] + 0.5)
+    torch.testing.assert_close(batch.rewards, batch.obs[..., 0] + 0.25)
+    torch.testing.assert_close(batch.next_obs, batch.obs + 100)
+    stored_by = torch.arange(members, dtype=torch.float32).unsqueeze(1).expand(members, 32) if members else 0
+    assert torch.all(batch.obs[..., 1] == stored_by)  # each member samples its own rows
+    assert set(batch.obs[..., 0].flatten().tolist()) <= set(range(2, 12))  # steps 0 and 1 were overwritten
+    assert set(batch.dones.flatten().tolist()) == {0.0, 1.0}
