@@ -88,3 +88,21 @@ def test_insecure_only_when_asked(tmp_path):
         process.terminate()
         output = process.communicate(timeout=20)[0]
     assert "--insecure" in output
+
+
+def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
+    # Teachers are cached by curriculum id: a new curriculum taking a deleted one's id would get its teacher.
+    from sqlalchemy import text
+
+    from teacher_service.serving.store.tables import create_tables, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'ids.db'}")
+    create_tables(engine)
+    add = text("INSERT INTO curricula (name, spec, teacher_version, teacher_updates, teacher_state, created_at) "
+               "VALUES (:name, '{}', 0, 0, x'00', '2026-01-01 00:00:00') RETURNING id")
+    with engine.begin() as conn:
+        conn.execute(add, {"name": "a"})
+        newest = conn.execute(add, {"name": "b"}).scalar_one()
+        conn.execute(text("DELETE FROM curricula WHERE id = :id"), {"id": newest})
+        assert conn.execute(add, {"name": "c"}).scalar_one() > newest
+    engine.dispose()

@@ -48,6 +48,8 @@ class Base(DeclarativeBase):
 
 class Curriculum(Base):
     __tablename__ = "curricula"
+    # Processes cache teachers by curriculum id: SQLite must not hand a deleted curriculum's id to a new one.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
