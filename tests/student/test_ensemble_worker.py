@@ -63,8 +63,8 @@ def stored_tasks(service, curriculum: str) -> dict[str, list | None]:
 
 
 def test_members_train_report_and_evaluate_as_their_own_students(service, tmp_path):
-    for name in ("ens-a", "ens-b"):
-        create_curriculum(service, name)
+    create_with_target(service, "ens-a", TargetSpec(farthest=2))
+    create_curriculum(service, "ens-b")
     curricula = ["ens-a", "ens-b", "ens-a"]
     wait_exit(start_ensemble(service, tmp_path, curricula, 700, "--eval-every", "600", "--eval-episodes", "1"),
               tmp_path)
@@ -80,8 +80,10 @@ def test_members_train_report_and_evaluate_as_their_own_students(service, tmp_pa
     assert len({r["proposal_id"] for log in logs(tmp_path) for r in log}) == 9
     assert len({log[1]["grad_norm_mean"] for log in logs(tmp_path)}) == 3
     assert len(stored["ens-a"]) == 6 and len(stored["ens-b"]) == 3
-    assert sorted(e[:3] for e in stored_evaluations(service, "ens-a")) == [("student-3", 600, 1), ("student-5", 600, 1)]
-    assert [e[:3] for e in stored_evaluations(service, "ens-b")] == [("student-4", 600, 1)]
+    # A member whose curriculum names target tasks evaluates on them; the others on the env's own tasks.
+    assert evaluations_on_target(service, "ens-a") == [("student-3", 1, 1), ("student-5", 1, 1)]
+    assert evaluations_on_target(service, "ens-b") == [("student-4", 1, 0)]
+    assert {e[1] for e in stored_evaluations(service, "ens-a") + stored_evaluations(service, "ens-b")} == {600}
     # The members' episodes end together: proposals and reports all went through the batch verbs.
     routes = requests_by_route(service)
     assert routes.get("/propose/batch", 0) >= 3 and routes.get("/report/batch", 0) == 3
@@ -115,7 +117,7 @@ def test_sigterm_stops_every_member_and_resume_continues_their_steps(service, tm
 
 def test_members_deliver_every_report_after_a_teacher_outage(service, tmp_path):
     create_curriculum(service, "ens-outage")
-    proc = start_ensemble(service, tmp_path, ["ens-outage"], 2400, "--retry-every", "0.5", "--eval-every", "0")
+    proc = start_ensemble(service, tmp_path, ["ens-outage"], 1500, "--retry-every", "0.5", "--eval-every", "0")
     wait_until(lambda: any(r["signals"] for r in stored_proposals(service, "ens-outage").values()), 120, "a report")
     service.stop()
     down_from = [len(log) for log in logs(tmp_path)]
@@ -142,20 +144,6 @@ def evaluations_on_target(service, curriculum: str) -> list[tuple]:
     with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
         return db.execute("SELECT e.student_id, e.episodes, e.on_target FROM evaluations e JOIN curricula c "
                           "ON c.id = e.curriculum_id WHERE c.name = ? ORDER BY e.student_id", (curriculum,)).fetchall()
-
-
-def test_members_evaluate_on_their_curriculums_target_tasks(service, tmp_path):
-    """A member whose curriculum names target tasks evaluates on them (on_target); the others on the env's own."""
-    create_with_target(service, "ens-far", TargetSpec(farthest=2))
-    create_curriculum(service, "ens-default")
-    wait_exit(start_ensemble(service, tmp_path, ["ens-far", "ens-default", "ens-far"], 300, "--eval-every", "300",
-                             "--eval-episodes", "3"), tmp_path)
-    assert evaluations_on_target(service, "ens-far") == [("student-3", 3, 1), ("student-5", 3, 1)]
-    assert evaluations_on_target(service, "ens-default") == [("student-4", 3, 0)]
-    # The single worker too.
-    wait_exit(start_worker(service, tmp_path / "single", "ens-far", 300, 8, "--eval-every", "300",
-                           "--eval-episodes", "1"), tmp_path / "single")
-    assert ("student-8", 1, 1) in evaluations_on_target(service, "ens-far")
 
 
 def test_the_target_is_asked_again_while_the_teacher_is_down(service):
@@ -253,11 +241,16 @@ def test_the_command_line_gives_each_student_its_own_seed_id_curriculum_and_file
 
 def test_a_member_trains_as_the_single_student_with_its_seed(service, tmp_path):
     """Same seed, same (fresh, identically seeded) curriculum: member 3 of an ensemble and a single worker with
-    seed 3 get the same proposals and measure the same episodes, up to float rounding."""
-    for name in ("eq-single", "eq-3", "eq-4", "eq-5"):
+    seed 3 get the same proposals and measure the same episodes and evaluations, up to float rounding."""
+    target = TargetSpec(tasks=[{"reset_cell": [1, 1], "goal_cell": [3, 1]},
+                               {"reset_cell": [3, 3], "goal_cell": [1, 2]}])
+    for name in ("eq-single", "eq-3"):
+        create_with_target(service, name, target)
+    for name in ("eq-4", "eq-5"):
         create_curriculum(service, name)
-    single = start_worker(service, tmp_path / "single", "eq-single", 600, 3, "--eval-every", "0")
-    wait_exit(start_ensemble(service, tmp_path, ["eq-3", "eq-4", "eq-5"], 600, "--eval-every", "0"), tmp_path)
+    evaluation = ("--eval-every", "600", "--eval-episodes", "2")
+    single = start_worker(service, tmp_path / "single", "eq-single", 600, 3, *evaluation)
+    wait_exit(start_ensemble(service, tmp_path, ["eq-3", "eq-4", "eq-5"], 600, *evaluation), tmp_path)
     wait_exit(single, tmp_path / "single")
     alone, member = episode_log(tmp_path / "single"), logs(tmp_path)[0]
     tasks = [[stored_tasks(service, name)[r["proposal_id"]] for r in log]
@@ -268,3 +261,7 @@ def test_a_member_trains_as_the_single_student_with_its_seed(service, tmp_path):
             assert a[key] == m[key], key
         for key in ("episode_return", "grad_norm_mean", "critic_grad_norm_mean", "grad_norm_local"):
             assert m[key] == pytest.approx(a[key], rel=1e-3), key
+    # Both evaluated on the two target tasks (the single worker's evaluation path), alike.
+    (a,), (m,) = stored_evaluations(service, "eq-single"), stored_evaluations(service, "eq-3")
+    assert evaluations_on_target(service, "eq-single") == [("student-3", 2, 1)]
+    assert a[1:4] == m[1:4] and m[4] == pytest.approx(a[4], rel=1e-3)
