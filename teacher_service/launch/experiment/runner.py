@@ -371,9 +371,11 @@ class Experiment:
         failed = []
         try:
             self.create_curricula()
-            console.print(f"{len(self.runs)} runs ({len(self.args.conditions)} conditions x "
-                          f"{len(self.args.seeds)} seeds) of {self.args.steps} steps on {self.args.env}, "
-                          f"{self.parallel} at a time ({self.args.launcher}); service {self.url}, output {self.out}")
+            per_process = self.args.students_per_process or len(self.args.seeds)
+            console.print(f"{len(self.runs)} students ({len(self.args.conditions)} conditions x "
+                          f"{len(self.args.seeds)} seeds) of {self.args.steps} steps on {self.args.env}, up to "
+                          f"{per_process} a process, {self.parallel} processes at a time ({self.args.launcher}); "
+                          f"service {self.url}, output {self.out}")
             failed = self.run_all(console)
             self.collect()
         except KeyboardInterrupt:
