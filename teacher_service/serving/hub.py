@@ -389,7 +389,8 @@ class TeacherHub:
         valid = [c for c in contexts if not isinstance(c, ApiError)]
         with runtime.lock:
             self.sync(cursor, runtime, row.teacher_version)
-            decisions = iter(runtime.teacher.propose_many(valid))
+            # No teacher call when every request was refused (a policy forward over no rows fails).
+            decisions = iter(runtime.teacher.propose_many(valid) if valid else [])
             version = runtime.version
         ttl = runtime.spec.proposal_ttl_s or self.settings.proposal_ttl_s
         expires_at = now + timedelta(seconds=ttl)

@@ -12,6 +12,7 @@ import pytest
 
 from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
 from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportAck, ReportRequest, Signals
+from teacher_service.serving.infra.errors import BadRequest
 from tests.servers import ServiceProcess
 from tests.serving.test_group_commit import sqlite_hub
 from tests.serving.test_api import create
@@ -129,3 +130,18 @@ def test_a_batch_gives_each_student_the_context_of_its_own_last_report(tmp_path)
                 [math.log1p(5.0), 1.0, 0.0]]
     for proposal, obs in zip(proposals, expected):
         assert observation[proposal.proposal_id] == pytest.approx(obs), proposal.student_id
+
+
+def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):
+    """A batch item whose context.last_task has the wrong length is a 422 for that item; the others are
+    proposed, and a batch of only such items stores nothing (no teacher call over zero rows)."""
+    hub = sqlite_hub(tmp_path)
+    tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
+    hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
+    bad = ProposeRequest(curriculum="cur", student_id="a", context={"last_return": 1.0, "last_task": [1.0, 2.0]})
+    assert isinstance(hub.propose_batch([bad])[0], BadRequest)
+    refused, proposed = hub.propose_batch([bad, ProposeRequest(curriculum="cur", student_id="b")])
+    hub.close()
+    assert isinstance(refused, BadRequest) and "last_task must have 1 values" in str(refused)
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select student_id from proposals").fetchall() == [(proposed.student_id,)] == [("b",)]
