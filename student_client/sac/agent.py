@@ -229,11 +229,12 @@ def clear_grads(params: list[torch.Tensor]) -> None:
 def adam_step(optimizer: torch.optim.Adam) -> None:
     """``optimizer.step()`` of a fused Adam (one group, no AMSGrad): the same two kernels, without the
     ~50 us of Python that surround them in ``step`` (two steps per update). Its first call, which
-    creates the moments, and calls under torch.compile (which cannot trace the kernel called so) are
-    ``step`` itself."""
+    creates the moments, calls under torch.compile (which cannot trace the kernel called so) and any
+    other kind of Adam are ``step`` itself."""
     group = optimizer.param_groups[0]
     states = [optimizer.state[p] for p in group["params"]]
-    if not states[0] or torch.compiler.is_compiling():
+    if (not states[0] or torch.compiler.is_compiling() or len(optimizer.param_groups) > 1 or not group["fused"]
+            or group["amsgrad"] or group["decoupled_weight_decay"]):
         optimizer.step()
         return
     steps = [state["step"] for state in states]
@@ -241,7 +242,7 @@ def adam_step(optimizer: torch.optim.Adam) -> None:
     torch._fused_adam_(group["params"], [p.grad for p in group["params"]], [state["exp_avg"] for state in states],
                        [state["exp_avg_sq"] for state in states], [], steps, amsgrad=False, lr=group["lr"],
                        beta1=group["betas"][0], beta2=group["betas"][1], weight_decay=group["weight_decay"],
-                       eps=group["eps"], maximize=False)
+                       eps=group["eps"], maximize=group["maximize"])
 
 
 class SAC:

@@ -174,6 +174,38 @@ def test_adam_step_is_torch_fused_adams_step():
     assert float(ours.state[weights[0]]["step"]) == 4
 
 
+@pytest.mark.parametrize("options", [{}, {"weight_decay": 0.1, "betas": (0.8, 0.95), "eps": 1e-6, "maximize": True},
+                                     {"amsgrad": True}, {"decoupled_weight_decay": True, "weight_decay": 0.1}])
+def test_adam_step_resumes_from_a_state_dict_as_torch_does(options):
+    """Two steps, a checkpoint round trip into a new optimizer, two more: weights, moments and step counts
+    as torch's own step() gives them, whatever the group's options (bias correction counts the resumed steps)."""
+    from student_client.sac.agent import adam_step
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    runs = []
+    for step in (adam_step, torch.optim.Adam.step):
+        params = [w.clone().requires_grad_() for w in start]
+        optimizer = torch.optim.Adam(params, lr=1e-2, fused=True, **options)
+        torch.manual_seed(1)
+        for k in range(4):
+            if k == 2:  # resume: a fresh optimizer loads the checkpoint
+                saved = optimizer.state_dict()
+                optimizer = torch.optim.Adam(params, lr=1e-2, fused=True, **options)
+                optimizer.load_state_dict(saved)
+            for p in params:
+                p.grad = None
+            ((torch.randn(7, 5) @ params[0] + params[1]).tanh().square().sum()).backward()
+            step(optimizer)
+        runs.append((params, optimizer))
+    (ours, ours_opt), (theirs, theirs_opt) = runs
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    for a, b in zip(ours_opt.state.values(), theirs_opt.state.values()):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert float(a["step"]) == 4
+
+
 @pytest.mark.parametrize("members", [None, 3])
 def test_buffer_batches_keep_each_transition_whole(members):
     """Sampled rows are stored transitions, field for field (one storage tensor, views per field)."""
