@@ -586,6 +586,9 @@ class TeacherHub:
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
         def insert_evaluation(tx: Tx) -> int:
             row = self._row_by_name(tx.conn, request.curriculum)
+            if request.on_target and row.spec.get("target") is None:
+                raise BadRequest(f"on_target: curriculum {request.curriculum!r} has no target tasks",
+                                 loc=("body", "on_target"))
             result = tx.conn.execute(
                 insert(Evaluation.__table__).values(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
             )
