@@ -247,3 +247,40 @@ def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch)
     assert cached.teacher.describe() == live.describe() and cached.teacher.updates == 55
     writer.close()
     reader.close()
+
+
+def test_batch_counts_kept_in_memory_follow_a_rolled_back_group(tmp_path):
+    """Reports count the episodes ready for a batch in memory within their transaction: when their group
+    rolls back (another job fails) and each is run again alone, batches are numbered from what is stored."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
+    hub.updater.notify = lambda curriculum_id: None  # only the numbering is looked at
+    proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(5)])
+    acks = []
+
+    def report(p) -> threading.Thread:
+        thread = threading.Thread(target=lambda: acks.append(hub.report(ReportRequest(
+            proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=1.0)))))
+        thread.start()
+        return thread
+
+    def failing(tx):  # not an API error: rolls back the reports queued before it in its group
+        tx.conn.exec_driver_sql("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, "
+                                "teacher_state, created_at) VALUES (1, 'x', '{}', 0, 0, x'00', '2026-01-01')")
+
+    gate = hold_the_writer(hub)
+    threads = [report(p) for p in proposals[:3]]
+    wait_until(lambda: len(hub.committer._queue) == 3, 10, "three reports queued")
+    bad = hub.committer.submit(failing)
+    threads += [report(p) for p in proposals[3:]]
+    wait_until(lambda: len(hub.committer._queue) == 6, 10, "all queued")
+    gate.set()
+    for t in threads:
+        t.join(10)
+    with pytest.raises(IntegrityError):
+        bad.result(10)
+    hub.close()
+    assert sorted(a.teacher_version for a in acks) == [0, 1, 1, 2, 2] and sum(a.teacher_updated for a in acks) == 2
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select consumed_version, count(*) from proposals group by 1").fetchall() == [
+            (None, 1), (1, 2), (2, 2)]
