@@ -172,17 +172,26 @@ class EnsembleWorker:
                    "action_space": m.env.action_space.np_random.bit_generator.state}
             state = m.files.checkpoint(self.args.env, self.step, self.next_eval, self.agent.member_state_dict(m.k),
                                        member_buffer_state(self.buffer, m.k), rng)
-            m.files.save(state)
+            m.files.save(state, keep_previous=True)
 
     def load(self) -> None:
-        """Resume every member from its checkpoint, if there are any; they must be at the same step."""
-        states = [m.files.saved() for m in self.members]
-        if not any(states):
+        """Resume every member from its checkpoint at the newest step they all have, if there are any (each
+        keeps its previous one: a kill while they were written leaves members one checkpoint apart)."""
+        saved = [m.files.saved_all() for m in self.members]
+        if not any(saved):
             return
-        steps = {state["step"] if state else None for state in states}
-        if len(steps) > 1:
-            raise SystemExit(f"student-worker: the members' checkpoints are at different steps ({steps}, None: "
-                             "no checkpoint); resume them one at a time, or start afresh")
+        common = set.intersection(*({state["step"] for state in states} for states in saved))
+        if not common:
+            steps = [[state["step"] for state in states] for states in saved]
+            raise SystemExit(f"student-worker: the members' checkpoints have no step in common (steps saved "
+                             f"by member: {steps}); resume them one at a time, or start afresh")
+        step = max(common)
+        states = []
+        for m, member_states in zip(self.members, saved):
+            index = [state["step"] for state in member_states].index(step)
+            if index:  # its newest checkpoint is of a step the others did not all reach
+                m.files.roll_back()
+            states.append(member_states[index])
         self.agent.load_members([state["agent"] for state in states])
         for m, state in zip(self.members, states):
             m.files.restore(state, self.args.env)

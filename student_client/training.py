@@ -24,6 +24,7 @@ from teacher_service.wire import RUN_FINISHED, Proposal, Signals
 
 log = logging.getLogger("student_client.worker")
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 
 
 def sac_config(args: argparse.Namespace) -> SACConfig:
@@ -123,16 +124,31 @@ class StudentFiles:
                 "next_eval": next_eval, "last_return": self.session.last_return,
                 "last_task": self.session.last_task, "agent": agent, "buffer": buffer, "rng": rng}
 
-    def save(self, state: dict) -> None:
-        """Write the checkpoint atomically."""
+    def save(self, state: dict, keep_previous: bool = False) -> None:
+        """Write the checkpoint atomically; ``keep_previous``: the one it replaces becomes PREVIOUS (an
+        ensemble member's: a kill while the members are written one by one leaves a step they all have)."""
         tmp = self.dir / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
+        if keep_previous and (self.dir / CHECKPOINT).exists():
+            os.replace(self.dir / CHECKPOINT, self.dir / PREVIOUS)
         os.replace(tmp, self.dir / CHECKPOINT)
 
+    def saved_all(self) -> list[dict]:
+        """The saved checkpoints, newest first: CHECKPOINT, PREVIOUS (either may be missing)."""
+        return [torch.load(path, weights_only=False) for path in self._saved_paths()]
+
     def saved(self) -> dict | None:
-        """The saved checkpoint, or None."""
-        return torch.load(self.dir / CHECKPOINT, weights_only=False) if self.dir and (
-            self.dir / CHECKPOINT).exists() else None
+        """The newest saved checkpoint, or None."""
+        paths = self._saved_paths()
+        return torch.load(paths[0], weights_only=False) if paths else None
+
+    def _saved_paths(self) -> list[Path]:
+        paths = [self.dir / name for name in (CHECKPOINT, PREVIOUS)] if self.dir else []
+        return [path for path in paths if path.exists()]
+
+    def roll_back(self) -> None:
+        """PREVIOUS becomes the checkpoint: resumed from it, the newer one is of a run that will not be."""
+        os.replace(self.dir / PREVIOUS, self.dir / CHECKPOINT)
 
     def restore(self, state: dict, env_id: str) -> None:
         """The counters and teacher context of a saved checkpoint (the caller restores networks and buffers)."""

@@ -33,10 +33,11 @@ from tests.student_helpers import (REPO, TINY, create_curriculum, episode_log, s
 SEEDS = (3, 4, 5)
 
 
-def start_ensemble(service, root: Path, curricula: list[str], steps: int, *extra: str) -> subprocess.Popen:
+def start_ensemble(service, root: Path, curricula: list[str], steps: int, *extra: str,
+                   launch: tuple[str, ...] = ("-m", "student_client.worker")) -> subprocess.Popen:
     """One `student-worker` process with a student per seed of SEEDS, in root/s<seed>, logging to root/worker.log."""
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "student_client.worker", "--teacher", service.url, "--curriculum", *curricula,
+    cmd = [sys.executable, *launch, "--teacher", service.url, "--curriculum", *curricula,
            "--env", "PointMaze_UMaze-v3", "--steps", str(steps), "--seeds", *map(str, SEEDS),
            "--student-id", *(f"student-{s}" for s in SEEDS), "--checkpoint-dir", str(root), *TINY, *extra]
     env = {**os.environ, "TEACHER_TOKEN": service.student_token, "OMP_NUM_THREADS": "1"}
@@ -113,6 +114,48 @@ def test_sigterm_stops_every_member_and_resume_continues_their_steps(service, tm
         assert after[-1]["step"] == 1200
         assert_reports_match_log(stored, log, f"student-{seed}")
     assert all(row["signals"] is not None for row in stored.values())  # every proposal reported
+
+
+# student-worker, killed (SIGKILL) while member s4 writes its checkpoint of step 450: after s3 wrote its own, and
+# between s4's two renames (its step-300 checkpoint already moved to checkpoint.prev.pt, the new one not yet in
+# place). A kill cannot be placed there otherwise.
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+from pathlib import Path
+rename, renamed = os.replace, []
+def replace(src, dst):
+    rename(src, dst)
+    if Path(dst).name == "checkpoint.prev.pt" and Path(dst).parent.name == "s4":
+        renamed.append(dst)
+        if len(renamed) == 2:  # the first was at step 300
+            os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+from student_client.worker import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_kill_while_the_members_checkpoints_are_written_resumes_from_a_step_they_all_have(service, tmp_path):
+    create_curriculum(service, "ens-kill")
+    extra = ("--eval-every", "0", "--checkpoint-every", "150")
+    proc = start_ensemble(service, tmp_path, ["ens-kill"], 600, *extra, launch=("-c", KILLED_WHILE_SAVING))
+    assert proc.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "worker.log").read_text()[-4000:]
+
+    def saved_steps(seed: int) -> dict[str, int]:
+        return {path.name: torch.load(path, weights_only=False)["step"]
+                for path in sorted((tmp_path / f"s{seed}").glob("checkpoint*.pt"))}
+
+    assert [saved_steps(s) for s in SEEDS] == [{"checkpoint.pt": 450, "checkpoint.prev.pt": 300},
+                                                {"checkpoint.prev.pt": 300},
+                                                {"checkpoint.pt": 300, "checkpoint.prev.pt": 150}]
+    wait_exit(start_ensemble(service, tmp_path, ["ens-kill"], 600, *extra), tmp_path)
+    assert "resumed 3 students from their checkpoints at step 300" in (tmp_path / "worker.log").read_text()
+    stored = stored_proposals(service, "ens-kill")
+    for seed, log in zip(SEEDS, logs(tmp_path)):
+        assert [(r["step"], r["env_steps"], r["outcome"]) for r in log] == [(300, 300, "completed"),
+                                                                           (600, 300, "completed")]
+        assert_reports_match_log(stored, log, f"student-{seed}")
+        assert saved_steps(seed)["checkpoint.pt"] == 600
 
 
 def test_members_deliver_every_report_after_a_teacher_outage(service, tmp_path):
