@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
 
 from teacher_service.launch.experiment import plots, runner, stats
@@ -166,7 +167,7 @@ def test_benchmark_sets_defaults_and_flags_override(tmp_path):
 def test_groups_of_a_condition(tmp_path):
     args = runner.parse_args(["--conditions", "env-default", "random", "--seeds", "0", "1", "2",
                               "--students-per-process", "2", "--out", str(tmp_path)])
-    experiment = SimpleNamespace(args=args)
+    experiment = SimpleNamespace(args=args, run_dir=lambda condition, seed: tmp_path / runner.run_name(condition, seed))
     pending = [("env-default", 0), ("env-default", 2), ("random", 0), ("random", 1), ("random", 2)]
     # At most 2 students a process, never two conditions in one; groups with the first seeds first.
     assert runner.Experiment.groups(experiment, pending) == [
@@ -174,6 +175,15 @@ def test_groups_of_a_condition(tmp_path):
     args.students_per_process = 0  # all of a condition's pending seeds
     assert runner.Experiment.groups(experiment, pending) == [pending[:2], pending[2:]]
     assert runner.Experiment.groups(experiment, pending[2:]) == [pending[2:]]  # a condition with none pending
+    # Resumed: the students of a process train in lockstep, so only those at the same step share one
+    # (e.g. after a rerun with more seeds, or killed while writing the checkpoints: the previous one alone).
+    for (condition, seed), step, name in ((("random", 0), 300, "checkpoint.pt"),
+                                          (("random", 2), 300, "checkpoint.prev.pt"),
+                                          (("env-default", 2), 150, "checkpoint.pt")):
+        experiment.run_dir(condition, seed).mkdir()
+        torch.save({"step": step}, experiment.run_dir(condition, seed) / name)
+    assert runner.Experiment.groups(experiment, pending) == [
+        [("env-default", 0)], [("random", 0), ("random", 2)], [("random", 1)], [("env-default", 2)]]
 
 
 def test_miniature_grid_end_to_end(tmp_path):

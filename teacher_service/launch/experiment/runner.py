@@ -150,6 +150,17 @@ def run_name(condition: str, seed: int) -> str:
     return f"{condition}-s{seed}"
 
 
+def resume_step(run_dir: Path) -> int:
+    """The step a student resumes from: its newest checkpoint's (student_client.training), 0 without one."""
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):  # the previous one alone: killed while replacing it
+        if (run_dir / name).exists():
+            import torch  # only to resume: the rest of acl-experiment does without it
+
+            # mmap: the step without reading the replay buffer
+            return torch.load(run_dir / name, mmap=True, weights_only=False, map_location="cpu")["step"]
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,13 +224,18 @@ class Experiment:
         return self.runs_dir / run_name(condition, seed)
 
     def groups(self, pending: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
-        """The students each process trains: a condition's pending seeds, --students-per-process at a time."""
+        """The students each process trains: a condition's pending seeds that resume from the same step (the
+        students of a process train in lockstep), --students-per-process at a time."""
         k = self.args.students_per_process
         groups = []
         for condition in self.args.conditions:
-            members = [run for run in pending if run[0] == condition]
-            size = k or len(members) or 1
-            groups += [members[i:i + size] for i in range(0, len(members), size)]
+            by_step: dict[int, list[tuple[str, int]]] = {}
+            for run in pending:
+                if run[0] == condition:
+                    by_step.setdefault(resume_step(self.run_dir(*run)), []).append(run)
+            for members in by_step.values():
+                size = k or len(members)
+                groups += [members[i:i + size] for i in range(0, len(members), size)]
         # Seed by seed (first seeds first), so that a partial grid already compares every condition.
         return sorted(groups, key=lambda group: self.args.seeds.index(group[0][1]))
 
