@@ -227,8 +227,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to deliver the outbox at exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if args.students < 1 or args.eval_episodes < 1:
-        p.error("--students and --eval-episodes must be at least 1")
+    if min(args.students, args.eval_episodes, args.steps, args.checkpoint_every) < 1 or args.eval_every < 0:
+        p.error("--students, --eval-episodes, --steps and --checkpoint-every must be at least 1, --eval-every 0 "
+                "or more")
     try:
         resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:  # RuntimeError: a name torch does not know
@@ -251,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.student_id and len(set(ids)) != k:
         p.error(f"--student-id must differ: {ids}")
     dirs = per_student("checkpoint-dir", args.checkpoint_dir, True)
+    if args.checkpoint_dir and len({Path(d).resolve() for d in dirs}) != k:  # they would overwrite each other's files
+        p.error(f"--checkpoint-dir must differ: {dirs}")
     boards = per_student("tensorboard", args.tensorboard and [args.tensorboard], True)
     args.students = [StudentSpec(seed, curricula[i], ids[i], Path(dirs[i]) if dirs[i] else None, boards[i])
                      for i, seed in enumerate(seeds)]
