@@ -9,7 +9,9 @@ gives every member exactly one update of its own per env step, as a single stude
 Each member is a student of its own, as with `student-worker` alone: its student id, curriculum,
 proposals, reports (its own signals, local ones included), evaluations, outbox, episode log and
 checkpoint (``--checkpoint-dir``: one per member, or DIR/s<seed>). A member checkpoint has the
-single worker's format. Members whose episodes end at the same step report and propose through the
+single worker's format; the members' are written one by one, each keeping its previous one, and a
+restart resumes every member from the newest step they all have (a kill while they were written
+leaves members one checkpoint apart). Members whose episodes end at the same step report and propose through the
 batch verbs (``/report/batch``, ``/propose/batch``), with the session's outage policy: env-default
 tasks while the teacher is down, reports in each member's outbox until it is back. A stop signal
 ends every member's episode as ``stopped``, checkpoints all members and drains the outboxes.
