@@ -192,6 +192,8 @@ class EnsembleWorker:
         for m, member_states in zip(self.members, saved):
             index = [state["step"] for state in member_states].index(step)
             if index:  # its newest checkpoint is of a step the others did not all reach
+                log.warning("%s: its checkpoint of step %d is ahead of the other students'; resuming from its "
+                            "previous one", m.files.dir, member_states[0]["step"])
                 m.files.roll_back()
             states.append(member_states[index])
         self.agent.load_members([state["agent"] for state in states])
