@@ -383,9 +383,7 @@ class TeacherHub:
         row = CurriculumRow(*raw)
         runtime = self.runtime_by_id(cursor, row.id)
         space = runtime.space
-        contexts: list[Context | ApiError] = (
-            self._contexts(cursor, runtime, requests) if runtime.teacher.uses_context else [Context()] * len(requests)
-        )
+        contexts = self._contexts(cursor, runtime, requests)
         valid = [c for c in contexts if not isinstance(c, ApiError)]
         with runtime.lock:
             self.sync(cursor, runtime, row.teacher_version)
@@ -434,7 +432,8 @@ class TeacherHub:
 
     def _contexts(self, cursor: Any, runtime: Runtime, requests: list[wire.ProposeRequest]) -> list[Context | ApiError]:
         """Each student's last episode: from the request if it says, else from its last report here (one
-        query for all of them)."""
+        query for all of them); empty for a teacher that does not look at it. A bad context is refused
+        whatever the teacher."""
         space = runtime.space
         contexts: list[Context | ApiError | None] = []
         for request in requests:
@@ -449,6 +448,8 @@ class TeacherHub:
                 contexts.append(Context(given.last_return, None))
             else:
                 contexts.append(None)
+        if not runtime.teacher.uses_context:
+            return [c if isinstance(c, ApiError) else Context() for c in contexts]
         asking = sorted({r.student_id for r, c in zip(requests, contexts) if c is None})
         last = {
             student: self._stored_context(space, task_index, task_values, signals)
@@ -586,9 +587,6 @@ class TeacherHub:
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
         def insert_evaluation(tx: Tx) -> int:
             row = self._row_by_name(tx.conn, request.curriculum)
-            if request.on_target and row.spec.get("target") is None:
-                raise BadRequest(f"on_target: curriculum {request.curriculum!r} has no target tasks",
-                                 loc=("body", "on_target"))
             result = tx.conn.execute(
                 insert(Evaluation.__table__).values(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
             )

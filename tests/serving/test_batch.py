@@ -141,7 +141,10 @@ def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):
     bad = ProposeRequest(curriculum="cur", student_id="a", context={"last_return": 1.0, "last_task": [1.0, 2.0]})
     assert isinstance(hub.propose_batch([bad])[0], BadRequest)
     refused, proposed = hub.propose_batch([bad, ProposeRequest(curriculum="cur", student_id="b")])
-    hub.close()
     assert isinstance(refused, BadRequest) and "last_task must have 1 values" in str(refused)
+    ignores = CurriculumCreate(name="plain", task_space=tasks, teacher={"algorithm": "random"})
+    hub.create_curriculum(ignores)  # a teacher that does not look at contexts refuses a bad one all the same
+    assert isinstance(hub.propose_batch([bad.model_copy(update={"curriculum": "plain"})])[0], BadRequest)
+    hub.close()
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         assert db.execute("select student_id from proposals").fetchall() == [(proposed.student_id,)] == [("b",)]
