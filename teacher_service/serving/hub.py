@@ -587,6 +587,10 @@ class TeacherHub:
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
         def insert_evaluation(tx: Tx) -> int:
             row = self._row_by_name(tx.conn, request.curriculum)
+            if request.on_target and not row.spec.get("target"):
+                # It would be counted as success on target tasks that were never named.
+                raise BadRequest(f"curriculum {request.curriculum!r} has no target tasks: post on_target false",
+                                 ("body", "on_target"))
             result = tx.conn.execute(
                 insert(Evaluation.__table__).values(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
             )

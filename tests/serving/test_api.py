@@ -16,12 +16,14 @@ MAZE = {"kind": "preset", "env_id": "PointMaze_UMaze-v3"}
 TASKS = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
 
 
-def create(client, name="cur", task_space=None, **teacher_params):
+def create(client, name="cur", task_space=None, target=None, **teacher_params):
     body = {
         "name": name,
         "task_space": task_space or TASKS,
         "teacher": {"algorithm": "gradnorm-reinforce", "params": {"horizon": 1, "batch_size": 4, **teacher_params}},
     }
+    if target:
+        body["target"] = target
     response = client.post("/curricula", json=body)
     assert response.status_code == 201, response.text
     return response.json()

@@ -27,7 +27,7 @@ def client(request, tmp_path_factory):
     service = ServiceProcess(tmp_path_factory.mktemp(request.param), database_url=url).start()
     admin = service.client()
     for name in ("a", "b"):
-        create(admin, name, MAZE)
+        create(admin, name, MAZE, target={"farthest": 2})
         for on_target, evaluations in ((False, EVALUATIONS[name]), (True, TARGET_EVALUATIONS[name])):
             for student, steps, success in evaluations:
                 body = {"curriculum": name, "student_id": student, "env_steps": steps, "episodes": 5,

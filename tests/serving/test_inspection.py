@@ -41,7 +41,7 @@ def data(request, tmp_path_factory):
         url = request.getfixturevalue("postgres").create_database(f"inspection_{id(request)}")
     service = ServiceProcess(tmp_path_factory.mktemp(request.param), database_url=url).start()
     client = service.client()
-    create(client, "maze", MAZE)
+    create(client, "maze", MAZE, target={"farthest": 2})
     create(client, "hand", ADROIT)
     body = {"name": "hand-random", "task_space": ADROIT, "teacher": {"algorithm": "random"}}
     assert client.post("/curricula", json=body).status_code == 201

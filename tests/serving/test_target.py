@@ -92,6 +92,12 @@ def test_a_curriculum_without_target_answers_404(service):
     response = client.get("/curricula/plain/target")
     assert response.status_code == 404 and response.json()["detail"] == "curriculum 'plain' has no target tasks"
     assert client.get("/curricula/nope/target").status_code == 404
+    # An evaluation "on the target" of a curriculum that names none would count as target success: refused.
+    refused = client.post("/evaluations", json=evaluation("plain", "s1", 100, 0.5, True))
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "on_target"]
+    assert client.post("/evaluations", json=evaluation("plain", "s1", 100, 0.5, False)).status_code == 201
+    rows = client.get("/curricula/plain/evaluations").json()["items"]
+    assert [(r["on_target"], r["success_rate"]) for r in rows] == [(False, 0.5)]
 
 
 def test_bad_targets_get_a_clear_422_and_store_nothing(service):
