@@ -201,8 +201,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gym.make keyword arguments of the training and evaluation envs, e.g. "
                         "'{\"continuing_task\": false}'")
     p.add_argument("--steps", type=int, required=True, help="total env steps of the run (resumes count)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds the networks, the env and the evaluations (with --students: the first seed)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds the networks, the env and the evaluations (with --students: the first seed; "
+                        "default 0)")
     many = p.add_mutually_exclusive_group()
     many.add_argument("--students", type=int, default=1, metavar="K",
                       help="K students in this process, seeds --seed .. --seed+K-1 (ensemble_worker.py)")
@@ -234,7 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:  # RuntimeError: a name torch does not know
         p.error(f"--device: {exc}")
-    seeds = args.seeds or list(range(args.seed, args.seed + args.students))
+    if args.seeds and args.seed is not None:
+        p.error("--seed and --seeds: give the seeds once, with --seeds")
+    first = args.seed or 0
+    seeds = args.seeds or list(range(first, first + args.students))
     if len(set(seeds)) != len(seeds):
         p.error(f"--seeds must differ: {seeds}")
     k = len(seeds)

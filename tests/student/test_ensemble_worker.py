@@ -277,7 +277,8 @@ def test_the_command_line_gives_each_student_its_own_seed_id_curriculum_and_file
                 ["--curriculum", "a", "--students", "2", "--seeds", "1", "2"], ["--curriculum", "a", "--students", "0"],
                 ["--curriculum", "a", "--env-kwargs", "[1]"], ["--curriculum", "a", "--device", "gpu0"],
                 ["--curriculum", "a", "--seeds", "1", "2", "--checkpoint-dir", "d", "./d"],
-                ["--curriculum", "a", "--checkpoint-every", "0"], ["--curriculum", "a", "--eval-every", "-1"]):
+                ["--curriculum", "a", "--checkpoint-every", "0"], ["--curriculum", "a", "--eval-every", "-1"],
+                ["--curriculum", "a", "--seed", "3", "--seeds", "1", "2"]):  # which seeds? not silently one
         with pytest.raises(SystemExit):
             parse_args([*base, *bad])
     if not torch.cuda.is_available():  # a clear error, not a crash at the first update
