@@ -72,6 +72,8 @@ class Outbox:
             return
         results = iter(client.report_many(reports))
         for box, head in zip(boxes, heads):
+            if not head:
+                continue  # nothing of this box was sent: its file stays as it is
             answers = [next(results) for _ in head]
             for message, answer in zip(head, answers):
                 if isinstance(answer, TeacherError):

@@ -49,7 +49,8 @@ class TeacherSession:
         """Whether to try the teacher now (False for ``retry_every`` seconds after a failed try)."""
         return time.monotonic() >= self.down_until
 
-    def _mark_down(self) -> None:
+    def mark_down(self) -> None:
+        """The teacher did not answer: train on env-default tasks for ``retry_every`` seconds."""
         if self.reachable():
             log.warning("teacher unreachable; training on env-default tasks, reports kept in the outbox")
         self.down_until = time.monotonic() + self.retry_every
@@ -62,7 +63,7 @@ class TeacherSession:
         try:
             return self.client.propose(self.curriculum, self.student_id, self.context())
         except TeacherUnavailableError:
-            self._mark_down()
+            self.mark_down()
             return None
 
     def context(self) -> StudentContext:
@@ -77,7 +78,7 @@ class TeacherSession:
             try:
                 self._target, self._target_known = self.client.target(self.curriculum), True
             except TeacherUnavailableError:
-                self._mark_down()
+                self.mark_down()
         return self._target
 
     def ended(self, proposal: Proposal | None, episode_return: float) -> None:
@@ -108,7 +109,7 @@ class TeacherSession:
         if self.outbox.pending and self.reachable():
             self.outbox.flush(self.client)
             if self.outbox.pending:
-                self._mark_down()
+                self.mark_down()
 
     def drain(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
         """At exit: keep delivering the outbox for up to ``timeout`` seconds (or until ``stop()``)."""
@@ -135,7 +136,7 @@ def flush_many(sessions: Sequence[TeacherSession]) -> None:
         live[0].outbox.flush_reports(live[0].client, [s.outbox for s in live[1:]])
     except TeacherUnavailableError:
         for session in live:
-            session._mark_down()
+            session.mark_down()
         return
     for session in live:
         session.flush()
@@ -164,7 +165,7 @@ def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
             if not isinstance(result, TeacherError):
                 proposals[i] = result
             elif result.status_code is None or result.status_code >= 500:
-                sessions[i]._mark_down()
+                sessions[i].mark_down()
             else:
                 raise result
     return proposals

@@ -2,6 +2,7 @@
 
 import asyncio
 
+import httpx
 import pytest
 
 from teacher_service.wire import EvaluationRequest, Signals
@@ -68,3 +69,32 @@ def test_async_client(service):
     proposals, acks = asyncio.run(main())
     assert len({p.proposal_id for p in proposals}) == 4
     assert [a.proposal_id for a in acks] == [p.proposal_id for p in proposals]
+
+
+def test_outboxes_deliver_their_leading_reports_in_one_batch(service, tmp_path):
+    """`Outbox.flush_reports`: the reports leading each outbox go in one batch call; an outbox whose head is an
+    evaluation keeps it (for `flush`) and its file is not rewritten; everything is delivered once, in order."""
+    from student_client.outbox import Outbox
+    from teacher_service.wire import ReportRequest
+
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.student_token) as client:
+        reports, evaluation = Outbox(tmp_path / "a.json"), Outbox(tmp_path / "b.json")
+        for student in ("a", "a"):
+            p = client.propose("cl", student)
+            reports.put_report(ReportRequest(proposal_id=p.proposal_id, student_id=student,
+                                             signals=Signals(grad_norm_mean=1.0)))
+        evaluation.put_evaluation(EvaluationRequest(curriculum="cl", student_id="b", env_steps=10, episodes=1,
+                                                    success_rate=1.0, mean_return=1.0))
+        inode = (tmp_path / "b.json").stat().st_ino
+        reports.flush_reports(client, [evaluation])
+        assert reports.pending == [] and reports.rejected == []
+        assert [m["kind"] for m in evaluation.pending] == ["evaluation"]
+        assert (tmp_path / "b.json").stat().st_ino == inode  # untouched: nothing of it was sent
+        assert Outbox(tmp_path / "a.json").pending == []  # what was delivered is off the file too
+        assert evaluation.flush(client) == 1 and Outbox(tmp_path / "b.json").pending == []
+    headers = {"Authorization": f"Bearer {service.student_token}"}
+    history = httpx.get(f"{service.url}/curricula/cl/history", headers=headers).json()["items"]
+    assert [item["reported_at"] is not None for item in history] == [True, True]
+    evaluations = httpx.get(f"{service.url}/curricula/cl/evaluations", headers=headers).json()["items"]
+    assert [(e["student_id"], e["success_rate"]) for e in evaluations] == [("b", 1.0)]
