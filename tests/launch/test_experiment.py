@@ -186,7 +186,7 @@ def test_groups_of_a_condition(tmp_path):
         [("env-default", 0)], [("random", 0), ("random", 2)], [("random", 1)], [("env-default", 2)]]
 
 
-def test_miniature_grid_end_to_end(tmp_path):
+def test_miniature_grid_end_to_end(tmp_path, capsys):
     """2 conditions x 2 seeds on a sparse maze with a target: each condition's seeds in one process."""
     out = tmp_path / "exp"
     argv = ["--env", "PointMaze_UMaze-v3", "--env-kwargs", '{"continuing_task": false}', "--target-farthest", "2",
@@ -197,6 +197,8 @@ def test_miniature_grid_end_to_end(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         runner.main(argv)
     assert exit_info.value.code == 0
+    # Summarized as each process finished (a grid spans sittings), and once more at the end.
+    assert capsys.readouterr().out.count("Wrote ") == 3
 
     runs = out / "runs"
     for c in ("env-default", "gradnorm-mean"):

@@ -307,6 +307,9 @@ class Experiment:
                     if proc.returncode != 0:
                         console.print(f"[red]{', '.join(run_name(*run) for run in group)} failed "
                                       f"({proc.returncode}); see {self.run_dir(*group[0]) / 'worker.log'}")
+                    else:  # results as runs finish, not only when the whole grid has (grids span sittings)
+                        self.collect()
+                        analyze(self.out, self.args.threshold, console)
                 done = sum((self.run_dir(*r) / "done").exists() for r in self.runs) * steps
                 progress.update(total, completed=done + sum(self.steps_done(*r) for g, _ in running.values()
                                                             for r in g))
@@ -393,7 +396,7 @@ class Experiment:
                           f"{per_process} a process, {self.parallel} processes at a time ({self.args.launcher}); "
                           f"service {self.url}, output {self.out}")
             failed = self.run_all(console)
-            self.collect()
+            self.collect()  # again: runs finished in an earlier sitting are collected even if none ran now
         except KeyboardInterrupt:
             console.print("Stopped; run the same command again to continue.")
             return 130
