@@ -164,7 +164,7 @@ def test_analyze_writes_summary_json_and_heatmaps(tmp_path):
 def test_benchmark_sets_defaults_and_flags_override(tmp_path):
     args = runner.parse_args(["--benchmark", "far-goal", "--steps", "1000", "--out", str(tmp_path)])
     assert (args.env, args.target_farthest, args.steps) == ("PointMaze_Medium-v3", 20, 1000)
-    assert args.env_kwargs == {"max_episode_steps": 300} and len(args.seeds) >= 10
+    assert args.env_kwargs == {"max_episode_steps": 600} and len(args.seeds) >= 10
     assert {"env-default", "random", "gradnorm-mean", "reinforce-mean", "reinforce-local", "learnability", "plr",
             "alp-gmm"} <= set(args.conditions)
     with pytest.raises(SystemExit):
