@@ -106,3 +106,26 @@ def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
         conn.execute(text("DELETE FROM curricula WHERE id = :id"), {"id": newest})
         assert conn.execute(add, {"name": "c"}).scalar_one() > newest
     engine.dispose()
+
+
+def test_a_reports_open_episodes_are_read_through_their_partial_index(tmp_path, postgres_url):
+    """Each report reads its student's episodes not yet in a trajectory; through ix_proposals_open that is
+    a handful of rows, where the student's index made it a scan of the student's whole history."""
+    from teacher_service.serving.store.statements import Driver
+    from teacher_service.serving.store.tables import create_tables, make_engine
+
+    params = {"curriculum_id": 1, "student_id": "s", "seq": 1}
+    for url in (f"sqlite:///{tmp_path / 'plan.db'}", postgres_url):
+        engine = make_engine(url)
+        create_tables(engine)
+        driver = Driver(engine.dialect.name)
+        with engine.connect() as conn:
+            cursor = conn.connection.driver_connection.cursor()
+            if driver.postgres:  # on an empty table the planner would rightly prefer a scan
+                cursor.execute("SET enable_seqscan = off")
+            cursor.execute("EXPLAIN " + ("" if driver.postgres else "QUERY PLAN ")
+                           + driver.sql["open_episodes_of_student"], params)
+            plan = " ".join(str(row) for row in cursor.fetchall())
+            cursor.close()
+        engine.dispose()
+        assert "ix_proposals_open" in plan, (url, plan)

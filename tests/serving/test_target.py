@@ -9,6 +9,7 @@ import sys
 
 import psycopg
 import pytest
+from sqlalchemy import inspect
 
 from teacher_service import wire
 from teacher_service.learning.task_spaces.maze import shortest_paths
@@ -170,6 +171,7 @@ def old_schema_then_upgrade(tmp_path, url, execute):
     TeacherHub(Settings(data_dir=tmp_path), engine).create_curriculum(
         wire.CurriculumCreate.model_validate(curriculum("far", MAZE, {"farthest": 2})))
     execute("ALTER TABLE evaluations DROP COLUMN on_target")  # the table as the previous schema made it
+    execute("DROP INDEX ix_proposals_open")  # and without the index added since
     execute("INSERT INTO evaluations (curriculum_id, student_id, env_steps, episodes, success_rate, mean_return, "
             "created_at) SELECT id, 'old', 50, 5, 0.4, -2.0, '2026-01-01 00:00:00+00:00' FROM curricula")
     service = ServiceProcess(tmp_path, database_url=url).start()
@@ -182,6 +184,7 @@ def old_schema_then_upgrade(tmp_path, url, execute):
         assert [r["env_steps"] for r in client.get("/curricula/far/evaluations", params={"on_target": "true"}).json()["items"]] == [100]
     finally:
         service.stop()
+    assert "ix_proposals_open" in {index["name"] for index in inspect(engine).get_indexes("proposals")}
     create_tables(engine)  # as the next start does: the column is there already
     engine.dispose()
 
@@ -225,6 +228,7 @@ def test_processes_upgrading_one_sqlite_file_at_once_all_start(tmp_path):
     for trial in range(3):
         with sqlite3.connect(tmp_path / "teacher.db") as db:
             db.execute("ALTER TABLE evaluations DROP COLUMN on_target")
+            db.execute("DROP INDEX ix_proposals_open")
         go = tmp_path / f"go-{trial}"
         ready = [tmp_path / f"ready-{trial}-{k}" for k in range(4)]
         processes = [subprocess.Popen([sys.executable, "-c", code, url, str(r), str(go)], stderr=subprocess.PIPE,

@@ -89,6 +89,11 @@ class Proposal(Base):
         Index("ix_proposals_batch", "curriculum_id", "consumed_version", "trajectory"),
         Index("ix_proposals_student", "curriculum_id", "student_id", "seq"),
         Index("ix_proposals_curriculum_seq", "curriculum_id", "seq"),
+        # A student's rewarded episodes not yet grouped into a trajectory (at most horizon - 1 of them):
+        # each report reads them, and without this index it read the student's whole history.
+        Index("ix_proposals_open", "curriculum_id", "student_id",
+              sqlite_where=text("reward IS NOT NULL AND trajectory IS NULL"),
+              postgresql_where=text("reward IS NOT NULL AND trajectory IS NULL")),
     )
 
 
@@ -152,7 +157,8 @@ def writer_engine(engine: Engine) -> Engine:
 _SCHEMA_LOCK_KEY = 7_240_311
 
 
-# Columns added since a table was first released: a database created before gets them at start-up.
+# Columns added since a table was first released: a database created before gets them at start-up
+# (and the indexes added since, see create_tables).
 ADDED_COLUMNS = (Evaluation.__table__.c.on_target,)
 
 
@@ -169,3 +175,6 @@ def create_tables(engine: Engine) -> None:
             if column.name not in present:
                 ddl = conn.dialect.ddl_compiler(conn.dialect, None).get_column_specification(column)
                 conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {ddl}"))
+        for table in Base.metadata.sorted_tables:  # create_all adds indexes only with their table
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
