@@ -7,9 +7,12 @@ path, one episode each, success = the goal reached at some step) every --eval-ev
 `env-default` (the env's own random start and goal), `random` (uniform over start-goal pairs),
 `near-first` (a hand-made curriculum: pairs at most d cells apart, d growing from 1 to the maze's
 diameter over the first --ramp share of the budget). Episodes run to the step limit unless
---end-on-success; --auto-alpha tunes SAC's temperature instead of the preset's fixed one.
+--end-on-success; --auto-alpha tunes SAC's temperature instead of the preset's fixed one. With --goal-cell
+the goal is fixed there (the env's maze_map gets a 'g', as acl-experiment --goal-cell does), the rules choose
+start cells only and the target is the N starts farthest from it.
 
     nice -n 5 .venv/bin/python bench/far_goal_pilot.py --steps 150000 --seeds 0 1 2 --out /tmp/pilot.csv
+    nice -n 5 .venv/bin/python bench/far_goal_pilot.py --max-episode-steps 600 --goal-cell 6 5 --target 7 ...
 """
 
 from __future__ import annotations
@@ -25,15 +28,19 @@ import torch
 from student_client.envs import make_env
 from student_client.sac.agent import PRESETS, make_buffer
 from student_client.sac.ensemble import EnsembleSAC
-from teacher_service.learning.task_spaces.maze import shortest_paths
+from teacher_service.learning.task_spaces.maze import layout_with_goal, shortest_paths
 
 RULES = ("env-default", "random", "near-first")
 
 
-def farthest_pairs(env_id: str, n: int) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
+def all_pairs(env_id: str, goal: tuple[int, int] | None) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
+    """(start, goal, shortest path) of every pair of distinct cells, or of every start for a fixed goal."""
     table = shortest_paths(env_id)
-    pairs = sorted(((d, a, b) for a in table for b, d in table[a].items()), key=lambda x: (-x[0], x[1], x[2]))
-    return [(a, b, d) for d, a, b in pairs[:n]]
+    return [(s, g, d) for s in table for g, d in table[s].items() if s != g and goal in (None, g)]
+
+
+def farthest_pairs(pairs: list, n: int) -> list[tuple[tuple[int, int], tuple[int, int], int]]:
+    return sorted(pairs, key=lambda x: (-x[2], x[0], x[1]))[:n]
 
 
 def main() -> None:
@@ -47,6 +54,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60_000)
     p.add_argument("--eval-every", type=int, default=5_000)
     p.add_argument("--target", type=int, default=20, help="the N farthest pairs")
+    p.add_argument("--goal-cell", type=int, nargs=2, default=None, metavar=("ROW", "COL"), help="one fixed goal")
     p.add_argument("--ramp", type=float, default=0.5)
     p.add_argument("--preset", default="small")
     p.add_argument("--out", required=True)
@@ -56,6 +64,9 @@ def main() -> None:
     members = [(rule, seed) for rule in a.rules for seed in a.seeds]
     k = len(members)
     kwargs = {"continuing_task": not a.end_on_success, "max_episode_steps": a.max_episode_steps}
+    goal = tuple(a.goal_cell) if a.goal_cell else None
+    if goal:
+        kwargs["maze_map"] = layout_with_goal(a.env, goal)
     envs = [make_env(a.env, **kwargs) for _ in members]
     eval_envs = [make_env(a.env, **kwargs) for _ in members]
     config = PRESETS[a.preset]()
@@ -66,10 +77,9 @@ def main() -> None:
                         probes=False)
     buffer = make_buffer(config, a.steps, env0.obs_dim, env0.act_dim, seeds)
     rngs = [np.random.default_rng(s) for s in seeds]
-    table = shortest_paths(a.env)
-    pairs = [(s, g, d) for s in table for g, d in table[s].items() if s != g]
+    pairs = all_pairs(a.env, goal)
     diameter = max(d for _, _, d in pairs)
-    target = farthest_pairs(a.env, a.target)
+    target = farthest_pairs(pairs, a.target)
 
     def task(i: int, step: int) -> dict | None:
         rule = members[i][0]

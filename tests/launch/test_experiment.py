@@ -170,6 +170,19 @@ def test_benchmark_sets_defaults_and_flags_override(tmp_path):
     with pytest.raises(SystemExit):
         runner.parse_args(["--env-kwargs", "[1]", "--out", str(tmp_path)])
 
+    fixed = runner.parse_args(["--benchmark", "far-goal-fixed", "--out", str(tmp_path)])
+    assert (fixed.env, fixed.goal_cell, fixed.target_farthest) == ("PointMaze_Medium-v3", [6, 5], 7)
+    # The env's own goal is the teachers' goal: the maze_map given to every student has 'g' there and only there.
+    layout = fixed.env_kwargs["maze_map"]
+    assert fixed.env_kwargs["max_episode_steps"] == 600 and layout[6][5] == "g"
+    assert sum(row.count("g") for row in layout) == 1
+    umaze = ["--env", "PointMaze_UMaze-v3"]
+    for bad in ([*umaze, "--goal-cell", "0", "0"],  # a wall
+                ["--env", "AdroitHandRelocate-v1", "--goal-cell", "1", "1"],  # not a maze
+                [*umaze, "--goal-cell", "1", "1", "--env-kwargs", '{"maze_map": [[1]]}']):  # two layouts given
+        with pytest.raises(SystemExit):
+            runner.parse_args([*bad, "--out", str(tmp_path)])
+
 
 def test_groups_of_a_condition(tmp_path):
     args = runner.parse_args(["--conditions", "env-default", "random", "--seeds", "0", "1", "2",
@@ -194,9 +207,11 @@ def test_groups_of_a_condition(tmp_path):
 
 
 def test_miniature_grid_end_to_end(tmp_path, capsys):
-    """2 conditions x 2 seeds on a sparse maze with a target: each condition's seeds in one process."""
+    """2 conditions x 2 seeds on a sparse maze with one fixed goal and a target (the 2 starts farthest from
+    it): each condition's seeds in one process."""
     out = tmp_path / "exp"
     argv = ["--env", "PointMaze_UMaze-v3", "--env-kwargs", '{"continuing_task": false}', "--target-farthest", "2",
+            "--goal-cell", "3", "1",
             "--conditions", "env-default", "gradnorm-mean", "--seeds", "0", "1",
             "--steps", "300", "--eval-every", "150", "--eval-episodes", "2", "--learning-starts", "100",
             "--random-steps", "100", "--params", 'gradnorm-mean={"batch_size": 2, "horizon": 1}',
@@ -221,8 +236,10 @@ def test_miniature_grid_end_to_end(tmp_path, capsys):
     with open(out / "proposals.csv") as f:
         proposals = list(csv.DictReader(f))
     assert proposals and {r["condition"] for r in proposals} == {"gradnorm-mean"}  # env-default proposes no task
+    assert {tuple(json.loads(r["task_values"])[2:]) for r in proposals} == {(3, 1)}  # the teacher chose starts only
     summary = (out / "summary.md").read_text()
-    assert "| gradnorm-mean | 2 | " in summary and "the 2 start-goal pairs farthest apart" in summary
+    assert "| gradnorm-mean | 2 | " in summary and "goal fixed at (3, 1)" in summary
+    assert "the 2 start cells farthest from the goal" in summary
     assert [r["condition"] for r in json.loads((out / "summary.json").read_text())] == ["env-default", "gradnorm-mean"]
     with open(out / "informativeness.csv") as f:
         figures = list(csv.DictReader(f))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from student_client.envs import TaskMismatchError, make_env
+from teacher_service.learning.task_spaces.maze import layout_with_goal
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,20 @@ def test_maze_rejects_bad_options(point, options):
 def test_maze_empty_options_is_env_default(point):
     obs = point.reset({}, seed=0)
     assert obs.shape == (point.obs_dim,)
+
+
+def test_a_layout_with_a_fixed_goal_keeps_the_goal_and_varies_the_start():
+    """acl-experiment --goal-cell gives env-default students this maze_map: the env's own reset (no options)
+    then puts the goal in that cell every time and the start anywhere else."""
+    env = make_env("PointMaze_UMaze-v3", maze_map=layout_with_goal("PointMaze_UMaze-v3", [3, 1]))
+    starts = set()
+    for seed in range(30):
+        obs = env.reset({}, seed=seed)
+        assert cell_of(env, obs[-2:]) == [3, 1]
+        starts.add(tuple(cell_of(env, env.env.unwrapped.data.qpos[:2])))
+    assert (3, 1) not in starts and len(starts) >= 4
+    with pytest.raises(ValueError, match="not a free cell"):
+        layout_with_goal("PointMaze_UMaze-v3", [2, 1])
 
 
 def teacher_state(env, obj_pos, target_pos):

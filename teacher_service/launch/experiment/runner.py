@@ -37,6 +37,7 @@ from teacher_service.launch.experiment import plots, stats
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
 from teacher_service.launch.processes import last_episodes, start_service, stop
+from teacher_service.learning.task_spaces.maze import layout_with_goal
 from teacher_service.serving.infra.auth import load_tokens
 from teacher_service.serving.settings import Settings
 
@@ -88,12 +89,22 @@ BENCHMARKS = {
         seeds=list(range(10)),
         conditions=["env-default", "random", "gradnorm-mean", "reinforce-mean", "reinforce-local", "learnability",
                     "plr", "alp-gmm"]),
+    # The other form: one far goal, (6,5) at the end of a dead end, and the teachers choose the start
+    # cell (25 of them); evaluated from the 7 starts farthest from it (10 and 11 cells). env-default students
+    # start in any free cell, as the env's own reset does with the goal fixed. The budget is provisional
+    # until a pilot sizes it (bench/far_goal_pilot.py --goal-cell 6 5).
+    "far-goal-fixed": dict(
+        env="PointMaze_Medium-v3", env_kwargs={"max_episode_steps": 600}, goal_cell=[6, 5],
+        target_farthest=7, steps=300_000, eval_every=10_000, eval_episodes=14, threshold=0.5,
+        seeds=list(range(10)),
+        conditions=["env-default", "random", "gradnorm-mean", "reinforce-mean", "reinforce-local", "learnability",
+                    "plr", "alp-gmm"]),
 }
 # Also summarized below the main threshold, for benchmarks whose baseline rarely reaches it.
 LOWER_THRESHOLDS = (0.1, 0.2, 0.3)
 # Changing these would mix incomparable runs in one output directory.
 FIXED = ("env", "steps", "eval_every", "eval_episodes", "preset", "learning_starts", "random_steps", "params",
-         "env_kwargs", "target_farthest")
+         "env_kwargs", "target_farthest", "goal_cell")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='gym.make keyword arguments, e.g. \'{"continuing_task": false}\'')
     p.add_argument("--target-farthest", type=int, default=None, metavar="N",
                    help="evaluate on the N start-goal pairs farthest apart (maze envs; default: the env's own)")
+    p.add_argument("--goal-cell", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
+                   help="one fixed goal (maze envs): the teachers choose the start cell, env-default students "
+                        "get the goal as the env's own (a maze_map with 'g' there, added to --env-kwargs)")
     p.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS, choices=sorted(CONDITIONS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=20_000, help="env steps per run")
@@ -132,6 +146,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.students_per_process < 0:
         p.error("--students-per-process must be >= 0")
     args.params = dict(_parse_params(item) for item in args.params)
+    if args.goal_cell is not None:
+        if "maze_map" in args.env_kwargs:
+            p.error("--goal-cell sets the env's maze_map: leave maze_map out of --env-kwargs")
+        try:
+            args.env_kwargs = {**args.env_kwargs, "maze_map": layout_with_goal(args.env, args.goal_cell)}
+        except ValueError as exc:  # not a maze, or not a free cell of it
+            p.error(f"--goal-cell: {exc}")
     # One run per (condition, seed): a repeated one would run twice on one checkpoint directory.
     args.conditions, args.seeds = list(dict.fromkeys(args.conditions)), list(dict.fromkeys(args.seeds))
     return args
@@ -206,8 +227,10 @@ class Experiment:
             if spec.algorithm not in registered:
                 raise SystemExit(f"acl-experiment: teacher {spec.algorithm!r} ({condition}) is not registered "
                                  f"in this service; it has {', '.join(registered)}")
-            body = {"name": run_name(condition, seed),
-                    "task_space": {"kind": "preset", "env_id": self.args.env},
+            task_space = {"kind": "preset", "env_id": self.args.env}
+            if self.args.goal_cell is not None:
+                task_space["goal_cell"] = self.args.goal_cell
+            body = {"name": run_name(condition, seed), "task_space": task_space,
                     "teacher": {"algorithm": spec.algorithm,
                                 "params": {**spec.params, **self.args.params.get(condition, {})}},
                     "reward_signal": spec.reward_signal, "seed": seed}
@@ -217,6 +240,7 @@ class Experiment:
             if r.status_code == 409:  # a resumed experiment: it must be the same curriculum
                 have = httpx.get(f"{self.url}/curricula/{body['name']}", headers=self.headers(), timeout=30).json()
                 if (any(have[k] != body[k] for k in ("teacher", "reward_signal", "seed"))
+                        or have["task_space"].get("goal_cell") != self.args.goal_cell
                         or (have.get("target") or {}).get("farthest") != self.args.target_farthest):
                     raise SystemExit(f"acl-experiment: curriculum {body['name']} exists with another teacher; "
                                      "use another --out")
@@ -379,7 +403,7 @@ class Experiment:
         config = {k: v for k, v in vars(self.args).items() if k in FIXED}
         if path.exists():
             # Files written before a key existed hold its default.
-            stored = {"env_kwargs": {}, "target_farthest": None, **json.loads(path.read_text())}
+            stored = {"env_kwargs": {}, "target_farthest": None, "goal_cell": None, **json.loads(path.read_text())}
             changed = [k for k in FIXED if stored.get(k) != config[k]]
             if changed:
                 raise SystemExit(f"acl-experiment: {self.out} holds an experiment with other {', '.join(changed)}; "
@@ -429,8 +453,11 @@ def analyze(out: Path, threshold: float, console: Console) -> None:
         return
     summaries = stats.summarize(curves, threshold, config["steps"])
     seeds = sorted({seed for runs in curves.values() for seed in runs})
-    env = config["env"] + (f" {json.dumps(config['env_kwargs'])}" if config.get("env_kwargs") else "")
-    on = (f"the {config['target_farthest']} start-goal pairs farthest apart" if config.get("target_farthest")
+    goal = config.get("goal_cell")
+    kwargs = {k: v for k, v in config.get("env_kwargs", {}).items() if not (goal and k == "maze_map")}
+    env = config["env"] + (f" {json.dumps(kwargs)}" if kwargs else "") + (f", goal fixed at {tuple(goal)}" if goal else "")
+    on = (f"the {config['target_farthest']} start cells farthest from the goal" if goal and config.get("target_farthest")
+          else f"the {config['target_farthest']} start-goal pairs farthest apart" if config.get("target_farthest")
           else "the environment's default starts and goals")
     header = (f"# {env}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {config['steps']} env steps "
               f"per run, evaluation on {on} every {config['eval_every']} steps ({config['eval_episodes']} episodes), "

@@ -60,15 +60,26 @@ def free_cells(env_id: str) -> list[tuple[int, int]]:
     return [(r, c) for r, row in enumerate(maze_map(env_id)) for c, cell in enumerate(row) if cell == 0]
 
 
+def free_goal_cell(env_id: str, goal_cell: Sequence[int]) -> tuple[int, int]:
+    goal = (int(goal_cell[0]), int(goal_cell[1]))
+    if goal not in free_cells(env_id):
+        raise ValueError(f"goal_cell {list(goal)} is not a free cell of {env_id}")
+    return goal
+
+
+def layout_with_goal(env_id: str, goal_cell: Sequence[int]) -> list[list[int | str]]:
+    """The maze layout with its goal fixed at `goal_cell` ('g'), for gym.make(env_id, maze_map=...): the env's
+    own reset then puts the goal there and the start in any other free cell."""
+    goal = free_goal_cell(env_id, goal_cell)
+    return [["g" if (r, c) == goal else cell for c, cell in enumerate(row)] for r, row in enumerate(maze_map(env_id))]
+
+
 def maze_task_space(env_id: str, goal_cell: Sequence[int] | None = None) -> DiscreteSpace:
     """Every pair of distinct free cells; with `goal_cell`, only the pairs ending there (the teacher picks a start)."""
     free = free_cells(env_id)
     goals = free
     if goal_cell is not None:
-        goal = (int(goal_cell[0]), int(goal_cell[1]))
-        if goal not in free:
-            raise ValueError(f"goal_cell {list(goal)} is not a free cell of {env_id}")
-        goals = [goal]
+        goals = [free_goal_cell(env_id, goal_cell)]
     # A goal in the start cell is solved at step 0 and teaches nothing, so such pairs are left out.
     pairs = [(start, goal) for start, goal in itertools.product(free, goals) if start != goal]
     return DiscreteSpace(
