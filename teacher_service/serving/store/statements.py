@@ -40,7 +40,9 @@ SQL = {
     "proposal_by_id": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id = :proposal_id",
     "mark_reported": "UPDATE proposals SET reported_at = :reported_at, signals = :signals, reward = :reward, "
     "trajectory = :trajectory, ack = :ack WHERE seq = :seq",
-    "open_episodes_of_student": "SELECT seq FROM proposals WHERE curriculum_id = :curriculum_id "
+    # Through the partial index of open episodes (a handful), not the student's whole history; SQLite's planner,
+    # without statistics (we never ANALYZE), would take the student index, so it is named there.
+    "open_episodes_of_student": "SELECT seq FROM proposals{open_index} WHERE curriculum_id = :curriculum_id "
     "AND student_id = :student_id AND reward IS NOT NULL AND trajectory IS NULL AND seq != :seq",
     "set_trajectory": "UPDATE proposals SET trajectory = :trajectory WHERE seq = :seq",
     "count_ready": f"SELECT count(*) FROM proposals WHERE {_READY}",
@@ -75,7 +77,8 @@ class Driver:
         # A list parameter as a table s(value): a PostgreSQL array, or on SQLite a JSON array.
         students = "unnest(:student_ids::text[]) AS s(value)" if self.postgres else "json_each(:student_ids) s"
         filled = {
-            name: text.format(for_update=" FOR UPDATE" if self.postgres else "", students=students)
+            name: text.format(for_update=" FOR UPDATE" if self.postgres else "", students=students,
+                              open_index="" if self.postgres else " INDEXED BY ix_proposals_open")
             for name, text in SQL.items()
         }
         # sqlite3 takes :name; psycopg takes %(name)s.
