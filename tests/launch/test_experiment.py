@@ -184,6 +184,17 @@ def test_benchmark_sets_defaults_and_flags_override(tmp_path):
             runner.parse_args([*bad, "--out", str(tmp_path)])
 
 
+def test_a_curriculum_the_service_refuses_stops_the_grid_with_its_reason(tmp_path):
+    # UMaze has 6 starts for the goal (3, 1): asking for 10 is refused by the service (422), said in one line.
+    argv = ["--env", "PointMaze_UMaze-v3", "--goal-cell", "3", "1", "--target-farthest", "10",
+            "--conditions", "env-default", "--seeds", "0", "--steps", "200", "--out", str(tmp_path / "exp")]
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(argv)
+    assert "refused curriculum env-default-s0: target: farthest: 10 pairs asked, the task space has 6" in str(
+        exit_info.value.code)
+    assert not (tmp_path / "exp" / "runs").exists()  # no student was started
+
+
 def test_groups_of_a_condition(tmp_path):
     args = runner.parse_args(["--conditions", "env-default", "random", "--seeds", "0", "1", "2",
                               "--students-per-process", "2", "--out", str(tmp_path)])

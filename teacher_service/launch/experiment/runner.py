@@ -172,6 +172,15 @@ def _parse_params(item: str) -> tuple[str, dict]:
     return name, json.loads(text)
 
 
+def error_detail(response: httpx.Response) -> str:
+    """The service's reason for a 4xx: its message, or the messages of a validation error's items."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return response.text
+    return "; ".join(str(item.get("msg", item)) for item in detail) if isinstance(detail, list) else str(detail)
+
+
 def run_name(condition: str, seed: int) -> str:
     return f"{condition}-s{seed}"
 
@@ -244,6 +253,8 @@ class Experiment:
                         or (have.get("target") or {}).get("farthest") != self.args.target_farthest):
                     raise SystemExit(f"acl-experiment: curriculum {body['name']} exists with another teacher; "
                                      "use another --out")
+            elif r.is_client_error:  # e.g. more target pairs than the task space has: say why, not a traceback
+                raise SystemExit(f"acl-experiment: the service refused curriculum {body['name']}: {error_detail(r)}")
             else:
                 r.raise_for_status()
 
