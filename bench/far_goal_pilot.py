@@ -78,6 +78,8 @@ def main() -> None:
     buffer = make_buffer(config, a.steps, env0.obs_dim, env0.act_dim, seeds)
     rngs = [np.random.default_rng(s) for s in seeds]
     pairs = all_pairs(a.env, goal)
+    if a.target > len(pairs):
+        p.error(f"--target {a.target}: there are {len(pairs)} {'starts' if goal else 'pairs'}")
     diameter = max(d for _, _, d in pairs)
     target = farthest_pairs(pairs, a.target)
 

@@ -161,7 +161,7 @@ def test_analyze_writes_summary_json_and_heatmaps(tmp_path):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_benchmark_sets_defaults_and_flags_override(tmp_path):
+def test_benchmark_sets_defaults_and_flags_override(tmp_path, capsys):
     args = runner.parse_args(["--benchmark", "far-goal", "--steps", "1000", "--out", str(tmp_path)])
     assert (args.env, args.target_farthest, args.steps) == ("PointMaze_Medium-v3", 20, 1000)
     assert args.env_kwargs == {"max_episode_steps": 600} and len(args.seeds) >= 10
@@ -177,11 +177,13 @@ def test_benchmark_sets_defaults_and_flags_override(tmp_path):
     assert fixed.env_kwargs["max_episode_steps"] == 600 and layout[6][5] == "g"
     assert sum(row.count("g") for row in layout) == 1
     umaze = ["--env", "PointMaze_UMaze-v3"]
-    for bad in ([*umaze, "--goal-cell", "0", "0"],  # a wall
-                ["--env", "AdroitHandRelocate-v1", "--goal-cell", "1", "1"],  # not a maze
-                [*umaze, "--goal-cell", "1", "1", "--env-kwargs", '{"maze_map": [[1]]}']):  # two layouts given
+    for bad, reason in (([*umaze, "--goal-cell", "0", "0"], "goal_cell [0, 0] is not a free cell"),
+                        (["--env", "AdroitHandRelocate-v1", "--goal-cell", "1", "1"], "registers no maze_map"),
+                        ([*umaze, "--goal-cell", "1", "1", "--env-kwargs", '{"maze_map": [[1]]}'],
+                         "leave maze_map out of --env-kwargs")):
         with pytest.raises(SystemExit):
             runner.parse_args([*bad, "--out", str(tmp_path)])
+        assert reason in capsys.readouterr().err
 
 
 def test_a_curriculum_the_service_refuses_stops_the_grid_with_its_reason(tmp_path):
@@ -190,9 +192,11 @@ def test_a_curriculum_the_service_refuses_stops_the_grid_with_its_reason(tmp_pat
             "--conditions", "env-default", "--seeds", "0", "--steps", "200", "--out", str(tmp_path / "exp")]
     with pytest.raises(SystemExit) as exit_info:
         runner.main(argv)
-    assert "refused curriculum env-default-s0: target: farthest: 10 pairs asked, the task space has 6" in str(
-        exit_info.value.code)
+    assert "refused curriculum env-default-s0: body.target: target: farthest: 10 pairs asked, the task space has 6" \
+        in str(exit_info.value.code)
     assert not (tmp_path / "exp" / "runs").exists()  # no student was started
+    # Nor is the setting kept: the same --out takes the corrected command.
+    assert not (tmp_path / "exp" / "experiment.json").exists()
 
 
 def test_groups_of_a_condition(tmp_path):

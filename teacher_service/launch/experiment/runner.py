@@ -179,7 +179,10 @@ def error_detail(response: httpx.Response) -> str:
         detail = response.json()["detail"]
     except (ValueError, KeyError, TypeError):
         return response.text
-    return "; ".join(str(item.get("msg", item)) for item in detail) if isinstance(detail, list) else str(detail)
+    if not isinstance(detail, list):
+        return str(detail)
+    return "; ".join(f"{'.'.join(map(str, item.get('loc', [])))}: {item.get('msg')}" if isinstance(item, dict)
+                     else str(item) for item in detail)
 
 
 def run_name(condition: str, seed: int) -> str:
@@ -252,8 +255,8 @@ class Experiment:
                 if (any(have[k] != body[k] for k in ("teacher", "reward_signal", "seed"))
                         or have["task_space"].get("goal_cell") != self.args.goal_cell
                         or (have.get("target") or {}).get("farthest") != self.args.target_farthest):
-                    raise SystemExit(f"acl-experiment: curriculum {body['name']} exists with another teacher; "
-                                     "use another --out")
+                    raise SystemExit(f"acl-experiment: curriculum {body['name']} exists with another teacher, "
+                                     "goal cell or target; use another --out")
             elif r.is_client_error:  # e.g. more target pairs than the task space has: say why, not a traceback
                 raise SystemExit(f"acl-experiment: the service refused curriculum {body['name']}: {error_detail(r)}")
             else:
@@ -411,17 +414,18 @@ class Experiment:
     # ------------------------------------------------------------ all of it
 
     def check_config(self) -> None:
+        """Refuse an output directory that holds an experiment with other settings."""
         path = self.out / "experiment.json"
-        config = {k: v for k, v in vars(self.args).items() if k in FIXED}
         if path.exists():
             # Files written before a key existed hold its default.
             stored = {"env_kwargs": {}, "target_farthest": None, "goal_cell": None, **json.loads(path.read_text())}
-            changed = [k for k in FIXED if stored.get(k) != config[k]]
+            changed = [k for k in FIXED if stored.get(k) != self.config()[k]]
             if changed:
                 raise SystemExit(f"acl-experiment: {self.out} holds an experiment with other {', '.join(changed)}; "
                                  "use another --out")
-        else:
-            path.write_text(json.dumps(config, indent=2) + "\n")
+
+    def config(self) -> dict:
+        return {k: v for k, v in vars(self.args).items() if k in FIXED}
 
     def run(self) -> int:
         console = Console()
@@ -431,6 +435,8 @@ class Experiment:
         failed = []
         try:
             self.create_curricula()
+            # Written once the service has accepted every curriculum: a refused setting can be fixed and rerun.
+            (self.out / "experiment.json").write_text(json.dumps(self.config(), indent=2) + "\n")
             per_process = self.args.students_per_process or len(self.args.seeds)
             console.print(f"{len(self.runs)} students ({len(self.args.conditions)} conditions x "
                           f"{len(self.args.seeds)} seeds) of {self.args.steps} steps on {self.args.env}, up to "

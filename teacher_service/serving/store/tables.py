@@ -90,7 +90,8 @@ class Proposal(Base):
         Index("ix_proposals_student", "curriculum_id", "student_id", "seq"),
         Index("ix_proposals_curriculum_seq", "curriculum_id", "seq"),
         # A student's rewarded episodes not yet grouped into a trajectory (at most horizon - 1 of them):
-        # each report reads them, and without this index it read the student's whole history.
+        # each report reads them, and without this index it read the student's whole history. The price: on
+        # PostgreSQL a report's UPDATE (it sets reward) can no longer be a HOT update.
         Index("ix_proposals_open", "curriculum_id", "student_id",
               sqlite_where=text("reward IS NOT NULL AND trajectory IS NULL"),
               postgresql_where=text("reward IS NOT NULL AND trajectory IS NULL")),
