@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         raise KeyboardInterrupt  # SIGTERM (e.g. from a supervisor) stops as cleanly as Ctrl-C
 
     signal.signal(signal.SIGTERM, terminate)
+    # Python turns SIGINT into KeyboardInterrupt only if it was not ignored at start, and a shell script's
+    # background jobs start with it ignored: Ctrl-C (or a supervisor's SIGINT) must stop us cleanly anyway.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(Run(args).run())
 
 

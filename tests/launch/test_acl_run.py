@@ -31,7 +31,10 @@ def start(tmp_path, port: int) -> subprocess.Popen:
            "--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "teacher-data"),
            "--port", str(port), "--", *TINY, "--eval-every", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Started with SIGINT ignored, as a shell script's background job is: Ctrl-C must still stop it cleanly
+    # (Python alone would then ignore SIGINT, and this test once ran the whole run out that way).
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
 
 def interrupt(proc: subprocess.Popen) -> str:

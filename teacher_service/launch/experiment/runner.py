@@ -511,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
         raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C
 
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignored (see launch/run.py)
     sys.exit(experiment.run())
 
 
