@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -265,16 +266,36 @@ def test_miniature_grid_end_to_end(tmp_path, capsys):
     for png in ("learning_curves.png", "teacher_proposals.png", "proposal_heatmaps.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
-    # A rerun trains only the students without `done` (here one whose mark was lost) and gives the same evaluations.
-    before = (out / "evaluations.csv").read_text()
+    # A rerun with one more seed trains only the new students and keeps the finished ones' rows.
+    rows_before = runner.collected_rows(out)
     logs = {c: (runs / f"{c}-s0" / "worker.log").read_text() for c in ("env-default", "gradnorm-mean")}
-    (runs / "gradnorm-mean-s1" / "done").unlink()
+    more_seeds = argv[:argv.index("--seeds")] + ["--seeds", "0", "1", "2"] + argv[argv.index("--steps"):]
     with pytest.raises(SystemExit) as exit_info:
-        runner.main(argv)
+        runner.main(more_seeds)
     assert exit_info.value.code == 0
-    assert (runs / "gradnorm-mean-s1" / "done").exists() and (runs / "gradnorm-mean-s1" / "worker.log").exists()
     assert {c: (runs / f"{c}-s0" / "worker.log").read_text() for c in logs} == logs  # no process for them
-    assert (out / "evaluations.csv").read_text() == before
+    rows_after = runner.collected_rows(out)
+    assert {run: rows_after[run] for run in rows_before} == rows_before
+    assert {(c, s, step) for c, s, step, *_ in (row for run in rows_after.values() for row in run["evaluations.csv"])
+            if s == "2"} == {(c, "2", step) for c in ("env-default", "gradnorm-mean") for step in ("150", "300")}
+
+    # A fresh checkout of committed results (runs/ and service/ gone, as on another machine): nothing is
+    # trained again and every row is kept, in the same order.
+    texts = {name: (out / name).read_text() for name in runner.RESULT_FILES}
+    shutil.rmtree(runs)
+    shutil.rmtree(out / "service")
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(more_seeds)
+    assert exit_info.value.code == 0
+    assert not runs.exists()
+    assert {name: (out / name).read_text() for name in runner.RESULT_FILES} == texts
+    # Resuming with only some conditions keeps the others' rows (after them).
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(more_seeds[:more_seeds.index("--conditions") + 1] + ["gradnorm-mean"]
+                    + more_seeds[more_seeds.index("--seeds"):])
+    assert exit_info.value.code == 0
+    assert runner.collected_rows(out) == rows_after
+    assert "| env-default | 3 | " in (out / "summary.md").read_text()
 
 
 def test_teacher_proposals_reproducible(tmp_path):

@@ -11,7 +11,9 @@ maze benchmark (README "Does the gradient-norm teacher help?"); explicit flags o
 
 Resume: a finished student leaves `runs/<name>/done`; a rerun with the same --out skips it. A student
 that was stopped (Ctrl-C, SIGTERM, a kill) restarts from its checkpoint (written every
---checkpoint-every steps and on a clean stop) and its teacher from the service's database.
+--checkpoint-every steps and on a clean stop) and its teacher from the service's database. The CSVs are
+the lasting record: a run already in them is finished even where `runs/` and `service/` are gone (results
+committed from another machine), and its rows are kept as they are.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ BENCHMARKS = {
 }
 # Also summarized below the main threshold, for benchmarks whose baseline rarely reaches it.
 LOWER_THRESHOLDS = (0.1, 0.2, 0.3)
+# The result CSVs, one row per evaluation, proposal or (run, signal); each row starts with condition, seed.
+RESULT_FILES = {"evaluations.csv": stats.CSV_COLUMNS, "proposals.csv": plots.PROPOSAL_COLUMNS,
+                "informativeness.csv": stats.INFORMATIVENESS_COLUMNS}
 # Changing these would mix incomparable runs in one output directory.
 FIXED = ("env", "steps", "eval_every", "eval_episodes", "preset", "learning_starts", "random_steps", "params",
          "env_kwargs", "target_farthest", "goal_cell")
@@ -220,6 +225,7 @@ class Experiment:
         self.service: subprocess.Popen | None = None
         self.workers: list[WorkerHandle] = []
         self.runs = [(c, s) for c in args.conditions for s in args.seeds]  # grid order, for the outputs
+        self.earlier = collected_rows(self.out)
 
     # ------------------------------------------------------------ service
 
@@ -317,7 +323,7 @@ class Experiment:
 
     def run_all(self, console: Console) -> list[str]:
         """Train every unfinished student; the names of those that failed."""
-        pending = [run for run in self.runs if not (self.run_dir(*run) / "done").exists()]
+        pending = [run for run in self.runs if not (self.run_dir(*run) / "done").exists() and run not in self.earlier]
         if len(pending) < len(self.runs):
             console.print(f"Resuming: {len(self.runs) - len(pending)} of {len(self.runs)} students already done")
         queue = deque(self.groups(pending))
@@ -354,7 +360,7 @@ class Experiment:
                     else:  # results as runs finish, not only when the whole grid has (grids span sittings)
                         self.collect()
                         analyze(self.out, self.args.threshold, console)
-                done = sum((self.run_dir(*r) / "done").exists() for r in self.runs) * steps
+                done = (len(self.runs) - len(pending) + sum(self.finished(*r) for r in pending)) * steps
                 progress.update(total, completed=done + sum(self.steps_done(*r) for g, _ in running.values()
                                                             for r in g))
         return failed
@@ -373,43 +379,47 @@ class Experiment:
             if after is None:
                 return items
 
+    def finished(self, condition: str, seed: int) -> bool:
+        return (self.run_dir(condition, seed) / "done").exists()
+
     def collect(self) -> None:
-        """Write evaluations.csv and proposals.csv for the finished runs, in grid order."""
-        done = [run for run in self.runs if (self.run_dir(*run) / "done").exists()]
-        with open(self.out / "evaluations.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(stats.CSV_COLUMNS)
-            for condition, seed in done:
-                # A run resumed from a checkpoint evaluates some steps again: keep the last of each step.
-                # With a target, a student evaluates on it only (evaluations while the service was down, on
-                # the env's default tasks, are left out).
-                on_target = self.args.target_farthest is not None
-                by_step = {e["env_steps"]: e for e in self.pages(run_name(condition, seed), "evaluations")
-                           if e.get("on_target", False) == on_target}
-                for step in sorted(by_step):
-                    writer.writerow([condition, seed, step, by_step[step]["success_rate"],
-                                     by_step[step]["mean_return"]])
-        with open(self.out / "proposals.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(plots.PROPOSAL_COLUMNS)
-            for condition, seed in done:
-                step = 0
-                for item in self.pages(run_name(condition, seed), "history"):
-                    if item["signals"] is None:  # proposed but never reported (a killed episode)
-                        continue
-                    step += item["signals"]["env_steps"] or 0
-                    if item["task_values"] is not None:
-                        writer.writerow([condition, seed, step, json.dumps(item["task_values"])])
-        with open(self.out / "informativeness.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(stats.INFORMATIVENESS_COLUMNS)
-            for condition, seed in done:
-                r = httpx.get(f"{self.url}/curricula/{run_name(condition, seed)}/informativeness",
-                              params={"signal": INFORMATIVENESS_SIGNALS}, headers=self.headers(), timeout=120)
-                r.raise_for_status()
-                for signal, figures in r.json()["signals"].items():
-                    writer.writerow([condition, seed, signal, figures["reports"], figures["tasks"],
-                                     *("" if figures[k] is None else figures[k] for k in ("r2", "adjusted_r2", "p_value"))])
+        """Write the result CSVs: the runs finished here read back from the service, those collected in an
+        earlier sitting as they were; grid order (conditions of earlier sittings only, after)."""
+        conditions = list(dict.fromkeys([*self.args.conditions, *(c for c, _ in self.earlier)]))
+        runs = sorted({*self.earlier, *filter(lambda run: self.finished(*run), self.runs)},
+                      key=lambda run: (conditions.index(run[0]), run[1]))
+        rows = {run: self.read_back(*run) if self.finished(*run) else self.earlier[run] for run in runs}
+        for name, columns in RESULT_FILES.items():
+            with open(self.out / name, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(columns)
+                for run in runs:
+                    writer.writerows(rows[run].get(name, []))
+
+    def read_back(self, condition: str, seed: int) -> dict[str, list[list]]:
+        """One finished run's rows of each result CSV, from the service."""
+        name = run_name(condition, seed)
+        # A run resumed from a checkpoint evaluates some steps again: keep the last of each step. With a
+        # target, a student evaluates on it only (evaluations while the service was down, on the env's
+        # default tasks, are left out).
+        on_target = self.args.target_farthest is not None
+        by_step = {e["env_steps"]: e for e in self.pages(name, "evaluations") if e.get("on_target", False) == on_target}
+        evaluations = [[condition, seed, step, by_step[step]["success_rate"], by_step[step]["mean_return"]]
+                       for step in sorted(by_step)]
+        proposals, step = [], 0
+        for item in self.pages(name, "history"):
+            if item["signals"] is None:  # proposed but never reported (a killed episode)
+                continue
+            step += item["signals"]["env_steps"] or 0
+            if item["task_values"] is not None:
+                proposals.append([condition, seed, step, json.dumps(item["task_values"])])
+        r = httpx.get(f"{self.url}/curricula/{name}/informativeness", params={"signal": INFORMATIVENESS_SIGNALS},
+                      headers=self.headers(), timeout=120)
+        r.raise_for_status()
+        informativeness = [[condition, seed, signal, figures["reports"], figures["tasks"],
+                            *("" if figures[k] is None else figures[k] for k in ("r2", "adjusted_r2", "p_value"))]
+                           for signal, figures in r.json()["signals"].items()]
+        return {"evaluations.csv": evaluations, "proposals.csv": proposals, "informativeness.csv": informativeness}
 
     # ------------------------------------------------------------ all of it
 
@@ -460,6 +470,17 @@ class Experiment:
                 signal.signal(signal.SIGINT, previous)
         analyze(self.out, self.args.threshold, console)
         return 1 if failed else 0
+
+
+def collected_rows(out: Path) -> dict[tuple[str, int], dict[str, list[list[str]]]]:
+    """{(condition, seed): {csv name: rows}} of the runs already in the result CSVs in `out`."""
+    runs: dict[tuple[str, int], dict[str, list[list[str]]]] = {}
+    for name in RESULT_FILES:
+        if (out / name).exists():
+            with open(out / name, newline="") as f:
+                for row in list(csv.reader(f))[1:]:
+                    runs.setdefault((row[0], int(row[1])), {}).setdefault(name, []).append(row)
+    return runs
 
 
 def analyze(out: Path, threshold: float, console: Console) -> None:
