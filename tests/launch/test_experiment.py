@@ -279,23 +279,37 @@ def test_miniature_grid_end_to_end(tmp_path, capsys):
     assert {(c, s, step) for c, s, step, *_ in (row for run in rows_after.values() for row in run["evaluations.csv"])
             if s == "2"} == {(c, "2", step) for c in ("env-default", "gradnorm-mean") for step in ("150", "300")}
 
-    # A fresh checkout of committed results (runs/ and service/ gone, as on another machine): nothing is
-    # trained again and every row is kept, in the same order.
+    # The CSVs are the record: with the service's database gone (runs/ kept), then on a fresh checkout of
+    # committed results (runs/ gone too, as on another machine), then resumed with only some conditions,
+    # nothing is trained or read again and the files stay as they were, row for row.
     texts = {name: (out / name).read_text() for name in runner.RESULT_FILES}
-    shutil.rmtree(runs)
     shutil.rmtree(out / "service")
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(more_seeds)
+    assert exit_info.value.code == 0
+    assert {name: (out / name).read_text() for name in runner.RESULT_FILES} == texts
+    shutil.rmtree(runs)
     with pytest.raises(SystemExit) as exit_info:
         runner.main(more_seeds)
     assert exit_info.value.code == 0
     assert not runs.exists()
     assert {name: (out / name).read_text() for name in runner.RESULT_FILES} == texts
-    # Resuming with only some conditions keeps the others' rows (after them).
     with pytest.raises(SystemExit) as exit_info:
         runner.main(more_seeds[:more_seeds.index("--conditions") + 1] + ["gradnorm-mean"]
                     + more_seeds[more_seeds.index("--seeds"):])
     assert exit_info.value.code == 0
-    assert runner.collected_rows(out) == rows_after
+    assert {name: (out / name).read_text() for name in runner.RESULT_FILES} == texts
     assert "| env-default | 3 | " in (out / "summary.md").read_text()
+    assert not list(out.glob("*.partial"))
+
+
+def test_result_csvs_of_another_version_are_refused(tmp_path):
+    write_csv(tmp_path / "evaluations.csv", [["random", 0, 100, 0.5, 1.0]])
+    assert runner.collected_rows(tmp_path) == {("random", 0): {"evaluations.csv": [["random", "0", "100", "0.5", "1.0"]]}}
+    with open(tmp_path / "proposals.csv", "w") as f:
+        f.write("condition,seed,task_values\n")
+    with pytest.raises(SystemExit, match="proposals.csv has the columns condition, seed, task_values"):
+        runner.collected_rows(tmp_path)
 
 
 def test_teacher_proposals_reproducible(tmp_path):

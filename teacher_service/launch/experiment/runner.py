@@ -12,8 +12,9 @@ maze benchmark (README "Does the gradient-norm teacher help?"); explicit flags o
 Resume: a finished student leaves `runs/<name>/done`; a rerun with the same --out skips it. A student
 that was stopped (Ctrl-C, SIGTERM, a kill) restarts from its checkpoint (written every
 --checkpoint-every steps and on a clean stop) and its teacher from the service's database. The CSVs are
-the lasting record: a run already in them is finished even where `runs/` and `service/` are gone (results
-committed from another machine), and its rows are kept as they are.
+the lasting record: a run with rows in them is finished, even where `runs/` and `service/` are gone (results
+committed from another machine), and its rows are kept as they are (not read from the service again). To train
+a run again, delete its rows from all three CSVs and its `runs/<name>` directory.
 """
 
 from __future__ import annotations
@@ -242,6 +243,8 @@ class Experiment:
     def create_curricula(self) -> None:
         registered = httpx.get(f"{self.url}/teachers", headers=self.headers(), timeout=30).json()
         for condition, seed in self.runs:
+            if (condition, seed) in self.earlier:
+                continue  # finished: nothing will train or read it
             spec = CONDITIONS[condition]
             if spec.algorithm not in registered:
                 raise SystemExit(f"acl-experiment: teacher {spec.algorithm!r} ({condition}) is not registered "
@@ -383,18 +386,19 @@ class Experiment:
         return (self.run_dir(condition, seed) / "done").exists()
 
     def collect(self) -> None:
-        """Write the result CSVs: the runs finished here read back from the service, those collected in an
-        earlier sitting as they were; grid order (conditions of earlier sittings only, after)."""
-        conditions = list(dict.fromkeys([*self.args.conditions, *(c for c, _ in self.earlier)]))
-        runs = sorted({*self.earlier, *filter(lambda run: self.finished(*run), self.runs)},
-                      key=lambda run: (conditions.index(run[0]), run[1]))
-        rows = {run: self.read_back(*run) if self.finished(*run) else self.earlier[run] for run in runs}
+        """Write the result CSVs: the rows of the runs collected in an earlier sitting as they were, in their
+        order, then those of the runs finished since, read back from the service, in grid order. Each file
+        is replaced whole (written beside it, then renamed), so a stop while writing loses nothing."""
+        new = [run for run in self.runs if run not in self.earlier and self.finished(*run)]
+        rows = [*self.earlier.values(), *(self.read_back(*run) for run in new)]
         for name, columns in RESULT_FILES.items():
-            with open(self.out / name, "w", newline="") as f:
+            partial = self.out / f"{name}.partial"
+            with open(partial, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(columns)
-                for run in runs:
-                    writer.writerows(rows[run].get(name, []))
+                for run_rows in rows:
+                    writer.writerows(run_rows.get(name, []))
+            os.replace(partial, self.out / name)
 
     def read_back(self, condition: str, seed: int) -> dict[str, list[list]]:
         """One finished run's rows of each result CSV, from the service."""
@@ -473,12 +477,19 @@ class Experiment:
 
 
 def collected_rows(out: Path) -> dict[tuple[str, int], dict[str, list[list[str]]]]:
-    """{(condition, seed): {csv name: rows}} of the runs already in the result CSVs in `out`."""
+    """{(condition, seed): {csv name: rows}} of the runs already in the result CSVs in `out`, in file order."""
     runs: dict[tuple[str, int], dict[str, list[list[str]]]] = {}
-    for name in RESULT_FILES:
-        if (out / name).exists():
-            with open(out / name, newline="") as f:
-                for row in list(csv.reader(f))[1:]:
+    for name, columns in RESULT_FILES.items():
+        if not (out / name).exists():
+            continue
+        with open(out / name, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is not None and tuple(header) != tuple(columns):
+                raise SystemExit(f"acl-experiment: {out / name} has the columns {', '.join(header)}, this version "
+                                 f"writes {', '.join(columns)}; use another --out")
+            for row in reader:
+                if row:
                     runs.setdefault((row[0], int(row[1])), {}).setdefault(name, []).append(row)
     return runs
 
