@@ -227,6 +227,7 @@ class Experiment:
         self.workers: list[WorkerHandle] = []
         self.runs = [(c, s) for c in args.conditions for s in args.seeds]  # grid order, for the outputs
         self.earlier = collected_rows(self.out)
+        self.read = {}  # rows of the runs finished in this sitting, read from the service once
 
     # ------------------------------------------------------------ service
 
@@ -326,7 +327,7 @@ class Experiment:
 
     def run_all(self, console: Console) -> list[str]:
         """Train every unfinished student; the names of those that failed."""
-        pending = [run for run in self.runs if not (self.run_dir(*run) / "done").exists() and run not in self.earlier]
+        pending = [run for run in self.runs if not self.finished(*run) and run not in self.earlier]
         if len(pending) < len(self.runs):
             console.print(f"Resuming: {len(self.runs) - len(pending)} of {len(self.runs)} students already done")
         queue = deque(self.groups(pending))
@@ -390,7 +391,10 @@ class Experiment:
         order, then those of the runs finished since, read back from the service, in grid order. Each file
         is replaced whole (written beside it, then renamed), so a stop while writing loses nothing."""
         new = [run for run in self.runs if run not in self.earlier and self.finished(*run)]
-        rows = [*self.earlier.values(), *(self.read_back(*run) for run in new)]
+        for run in new:
+            if run not in self.read:
+                self.read[run] = self.read_back(*run)
+        rows = [*self.earlier.values(), *(self.read[run] for run in new)]
         for name, columns in RESULT_FILES.items():
             partial = self.out / f"{name}.partial"
             with open(partial, "w", newline="") as f:
