@@ -2,6 +2,7 @@
 
 import math
 import signal
+import time
 from datetime import datetime
 
 import pytest
@@ -127,3 +128,18 @@ def test_the_last_episode_of_a_run_says_so(service, tmp_path):
     assert [rows[r["proposal_id"]]["signals"]["extra"] for r in episode_log(d)] == [{}, {"run_finished": 1.0}]
     (student,) = service.client().get("/curricula/finish/students").json()["students"]
     assert student["finished"] and not student["active"]
+
+
+def test_a_sigterm_after_the_run_finished_does_not_fail_it(service, tmp_path):
+    """A launcher that stops its workers as they finish may signal one that is already shutting down (its
+    interpreter unloading modules, where Python's own handler no longer runs): the run is done and saved,
+    so the worker still exits 0, not -15 (acl-experiment would count the run as failed)."""
+    create_curriculum(service, "late-term")
+    d = tmp_path / "w"
+    proc = start_worker(service, d, "late-term", 300, 7, "--learning-starts", "1000", "--eval-every", "0")
+    wait_until(lambda: [r["step"] for r in episode_log(d)] == [300], 120, "the run's only episode")
+    while proc.poll() is None:  # signalled again and again until it has exited
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.01)
+    wait_exit(proc, d)
+    assert torch.load(d / "checkpoint.pt", weights_only=False)["step"] == 300
