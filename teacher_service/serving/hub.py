@@ -110,6 +110,8 @@ class TeacherHub:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)  # read-only ORM queries (inspection)
         self.driver = Driver(engine.dialect.name)
+        # A key refused: raised by SQLAlchemy for its statements, by the driver for the hot ones on its cursor.
+        self.integrity_errors = (IntegrityError, engine.dialect.dbapi.IntegrityError)
         # Every write of this process goes through one writer thread, so SQLite's single writer is never
         # contended here; on PostgreSQL one commit serves many requests too.
         self.committer = GroupCommitter(writer_engine(engine))
@@ -347,7 +349,7 @@ class TeacherHub:
         if rows:
             try:
                 self.write(insert_proposals)
-            except (IntegrityError, self.engine.dialect.dbapi.IntegrityError):
+            except self.integrity_errors:
                 # A curriculum deleted meanwhile fails the whole insert: store the others one by one.
                 results = self._insert_each(results, rows)
         for result in results:
@@ -366,7 +368,7 @@ class TeacherHub:
                 row = next(rows_left)
                 try:
                     self.write(lambda tx, row=row: self.driver.many(tx.cursor, "insert_proposal", [row]))
-                except (IntegrityError, self.engine.dialect.dbapi.IntegrityError):
+                except self.integrity_errors:
                     with self.reading() as cursor:  # a retried group may have stored it already
                         if self.driver.one(cursor, "proposal_by_id", {"proposal_id": row["proposal_id"]}) is None:
                             result = NotFound(f"curriculum {result.curriculum!r} not found")
