@@ -11,6 +11,8 @@
    (one env each), on SQLite and then on a PostgreSQL server the bench starts (tests/servers.py): student
    episodes/s. Their curriculum updates its teacher every 640 episodes (128 trajectories of 5), a batch
    size for a learner that finishes thousands of episodes a second.
+4. What one update of part 1's teacher costs the service process, in process (CPU): the update itself, writing
+   its checkpoint and loading that into the updater's spare copy (serving/updater.py).
 
 The last line is for tools: `service: single_ratio=0.NN errors=N batch64_episodes_per_s=NNNNN` (SQLite).
 Needs wrk (`apt-get install wrk`) and, for part 3 on PostgreSQL, initdb/pg_ctl (skipped with a note if absent).
@@ -26,6 +28,7 @@ import os
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -162,6 +165,43 @@ async def batch_learners(url: str, loops: int, size: int, seconds: float) -> dic
             "p50": 1e3 * latencies[len(latencies) // 2] if latencies else float("nan")}
 
 
+def teacher_update_cost(rounds: int = 200) -> dict:
+    """CPU us of what one update of the saturated part's teacher (`gradnorm-reinforce`, its defaults) costs the
+    service process, in process: the update on a batch of 10 episodes, writing its checkpoint, loading it
+    into the updater's spare copy (updater.py). Medians of `rounds`."""
+    import torch
+
+    from teacher_service import wire
+    from teacher_service.learning.task_spaces import build_task_space
+    from teacher_service.learning.teachers import Context, Experience, build_teacher
+
+    torch.set_num_threads(1)  # as the service runs
+    spec = wire.CurriculumCreate.model_validate({"name": "cost", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
+                                                 "teacher": {"algorithm": "gradnorm-reinforce"}})
+    space = build_task_space(spec.task_space)
+    teacher, spare = (build_teacher(spec.teacher.algorithm, space, spec.teacher.params, seed) for seed in (0, 1))
+    rng = random.Random(0)
+
+    def batch() -> list[Experience]:
+        decisions = teacher.propose_many([Context()] * teacher.batch_size)
+        return [Experience(seq=k, student_id=f"s{k}", trajectory=k, task_index=d.task_index, task_values=None,
+                           teacher_input=d.teacher_input, reward=rng.random()) for k, d in enumerate(decisions)]
+
+    def timed(step) -> tuple[float, object]:
+        start = time.process_time()
+        result = step()
+        return time.process_time() - start, result
+
+    times: dict[str, list[float]] = {"update": [], "checkpoint": [], "load": []}
+    for _ in range(rounds):
+        episodes = batch()
+        times["update"].append(timed(lambda: teacher.update(episodes))[0])
+        seconds, blob = timed(teacher.state_bytes)
+        times["checkpoint"].append(seconds)
+        times["load"].append(timed(lambda: spare.load_state_bytes(blob))[0])
+    return {name: 1e6 * statistics.median(t) for name, t in times.items()} | {"bytes": len(blob)}
+
+
 VECTOR_CURRICULUM = {"name": "vector", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
                      "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 640, "horizon": 5}}}
 
@@ -252,6 +292,10 @@ def main() -> None:
     for backend, s in batch.items():
         print(f"{args.batch_loops} learners x 64 envs, batch verbs, {backend}: {s['episodes_per_s']:,.0f} episodes/s "
               f"(a propose and a report each), p50 {s['p50']:.1f} ms per propose+report pair, errors {s['errors']}")
+    cost = teacher_update_cost()
+    print(f"one teacher update (gradnorm-reinforce defaults, 10 episodes), CPU in process: update {cost['update']:.0f} us, "
+          f"checkpoint write {cost['checkpoint']:.0f} us ({cost['bytes'] / 1024:.0f} KiB), load into the spare copy "
+          f"{cost['load']:.0f} us")
     if loop_stats["errors"]:
         print(f"errors of the /propose + /report loops: {loop_stats['error_kinds']}")
     ratio = loop_stats["rps"] / empty_stats["rps"]
