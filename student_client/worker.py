@@ -278,8 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     except TeacherError as exc:  # 4xx on propose: wrong curriculum, token, ...; retrying cannot help
         raise SystemExit(f"student-worker: {exc}") from exc
     finally:
-        # The run is over and saved: a stop request now has nothing to stop. Ignored, so that one arriving
-        # while the interpreter shuts down (where Python's handler no longer runs) does not end it with -15.
+        # The run is over (finished and saved, stopped, or failed): a stop request has nothing left to stop.
+        # Ignored, so that one arriving while the interpreter shuts down (where Python's handler no longer
+        # runs) does not turn a finished run's exit 0 into -15.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
