@@ -82,6 +82,19 @@ def test_censored_runs_rank_after_a_run_that_reached_at_the_budget():
     assert late.comparisons["env-default"]["steps_to_threshold"].cliffs_delta == -1.0  # but earlier in the ranks
 
 
+def test_a_run_continued_past_the_budget_keeps_its_crossing_but_compares_auc_and_final_on_the_common_span():
+    short = (np.array([100, 200]), np.array([0.0, 0.2]), np.zeros(2))
+    continued = (np.array([100, 200, 300, 400]), np.array([0.0, 0.2, 0.6, 1.0]), np.zeros(4))
+    curves = {"env-default": {0: short, 1: continued}}
+    by_hand = stats.run_metrics(*continued[:2], threshold=0.5, budget=400, horizon=200)
+    assert (by_hand.steps_to_threshold, by_hand.reached) == (300, True)  # found after the horizon
+    assert (by_hand.final_success, by_hand.auc) == (0.2, pytest.approx(0.1))  # as if it had stopped at 200
+    s = stats.summarize(curves, 0.5, 400)[0]
+    assert s.reached == 1 and s.estimates["steps_to_threshold"].mean == (400 + 300) / 2  # the short one censored
+    assert s.estimates["final_success"].mean == pytest.approx(0.2)
+    assert s.estimates["auc"].mean == pytest.approx(0.1)
+
+
 def test_mann_whitney_holm_and_cliffs_delta_against_scipy():
     rng = np.random.default_rng(3)
     steps = np.arange(1, 11) * 1000

@@ -10,6 +10,9 @@ them, else on the environment's default distribution):
 - final success: the success rate of the last evaluation.
 - AUC: the area under the success curve between the first and the last evaluation (trapezoids),
   divided by that span: the mean success rate over training, in [0, 1].
+Final success and AUC are taken up to the last evaluation that every run of the grid has (the budget, in a
+grid trained as one), so that runs continued past it (results/far-goal-fixed-1m) compare on the same span;
+steps to threshold reads each run's whole curve.
 Per condition: the mean over seeds with a 95% t confidence interval; against `env-default` and against
 `random`, a two-sided Mann-Whitney U test of the per-seed values (ranks: no normality assumed, censored
 runs handled as above), Holm-adjusted over the conditions compared with the same baseline on the same
@@ -47,12 +50,16 @@ class RunMetrics:
     auc: float
 
 
-def run_metrics(steps: np.ndarray, success: np.ndarray, threshold: float, budget: int) -> RunMetrics:
+def run_metrics(steps: np.ndarray, success: np.ndarray, threshold: float, budget: int,
+                horizon: float = np.inf) -> RunMetrics:
+    """Steps to threshold over the whole curve; final success and AUC up to ``horizon`` steps."""
     hits = np.flatnonzero(success >= threshold)
-    span = steps[-1] - steps[0]
-    auc = float(np.trapezoid(success, steps) / span) if span > 0 else float(success[0])
+    within = steps <= horizon
+    early_steps, early_success = steps[within], success[within]
+    span = early_steps[-1] - early_steps[0]
+    auc = float(np.trapezoid(early_success, early_steps) / span) if span > 0 else float(early_success[0])
     return RunMetrics(steps_to_threshold=float(steps[hits[0]]) if len(hits) else float(budget),
-                      reached=bool(len(hits)), final_success=float(success[-1]), auc=auc)
+                      reached=bool(len(hits)), final_success=float(early_success[-1]), auc=auc)
 
 
 @dataclass
@@ -116,8 +123,14 @@ class ConditionSummary:
     ratio: float | None  # mean steps to threshold / env-default's
 
 
+def common_horizon(curves: dict) -> float:
+    """The last evaluation step that every run has reached."""
+    return float(min(steps[-1] for seeds in curves.values() for steps, _, _ in seeds.values()))
+
+
 def summarize(curves: dict, threshold: float, budget: int) -> list[ConditionSummary]:
-    per_run = {cond: [run_metrics(s, ok, threshold, budget) for s, ok, _ in seeds.values()]
+    horizon = common_horizon(curves)
+    per_run = {cond: [run_metrics(s, ok, threshold, budget, horizon) for s, ok, _ in seeds.values()]
                for cond, seeds in curves.items()}
     values = {cond: {m: np.array([getattr(r, m) for r in runs]) for m in METRICS} for cond, runs in per_run.items()}
     # For the rank tests a censored run is later than any run that reached the threshold, even at the budget.
@@ -204,7 +217,8 @@ def markdown_table(summaries: list[ConditionSummary], threshold: float, budget: 
         f"{pct} success count as the budget ({budget} steps): their true value is later, so the mean is a lower "
         f"bound, the ratio one only if every env-default run reached it (else it can be off either way), and "
         f"in the rank test they tie with each other above every run that reached it. "
-        "AUC: mean evaluation success rate over training (trapezoids between the first and the last evaluation).",
+        "AUC: mean evaluation success rate over training (trapezoids between the first evaluation and the last "
+        "that every run has); final success: the success rate at that last common evaluation.",
     ]
     return "\n".join(lines) + "\n"
 
