@@ -26,7 +26,8 @@ SignalName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
 Count = Annotated[int, Field(ge=0, le=10**12)]
 # Free-form JSON from users (reset options, teacher parameters) is stored and sent back as JSON:
-# finite numbers only (JSON has no NaN), and nesting bounded well below what its encoders can write.
+# finite numbers only (JSON has no NaN), integers within 64 bits (orjson, which stores the hot path's JSON,
+# writes no wider ones), and nesting bounded well below what its encoders can write.
 MAX_JSON_DEPTH = 16
 MAX_JSON_ITEMS = 10_000
 
@@ -43,6 +44,8 @@ def plain_json(value: Any) -> Any:
             raise ValueError(f"more than {MAX_JSON_ITEMS} values")
         if isinstance(node, float) and not math.isfinite(node):
             raise ValueError("NaN and infinity are not allowed (JSON has no such numbers)")
+        if isinstance(node, int) and not -(2**63) <= node < 2**64:
+            raise ValueError("integers beyond 64 bits are not allowed")
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         for child in children:
             walk(child, depth + 1)

@@ -11,8 +11,9 @@ from teacher_service.serving.api.deps import get_hub, run_in_request_thread
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_student
 from teacher_service.serving.infra.errors import ApiError, BadRequest
+from teacher_service.serving.infra.fast_json import OrjsonRoute
 
-router = APIRouter(tags=["students"], dependencies=[Depends(require_student)])
+router = APIRouter(tags=["students"], dependencies=[Depends(require_student)], route_class=OrjsonRoute)
 
 # The routes are async and hand the hub's blocking work to a request thread themselves: FastAPI would
 # also validate a sync route's response in the thread pool, a second wait in its queue per request.
