@@ -48,7 +48,7 @@ def test_box_targets_round_trip_through_the_reset_options():
     assert resolve(spec, tasks=[{"p": [1, 2]}, {"p": [0.0, 0.5]}]) == [{"p": [1, 2]}, {"p": [0.0, 0.5]}]
     for options, message in (({"p": [1, 2.5]}, "outside the box"), ({"p": 3}, "not the reset options"),
                              ({"p": [True, 1]}, "not the reset options"), ({}, "not the reset options"),
-                             ({"p": [10**400, 1]}, "not the reset options")):
+                             ({"p": [10**400, 1]}, "beyond 64 bits")):
         with pytest.raises(ValueError, match=message):
             resolve(spec, tasks=[options])
 
