@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from teacher_service.learning.teachers import Experience
 from teacher_service.serving.group_commit import GroupCommitter, Tx
 from teacher_service.serving.infra import metrics
-from teacher_service.serving.store.statements import BatchRow, CurriculumRow, Driver
+from teacher_service.serving.store.statements import CurriculumRow, Driver
 from teacher_service.serving.store.tables import utcnow
 
 log = logging.getLogger("teacher_service")
@@ -43,11 +43,12 @@ class Host(Protocol):
 
 def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) -> list[Experience]:
     """The stored batch that teacher `version` learns from, in sequence order."""
+    load = driver.load_json
     return [
-        Experience(seq=r.seq, student_id=r.student_id, trajectory=r.trajectory, task_index=r.task_index,
-                   task_values=driver.load_json(r.task_values), teacher_input=driver.load_json(r.teacher_input),
-                   reward=r.reward)
-        for r in map(BatchRow._make, driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version}))
+        Experience(seq=seq, student_id=student_id, trajectory=trajectory, task_index=task_index,
+                   task_values=load(task_values), teacher_input=load(teacher_input), reward=reward)
+        for seq, student_id, trajectory, task_index, task_values, teacher_input, reward
+        in driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version})
     ]
 
 

@@ -66,7 +66,6 @@ SQL = {
 
 CurriculumRow = namedtuple("CurriculumRow", "id name teacher_version")
 ProposalRow = namedtuple("ProposalRow", _PROPOSAL_COLUMNS)
-BatchRow = namedtuple("BatchRow", "seq student_id trajectory task_index task_values teacher_input reward")
 
 
 class Driver:
@@ -133,6 +132,6 @@ class Driver:
         return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
 
     def proposal(self, raw: tuple) -> ProposalRow:
-        row = ProposalRow(*raw)
-        return row._replace(task_values=self.load_json(row.task_values), expires_at=self.load_time(row.expires_at),
-                            signals=self.load_json(row.signals), ack=self.load_json(row.ack))
+        seq, proposal_id, curriculum_id, student_id, task_index, task_values, expires_at, signals, ack = raw
+        return ProposalRow(seq, proposal_id, curriculum_id, student_id, task_index, self.load_json(task_values),
+                           self.load_time(expires_at), self.load_json(signals), self.load_json(ack))
