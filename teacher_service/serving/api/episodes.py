@@ -11,7 +11,7 @@ from teacher_service.serving.api.deps import get_hub, run_in_request_thread
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_student
 from teacher_service.serving.infra.errors import ApiError, BadRequest
-from teacher_service.serving.infra.fast_json import OrjsonRoute
+from teacher_service.serving.infra.json_bodies import OrjsonRoute
 
 router = APIRouter(tags=["students"], dependencies=[Depends(require_student)], route_class=OrjsonRoute)
 
