@@ -32,6 +32,16 @@ MAX_JSON_DEPTH = 16
 MAX_JSON_ITEMS = 10_000
 
 
+def unicode_text(text: str) -> str:
+    """Refuse a string with a lone surrogate (JSON's "\\ud800" escapes allow it): neither the databases nor
+    the JSON encoders here can store one. Typed string fields get this from pydantic; free-form JSON from here."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate is not Unicode text") from None
+    return text
+
+
 def plain_json(value: Any) -> Any:
     items = 0
 
@@ -46,6 +56,11 @@ def plain_json(value: Any) -> Any:
             raise ValueError("NaN and infinity are not allowed (JSON has no such numbers)")
         if isinstance(node, int) and not -(2**63) <= node < 2**64:
             raise ValueError("integers beyond 64 bits are not allowed")
+        if isinstance(node, str):
+            unicode_text(node)
+        if isinstance(node, dict):
+            for key in node:
+                unicode_text(key)
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
         for child in children:
             walk(child, depth + 1)
@@ -94,6 +109,8 @@ class ProposeRequest(WireModel):
 
 class Task(WireModel):
     """A task in the teacher's own coordinates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)  # a discrete space's tasks are shared by its proposals
 
     index: int | None = Field(default=None, description="Index in a discrete task space.")
     name: str | None = None

@@ -93,6 +93,9 @@ def test_a_run_continued_past_the_budget_keeps_its_crossing_but_compares_auc_and
     assert s.reached == 1 and s.estimates["steps_to_threshold"].mean == (400 + 300) / 2  # the short one censored
     assert s.estimates["final_success"].mean == pytest.approx(0.2)
     assert s.estimates["auc"].mean == pytest.approx(0.1)
+    # A run that starts after another has ended still has its first evaluation.
+    late = stats.run_metrics(np.array([300, 400]), np.array([0.4, 0.6]), threshold=0.5, budget=400, horizon=200)
+    assert (late.final_success, late.auc, late.steps_to_threshold) == (0.4, 0.4, 400)
 
 
 def test_mann_whitney_holm_and_cliffs_delta_against_scipy():

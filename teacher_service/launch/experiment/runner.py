@@ -516,6 +516,10 @@ def analyze(out: Path, threshold: float, console: Console) -> None:
     header = (f"# {env}: {len(seeds)} seeds ({', '.join(map(str, seeds))}), {config['steps']} env steps "
               f"per run, evaluation on {on} every {config['eval_every']} steps ({config['eval_episodes']} episodes), "
               f"SAC preset {config['preset']}\n\n")
+    horizon = stats.common_horizon(curves)
+    if horizon < config["steps"]:  # runs continued past others (results/far-goal-fixed-1m), or one cut short
+        header += (f"AUC and final success are taken up to step {horizon:.0f}, the last evaluation every run has; "
+                   "steps to threshold over each run's whole curve.\n\n")
     text = header + stats.markdown_table(summaries, threshold, config["steps"])
     lower = [t for t in LOWER_THRESHOLDS if t < threshold]
     if lower:

@@ -54,7 +54,7 @@ def run_metrics(steps: np.ndarray, success: np.ndarray, threshold: float, budget
                 horizon: float = np.inf) -> RunMetrics:
     """Steps to threshold over the whole curve; final success and AUC up to ``horizon`` steps."""
     hits = np.flatnonzero(success >= threshold)
-    within = steps <= horizon
+    within = steps <= max(horizon, steps[0])  # at least the first evaluation
     early_steps, early_success = steps[within], success[within]
     span = early_steps[-1] - early_steps[0]
     auc = float(np.trapezoid(early_success, early_steps) / span) if span > 0 else float(early_success[0])

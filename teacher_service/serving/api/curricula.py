@@ -9,9 +9,8 @@ from teacher_service.learning.teachers import REGISTRY
 from teacher_service.serving.api.deps import get_hub
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_admin, require_student
-from teacher_service.serving.infra.json_bodies import CheckedJsonRoute
 
-router = APIRouter(tags=["curricula"], route_class=CheckedJsonRoute)
+router = APIRouter(tags=["curricula"])
 
 # A name no curriculum can have is refused before it reaches the database (NUL bytes, for one, fail there).
 CurriculumPath = Annotated[str, Path(min_length=1, max_length=64, pattern=wire.CURRICULUM_NAME)]
