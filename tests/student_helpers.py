@@ -12,6 +12,7 @@ from pathlib import Path
 from teacher_service.wire import CurriculumCreate, PresetTaskSpace, TeacherSpec
 
 from student_client import TeacherClient
+from tests.servers import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 # Tiny budgets: PointMaze episodes are 300 steps; learning starts inside the first episode.
@@ -40,6 +41,19 @@ def start_worker(service, workdir: Path, curriculum: str, steps: int, seed: int,
 def wait_exit(proc: subprocess.Popen, workdir: Path, timeout: float = 300) -> None:
     code = proc.wait(timeout=timeout)
     assert code == 0, (workdir / "worker.log").read_text()[-4000:]
+
+
+def wait_inside_second_episode(workdir: Path) -> None:
+    """Until the worker in ``workdir`` (started with ``--checkpoint-every 50``) has checkpointed step 350: inside
+    its second 300-step episode, by its progress rather than a sleep, which at some speeds ended exactly where an
+    episode did (or before the next one began), so that no episode was cut."""
+    import torch  # the tests that call this have it imported anyway
+
+    def step() -> int:
+        path = workdir / "checkpoint.pt"  # replaced whole: a read sees an old one or a new one
+        return torch.load(path, mmap=True, weights_only=False)["step"] if path.exists() else 0
+
+    wait_until(lambda: step() >= 350, 120, "step 350")
 
 
 def episode_log(workdir: Path) -> list[dict]:

@@ -28,7 +28,7 @@ from teacher_service.wire import CurriculumCreate, PresetTaskSpace, TargetSpec, 
 from tests.servers import wait_until
 from tests.student.test_worker import assert_reports_match_log
 from tests.student_helpers import (REPO, TINY, create_curriculum, episode_log, start_worker, stored_evaluations,
-                                   stored_proposals, wait_exit)
+                                   stored_proposals, wait_exit, wait_inside_second_episode)
 
 SEEDS = (3, 4, 5)
 
@@ -93,9 +93,8 @@ def test_members_train_report_and_evaluate_as_their_own_students(service, tmp_pa
 
 def test_sigterm_stops_every_member_and_resume_continues_their_steps(service, tmp_path):
     create_curriculum(service, "ens-term")
-    proc = start_ensemble(service, tmp_path, ["ens-term"], 1200, "--eval-every", "0")
-    wait_until(lambda: all(logs(tmp_path)), 120, "an episode of every member")
-    time.sleep(0.5)  # into the next episodes, well before the 1,200th step on a quiet machine too
+    proc = start_ensemble(service, tmp_path, ["ens-term"], 1200, "--eval-every", "0", "--checkpoint-every", "50")
+    wait_inside_second_episode(tmp_path / f"s{SEEDS[0]}")  # the members step in lockstep
     proc.send_signal(signal.SIGTERM)
     wait_exit(proc, tmp_path, timeout=60)
     saved = {torch.load(tmp_path / f"s{s}" / "checkpoint.pt", weights_only=False)["step"] for s in SEEDS}

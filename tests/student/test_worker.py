@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.student_helpers import (create_curriculum, episode_log, start_worker, stored_evaluations,
-                                   stored_proposals, wait_exit)
+                                   stored_proposals, wait_exit, wait_inside_second_episode)
 from tests.servers import wait_until
 
 GRAD_KEYS = ("grad_norm_mean", "grad_norm_episode", "critic_grad_norm_mean", "critic_grad_norm_episode")
@@ -106,8 +106,8 @@ def test_worker_delivers_every_report_after_a_teacher_outage(service, tmp_path):
 def test_sigterm_checkpoints_and_exits_cleanly(service, tmp_path):
     create_curriculum(service, "term")
     d = tmp_path / "w"
-    proc = start_worker(service, d, "term", 100_000, 6, "--eval-every", "0")
-    wait_until(lambda: len(episode_log(d)) >= 1, 120, "an episode")
+    proc = start_worker(service, d, "term", 100_000, 6, "--eval-every", "0", "--checkpoint-every", "50")
+    wait_inside_second_episode(d)
     proc.send_signal(signal.SIGTERM)
     wait_exit(proc, d, timeout=60)
     log = episode_log(d)
