@@ -100,9 +100,12 @@ def preset_for_env(env_id: str) -> str:
 # ---------------------------------------------------------------- networks
 
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh(x), as 2 sigmoid(2x) - 1 where no gradient flows back: on CPU torch's tanh kernel is ~5x slower
-    than its sigmoid, but tanh's backward is one cheap op where this form's is three."""
-    return torch.tanh(x) if x.requires_grad else torch.sigmoid(x * 2).mul_(2).sub_(1)
+    """tanh(x) as 2 sigmoid(2x) - 1: on CPU torch's tanh kernel is ~3x slower than its sigmoid. With the
+    backward too this form is still faster (128x128: 40 us against 46; 8x64x64: 53 against 82), though its
+    backward is three ops where tanh's is one; in place where no gradient flows back."""
+    if x.requires_grad:
+        return torch.sigmoid(x * 2).mul(2).sub(1)
+    return torch.sigmoid(x * 2).mul_(2).sub_(1)
 
 
 class FastTanh(nn.Module):
