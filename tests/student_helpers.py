@@ -50,8 +50,10 @@ def wait_inside_second_episode(workdir: Path) -> None:
     import torch  # the tests that call this have it imported anyway
 
     def step() -> int:
-        path = workdir / "checkpoint.pt"  # replaced whole: a read sees an old one or a new one
-        return torch.load(path, mmap=True, weights_only=False)["step"] if path.exists() else 0
+        try:  # absent between the worker's two renames (checkpoint.pt to .prev, the new one into place)
+            return torch.load(workdir / "checkpoint.pt", mmap=True, weights_only=False)["step"]
+        except (OSError, RuntimeError):  # torch says "unable to open file" with a RuntimeError
+            return 0
 
     wait_until(lambda: step() >= 350, 120, "step 350")
 
