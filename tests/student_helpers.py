@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from teacher_service.wire import CurriculumCreate, PresetTaskSpace, TeacherSpec
 
 from student_client import TeacherClient
@@ -47,8 +48,6 @@ def wait_inside_second_episode(workdir: Path) -> None:
     """Until the worker in ``workdir`` (started with ``--checkpoint-every 50``) has checkpointed step 350: inside
     its second 300-step episode, by its progress rather than a sleep, which at some speeds ended exactly where an
     episode did (or before the next one began), so that no episode was cut."""
-    import torch  # the tests that call this have it imported anyway
-
     def step() -> int:
         try:  # absent between the worker's two renames (checkpoint.pt to .prev, the new one into place)
             return torch.load(workdir / "checkpoint.pt", mmap=True, weights_only=False)["step"]

@@ -29,6 +29,13 @@ log = logging.getLogger("teacher_service")
 STATIC = Path(__file__).parent / "static"
 
 
+def error_message(err: dict) -> str:
+    """A validation error's message; a body that is not JSON gets the parser's reason too
+    ("JSON decode error: Expecting ',' delimiter")."""
+    reason = err.get("ctx", {}).get("error") if err["type"] == "json_invalid" else None
+    return f"{err['msg']}: {reason}" if reason else err["msg"]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     private_dir(settings.data_dir)
@@ -66,11 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # Only location and message: echoing the input back could contain NaN, which is not JSON. A body that is
-        # not JSON gets the parser's reason too ("JSON decode error: Expecting ',' delimiter").
-        errors = [{"loc": list(err["loc"]), "msg": f"{err['msg']}: {err['ctx']['error']}"
-                   if err["type"] == "json_invalid" and "error" in err.get("ctx", {}) else err["msg"], "type": err["type"]}
-                  for err in exc.errors()]
+        # Only location and message: echoing the input back could contain NaN, which is not JSON.
+        errors = [{"loc": list(err["loc"]), "msg": error_message(err), "type": err["type"]} for err in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
     # The errors each group of routes can answer with, in the OpenAPI document (one model: errors.py).
