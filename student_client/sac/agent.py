@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -107,10 +108,10 @@ TWO, MINUS_TWO, ONE = torch.tensor(2.0), torch.tensor(-2.0), torch.tensor(1.0)
 def fast_tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh(x) as 2 sigmoid(2x) - 1: on CPU torch's tanh kernel is ~3x slower than its sigmoid. With the
     backward too this form is still faster (128x128: 33 us against 46; 8x64x64: 53 against 82), though its
-    backward is three ops where tanh's is one; in place where no gradient flows back."""
-    if x.requires_grad:
-        return torch.sigmoid(x * TWO).mul(TWO).sub(ONE)
-    return torch.sigmoid(x * TWO).mul_(TWO).sub_(ONE)
+    backward is three ops where tanh's is one. In place where the backward allows: a product by a constant
+    does not keep its result, the sigmoid does."""
+    s = (x * TWO).sigmoid_()
+    return (s.mul(TWO) if s.requires_grad else s.mul_(TWO)).sub_(ONE)
 
 
 class FastTanh(nn.Module):
@@ -118,7 +119,8 @@ class FastTanh(nn.Module):
         return fast_tanh(x)
 
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": FastTanh}
+# ReLU in place: a linear layer's backward does not need its output (ensemble of 8: 1.4% more steps/s).
+ACTIVATIONS = {"relu": partial(nn.ReLU, inplace=True), "tanh": FastTanh}
 
 
 class EnsembleLinear(nn.Module):

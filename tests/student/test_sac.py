@@ -104,6 +104,36 @@ def test_log_prob_matches_torch_distributions():
     assert torch.all(actions[:, 0].abs() <= 2) and torch.all((actions[:, 1] >= 0) & (actions[:, 1] <= 1))
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_in_place_activations_give_the_plain_networks_values_and_gradients(activation):
+    """The actor and critics (tanh as 2 sigmoid(2x) - 1, ReLU in place) against the same weights run with torch's
+    own out-of-place tanh and ReLU: same outputs and the same gradients of every weight and of the actions."""
+    torch.manual_seed(0)
+    config = SmallPreset(hidden=(16, 16), activation=activation)
+    agent = SAC(OBS, ACT, -np.ones(ACT), np.ones(ACT), config)
+    obs, actions = torch.randn(32, OBS), torch.rand(32, ACT).mul(2).sub(1).requires_grad_()
+    plain_fn = torch.tanh if activation == "tanh" else torch.relu
+
+    def plain(layers: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            x = plain_fn(x) if not isinstance(layer, (torch.nn.Linear, type(agent.critic.net[0]))) else layer(x)
+        return x
+
+    def outputs(use_plain: bool) -> list[torch.Tensor]:
+        for p in [*agent.actor.parameters(), *agent.critic.parameters()]:
+            p.grad = None
+        actions.grad = None
+        trunk = plain(agent.actor.trunk, obs) if use_plain else agent.actor.trunk(obs)
+        x = torch.cat([obs, actions], -1).expand(config.n_critics, -1, -1)
+        q = plain(agent.critic.net, x) if use_plain else agent.critic.net(x)
+        (trunk.square().sum() + q.sum()).backward()
+        grads = [p.grad.clone() for p in [*agent.actor.trunk.parameters(), *agent.critic.parameters()]]
+        return [trunk.detach(), q.detach(), actions.grad.clone(), *grads]
+
+    for ours, reference in zip(outputs(use_plain=False), outputs(use_plain=True), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
