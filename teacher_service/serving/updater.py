@@ -48,7 +48,7 @@ def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) ->
         Experience(seq=seq, student_id=student_id, trajectory=trajectory, task_index=task_index,
                    task_values=load(task_values), teacher_input=load(teacher_input), reward=reward)
         for seq, student_id, trajectory, task_index, task_values, teacher_input, reward
-        in driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version})
+        in sorted(driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version}))  # by seq
     ]
 
 

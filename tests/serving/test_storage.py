@@ -108,38 +108,73 @@ def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
     engine.dispose()
 
 
-def test_a_reports_open_episodes_are_read_through_their_partial_index(tmp_path, postgres_url):
-    """Each report reads its student's episodes not yet in a trajectory. A student with a long history
-    (2,000 episodes in trajectories, 2 open): through ix_proposals_open that is the 2 rows, where the
-    student's index made it a scan of the whole history (~1.2 ms a report at 840 episodes)."""
+def history(url: str, trajectories: list[int | None], consumed: list[int | None]):
+    """A database at `url` with curriculum 1 and student 's' holding one episode per entry (rewarded, in
+    that trajectory and consumed by that teacher version); its engine and driver."""
     from sqlalchemy import text
 
     from teacher_service.serving.store.statements import Driver
     from teacher_service.serving.store.tables import create_tables, make_engine
 
+    engine = make_engine(url)
+    create_tables(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, teacher_state, "
+                          "created_at) VALUES (1, 'c', '{}', 0, 0, :state, :now)"),
+                     {"state": b"", "now": "2026-01-01 00:00:00"})
+        conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, reset_options, "
+                          "teacher_version, teacher_input, created_at, expires_at, reward, trajectory, "
+                          "consumed_version) VALUES (:id, 1, 's', '{}', 0, :input, :now, :now, :reward, :trajectory, "
+                          ":consumed)"),
+                     [{"id": f"p{k}", "now": "2026-01-01 00:00:00", "trajectory": trajectory, "consumed": version,
+                       "reward": float(k), "input": json.dumps({"k": k})}
+                      for k, (trajectory, version) in enumerate(zip(trajectories, consumed, strict=True))])
+        if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
+            conn.execute(text("ANALYZE"))
+    return engine, Driver(engine.dialect.name)
+
+
+def plan(driver, cursor, statement: str, params: dict) -> str:
+    cursor.execute(("EXPLAIN " if driver.postgres else "EXPLAIN QUERY PLAN ") + driver.sql[statement], params)
+    return " ".join(str(row) for row in cursor.fetchall())
+
+
+def test_a_reports_open_episodes_are_read_through_their_partial_index(tmp_path, postgres_url):
+    """Each report reads its student's episodes not yet in a trajectory. A student with a long history
+    (2,000 episodes in trajectories, 2 open): through ix_proposals_open that is the 2 rows, where the
+    student's index made it a scan of the whole history (~1.2 ms a report at 840 episodes)."""
     for url in (f"sqlite:///{tmp_path / 'plan.db'}", postgres_url):
-        engine = make_engine(url)
-        create_tables(engine)
-        with engine.begin() as conn:
-            conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, teacher_state, "
-                              "created_at) VALUES (1, 'c', '{}', 0, 0, :state, :now)"),
-                         {"state": b"", "now": "2026-01-01 00:00:00"})
-            conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, reset_options, "
-                              "teacher_version, teacher_input, created_at, expires_at, reward, trajectory) VALUES "
-                              "(:id, 1, 's', '{}', 0, '{}', :now, :now, 1.0, :trajectory)"),
-                         [{"id": f"p{k}", "now": "2026-01-01 00:00:00", "trajectory": None if k >= 2000 else k}
-                          for k in range(2002)])
-            if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
-                conn.execute(text("ANALYZE"))
-        driver = Driver(engine.dialect.name)
+        engine, driver = history(url, [None if k >= 2000 else k for k in range(2002)], [None] * 2002)
         params = {"curriculum_id": 1, "student_id": "s", "seq": 0}
         with engine.connect() as conn:
             cursor = conn.connection.driver_connection.cursor()
             open_seqs = driver.all(cursor, "open_episodes_of_student", params)
-            cursor.execute(("EXPLAIN " if driver.postgres else "EXPLAIN QUERY PLAN ")
-                           + driver.sql["open_episodes_of_student"], params)
-            plan = " ".join(str(row) for row in cursor.fetchall())
+            open_plan = plan(driver, cursor, "open_episodes_of_student", params)
             cursor.close()
         engine.dispose()
         assert len(open_seqs) == 2, url
-        assert "ix_proposals_open" in plan, (url, plan)
+        assert "ix_proposals_open" in open_plan, (url, open_plan)
+
+
+def test_a_teacher_update_reads_its_batch_not_the_curriculums_history(tmp_path, postgres_url):
+    """The updater reads the batch of one version, in sequence order. Behind it, 5,000 episodes of 500 earlier
+    versions: through ix_proposals_batch that is its 10 rows; SQLite's planner, asked for ORDER BY seq, took the
+    (curriculum_id, seq) index and read them all (20 ms an update at 80,000 episodes)."""
+    from teacher_service.serving.updater import read_batch
+
+    versions = [k // 10 + 1 for k in range(5000)] + [501] * 10 + [None] * 3
+    # Its trajectories in the reverse order of its episodes: the index's order is not the sequence order.
+    trajectories = list(range(5000)) + list(range(6000, 5990, -1)) + [None] * 3
+    for url in (f"sqlite:///{tmp_path / 'batch.db'}", postgres_url):
+        engine, driver = history(url, trajectories, versions)
+        params = {"curriculum_id": 1, "version": 501}
+        with engine.connect() as conn:
+            cursor = conn.connection.driver_connection.cursor()
+            batch = read_batch(driver, cursor, 1, 501)
+            batch_plan = plan(driver, cursor, "batch", params)
+            cursor.close()
+        engine.dispose()
+        expected = [k for k, version in enumerate(versions) if version == 501]
+        assert [exp.teacher_input["k"] for exp in batch] == expected, url
+        assert [exp.seq for exp in batch] == sorted(exp.seq for exp in batch), url
+        assert "ix_proposals_batch" in batch_plan and "ix_proposals_curriculum_seq" not in batch_plan, (url, batch_plan)
