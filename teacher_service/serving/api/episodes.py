@@ -4,14 +4,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pydantic
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 
 from teacher_service import wire
 from teacher_service.serving.api.deps import get_hub, run_in_request_thread
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_student
 from teacher_service.serving.infra.errors import ApiError, BadRequest
-from teacher_service.serving.infra.json_bodies import OrjsonRoute, model_response
+from teacher_service.serving.infra.json_bodies import OrjsonRoute
 
 router = APIRouter(tags=["students"], dependencies=[Depends(require_student)], route_class=OrjsonRoute)
 
@@ -20,16 +20,16 @@ router = APIRouter(tags=["students"], dependencies=[Depends(require_student)], r
 
 
 @router.post("/propose", response_model=wire.Proposal)
-async def propose(request: Request, body: wire.ProposeRequest, hub: TeacherHub = Depends(get_hub)) -> Response:
+async def propose(request: Request, body: wire.ProposeRequest, hub: TeacherHub = Depends(get_hub)) -> wire.Proposal:
     """The task for the student's next episode. Pass `reset_options` to `env.reset(options=...)`."""
-    return model_response(await run_in_request_thread(request, hub.propose, body))
+    return await run_in_request_thread(request, hub.propose, body)
 
 
 @router.post("/report", response_model=wire.ReportAck)
-async def report(request: Request, body: wire.ReportRequest, hub: TeacherHub = Depends(get_hub)) -> Response:
+async def report(request: Request, body: wire.ReportRequest, hub: TeacherHub = Depends(get_hub)) -> wire.ReportAck:
     """What the student measured while training on a proposal's episode. Idempotent. Acknowledged once stored;
     a teacher update that the report completes is applied just after (see `teacher_version`)."""
-    return model_response(await run_in_request_thread(request, hub.report, body))
+    return await run_in_request_thread(request, hub.report, body)
 
 
 def each_item(hub: TeacherHub, items: list[dict[str, Any]], model: type[pydantic.BaseModel],
@@ -58,7 +58,7 @@ def each_item(hub: TeacherHub, items: list[dict[str, Any]], model: type[pydantic
 @router.post("/propose/batch", response_model=wire.ProposeBatchResponse)
 async def propose_batch(
     request: Request, body: wire.ProposeBatchRequest, hub: TeacherHub = Depends(get_hub)
-) -> Response:
+) -> wire.ProposeBatchResponse:
     """A proposal for each item (each a `/propose` body), e.g. one per environment of a vectorized learner.
     Up to TEACHER_MAX_BATCH_ITEMS items (default 1,024). Per-item results: a bad item gets its own error."""
 
@@ -66,13 +66,13 @@ async def propose_batch(
         pairs = each_item(hub, body.items, wire.ProposeRequest, hub.propose_batch)
         return wire.ProposeBatchResponse(results=[wire.ProposeBatchItem(proposal=p, error=e) for p, e in pairs])
 
-    return model_response(await run_in_request_thread(request, work))
+    return await run_in_request_thread(request, work)
 
 
 @router.post("/report/batch", response_model=wire.ReportBatchResponse)
 async def report_batch(
     request: Request, body: wire.ReportBatchRequest, hub: TeacherHub = Depends(get_hub)
-) -> Response:
+) -> wire.ReportBatchResponse:
     """Reports of many episodes (each a `/report` body), stored in one transaction; each is idempotent per
     proposal id, as `/report` is. Up to TEACHER_MAX_BATCH_ITEMS items. Per-item results: a bad item gets its
     own error (404, 409, 410, 422) while the others are stored."""
@@ -81,7 +81,7 @@ async def report_batch(
         pairs = each_item(hub, body.items, wire.ReportRequest, hub.report_batch)
         return wire.ReportBatchResponse(results=[wire.ReportBatchItem(ack=a, error=e) for a, e in pairs])
 
-    return model_response(await run_in_request_thread(request, work))
+    return await run_in_request_thread(request, work)
 
 
 @router.post("/evaluations", status_code=201, response_model=wire.EvaluationAck)
