@@ -41,6 +41,10 @@ class Host(Protocol):
     def reseed(self, runtime: Any, version: int) -> None: ...
 
 
+def by_seq(row: tuple) -> int:
+    return row[0]
+
+
 def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) -> list[Experience]:
     """The stored batch that teacher `version` learns from, in sequence order."""
     load = driver.load_json
@@ -48,7 +52,7 @@ def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) ->
         Experience(seq=seq, student_id=student_id, trajectory=trajectory, task_index=task_index,
                    task_values=load(task_values), teacher_input=load(teacher_input), reward=reward)
         for seq, student_id, trajectory, task_index, task_values, teacher_input, reward
-        in sorted(driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version}))  # by seq
+        in sorted(driver.all(cursor, "batch", {"curriculum_id": curriculum_id, "version": version}), key=by_seq)
     ]
 
 

@@ -52,7 +52,7 @@ SQL = {
     "last_scheduled": "SELECT max(consumed_version) FROM proposals WHERE curriculum_id = :curriculum_id",
     "schedule_ready": f"UPDATE proposals SET consumed_version = :version WHERE {_READY}",
     # The caller sorts by seq: with ORDER BY seq, SQLite's planner took the (curriculum_id, seq) index and read the
-    # curriculum's whole history on every teacher update (20 ms at 80,000 episodes, growing), not this batch's rows.
+    # curriculum's whole history on every teacher update (10 to 20 ms at 80,000 episodes, growing), not its batch.
     "batch": "SELECT seq, student_id, trajectory, task_index, task_values, teacher_input, reward FROM proposals "
     "WHERE curriculum_id = :curriculum_id AND consumed_version = :version",
     "pending_curricula": "SELECT c.id FROM curricula c WHERE EXISTS (SELECT 1 FROM proposals p "
