@@ -38,7 +38,7 @@ from teacher_service.serving.infra.errors import ApiError, BadRequest, Conflict,
 from teacher_service.serving.infra.fifo_lock import FifoLock
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store import reports
-from teacher_service.serving.store.statements import CurriculumRow, Driver
+from teacher_service.serving.store.statements import CURRICULUM_ID, PROPOSAL_ID, STUDENT_ID, CurriculumRow, Driver
 from teacher_service.serving.store.tables import Curriculum, Evaluation, utcnow, writer_engine
 from teacher_service.serving.updater import Updater, read_batch
 
@@ -69,6 +69,20 @@ class Runtime:
     # The updater's copy, which learns while `teacher` goes on proposing (see updater.py); its version.
     learner: Teacher | None = None
     learner_version: int = -1
+
+
+@dataclass
+class DeferredMarks:
+    """A report batch's `mark_reported` rows, written together (one executemany: on PostgreSQL one round trip
+    for the batch, not one per report) at its end, or before any statement that must see them."""
+
+    driver: Driver
+    cursor: Any
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def flush(self) -> None:
+        self.driver.many(self.cursor, "mark_reported", self.rows)
+        self.rows.clear()
 
 
 @dataclass
@@ -479,12 +493,21 @@ class TeacherHub:
 
         def store(tx: Tx) -> list[tuple[wire.ReportAck | ApiError, CurriculumRow | None, bool]]:
             locked: dict[int, Batching] = {}  # per job: a job run again (group_commit.py) reads them again
-            outcomes = []
+            found, open_seqs = self._read_batch_rows(tx.cursor, locked, requests)
+            marks = DeferredMarks(self.driver, tx.cursor)
+            outcomes, seen = [], set()
             for request in requests:
                 try:
-                    outcomes.append(self._store_report(tx, locked, request))
+                    if request.proposal_id in seen:  # stored by an item before it: read it again
+                        marks.flush()
+                        raw = self.driver.one(tx.cursor, "proposal_by_id", {"proposal_id": request.proposal_id})
+                    else:
+                        raw = found.get(request.proposal_id)
+                    seen.add(request.proposal_id)
+                    outcomes.append(self._store_report(tx, locked, request, raw, open_seqs, marks))
                 except ApiError as exc:  # raised before this report wrote anything
                     outcomes.append((exc, None, False))
+            marks.flush()
             return outcomes
 
         outcomes = self.write(store)
@@ -510,17 +533,42 @@ class TeacherHub:
             batching = locked[curriculum_id] = Batching(CurriculumRow(*raw), ready, last or 0)
         return batching
 
-    def _store_report(self, tx: Tx, locked: dict[int, Batching],
-                      request: wire.ReportRequest) -> tuple[wire.ReportAck, CurriculumRow, bool]:
-        """Store one report; number the teacher's next batch if it completes one. Returns the
-        acknowledgement, the curriculum and whether the report is new (not a resend)."""
+    def _read_batch_rows(self, cursor: Any, locked: dict[int, Batching], requests: list[wire.ReportRequest]
+                         ) -> tuple[dict[str, tuple], dict[tuple[int, str], list[int]]]:
+        """What a batch of reports reads before storing any, in a few statements instead of a few per report
+        (on PostgreSQL each is a round trip): their proposals, read again once their curricula are locked (so
+        that a concurrent resend on another replica is seen), and their students' episodes not yet in a
+        trajectory, by (curriculum id, student id), for curricula whose trajectories span several episodes."""
+        driver = self.driver
+        ids = sorted({request.proposal_id for request in requests})
+        curricula = sorted({raw[CURRICULUM_ID] for raw in driver.proposals(cursor, ids)} - locked.keys())
+        for curriculum_id in curricula:  # in id order: two replicas lock shared curricula in the same order
+            with contextlib.suppress(NotFound):  # deleted meanwhile: each of its reports says so
+                self._lock(cursor, locked, curriculum_id)
+        found = {raw[PROPOSAL_ID]: raw for raw in driver.proposals(cursor, ids)} if curricula else {}
+        open_seqs: dict[tuple[int, str], list[int]] = {}
+        for curriculum_id in locked:
+            students = sorted({raw[STUDENT_ID] for raw in found.values() if raw[CURRICULUM_ID] == curriculum_id})
+            if self.runtime_by_id(cursor, curriculum_id).teacher.horizon > 1 and students:
+                for student, seqs in driver.open_episodes(cursor, curriculum_id, students).items():
+                    open_seqs[curriculum_id, student] = seqs
+        return found, open_seqs
+
+    def _store_report(self, tx: Tx, locked: dict[int, Batching], request: wire.ReportRequest, found: tuple | None,
+                      open_seqs: dict[tuple[int, str], list[int]],
+                      marks: DeferredMarks) -> tuple[wire.ReportAck, CurriculumRow, bool]:
+        """Store one report (`found`: its proposal's row, read under its curriculum's lock if that is held;
+        `open_seqs`: episodes read before the batch, taken by the first report of each student; its row goes
+        to `marks`, flushed before each statement here that reads or numbers reported rows); number the
+        teacher's next batch if it completes one. Returns the acknowledgement, the curriculum and whether
+        the report is new (not a resend)."""
         driver, cursor = self.driver, tx.cursor
         ids = {"proposal_id": request.proposal_id}
-        found = driver.one(cursor, "proposal_by_id", ids)
         if found is None:
             raise NotFound(f"proposal {request.proposal_id!r} not found")
         proposal = driver.proposal(found)
         if proposal.curriculum_id not in locked:
+            marks.flush()
             batching = self._lock(cursor, locked, proposal.curriculum_id)
             # Read again under the lock, so that a concurrent resend on another replica is seen.
             proposal = driver.proposal(driver.one(cursor, "proposal_by_id", ids))
@@ -543,38 +591,49 @@ class TeacherHub:
             raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
         runtime = self.runtime_by_id(cursor, row.id)
+        if reports.reads_earlier_reports(runtime.spec.reward_signal):
+            marks.flush()
         reward = None if "outcome" in signals else reports.reward(
             tx.conn, runtime.spec.reward_signal, runtime.space, proposal, request.signals
         )
         teacher = runtime.teacher  # only its batching parameters are read here: no teacher lock
         trajectory, completes = None, False
+        # Read before the batch: valid until this student's first report in it changes its episodes.
+        before = open_seqs.pop((row.id, proposal.student_id), None)
         if reward is not None and teacher.batch_size > 0:
-            trajectory, ready = self._close_trajectory(cursor, runtime, proposal)
+            if before is None and teacher.horizon > 1:  # _close_trajectory reads the student's open episodes
+                marks.flush()
+            trajectory, ready = self._close_trajectory(cursor, runtime, proposal, before)
             batching.ready += ready
             completes = batching.ready >= teacher.batch_size
         version = max(batching.last_scheduled, row.teacher_version) + int(completes)
         ack = wire.ReportAck(proposal_id=proposal.proposal_id, reward=reward, teacher_version=version,
                              teacher_updated=completes)
-        driver.execute(cursor, "mark_reported", {
+        marks.rows.append({
             "seq": proposal.seq, "reported_at": driver.time(now), "signals": driver.json(signals), "reward": reward,
             "trajectory": trajectory, "ack": driver.json(ack.model_dump(mode="json")),
         })
         if completes:  # the batch is numbered with the version that will have learned from it
+            marks.flush()
             driver.execute(cursor, "schedule_ready", {"curriculum_id": row.id, "version": version})
             batching.ready, batching.last_scheduled = 0, version
         return ack, row, True
 
-    def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal) -> tuple[int | None, int]:
+    def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal,
+                          open_seqs: list[int] | None) -> tuple[int | None, int]:
         """Store the grouping of this student's rewarded episodes into trajectories (learning/trajectories.py);
         returns the trajectory this proposal completes, if it completes one, and how many episodes (this
-        one included) the trajectories it completes make ready for a batch."""
+        one included) the trajectories it completes make ready for a batch. `open_seqs`: the student's
+        episodes not yet in one, if already read."""
         horizon = runtime.teacher.horizon
         if horizon == 1:
             return proposal.seq, 1
-        open_seqs = [seq for (seq,) in self.driver.all(
-            cursor, "open_episodes_of_student",
-            {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
-        )]
+        if open_seqs is None:
+            open_seqs = [seq for (seq,) in self.driver.all(
+                cursor, "open_episodes_of_student",
+                {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
+            )]
+        open_seqs = [seq for seq in open_seqs if seq != proposal.seq]
         trajectory, ready = None, 0
         for members in group_trajectories([*open_seqs, proposal.seq], horizon):
             if proposal.seq in members:

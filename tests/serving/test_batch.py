@@ -12,7 +12,7 @@ import pytest
 
 from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
 from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportAck, ReportRequest, Signals
-from teacher_service.serving.infra.errors import BadRequest
+from teacher_service.serving.infra.errors import ApiError, BadRequest
 from tests.servers import ServiceProcess
 from tests.serving.test_group_commit import sqlite_hub
 from tests.serving.test_api import create
@@ -148,3 +148,70 @@ def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):
     hub.close()
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         assert db.execute("select student_id from proposals").fetchall() == [(proposed.student_id,)] == [("b",)]
+
+
+def assert_batching_is_up_to_date(path, horizon: int, batch_size: int) -> None:
+    """After each stored batch of reports: every student's rewarded episodes are grouped into trajectories
+    as soon as `horizon` of them are there, and every numbered batch holds whole trajectories, at least
+    `batch_size` episodes of them, with fewer than that left unnumbered."""
+    with sqlite3.connect(path) as db:
+        open_counts = db.execute("select count(*) from proposals where reward is not null and trajectory is null "
+                                 "group by student_id").fetchall()
+        trajectories = db.execute("select consumed_version, count(*) from proposals where trajectory is not null "
+                                  "group by trajectory").fetchall()
+    assert all(n < horizon for (n,) in open_counts), open_counts
+    assert all(n == horizon for _, n in trajectories), trajectories
+    per_version = {}
+    for version, n in trajectories:
+        per_version[version] = per_version.get(version, 0) + n
+    assert per_version.get(None, 0) < batch_size and all(n >= batch_size for v, n in per_version.items() if v), per_version
+
+
+@pytest.mark.parametrize("reward_signal, horizon", [("grad_norm_mean", 3), ("return_progress", 1),
+                                                   ("grad_norm_mean_normalized", 2)])
+def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(tmp_path, reward_signal, horizon):
+    """A batch reads its proposals and its students' open episodes before storing any report, and writes its
+    reports together at the end; reports of the same student in one batch (trajectories of several episodes,
+    rewards read from earlier reports), a proposal reported twice in one batch, a resend with other signals
+    and a wrong student must come out as the same reports sent one at a time: same answers, and the same
+    rewards, trajectories and numbered batches stored."""
+    tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(4)]}
+    spec = CurriculumCreate(name="cur", task_space=tasks, reward_signal=reward_signal, teacher={
+        "algorithm": "gradnorm-reinforce", "params": {"batch_size": 6, "horizon": horizon}})
+    students = ["a", "b", "a", "c", "a", "b", "a", "b", "c", "a", "a", "b", "c", "a", "b", "a"]
+    # (proposal index, student, grad_norm_mean): in an order of their own, repeats and mistakes included
+    reports = [(0, "a", 1.0), (2, "a", 2.0), (1, "b", 3.0), (4, "a", 4.0), (2, "a", 2.0), (2, "a", 9.0),
+               (3, "c", 5.0), (6, "a", 6.0), (5, "b", 7.0), (7, "c", 8.0), (7, "b", 8.0), (9, "a", 1.5),
+               (10, "a", 2.5), (8, "c", 3.5), (11, "b", 4.5), (13, "a", 5.5), (12, "c", 6.5), (15, "a", 7.5),
+               (14, "b", 8.5), (14, "b", 8.5)]
+    outcomes, stored = {}, {}
+    for way in ("one at a time", "in batches"):
+        (tmp_path / way).mkdir()
+        hub = sqlite_hub(tmp_path / way)
+        hub.create_curriculum(spec)
+        proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=s) for s in students])
+        requests = [ReportRequest(proposal_id=proposals[k].proposal_id, student_id=s,
+                                  signals=Signals(grad_norm_mean=g, episode_return=g * g)) for k, s, g in reports]
+        batches = [[r] for r in requests] if way == "one at a time" else [requests[k:k + 7] for k in (0, 7, 14)]
+        answers = []
+        for batch in batches:
+            answers += hub.report_batch(batch)
+            assert_batching_is_up_to_date(tmp_path / way / "teacher.db", horizon, batch_size=6)
+        hub.close()
+        def same_ids(detail: str) -> str:  # each hub drew its own proposal ids
+            for k, proposal in enumerate(proposals):
+                detail = detail.replace(proposal.proposal_id, f"#{k}")
+            return detail
+
+        outcomes[way] = [(a.status_code, same_ids(a.body()["detail"])) if isinstance(a, ApiError) else
+                         (a.reward, a.teacher_version, a.teacher_updated) for a in answers]
+        with sqlite3.connect(tmp_path / way / "teacher.db") as db:
+            stored[way] = db.execute("select seq, student_id, reward, trajectory, consumed_version from proposals "
+                                     "order by seq").fetchall()
+    assert outcomes["in batches"] == outcomes["one at a time"]
+    assert stored["in batches"] == stored["one at a time"]
+    # It tested what it says: several complete trajectories, numbered batches, errors among the answers.
+    assert len({t for *_, t, _ in stored["in batches"] if t is not None}) >= 4
+    assert 1 in {v for *_, v in stored["in batches"]}
+    assert len({reward for _, _, reward, *_ in stored["in batches"]}) >= 6
+    assert sorted(status for status, *_ in outcomes["in batches"] if status in (409,)) == [409, 409]

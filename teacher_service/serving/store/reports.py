@@ -30,6 +30,11 @@ def earlier_reports(proposal: Row, *columns):
     )
 
 
+def reads_earlier_reports(reward_signal: str) -> bool:
+    """Whether `reward` reads the curriculum's earlier reports for this reward signal."""
+    return reward_signal == "return_progress" or reward_signal in rewards.DERIVED_SIGNALS
+
+
 def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row, signals: wire.Signals) -> float | None:
     """The reward of this report for a curriculum rewarded with `reward_signal`; call before the
     proposal is marked reported."""

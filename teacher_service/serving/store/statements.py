@@ -18,6 +18,7 @@ import orjson
 
 _CURRICULUM = "SELECT id, name, teacher_version FROM curricula"
 _PROPOSAL_COLUMNS = "seq, proposal_id, curriculum_id, student_id, task_index, task_values, expires_at, signals, ack"
+PROPOSAL_ID, CURRICULUM_ID, STUDENT_ID = 1, 2, 3  # positions in a row of those columns
 _READY = "curriculum_id = :curriculum_id AND trajectory IS NOT NULL AND consumed_version IS NULL"
 
 SQL = {
@@ -40,12 +41,17 @@ SQL = {
     ":student_id, :task_index, :task_values, :reset_options, :teacher_version, :teacher_input, :created_at, "
     ":expires_at)",
     "proposal_by_id": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id = :proposal_id",
+    # A report batch's proposals in one statement (PostgreSQL: one round trip, not one per report).
+    "proposals_by_ids": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id IN (SELECT value FROM {{ids}})",
     "mark_reported": "UPDATE proposals SET reported_at = :reported_at, signals = :signals, reward = :reward, "
     "trajectory = :trajectory, ack = :ack WHERE seq = :seq",
     # Through the partial index of open episodes (a handful), not the student's whole history; SQLite's planner,
     # without statistics (we never ANALYZE), would take the student index, so it is named there.
     "open_episodes_of_student": "SELECT seq FROM proposals{open_index} WHERE curriculum_id = :curriculum_id "
     "AND student_id = :student_id AND reward IS NOT NULL AND trajectory IS NULL AND seq != :seq",
+    # The same for a batch's students at once: (student_id, seq) rows.
+    "open_episodes_of_students": "SELECT student_id, seq FROM proposals{open_index} WHERE curriculum_id = "
+    ":curriculum_id AND student_id IN (SELECT value FROM {students}) AND reward IS NOT NULL AND trajectory IS NULL",
     "set_trajectory": "UPDATE proposals SET trajectory = :trajectory WHERE seq = :seq",
     "count_ready": f"SELECT count(*) FROM proposals WHERE {_READY}",
     # Batches are numbered by the teacher version that will have learned from them.
@@ -77,10 +83,13 @@ class Driver:
         self.postgres = dialect == "postgresql"
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database dialect {dialect!r}")
-        # A list parameter as a table s(value): a PostgreSQL array, or on SQLite a JSON array.
-        students = "unnest(:student_ids::text[]) AS s(value)" if self.postgres else "json_each(:student_ids) s"
+        def as_table(param: str, alias: str) -> str:
+            """A list parameter as a table alias(value): a PostgreSQL array, or on SQLite a JSON array."""
+            return f"unnest(:{param}::text[]) AS {alias}(value)" if self.postgres else f"json_each(:{param}) {alias}"
+
         filled = {
-            name: text.format(for_update=" FOR UPDATE" if self.postgres else "", students=students,
+            name: text.format(for_update=" FOR UPDATE" if self.postgres else "",
+                              students=as_table("student_ids", "s"), ids=as_table("proposal_ids", "i"),
                               open_index="" if self.postgres else " INDEXED BY ix_proposals_open")
             for name, text in SQL.items()
         }
@@ -99,8 +108,24 @@ class Driver:
 
     def last_reports(self, cursor, curriculum_id: int, student_ids: list[str]) -> list[tuple]:
         """(student_id, task_index, task_values, signals) of each student's last report, for those with one."""
-        ids = student_ids if self.postgres else self.json(student_ids)
-        return self.all(cursor, "last_reports_of_students", {"curriculum_id": curriculum_id, "student_ids": ids})
+        return self.all(cursor, "last_reports_of_students",
+                        {"curriculum_id": curriculum_id, "student_ids": self.list_param(student_ids)})
+
+    def proposals(self, cursor, proposal_ids: list[str]) -> list[tuple]:
+        """The rows of those of these proposals that exist (`proposal` reads one)."""
+        return self.all(cursor, "proposals_by_ids", {"proposal_ids": self.list_param(proposal_ids)})
+
+    def open_episodes(self, cursor, curriculum_id: int, student_ids: list[str]) -> dict[str, list[int]]:
+        """Each student's rewarded episodes not yet in a trajectory: their seqs, in no particular order."""
+        found: dict[str, list[int]] = {student: [] for student in student_ids}
+        for student, seq in self.all(cursor, "open_episodes_of_students",
+                                     {"curriculum_id": curriculum_id, "student_ids": self.list_param(student_ids)}):
+            found[student].append(seq)
+        return found
+
+    def list_param(self, values: list[str]) -> list[str] | str:
+        """A list of strings as the statements take it (see `as_table`)."""
+        return values if self.postgres else self.json(values)
 
     def many(self, cursor, name: str, rows: list[dict[str, Any]]) -> None:
         if rows:
