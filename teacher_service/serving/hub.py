@@ -493,18 +493,18 @@ class TeacherHub:
 
         def store(tx: Tx) -> list[tuple[wire.ReportAck | ApiError, CurriculumRow | None, bool]]:
             locked: dict[int, Batching] = {}  # per job: a job run again (group_commit.py) reads them again
-            found, open_seqs = self._read_batch_rows(tx.cursor, locked, requests)
+            rows, open_before = self._read_batch_rows(tx.cursor, locked, requests)
             marks = DeferredMarks(self.driver, tx.cursor)
             outcomes, seen = [], set()
             for request in requests:
                 try:
-                    if request.proposal_id in seen:  # stored by an item before it: read it again
+                    if request.proposal_id in seen:  # maybe stored by an item before it: read it again
                         marks.flush()
                         raw = self.driver.one(tx.cursor, "proposal_by_id", {"proposal_id": request.proposal_id})
                     else:
-                        raw = found.get(request.proposal_id)
+                        raw = rows.get(request.proposal_id)
                     seen.add(request.proposal_id)
-                    outcomes.append(self._store_report(tx, locked, request, raw, open_seqs, marks))
+                    outcomes.append(self._store_report(tx, locked, request, raw, open_before, marks))
                 except ApiError as exc:  # raised before this report wrote anything
                     outcomes.append((exc, None, False))
             marks.flush()
@@ -541,37 +541,38 @@ class TeacherHub:
         trajectory, by (curriculum id, student id), for curricula whose trajectories span several episodes."""
         driver = self.driver
         ids = sorted({request.proposal_id for request in requests})
-        curricula = sorted({raw[CURRICULUM_ID] for raw in driver.proposals(cursor, ids)} - locked.keys())
-        for curriculum_id in curricula:  # in id order: two replicas lock shared curricula in the same order
-            with contextlib.suppress(NotFound):  # deleted meanwhile: each of its reports says so
+        curricula = sorted({raw[CURRICULUM_ID] for raw in driver.proposals(cursor, ids)})
+        for curriculum_id in curricula:  # in id order (within this job; a group's jobs lock in their order)
+            # Deleted meanwhile: so are its proposals (ON DELETE CASCADE), which the second read does not find.
+            with contextlib.suppress(NotFound):
                 self._lock(cursor, locked, curriculum_id)
-        found = {raw[PROPOSAL_ID]: raw for raw in driver.proposals(cursor, ids)} if curricula else {}
-        open_seqs: dict[tuple[int, str], list[int]] = {}
+        rows = {raw[PROPOSAL_ID]: raw for raw in driver.proposals(cursor, ids)} if curricula else {}
+        open_before: dict[tuple[int, str], list[int]] = {}
         for curriculum_id in locked:
-            students = sorted({raw[STUDENT_ID] for raw in found.values() if raw[CURRICULUM_ID] == curriculum_id})
-            if self.runtime_by_id(cursor, curriculum_id).teacher.horizon > 1 and students:
+            students = sorted({raw[STUDENT_ID] for raw in rows.values() if raw[CURRICULUM_ID] == curriculum_id})
+            try:
+                teacher = self.runtime_by_id(cursor, curriculum_id).teacher
+            except ApiError:  # then each of its reports meets the error on its own
+                continue
+            if teacher.batch_size > 0 and teacher.horizon > 1 and students:
                 for student, seqs in driver.open_episodes(cursor, curriculum_id, students).items():
-                    open_seqs[curriculum_id, student] = seqs
-        return found, open_seqs
+                    open_before[curriculum_id, student] = seqs
+        return rows, open_before
 
-    def _store_report(self, tx: Tx, locked: dict[int, Batching], request: wire.ReportRequest, found: tuple | None,
-                      open_seqs: dict[tuple[int, str], list[int]],
+    def _store_report(self, tx: Tx, locked: dict[int, Batching], request: wire.ReportRequest, raw: tuple | None,
+                      open_before: dict[tuple[int, str], list[int]],
                       marks: DeferredMarks) -> tuple[wire.ReportAck, CurriculumRow, bool]:
-        """Store one report (`found`: its proposal's row, read under its curriculum's lock if that is held;
-        `open_seqs`: episodes read before the batch, taken by the first report of each student; its row goes
+        """Store one report (`raw`: its proposal's row, read under its curriculum's lock; `open_before`:
+        students' episodes read before the batch, taken by the first report of each student; its row goes
         to `marks`, flushed before each statement here that reads or numbers reported rows); number the
         teacher's next batch if it completes one. Returns the acknowledgement, the curriculum and whether
         the report is new (not a resend)."""
         driver, cursor = self.driver, tx.cursor
-        ids = {"proposal_id": request.proposal_id}
-        if found is None:
+        if raw is None:
             raise NotFound(f"proposal {request.proposal_id!r} not found")
-        proposal = driver.proposal(found)
-        if proposal.curriculum_id not in locked:
-            marks.flush()
-            batching = self._lock(cursor, locked, proposal.curriculum_id)
-            # Read again under the lock, so that a concurrent resend on another replica is seen.
-            proposal = driver.proposal(driver.one(cursor, "proposal_by_id", ids))
+        proposal = driver.proposal(raw)
+        if proposal.curriculum_id not in locked:  # its lock was not taken: the curriculum is gone
+            raise NotFound("curriculum not found (deleted meanwhile)")
         batching = locked[proposal.curriculum_id]
         row = batching.row
         signals = request.signals.model_dump(mode="json")
@@ -591,15 +592,13 @@ class TeacherHub:
             raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")
 
         runtime = self.runtime_by_id(cursor, row.id)
-        if reports.reads_earlier_reports(runtime.spec.reward_signal):
-            marks.flush()
         reward = None if "outcome" in signals else reports.reward(
-            tx.conn, runtime.spec.reward_signal, runtime.space, proposal, request.signals
+            tx.conn, runtime.spec.reward_signal, runtime.space, proposal, request.signals, before_reading=marks.flush
         )
         teacher = runtime.teacher  # only its batching parameters are read here: no teacher lock
         trajectory, completes = None, False
         # Read before the batch: valid until this student's first report in it changes its episodes.
-        before = open_seqs.pop((row.id, proposal.student_id), None)
+        before = open_before.pop((row.id, proposal.student_id), None)
         if reward is not None and teacher.batch_size > 0:
             if before is None and teacher.horizon > 1:  # _close_trajectory reads the student's open episodes
                 marks.flush()

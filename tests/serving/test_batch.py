@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import sqlite3
+from collections import Counter
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
 from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportAck, ReportRequest, Signals
+from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.errors import ApiError, BadRequest
+from teacher_service.serving.settings import Settings
+from teacher_service.serving.store.tables import create_tables, make_engine
 from tests.servers import ServiceProcess
 from tests.serving.test_group_commit import sqlite_hub
 from tests.serving.test_api import create
+
+DATABASES = itertools.count()
 
 
 def rows(service: ServiceProcess, query: str) -> list[tuple]:
@@ -150,54 +158,79 @@ def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):
         assert db.execute("select student_id from proposals").fetchall() == [(proposed.student_id,)] == [("b",)]
 
 
-def assert_batching_is_up_to_date(path, horizon: int, batch_size: int) -> None:
+def stored_batching(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(
+            "select seq, curriculum_id, student_id, reward, trajectory, consumed_version from proposals order by seq"))]
+
+
+def assert_batching_is_up_to_date(rows: list[tuple], horizon: dict[int, int], batch_size: int) -> None:
     """After each stored batch of reports: every student's rewarded episodes are grouped into trajectories
     as soon as `horizon` of them are there, and every numbered batch holds whole trajectories, at least
-    `batch_size` episodes of them, with fewer than that left unnumbered."""
-    with sqlite3.connect(path) as db:
-        open_counts = db.execute("select count(*) from proposals where reward is not null and trajectory is null "
-                                 "group by student_id").fetchall()
-        trajectories = db.execute("select consumed_version, count(*) from proposals where trajectory is not null "
-                                  "group by trajectory").fetchall()
-    assert all(n < horizon for (n,) in open_counts), open_counts
-    assert all(n == horizon for _, n in trajectories), trajectories
-    per_version = {}
-    for version, n in trajectories:
-        per_version[version] = per_version.get(version, 0) + n
-    assert per_version.get(None, 0) < batch_size and all(n >= batch_size for v, n in per_version.items() if v), per_version
+    `batch_size` episodes of them, with fewer than that left unnumbered (per curriculum)."""
+    open_counts = Counter((c, s) for _, c, s, reward, trajectory, _ in rows if reward is not None and trajectory is None)
+    trajectories = Counter((c, t, v) for _, c, _, _, t, v in rows if t is not None)
+    assert all(n < horizon[c] for (c, _), n in open_counts.items()), open_counts
+    assert all(n == horizon[c] for (c, _, _), n in trajectories.items()), trajectories
+    per_version = Counter()
+    for (c, _, v), n in trajectories.items():
+        per_version[c, v] += n
+    assert all(n < batch_size if v is None else n >= batch_size for (_, v), n in per_version.items()), per_version
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("reward_signal, horizon", [("grad_norm_mean", 3), ("return_progress", 1),
                                                    ("grad_norm_mean_normalized", 2)])
-def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(tmp_path, reward_signal, horizon):
+def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(request, tmp_path, backend,
+                                                                            reward_signal, horizon):
     """A batch reads its proposals and its students' open episodes before storing any report, and writes its
     reports together at the end; reports of the same student in one batch (trajectories of several episodes,
-    rewards read from earlier reports), a proposal reported twice in one batch, a resend with other signals
-    and a wrong student must come out as the same reports sent one at a time: same answers, and the same
-    rewards, trajectories and numbered batches stored."""
-    tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(4)]}
-    spec = CurriculumCreate(name="cur", task_space=tasks, reward_signal=reward_signal, teacher={
-        "algorithm": "gradnorm-reinforce", "params": {"batch_size": 6, "horizon": horizon}})
-    students = ["a", "b", "a", "c", "a", "b", "a", "b", "c", "a", "a", "b", "c", "a", "b", "a"]
-    # (proposal index, student, grad_norm_mean): in an order of their own, repeats and mistakes included
-    reports = [(0, "a", 1.0), (2, "a", 2.0), (1, "b", 3.0), (4, "a", 4.0), (2, "a", 2.0), (2, "a", 9.0),
-               (3, "c", 5.0), (6, "a", 6.0), (5, "b", 7.0), (7, "c", 8.0), (7, "b", 8.0), (9, "a", 1.5),
-               (10, "a", 2.5), (8, "c", 3.5), (11, "b", 4.5), (13, "a", 5.5), (12, "c", 6.5), (15, "a", 7.5),
-               (14, "b", 8.5), (14, "b", 8.5)]
+    rewards read from earlier reports), of two curricula with the same student ids, a proposal reported twice
+    in one batch (and again with other signals), a stopped episode and a wrong student must come out as the
+    same reports sent one at a time: same answers, the same rewards, trajectories and numbered batches stored,
+    and batching up to date after every call."""
+    box = {"kind": "box", "low": [0.0], "high": [1.0]}  # return progress reads all of a student's earlier reports
+    discrete = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(3)]}
+    specs = [CurriculumCreate(name="cur", task_space=box, reward_signal=reward_signal, teacher={
+                 "algorithm": "gradnorm-reinforce", "params": {"batch_size": 6, "horizon": horizon}}),
+             CurriculumCreate(name="other", task_space=discrete, teacher={
+                 "algorithm": "gradnorm-reinforce", "params": {"batch_size": 6, "horizon": 2}})]
+    students = [("cur", s) for s in "abacabab"] + [("other", s) for s in "abab"] + [("cur", s) for s in "cabaxab"]
+    # (proposal index, student, gradient norm, outcome): in an order of their own, repeats and mistakes included
+    reports = [(0, "a", 1.0, "completed"), (2, "a", 2.0, "completed"), (8, "a", 0.5, "completed"),
+               (1, "b", 3.0, "completed"), (4, "a", 4.0, "completed"), (2, "a", 2.0, "completed"),
+               (2, "a", 9.0, "completed"), (3, "c", 5.0, "completed"), (9, "b", 0.7, "completed"),
+               (16, "x", 1.0, "completed"), (16, "x", 9.0, "completed"), (6, "a", 6.0, "completed"),
+               (10, "a", 0.9, "completed"), (5, "b", 7.0, "stopped"), (7, "c", 8.0, "completed"),
+               (7, "b", 8.0, "completed"), (11, "b", 1.1, "completed"), (13, "a", 1.5, "completed"),
+               (15, "a", 2.5, "completed"), (12, "c", 3.5, "completed"), (14, "b", 4.5, "completed"),
+               (17, "a", 5.5, "completed"), (18, "b", 6.5, "completed"), (18, "b", 6.5, "completed")]
     outcomes, stored = {}, {}
     for way in ("one at a time", "in batches"):
-        (tmp_path / way).mkdir()
-        hub = sqlite_hub(tmp_path / way)
-        hub.create_curriculum(spec)
-        proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=s) for s in students])
-        requests = [ReportRequest(proposal_id=proposals[k].proposal_id, student_id=s,
-                                  signals=Signals(grad_norm_mean=g, episode_return=g * g)) for k, s, g in reports]
-        batches = [[r] for r in requests] if way == "one at a time" else [requests[k:k + 7] for k in (0, 7, 14)]
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'{way}.db'}"
+        else:
+            url = request.getfixturevalue("postgres").create_database(f"batch_{next(DATABASES)}")
+        engine = make_engine(url)
+        create_tables(engine)
+        hub = TeacherHub(Settings(data_dir=tmp_path), engine)
+        for spec in specs:
+            hub.create_curriculum(spec)
+        with engine.connect() as conn:
+            horizons = {cid: horizon if name == "cur" else 2 for cid, name in conn.execute(
+                text("select id, name from curricula"))}
+        proposals = hub.propose_batch([ProposeRequest(curriculum=c, student_id=s) for c, s in students])
+        requests = [ReportRequest(proposal_id=proposals[k].proposal_id, student_id=s, outcome=outcome,
+                                  signals=Signals(grad_norm_mean=g, episode_return=g * g)) for k, s, g, outcome in reports]
+        batches = [[r] for r in requests] if way == "one at a time" else [requests[k:k + 8] for k in (0, 8, 16)]
         answers = []
         for batch in batches:
             answers += hub.report_batch(batch)
-            assert_batching_is_up_to_date(tmp_path / way / "teacher.db", horizon, batch_size=6)
+            assert_batching_is_up_to_date(stored_batching(engine), horizons, batch_size=6)
         hub.close()
+        stored[way] = stored_batching(engine)
+        engine.dispose()
+
         def same_ids(detail: str) -> str:  # each hub drew its own proposal ids
             for k, proposal in enumerate(proposals):
                 detail = detail.replace(proposal.proposal_id, f"#{k}")
@@ -205,13 +238,11 @@ def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(tmp
 
         outcomes[way] = [(a.status_code, same_ids(a.body()["detail"])) if isinstance(a, ApiError) else
                          (a.reward, a.teacher_version, a.teacher_updated) for a in answers]
-        with sqlite3.connect(tmp_path / way / "teacher.db") as db:
-            stored[way] = db.execute("select seq, student_id, reward, trajectory, consumed_version from proposals "
-                                     "order by seq").fetchall()
     assert outcomes["in batches"] == outcomes["one at a time"]
     assert stored["in batches"] == stored["one at a time"]
-    # It tested what it says: several complete trajectories, numbered batches, errors among the answers.
-    assert len({t for *_, t, _ in stored["in batches"] if t is not None}) >= 4
-    assert 1 in {v for *_, v in stored["in batches"]}
-    assert len({reward for _, _, reward, *_ in stored["in batches"]}) >= 6
-    assert sorted(status for status, *_ in outcomes["in batches"] if status in (409,)) == [409, 409]
+    # It tested what it says: complete trajectories and numbered batches in both curricula, rewards read from
+    # earlier reports, the conflicting repeats (9.0) refused with a 409, the resends answered again.
+    rows = stored["in batches"]
+    assert {c for _, c, _, _, t, _ in rows if t is not None} == {1, 2} and 1 in {v for *_, v in rows}
+    assert len({reward for *_, reward, _, _ in rows if reward is not None}) >= 6
+    assert [status for status, *_ in outcomes["in batches"] if status == 409] == [409, 409, 409]

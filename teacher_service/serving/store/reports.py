@@ -6,6 +6,8 @@ transaction (which holds the curriculum's lock).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
 
@@ -30,14 +32,11 @@ def earlier_reports(proposal: Row, *columns):
     )
 
 
-def reads_earlier_reports(reward_signal: str) -> bool:
-    """Whether `reward` reads the curriculum's earlier reports for this reward signal."""
-    return reward_signal == "return_progress" or reward_signal in rewards.DERIVED_SIGNALS
-
-
-def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row, signals: wire.Signals) -> float | None:
+def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row, signals: wire.Signals,
+           before_reading: Callable[[], None] = lambda: None) -> float | None:
     """The reward of this report for a curriculum rewarded with `reward_signal`; call before the
-    proposal is marked reported."""
+    proposal is marked reported. `before_reading` is called before earlier reports are read (a report
+    batch writes the rows it holds back)."""
     if reward_signal == "return_progress":
         if signals.episode_return is None or proposal.task_values is None:
             return None
@@ -49,6 +48,7 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
         )
         if isinstance(space, DiscreteSpace):
             query = query.where(Proposal.task_index == proposal.task_index)
+        before_reading()
         previous = [
             (row.task_values, row.signals["episode_return"])
             for row in conn.execute(query)
@@ -60,6 +60,7 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
         value = signals.value(name)
         if value is None:
             return None
+        before_reading()
         earlier = conn.scalars(earlier_reports(proposal, Proposal.signals).limit(rewards.SCALE_WINDOW - 1))
         return rewards.normalized(
             value, [s[name] for s in earlier if s.get(name) is not None and "outcome" not in s]

@@ -18,7 +18,6 @@ import orjson
 
 _CURRICULUM = "SELECT id, name, teacher_version FROM curricula"
 _PROPOSAL_COLUMNS = "seq, proposal_id, curriculum_id, student_id, task_index, task_values, expires_at, signals, ack"
-PROPOSAL_ID, CURRICULUM_ID, STUDENT_ID = 1, 2, 3  # positions in a row of those columns
 _READY = "curriculum_id = :curriculum_id AND trajectory IS NOT NULL AND consumed_version IS NULL"
 
 SQL = {
@@ -74,6 +73,9 @@ SQL = {
 
 CurriculumRow = namedtuple("CurriculumRow", "id name teacher_version")
 ProposalRow = namedtuple("ProposalRow", _PROPOSAL_COLUMNS)
+# Positions in a raw row of those columns.
+PROPOSAL_ID, CURRICULUM_ID, STUDENT_ID = (ProposalRow._fields.index(c) for c in ("proposal_id", "curriculum_id",
+                                                                                  "student_id"))
 
 
 class Driver:
@@ -112,7 +114,7 @@ class Driver:
                         {"curriculum_id": curriculum_id, "student_ids": self.list_param(student_ids)})
 
     def proposals(self, cursor, proposal_ids: list[str]) -> list[tuple]:
-        """The rows of those of these proposals that exist (`proposal` reads one)."""
+        """The raw rows of those of these proposals that exist (`proposal` parses one)."""
         return self.all(cursor, "proposals_by_ids", {"proposal_ids": self.list_param(proposal_ids)})
 
     def open_episodes(self, cursor, curriculum_id: int, student_ids: list[str]) -> dict[str, list[int]]:
