@@ -600,9 +600,10 @@ class TeacherHub:
         # Read before the batch: valid until this student's first report in it changes its episodes.
         before = open_before.pop((row.id, proposal.student_id), None)
         if reward is not None and teacher.batch_size > 0:
-            if before is None and teacher.horizon > 1:  # _close_trajectory reads the student's open episodes
+            if before is None and teacher.horizon > 1:  # not read before the batch, or changed since: read them now
                 marks.flush()
-            trajectory, ready = self._close_trajectory(cursor, runtime, proposal, before)
+                before = driver.open_episodes(cursor, row.id, [proposal.student_id])[proposal.student_id]
+            trajectory, ready = self._close_trajectory(cursor, runtime, proposal, before or [])
             batching.ready += ready
             completes = batching.ready >= teacher.batch_size
         version = max(batching.last_scheduled, row.teacher_version) + int(completes)
@@ -619,19 +620,14 @@ class TeacherHub:
         return ack, row, True
 
     def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal,
-                          open_seqs: list[int] | None) -> tuple[int | None, int]:
+                          open_seqs: list[int]) -> tuple[int | None, int]:
         """Store the grouping of this student's rewarded episodes into trajectories (learning/trajectories.py);
         returns the trajectory this proposal completes, if it completes one, and how many episodes (this
         one included) the trajectories it completes make ready for a batch. `open_seqs`: the student's
-        episodes not yet in one, if already read."""
+        episodes not yet in one."""
         horizon = runtime.teacher.horizon
         if horizon == 1:
             return proposal.seq, 1
-        if open_seqs is None:
-            open_seqs = [seq for (seq,) in self.driver.all(
-                cursor, "open_episodes_of_student",
-                {"curriculum_id": runtime.curriculum_id, "student_id": proposal.student_id, "seq": proposal.seq},
-            )]
         open_seqs = [seq for seq in open_seqs if seq != proposal.seq]
         trajectory, ready = None, 0
         for members in group_trajectories([*open_seqs, proposal.seq], horizon):

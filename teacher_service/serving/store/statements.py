@@ -44,11 +44,9 @@ SQL = {
     "proposals_by_ids": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id IN (SELECT value FROM {{ids}})",
     "mark_reported": "UPDATE proposals SET reported_at = :reported_at, signals = :signals, reward = :reward, "
     "trajectory = :trajectory, ack = :ack WHERE seq = :seq",
-    # Through the partial index of open episodes (a handful), not the student's whole history; SQLite's planner,
-    # without statistics (we never ANALYZE), would take the student index, so it is named there.
-    "open_episodes_of_student": "SELECT seq FROM proposals{open_index} WHERE curriculum_id = :curriculum_id "
-    "AND student_id = :student_id AND reward IS NOT NULL AND trajectory IS NULL AND seq != :seq",
-    # The same for a batch's students at once: (student_id, seq) rows.
+    # Students' rewarded episodes not yet in a trajectory, (student_id, seq) rows: through the partial index of
+    # open episodes (a handful each), not their whole histories; SQLite's planner, without statistics (we never
+    # ANALYZE), would take the student index, so it is named there.
     "open_episodes_of_students": "SELECT student_id, seq FROM proposals{open_index} WHERE curriculum_id = "
     ":curriculum_id AND student_id IN (SELECT value FROM {students}) AND reward IS NOT NULL AND trajectory IS NULL",
     "set_trajectory": "UPDATE proposals SET trajectory = :trajectory WHERE seq = :seq",
