@@ -609,8 +609,10 @@ class TeacherHub:
         version = max(batching.last_scheduled, row.teacher_version) + int(completes)
         ack = wire.ReportAck(proposal_id=proposal.proposal_id, reward=reward, teacher_version=version,
                              teacher_updated=completes)
+        reported_at = driver.time(now)
         marks.rows.append({
-            "seq": proposal.seq, "reported_at": driver.time(now), "signals": driver.json(signals), "reward": reward,
+            "seq": proposal.seq, "reported_at": reported_at, "signals": driver.json(signals), "reward": reward,
+            "reward_window_at": reported_at if reports.windowed(runtime.spec.reward_signal) else None,
             "trajectory": trajectory, "ack": driver.json(ack.model_dump(mode="json")),
         })
         if completes:  # the batch is numbered with the version that will have learned from it

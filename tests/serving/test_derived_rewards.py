@@ -1,9 +1,12 @@
-"""Derived reward signals over HTTP: ReportAck.reward equals the value computed by hand from the reports."""
+"""Derived reward signals over HTTP: ReportAck.reward equals the value computed by hand from the reports; the
+statements that read the earlier reports read a window, not the history, also in a database from before."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from tests.servers import ServiceProcess
 
 TASKS = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(3)]}
 BOX = {"kind": "box", "low": [0, 0], "high": [10, 1]}
@@ -118,3 +121,100 @@ def test_stopped_and_abandoned_episodes_are_no_earlier_report(service):
             response = client.post("/report", json=body)
             assert response.status_code == 200 and response.json()["reward"] is None, response.text
         assert report(client, propose(client, name), last) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- the window, not the history
+
+
+def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_path, postgres_url):
+    """At 80,000 episodes a normalized reward read and sorted every report of the curriculum (57 ms a report
+    on SQLite, bench/derived_rewards.py), return_progress every report of the student: both statements now
+    read the last reports through the reward-window indexes, newest first, and stop at their limit."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import text
+
+    from teacher_service.serving.store import reports
+    from teacher_service.serving.store.tables import Proposal, create_tables, make_engine
+
+    for url in (f"sqlite:///{tmp_path / 'plan.db'}", postgres_url):
+        engine = make_engine(url)
+        create_tables(engine)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, "
+                              "teacher_state, created_at) VALUES (1, 'c', '{}', 0, 0, :state, :now)"),
+                         {"state": b"", "now": "2026-01-01 00:00:00"})
+            # Reported in the reverse of their order: the window follows report times, not seq.
+            conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, reset_options, "
+                              "teacher_version, teacher_input, created_at, expires_at, reported_at, reward_window_at, "
+                              "signals) VALUES (:id, 1, :student, 0, '{}', 0, '{}', :at, :at, :at, :at, '{}')"),
+                         [{"id": f"p{k}", "student": "st"[k % 2], "at": f"2026-01-01 00:{59 - k // 60:02}:{59 - k % 60:02}"}
+                          for k in range(3000)])
+            if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
+                conn.execute(text("ANALYZE"))
+        proposal = SimpleNamespace(curriculum_id=1, seq=10**6, student_id="s", task_index=0)
+        curriculum = reports.earlier_reports(proposal, Proposal.seq).limit(99)
+        student = curriculum.where(Proposal.student_id == "s")
+        with engine.connect() as conn:
+            explain = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+
+            def plan(query) -> str:
+                sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+                return " ".join(str(row) for row in conn.execute(text(explain + sql)))
+
+            plans = {"curriculum": plan(curriculum), "student": plan(student)}
+            seqs = {"curriculum": conn.scalars(curriculum).all(), "student": conn.scalars(student).all()}
+        engine.dispose()
+        assert "ix_proposals_reward_window" in plans["curriculum"], (url, plans)
+        assert "ix_proposals_student_reward_window" in plans["student"], (url, plans)
+        for p in plans.values():  # no pass over the history: neither a scan nor a sort
+            assert not any(word in p for word in ("SCAN proposals", "Seq Scan", "TEMP B-TREE", "Sort")), (url, p)
+        assert seqs["curriculum"] == list(range(1, 100)), url  # the last reported first (seq 1 is p0)
+        assert seqs["student"] == list(range(1, 198, 2)), url
+
+
+def test_a_database_from_before_the_reward_window_keeps_its_rewards(tmp_path, postgres_url):
+    """A database from before `reward_window_at`: at start-up the reports of curricula with derived rewards
+    enter their windows (so the next reward is the one the old reports give), other curricula's do not."""
+    import sqlite3
+
+    import psycopg
+
+    sqlite_path = tmp_path / "sqlite" / "teacher.db"
+    sqlite_path.parent.mkdir()
+    for url in (f"sqlite:///{sqlite_path}", postgres_url):
+        data = tmp_path / ("pg" if url == postgres_url else "sqlite")
+        data.mkdir(exist_ok=True)
+
+        def execute(statement, url=url):
+            if url == postgres_url:
+                with psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as conn:
+                    cursor = conn.execute(statement)
+                    return cursor.fetchall() if cursor.description else None
+            with sqlite3.connect(sqlite_path) as db:
+                return db.execute(statement).fetchall()
+
+        service = ServiceProcess(data, database_url=url).start()
+        client = service.client()
+        one_task = {"kind": "discrete", "tasks": [{"name": "only"}]}
+        create(client, "scale", one_task, "grad_norm_mean_normalized")
+        create(client, "raw", one_task, "grad_norm_mean")
+        for value in (1.0, 2.0, 3.0):
+            report(client, propose(client, "scale"), {"grad_norm_mean": value})
+            report(client, propose(client, "raw"), {"grad_norm_mean": value})
+        service.stop()
+        # The tables as the previous schema made them: no column, no indexes on it.
+        execute("DROP INDEX ix_proposals_reward_window")
+        execute("DROP INDEX ix_proposals_student_reward_window")
+        execute("ALTER TABLE proposals DROP COLUMN reward_window_at")
+        service.start()
+        try:
+            client = service.client()
+            assert report(client, propose(client, "scale"), {"grad_norm_mean": 6.0}) == pytest.approx(6.0 / 3.0)
+            assert report(client, propose(client, "raw"), {"grad_norm_mean": 6.0}) == 6.0
+        finally:
+            service.stop()
+        windows = execute("SELECT c.name, count(p.reward_window_at), count(p.reported_at) FROM proposals p "
+                          "JOIN curricula c ON c.id = p.curriculum_id GROUP BY c.name ORDER BY c.name")
+        assert [tuple(row) for row in windows] == [("raw", 0, 4), ("scale", 4, 4)], url
+        assert execute("SELECT count(*) FROM proposals WHERE reward_window_at != reported_at") == [(0,)], url

@@ -7,6 +7,7 @@ transaction (which holds the curriculum's lock).
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import islice
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Row
@@ -17,18 +18,24 @@ from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace
 from teacher_service.serving.store.tables import Proposal
 
 
+def windowed(reward_signal: str) -> bool:
+    """Whether a curriculum's reports enter the windows that derived rewards read (`reward_window_at` set)."""
+    return reward_signal in rewards.DERIVED_SIGNALS
+
+
 def earlier_reports(proposal: Row, *columns):
-    """The curriculum's reported proposals other than this one, the most recently reported first.
-    Callers skip stopped and abandoned episodes (an `outcome` in their signals): a cut episode's
-    return or gradients are not a finished episode's."""
+    """The curriculum's reported proposals other than this one, the most recently reported first, through
+    ix_proposals_reward_window (ix_proposals_student_reward_window with a student): a report reads its window,
+    not the history. Callers skip stopped and abandoned episodes (an `outcome` in their signals): a cut
+    episode's return or gradients are not a finished episode's."""
     return (
         select(*columns)
         .where(
             Proposal.curriculum_id == proposal.curriculum_id,
-            Proposal.reported_at.is_not(None),
+            Proposal.reward_window_at.is_not(None),
             Proposal.seq != proposal.seq,
         )
-        .order_by(Proposal.reported_at.desc(), Proposal.seq.desc())
+        .order_by(Proposal.reward_window_at.desc(), Proposal.seq.desc())
     )
 
 
@@ -46,14 +53,18 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
             .where(Proposal.student_id == proposal.student_id)
             .limit(rewards.PROGRESS_WINDOW)
         )
-        if isinstance(space, DiscreteSpace):
+        discrete = isinstance(space, DiscreteSpace)
+        if discrete:
             query = query.where(Proposal.task_index == proposal.task_index)
         before_reading()
-        previous = [
-            (row.task_values, row.signals["episode_return"])
-            for row in conn.execute(query)
-            if row.signals.get("episode_return") is not None and "outcome" not in row.signals
-        ]
+        with conn.execute(query) as rows:
+            previous = (
+                (row.task_values, row.signals["episode_return"])
+                for row in rows
+                if row.signals.get("episode_return") is not None and "outcome" not in row.signals
+            )
+            # A discrete task is compared with its own last report: the rows after the first are not read.
+            previous = list(islice(previous, 1) if discrete else previous)
         return rewards.return_progress(space, proposal.task_values, signals.episode_return, previous)
     if reward_signal in rewards.DERIVED_SIGNALS:
         name = reward_signal.removesuffix("_normalized")
