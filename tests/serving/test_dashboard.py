@@ -258,3 +258,23 @@ def test_target_success_curves_and_target_tasks_on_the_maze(service, open_page, 
     page.screenshot(path=str(shots / "dashboard-target.png"), full_page=True,
                     clip={"x": 0, "y": 0, "width": 1280, "height": bottom + 10})
     assert errors == []
+
+
+def test_refreshes_are_spaced_by_what_they_cost(service, open_page):
+    """A refresh reads whole-history aggregates: the next one waits at least 20 times as long as the last took,
+    so a page asked to refresh every 10 ms refreshes a few times a second at most, not a hundred."""
+    client = service.client()
+    create(client, "spaced", MAZE)
+    train(client, "spaced", "s1", 6, 0.5)
+    page, errors = open_page(f"{service.url}/?refresh=0.01&curriculum=spaced#token={service.student_token}")
+    refreshed(page, 2)
+    data = lambda: page.evaluate("({...document.body.dataset})")  # noqa: E731
+    first = data()
+    page.wait_for_timeout(2000)
+    last = data()
+    for d in (first, last):
+        assert int(d["nextPollMs"]) == max(10, round(20 * float(d["refreshMs"]))), d
+    waits = min(int(first["nextPollMs"]), int(last["nextPollMs"]))
+    assert waits > 10  # a refresh takes more than 0.5 ms
+    assert int(last["refreshes"]) - int(first["refreshes"]) <= 2000 / waits + 1, (first, last)
+    assert ", next in" in page.text_content("#status") and errors == []
