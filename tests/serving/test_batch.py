@@ -246,3 +246,24 @@ def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(req
     assert {c for _, c, _, _, t, _ in rows if t is not None} == {1, 2} and 1 in {v for *_, v in rows}
     assert len({reward for *_, reward, _, _ in rows if reward is not None}) >= 6
     assert [status for status, *_ in outcomes["in batches"] if status == 409] == [409, 409, 409]
+
+
+def test_proposal_ids_follow_their_creation_so_inserts_stay_at_the_indexs_edge(tmp_path):
+    """Random ids put each insert on a random page of the unique index (a page written per proposal); ids
+    that begin with their creation time in nanoseconds land at its right edge: in order across calls, one
+    prefix within a batch, unique by their 64 random bits."""
+    hub = sqlite_hub(tmp_path)
+    try:
+        hub.create_curriculum(CurriculumCreate.model_validate(
+            {"name": "cur", "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]}}))
+        batches = [hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(50)])
+                   for _ in range(4)]
+        single = hub.propose(ProposeRequest(curriculum="cur", student_id="s"))
+    finally:
+        hub.close()
+    ids = [[p.proposal_id for p in batch] for batch in batches] + [[single.proposal_id]]
+    flat = [i for batch in ids for i in batch]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in flat) and len(set(flat)) == len(flat)
+    assert all(len({i[:16] for i in batch}) == 1 for batch in ids)  # one creation time per batch
+    assert all(min(later) > max(earlier) for earlier, later in zip(ids, ids[1:]))  # each call's after the last's
+    assert all(len({i[16:] for i in batch}) == len(batch) for batch in ids)

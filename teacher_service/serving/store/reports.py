@@ -18,11 +18,6 @@ from teacher_service.learning.task_spaces import DiscreteSpace, TaskSpace
 from teacher_service.serving.store.tables import Proposal
 
 
-def windowed(reward_signal: str) -> bool:
-    """Whether a curriculum's reports enter the windows that derived rewards read (`reward_window_at` set)."""
-    return reward_signal in rewards.DERIVED_SIGNALS
-
-
 def earlier_reports(proposal: Row, *columns):
     """The curriculum's reported proposals other than this one, the most recently reported first, through
     ix_proposals_reward_window (ix_proposals_student_reward_window with a student): a report reads its window,
