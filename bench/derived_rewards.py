@@ -3,9 +3,9 @@
 `return_progress` reads the student's last reports (up to 1,000) and `<gradient signal>_normalized` the
 curriculum's last 99, each the most recently reported first. This bench gives a service process (SQLite in
 its data dir, or `--database-url`) curricula with a long history of reported episodes, written straight into
-the database (two students taking turns, one report a millisecond), then times `/report` over HTTP, one
-student at a time, next to a curriculum rewarded with a raw signal. A report's time should not grow with
-the history.
+the database (two students taking turns, one report a millisecond; a on tasks 0 and 2, b on 1 and 3, so that
+half the timed reports are a student's first of its task), then times `/report` over HTTP, one student at a
+time, next to a curriculum rewarded with a raw signal. A report's time should not grow with the history.
 
     python bench/derived_rewards.py [--history 0 20000 100000] [--reports 200] [--database-url URL]
 """

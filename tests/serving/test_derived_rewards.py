@@ -137,6 +137,14 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
     from teacher_service.serving.store import reports
     from teacher_service.serving.store.tables import Proposal, create_tables, make_engine
 
+    rows = [{"id": f"p{k}", "student": "s" if k % 10 == 0 else f"o{k % 10}",
+             "task": None if k % 20 == 10 else 0, "at": f"2026-01-01 00:{59 - k // 60:02}:{59 - k % 60:02}"}
+            for k in range(3000)]  # seq k + 1
+
+    def newest(student=None, task=0):
+        return [k + 1 for k, row in enumerate(rows) if student in (None, row["student"]) and
+                (student is None or row["task"] == task)][:99]
+
     for url in (f"sqlite:///{tmp_path / 'plan.db'}", postgres_url):
         engine = make_engine(url)
         create_tables(engine)
@@ -144,17 +152,19 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
             conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, "
                               "teacher_state, created_at) VALUES (1, 'c', '{}', 0, 0, :state, :now)"),
                          {"state": b"", "now": "2026-01-01 00:00:00"})
-            # Reported in the reverse of their order: the window follows report times, not seq.
+            # Ten students taking turns, reported in the reverse of their order (the window follows report
+            # times, not seq); student s has task 0 and box tasks (no index) in turns.
             conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, reset_options, "
                               "teacher_version, teacher_input, created_at, expires_at, reported_at, reward_window_at, "
-                              "signals) VALUES (:id, 1, :student, 0, '{}', 0, '{}', :at, :at, :at, :at, '{}')"),
-                         [{"id": f"p{k}", "student": "st"[k % 2], "at": f"2026-01-01 00:{59 - k // 60:02}:{59 - k % 60:02}"}
-                          for k in range(3000)])
+                              "signals) VALUES (:id, 1, :student, :task, '{}', 0, '{}', :at, :at, :at, :at, '{}')"), rows)
             if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
                 conn.execute(text("ANALYZE"))
         proposal = SimpleNamespace(curriculum_id=1, seq=10**6, student_id="s", task_index=0)
         curriculum = reports.earlier_reports(proposal, Proposal.seq).limit(99)
-        student = curriculum.where(Proposal.student_id == "s")
+        student = curriculum.where(Proposal.student_id == "s", Proposal.task_index == 0)
+        # A task the student never had: the index finds none, where a filter would read the student's history.
+        new_task = curriculum.where(Proposal.student_id == "s", Proposal.task_index == 1)
+        box = curriculum.where(Proposal.student_id == "s")  # a box's tasks have no index: all the student's
         with engine.connect() as conn:
             explain = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
 
@@ -162,15 +172,21 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
                 sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
                 return " ".join(str(row) for row in conn.execute(text(explain + sql)))
 
-            plans = {"curriculum": plan(curriculum), "student": plan(student)}
-            seqs = {"curriculum": conn.scalars(curriculum).all(), "student": conn.scalars(student).all()}
+            queries = {"curriculum": curriculum, "student": student, "new task": new_task, "box": box}
+            plans = {name: plan(query) for name, query in queries.items()}
+            seqs = {name: conn.scalars(query).all() for name, query in queries.items()}
         engine.dispose()
         assert "ix_proposals_reward_window" in plans["curriculum"], (url, plans)
-        assert "ix_proposals_student_reward_window" in plans["student"], (url, plans)
+        assert "ix_proposals_student_reward_window" in plans["box"], (url, plans)
+        for name in ("student", "new task"):
+            assert "ix_proposals_task_reward_window" in plans[name], (url, plans)
+            # the task is a condition of the index, not a filter of the student's rows
+            assert "task_index" in plans[name].split("Filter")[0], (url, plans)
         for p in plans.values():  # no pass over the history: neither a scan nor a sort
             assert not any(word in p for word in ("SCAN proposals", "Seq Scan", "TEMP B-TREE", "Sort")), (url, p)
-        assert seqs["curriculum"] == list(range(1, 100)), url  # the last reported first (seq 1 is p0)
-        assert seqs["student"] == list(range(1, 198, 2)), url
+        assert seqs["curriculum"] == newest() == list(range(1, 100)), url  # the last reported first
+        assert seqs["student"] == newest("s", 0) and seqs["new task"] == [], url
+        assert seqs["box"] == [k + 1 for k, row in enumerate(rows) if row["student"] == "s"][:99], url
 
 
 def test_a_database_from_before_the_reward_window_keeps_its_rewards(tmp_path, postgres_url):
@@ -204,8 +220,8 @@ def test_a_database_from_before_the_reward_window_keeps_its_rewards(tmp_path, po
             report(client, propose(client, "raw"), {"grad_norm_mean": value})
         service.stop()
         # The tables as the previous schema made them: no column, no indexes on it.
-        execute("DROP INDEX ix_proposals_reward_window")
-        execute("DROP INDEX ix_proposals_student_reward_window")
+        for index in ("reward_window", "student_reward_window", "task_reward_window"):
+            execute(f"DROP INDEX ix_proposals_{index}")
         execute("ALTER TABLE proposals DROP COLUMN reward_window_at")
         service.start()
         try:
