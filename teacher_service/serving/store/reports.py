@@ -21,8 +21,9 @@ from teacher_service.serving.store.tables import Proposal
 def earlier_reports(proposal: Row, *columns):
     """The curriculum's reported proposals other than this one, the most recently reported first, through
     ix_proposals_reward_window (with a student ix_proposals_student_reward_window, and a task index
-    ix_proposals_task_reward_window): a report reads its window, not the history. Callers skip stopped and abandoned episodes (an `outcome` in their
-    signals): a cut episode's return or gradients are not a finished episode's."""
+    ix_proposals_task_reward_window): a report reads its window, not the history. Callers skip stopped and
+    abandoned episodes (an `outcome` in their signals): a cut episode's return or gradients are not a finished
+    episode's."""
     return (
         select(*columns)
         .where(

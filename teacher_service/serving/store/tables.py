@@ -180,7 +180,7 @@ _SCHEMA_LOCK_KEY = 7_240_311
 
 def _fill_reward_windows(conn: Connection) -> None:
     """The reports of curricula with derived rewards, in a database from before `reward_window_at`."""
-    derived = [id for id, spec in conn.execute(select(Curriculum.id, Curriculum.spec))
+    derived = [curriculum_id for curriculum_id, spec in conn.execute(select(Curriculum.id, Curriculum.spec))
                if spec.get("reward_signal") in DERIVED_SIGNALS]
     conn.execute(update(Proposal).where(Proposal.curriculum_id.in_(derived), Proposal.reported_at.is_not(None))
                  .values(reward_window_at=Proposal.reported_at))
