@@ -4,8 +4,9 @@
 curriculum's last 99, each the most recently reported first. This bench gives a service process (SQLite in
 its data dir, or `--database-url`) curricula with a long history of reported episodes, written straight into
 the database (two students taking turns, one report a millisecond; a on tasks 0 and 2, b on 1 and 3, so that
-half the timed reports are a student's first of its task), then times `/report` over HTTP, one student at a
-time, next to a curriculum rewarded with a raw signal. A report's time should not grow with the history.
+half the timed reports are of a task rare in the student's history: `return_progress` then finds few rows of the
+task among the student's), then times `/report` over HTTP, one student at a time, next to a curriculum rewarded
+with a raw signal. A report's time should not grow with the history.
 
     python bench/derived_rewards.py [--history 0 20000 100000] [--reports 200] [--database-url URL]
 """
@@ -57,7 +58,7 @@ def write_history(url: str, name: str, episodes: int, derived: bool) -> None:
                     "proposal_id": uuid.uuid4().hex, "curriculum_id": curriculum_id, "student_id": "ab"[k % 2],
                     "task_index": k % 4, "task_values": [float(k % 4)], "reset_options": {}, "teacher_version": 0,
                     "teacher_input": {}, "created_at": at, "expires_at": at + timedelta(hours=1), "reported_at": at,
-                    "reward_window_at": at if derived else None, "reward": 1.0, "signals": signals,
+                    "derived_window_at": at if derived else None, "reward": 1.0, "signals": signals,
                     "ack": {"proposal_id": "x", "reward": 1.0, "teacher_version": 0, "teacher_updated": False},
                 })
             conn.execute(insert(Proposal), rows)

@@ -412,7 +412,7 @@ class TeacherHub:
         driver = self.driver
         created, expires = driver.time(now), driver.time(expires_at)
         # Ids that follow their creation time (nanoseconds, then 64 random bits) go to the right edge of the unique
-        # index, where random ones dirtied a page of it per proposal: in process a batched episode cost 20% less CPU.
+        # index, where random ones dirtied a page of it per proposal: in process a batched episode costs 11-19% less.
         clock, random_bits = f"{time.time_ns():016x}", os.urandom(8 * len(requests)).hex()
         outcomes: list[tuple[wire.Proposal, dict[str, Any]] | ApiError] = []
         for k, (request, context) in enumerate(zip(requests, contexts)):
@@ -615,7 +615,7 @@ class TeacherHub:
         reported_at = driver.time(now)
         marks.rows.append({
             "seq": proposal.seq, "reported_at": reported_at, "signals": driver.json(signals), "reward": reward,
-            "reward_window_at": reported_at if runtime.spec.reward_signal in DERIVED_SIGNALS else None,
+            "derived_window_at": reported_at if runtime.spec.reward_signal in DERIVED_SIGNALS else None,
             "trajectory": trajectory, "ack": driver.json(ack.model_dump(mode="json")),
         })
         if completes:  # the batch is numbered with the version that will have learned from it

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import math
+import re
 import sqlite3
 from collections import Counter
 
@@ -263,7 +264,7 @@ def test_proposal_ids_follow_their_creation_so_inserts_stay_at_the_indexs_edge(t
         hub.close()
     ids = [[p.proposal_id for p in batch] for batch in batches] + [[single.proposal_id]]
     flat = [i for batch in ids for i in batch]
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in flat) and len(set(flat)) == len(flat)
+    assert all(re.fullmatch("[0-9a-f]{32}", i) for i in flat) and len(set(flat)) == len(flat)
     assert all(len({i[:16] for i in batch}) == 1 for batch in ids)  # one creation time per batch
     assert all(min(later) > max(earlier) for earlier, later in zip(ids, ids[1:]))  # each call's after the last's
     assert all(len({i[16:] for i in batch}) == len(batch) for batch in ids)

@@ -129,7 +129,7 @@ def test_stopped_and_abandoned_episodes_are_no_earlier_report(service):
 def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_path, postgres_url):
     """At 80,000 episodes a normalized reward read and sorted every report of the curriculum (57 ms a report
     on SQLite, bench/derived_rewards.py), return_progress every report of the student: both statements now
-    read the last reports through the reward-window indexes, newest first, and stop at their limit."""
+    read the last reports through the derived-window indexes, newest first, and stop at their limit."""
     from types import SimpleNamespace
 
     from sqlalchemy import text
@@ -155,7 +155,7 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
             # Ten students taking turns, reported in the reverse of their order (the window follows report
             # times, not seq); student s has task 0 and box tasks (no index) in turns.
             conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, reset_options, "
-                              "teacher_version, teacher_input, created_at, expires_at, reported_at, reward_window_at, "
+                              "teacher_version, teacher_input, created_at, expires_at, reported_at, derived_window_at, "
                               "signals) VALUES (:id, 1, :student, :task, '{}', 0, '{}', :at, :at, :at, :at, '{}')"), rows)
             if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
                 conn.execute(text("ANALYZE"))
@@ -176,10 +176,10 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
             plans = {name: plan(query) for name, query in queries.items()}
             seqs = {name: conn.scalars(query).all() for name, query in queries.items()}
         engine.dispose()
-        assert "ix_proposals_reward_window" in plans["curriculum"], (url, plans)
-        assert "ix_proposals_student_reward_window" in plans["box"], (url, plans)
+        assert "ix_proposals_derived_window" in plans["curriculum"], (url, plans)
+        assert "ix_proposals_student_derived_window" in plans["box"], (url, plans)
         for name in ("student", "new task"):
-            assert "ix_proposals_task_reward_window" in plans[name], (url, plans)
+            assert "ix_proposals_task_derived_window" in plans[name], (url, plans)
             # the task is a condition of the index, not a filter of the student's rows
             assert "task_index" in plans[name].split("Filter")[0], (url, plans)
         for p in plans.values():  # no pass over the history: neither a scan nor a sort
@@ -189,8 +189,8 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
         assert seqs["box"] == [k + 1 for k, row in enumerate(rows) if row["student"] == "s"][:99], url
 
 
-def test_a_database_from_before_the_reward_window_keeps_its_rewards(tmp_path, postgres_url):
-    """A database from before `reward_window_at`: at start-up the reports of curricula with derived rewards
+def test_a_database_from_before_the_derived_window_keeps_its_rewards(tmp_path, postgres_url):
+    """A database from before `derived_window_at`: at start-up the reports of curricula with derived rewards
     enter their windows (so the next reward is the one the old reports give), other curricula's do not."""
     import sqlite3
 
@@ -220,9 +220,9 @@ def test_a_database_from_before_the_reward_window_keeps_its_rewards(tmp_path, po
             report(client, propose(client, "raw"), {"grad_norm_mean": value})
         service.stop()
         # The tables as the previous schema made them: no column, no indexes on it.
-        for index in ("reward_window", "student_reward_window", "task_reward_window"):
+        for index in ("derived_window", "student_derived_window", "task_derived_window"):
             execute(f"DROP INDEX ix_proposals_{index}")
-        execute("ALTER TABLE proposals DROP COLUMN reward_window_at")
+        execute("ALTER TABLE proposals DROP COLUMN derived_window_at")
         service.start()
         try:
             client = service.client()
@@ -230,7 +230,12 @@ def test_a_database_from_before_the_reward_window_keeps_its_rewards(tmp_path, po
             assert report(client, propose(client, "raw"), {"grad_norm_mean": 6.0}) == 6.0
         finally:
             service.stop()
-        windows = execute("SELECT c.name, count(p.reward_window_at), count(p.reported_at) FROM proposals p "
-                          "JOIN curricula c ON c.id = p.curriculum_id GROUP BY c.name ORDER BY c.name")
-        assert [tuple(row) for row in windows] == [("raw", 0, 4), ("scale", 4, 4)], url
-        assert execute("SELECT count(*) FROM proposals WHERE reward_window_at != reported_at") == [(0,)], url
+        windows = "SELECT c.name, count(p.derived_window_at), count(p.reported_at) FROM proposals p " \
+                  "JOIN curricula c ON c.id = p.curriculum_id GROUP BY c.name ORDER BY c.name"
+        assert [tuple(row) for row in execute(windows)] == [("raw", 0, 4), ("scale", 4, 4)], url
+        assert execute("SELECT count(*) FROM proposals WHERE derived_window_at != reported_at") == [(0,)], url
+        # Reports stored meanwhile by a replica of the previous version, without the column: the next start fills them.
+        execute("UPDATE proposals SET derived_window_at = NULL WHERE seq % 2 = 0")
+        service.start()
+        service.stop()
+        assert [tuple(row) for row in execute(windows)] == [("raw", 0, 4), ("scale", 4, 4)], url

@@ -3,7 +3,8 @@
 // vendor/uplot/VERSION); maze cells, task pairs and the Adroit top view are drawn on <canvas>.
 
 const params = new URLSearchParams(location.search);
-const REFRESH_MS = 1000 * (Number(params.get("refresh")) || 5);
+// Within 10 ms and a day: a browser's timer wraps beyond 2^31 ms and would fire at once.
+const REFRESH_MS = 1000 * Math.min(Math.max(Number(params.get("refresh")) || 5, 0.01), 86400);
 // A refresh reads whole-history aggregates, so it costs the service more as a run grows (about 0.4 s of its CPU
 // at 80,000 episodes, bench/dashboard_load.py): the next one waits at least SLOWDOWN times as long as the last
 // took, so an open page never takes more than about 1/SLOWDOWN of the service.
@@ -658,14 +659,9 @@ function showError(error) {
 
 async function poll() {
   const started = performance.now();
-  let wait = REFRESH_MS;
   try {
     await refresh();
-    const took = performance.now() - started;
-    wait = Math.max(REFRESH_MS, Math.round(SLOWDOWN * took));
-    if (wait > REFRESH_MS) $("status").textContent += `, next in ${Math.round(wait / 1000)} s (${SLOWDOWN}x this refresh)`;
-    Object.assign(document.body.dataset, { refreshMs: took, nextPollMs: wait,
-      refreshes: Number(document.body.dataset.refreshes || 0) + 1 });
+    document.body.dataset.refreshes = Number(document.body.dataset.refreshes || 0) + 1;
   } catch (error) {
     if (error instanceof Unauthorized) {
       $("token-form").hidden = false;
@@ -675,6 +671,11 @@ async function poll() {
     }
     showError(error);
   }
+  // Spaced after a failed refresh too: a service too busy to answer is the one to spare.
+  const took = performance.now() - started;
+  const wait = Math.min(Math.max(REFRESH_MS, Math.round(SLOWDOWN * took)), 86400_000);
+  if (wait > REFRESH_MS) $("status").textContent += `, next in ${Math.round(wait / 1000)} s (${SLOWDOWN}x this refresh)`;
+  Object.assign(document.body.dataset, { refreshMs: took, nextPollMs: wait });
   setTimeout(poll, wait);
 }
 

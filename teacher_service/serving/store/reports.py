@@ -20,18 +20,18 @@ from teacher_service.serving.store.tables import Proposal
 
 def earlier_reports(proposal: Row, *columns):
     """The curriculum's reported proposals other than this one, the most recently reported first, through
-    ix_proposals_reward_window (with a student ix_proposals_student_reward_window, and a task index
-    ix_proposals_task_reward_window): a report reads its window, not the history. Callers skip stopped and
+    ix_proposals_derived_window (with a student ix_proposals_student_derived_window, and a task index
+    ix_proposals_task_derived_window): a report reads its window, not the history. Callers skip stopped and
     abandoned episodes (an `outcome` in their signals): a cut episode's return or gradients are not a finished
     episode's."""
     return (
         select(*columns)
         .where(
             Proposal.curriculum_id == proposal.curriculum_id,
-            Proposal.reward_window_at.is_not(None),
+            Proposal.derived_window_at.is_not(None),
             Proposal.seq != proposal.seq,
         )
-        .order_by(Proposal.reward_window_at.desc(), Proposal.seq.desc())
+        .order_by(Proposal.derived_window_at.desc(), Proposal.seq.desc())
     )
 
 
@@ -59,7 +59,7 @@ def reward(conn: Connection, reward_signal: str, space: TaskSpace, proposal: Row
                 for row in rows
                 if row.signals.get("episode_return") is not None and "outcome" not in row.signals
             )
-            # A discrete task is compared with its own last report: the rows after the first are not read.
+            # A discrete task is compared with its own last report: the rows after the first are not decoded.
             previous = list(islice(previous, 1) if discrete else previous)
         return rewards.return_progress(space, proposal.task_values, signals.episode_return, previous)
     if reward_signal in rewards.DERIVED_SIGNALS:

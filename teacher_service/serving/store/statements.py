@@ -42,7 +42,7 @@ SQL = {
     "proposal_by_id": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id = :proposal_id",
     # A report batch's proposals in one statement (PostgreSQL: one round trip, not one per report).
     "proposals_by_ids": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id IN (SELECT value FROM {{ids}})",
-    "mark_reported": "UPDATE proposals SET reported_at = :reported_at, reward_window_at = :reward_window_at, "
+    "mark_reported": "UPDATE proposals SET reported_at = :reported_at, derived_window_at = :derived_window_at, "
     "signals = :signals, reward = :reward, trajectory = :trajectory, ack = :ack WHERE seq = :seq",
     # Students' rewarded episodes not yet in a trajectory, (student_id, seq) rows: through the partial index of
     # open episodes (a handful each), not their whole histories; SQLite's planner, without statistics (we never

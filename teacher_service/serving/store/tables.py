@@ -65,10 +65,10 @@ class Curriculum(Base):
     created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
 
 
-def reward_window_index(name: str, *columns: str) -> Index:
-    """A partial index of the reports in reward windows (`reward_window_at` set), the newest last."""
-    where = text("reward_window_at IS NOT NULL")
-    return Index(name, *columns, "reward_window_at", "seq", sqlite_where=where, postgresql_where=where)
+def derived_window_index(name: str, *columns: str) -> Index:
+    """A partial index of the reports in derived-reward windows (`derived_window_at` set), the newest last."""
+    where = text("derived_window_at IS NOT NULL")
+    return Index(name, *columns, "derived_window_at", "seq", sqlite_where=where, postgresql_where=where)
 
 
 class Proposal(Base):
@@ -90,7 +90,7 @@ class Proposal(Base):
     # reported_at again, only in curricula whose rewards are derived from earlier reports (return_progress,
     # *_normalized): their reports read the last ones through its partial indexes, where an index of every
     # report would cost every other curriculum's reports too (added after the first schema).
-    reward_window_at: Mapped[datetime | None] = mapped_column(AwareDateTime, nullable=True)
+    derived_window_at: Mapped[datetime | None] = mapped_column(AwareDateTime, nullable=True)
     reward: Mapped[float | None] = mapped_column(Float, nullable=True)
     signals: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     ack: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the first answer, returned again on a resend
@@ -112,9 +112,9 @@ class Proposal(Base):
         # The last reports of a curriculum, of one of its students, and of a student on one discrete task, for
         # derived rewards: without them a report read and sorted the whole history (57 ms a report at 80,000
         # episodes on SQLite), and a student's first report of a discrete task read all of the student's.
-        reward_window_index("ix_proposals_reward_window", "curriculum_id"),
-        reward_window_index("ix_proposals_student_reward_window", "curriculum_id", "student_id"),
-        reward_window_index("ix_proposals_task_reward_window", "curriculum_id", "student_id", "task_index"),
+        derived_window_index("ix_proposals_derived_window", "curriculum_id"),
+        derived_window_index("ix_proposals_student_derived_window", "curriculum_id", "student_id"),
+        derived_window_index("ix_proposals_task_derived_window", "curriculum_id", "student_id", "task_index"),
     )
 
 
@@ -178,17 +178,20 @@ def writer_engine(engine: Engine) -> Engine:
 _SCHEMA_LOCK_KEY = 7_240_311
 
 
-def _fill_reward_windows(conn: Connection) -> None:
-    """The reports of curricula with derived rewards, in a database from before `reward_window_at`."""
+def _fill_derived_windows(conn: Connection) -> None:
+    """The reports of curricula with derived rewards stored without `derived_window_at`: in a database from before
+    it, or, during a rolling upgrade, by a replica of the previous version since the last start-up."""
     derived = [curriculum_id for curriculum_id, spec in conn.execute(select(Curriculum.id, Curriculum.spec))
                if spec.get("reward_signal") in DERIVED_SIGNALS]
-    conn.execute(update(Proposal).where(Proposal.curriculum_id.in_(derived), Proposal.reported_at.is_not(None))
-                 .values(reward_window_at=Proposal.reported_at))
+    conn.execute(update(Proposal)
+                 .where(Proposal.curriculum_id.in_(derived), Proposal.reported_at.is_not(None),
+                        Proposal.derived_window_at.is_(None))
+                 .values(derived_window_at=Proposal.reported_at))
 
 
-# Columns added since a table was first released, and what fills them in a database created before: it gets
-# them at start-up (and the indexes added since, see create_tables).
-ADDED_COLUMNS = {Evaluation.__table__.c.on_target: None, Proposal.__table__.c.reward_window_at: _fill_reward_windows}
+# Columns added since a table was first released, and what fills them at every start-up (a database created
+# before gets the columns then, and the indexes added since, see create_tables).
+ADDED_COLUMNS = {Evaluation.__table__.c.on_target: None, Proposal.__table__.c.derived_window_at: _fill_derived_windows}
 
 
 def create_tables(engine: Engine) -> None:
@@ -204,8 +207,8 @@ def create_tables(engine: Engine) -> None:
             if column.name not in present:
                 ddl = conn.dialect.ddl_compiler(conn.dialect, None).get_column_specification(column)
                 conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {ddl}"))
-                if fill:
-                    fill(conn)
+            if fill:
+                fill(conn)
         for table in Base.metadata.sorted_tables:  # create_all adds indexes only with their table
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
