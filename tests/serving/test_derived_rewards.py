@@ -135,8 +135,11 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
     from sqlalchemy import text
 
     from teacher_service.serving.store import reports
-    from teacher_service.serving.store.tables import Proposal, create_tables, make_engine
+    from teacher_service.serving.store.tables import Proposal
+    from tests.serving.test_storage import database
 
+    # Ten students taking turns, reported in the reverse of their order (the window follows report times, not
+    # seq); student s has task 0 and box tasks (no index) in turns.
     rows = [{"id": f"p{k}", "student": "s" if k % 10 == 0 else f"o{k % 10}",
              "task": None if k % 20 == 10 else 0, "at": f"2026-01-01 00:{59 - k // 60:02}:{59 - k % 60:02}"}
             for k in range(3000)]  # seq k + 1
@@ -146,19 +149,10 @@ def test_a_derived_reward_reads_its_window_through_an_index_not_the_history(tmp_
                 (student is None or row["task"] == task)][:99]
 
     for url in (f"sqlite:///{tmp_path / 'plan.db'}", postgres_url):
-        engine = make_engine(url)
-        create_tables(engine)
-        with engine.begin() as conn:
-            conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, "
-                              "teacher_state, created_at) VALUES (1, 'c', '{}', 0, 0, :state, :now)"),
-                         {"state": b"", "now": "2026-01-01 00:00:00"})
-            # Ten students taking turns, reported in the reverse of their order (the window follows report
-            # times, not seq); student s has task 0 and box tasks (no index) in turns.
-            conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, reset_options, "
-                              "teacher_version, teacher_input, created_at, expires_at, reported_at, derived_window_at, "
-                              "signals) VALUES (:id, 1, :student, :task, '{}', 0, '{}', :at, :at, :at, :at, '{}')"), rows)
-            if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
-                conn.execute(text("ANALYZE"))
+        engine = database(url, "INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, "
+                          "reset_options, teacher_version, teacher_input, created_at, expires_at, reported_at, "
+                          "derived_window_at, signals) VALUES (:id, 1, :student, :task, '{}', 0, '{}', :at, :at, :at, "
+                          ":at, '{}')", rows)
         proposal = SimpleNamespace(curriculum_id=1, seq=10**6, student_id="s", task_index=0)
         curriculum = reports.earlier_reports(proposal, Proposal.seq).limit(99)
         student = curriculum.where(Proposal.student_id == "s", Proposal.task_index == 0)

@@ -108,12 +108,11 @@ def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
     engine.dispose()
 
 
-def history(url: str, trajectories: list[int | None], consumed: list[int | None]):
-    """A database at `url` with curriculum 1 and student 's' holding one episode per entry (rewarded, in
-    that trajectory and consumed by that teacher version); its engine and driver."""
+def database(url: str, insert_proposals: str, rows: list[dict]):
+    """A database at `url` with curriculum 1 and proposals inserted by the statement `insert_proposals` from
+    `rows`, analyzed as autovacuum would (PostgreSQL); its engine."""
     from sqlalchemy import text
 
-    from teacher_service.serving.store.statements import Driver
     from teacher_service.serving.store.tables import create_tables, make_engine
 
     engine = make_engine(url)
@@ -122,15 +121,24 @@ def history(url: str, trajectories: list[int | None], consumed: list[int | None]
         conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, teacher_state, "
                           "created_at) VALUES (1, 'c', '{}', 0, 0, :state, :now)"),
                      {"state": b"", "now": "2026-01-01 00:00:00"})
-        conn.execute(text("INSERT INTO proposals (proposal_id, curriculum_id, student_id, reset_options, "
-                          "teacher_version, teacher_input, created_at, expires_at, reward, trajectory, "
-                          "consumed_version) VALUES (:id, 1, 's', '{}', 0, :input, :now, :now, :reward, :trajectory, "
-                          ":consumed)"),
-                     [{"id": f"p{k}", "now": "2026-01-01 00:00:00", "trajectory": trajectory, "consumed": version,
-                       "reward": float(k), "input": json.dumps({"k": k})}
-                      for k, (trajectory, version) in enumerate(zip(trajectories, consumed, strict=True))])
+        conn.execute(text(insert_proposals), rows)
         if conn.dialect.name == "postgresql":  # as autovacuum does; SQLite files are never analyzed
             conn.execute(text("ANALYZE"))
+    return engine
+
+
+def history(url: str, trajectories: list[int | None], consumed: list[int | None]):
+    """A database at `url` with curriculum 1 and student 's' holding one episode per entry (rewarded, in
+    that trajectory and consumed by that teacher version); its engine and driver."""
+    from teacher_service.serving.store.statements import Driver
+
+    engine = database(
+        url, "INSERT INTO proposals (proposal_id, curriculum_id, student_id, reset_options, teacher_version, "
+        "teacher_input, created_at, expires_at, reward, trajectory, consumed_version) VALUES (:id, 1, 's', '{}', 0, "
+        ":input, :now, :now, :reward, :trajectory, :consumed)",
+        [{"id": f"p{k}", "now": "2026-01-01 00:00:00", "trajectory": trajectory, "consumed": version,
+          "reward": float(k), "input": json.dumps({"k": k})}
+         for k, (trajectory, version) in enumerate(zip(trajectories, consumed, strict=True))])
     return engine, Driver(engine.dialect.name)
 
 
