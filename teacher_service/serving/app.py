@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from teacher_service.serving.api import compare, curricula, episodes, inspection, service
+from teacher_service.serving.api.deps import RequestThreads
 from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
@@ -45,12 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests run in a thread pool; with one database writer at a time, a few threads serve more
-        # requests than anyio's default 40, which mostly wait on each other for the GIL.
+        # Requests run in thread pools (the students' routes in their own: api/deps.py); with one database
+        # writer at a time, a few threads serve more requests than anyio's default 40, which mostly wait on each
+        # other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        app.state.no_thread_limit = anyio.CapacityLimiter(math.inf)  # see api/deps.run_in_request_thread
+        app.state.request_threads = RequestThreads(settings.request_threads)
         app.state.hub.start()
         yield
+        app.state.request_threads.close()
         app.state.hub.close()  # applies the teacher updates still pending
 
     app = FastAPI(

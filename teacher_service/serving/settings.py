@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     student_token: SecretStr | None = Field(default=None, description="Bearer token that may propose and report.")
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
     proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
-    request_threads: int = Field(default=4, ge=1, le=256, description="Threads serving requests (more for a remote PostgreSQL).")
+    request_threads: int = Field(default=4, ge=1, le=256, description="Threads serving the students' requests, and as many for the other routes (more for a remote PostgreSQL).")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
     max_batch_items: int = Field(default=1024, ge=1, le=10_000, description="Most items in one batch call.")
     max_batch_body_bytes: int = Field(

@@ -13,21 +13,16 @@ from tests.servers import ServiceProcess, wait_until
 from tests.serving.test_api import counts, create
 
 
-def requests_with_status(client: httpx.Client, route: str, status: str) -> float:
+def metric(client: httpx.Client, name: str, labels: dict[str, str] | None = None) -> float:
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
-            if sample.name == "teacher_http_requests_total" and sample.labels == {
-                "method": "POST", "route": route, "status": status,
-            }:
+            if sample.name == name and sample.labels == (labels or {}):
                 return sample.value
     return 0.0
 
 
-def answers_healthz(service: ServiceProcess) -> bool:
-    try:
-        return httpx.get(f"{service.url}/healthz", timeout=0.5).status_code == 200
-    except httpx.TimeoutException:
-        return False
+def requests_with_status(client: httpx.Client, route: str, status: str) -> float:
+    return metric(client, "teacher_http_requests_total", {"method": "POST", "route": route, "status": status})
 
 
 def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
@@ -43,8 +38,8 @@ def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
             target=lambda: first.update(response=service.client().post("/propose", json={"curriculum": "cur", "student_id": "a"}))
         )
         waiting.start()
-        # The first propose holds the only request thread once even /healthz (a thread-pool route) stops answering.
-        wait_until(lambda: not answers_healthz(service), 30, "the first propose blocking the request thread")
+        wait_until(lambda: metric(client, "teacher_request_threads_busy") == 1, 30,
+                   "the first propose holding the only request thread")
         # The second waits for the thread; its client gives up, as a client with a timeout and retries does.
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{service.url}/propose", json={"curriculum": "cur", "student_id": "b"}, timeout=1,

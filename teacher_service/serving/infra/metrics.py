@@ -17,6 +17,8 @@ PROPOSALS = Counter("teacher_proposals", "Proposals made", ["curriculum"])
 REPORTS = Counter("teacher_reports", "Reports accepted (resends not counted)", ["curriculum"])
 UPDATES = Counter("teacher_updates", "Teacher updates", ["curriculum"])
 ACTIVE_STUDENTS = Gauge("teacher_active_students", "Students seen in the last 5 minutes", ["curriculum"])
+REQUEST_THREADS_BUSY = Gauge("teacher_request_threads_busy", "Request threads running a student's request "
+                             "(TEACHER_REQUEST_THREADS in all)")
 
 
 class RequestMetrics:
