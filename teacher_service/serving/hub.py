@@ -544,7 +544,7 @@ class TeacherHub:
         trajectory, by (curriculum id, student id), for curricula whose trajectories span several episodes."""
         driver = self.driver
         ids = sorted({request.proposal_id for request in requests})
-        curricula = sorted({raw[CURRICULUM_ID] for raw in driver.proposals(cursor, ids)})
+        curricula = sorted(driver.curricula_of(cursor, ids))
         for curriculum_id in curricula:  # in id order (within this job; a group's jobs lock in their order)
             # Deleted meanwhile: so are its proposals (ON DELETE CASCADE), which the second read does not find.
             with contextlib.suppress(NotFound):

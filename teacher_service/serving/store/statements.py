@@ -42,6 +42,10 @@ SQL = {
     "proposal_by_id": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id = :proposal_id",
     # A report batch's proposals in one statement (PostgreSQL: one round trip, not one per report).
     "proposals_by_ids": f"SELECT {_PROPOSAL_COLUMNS} FROM proposals WHERE proposal_id IN (SELECT value FROM {{ids}})",
+    # Their curricula, to lock before reading them: one row, not the batch's (SQLite: one step of the statement,
+    # where each row's step gives up the GIL and waits to take it back, in the one writer thread).
+    "curricula_of_proposals": "SELECT DISTINCT curriculum_id FROM proposals WHERE proposal_id IN "
+    "(SELECT value FROM {ids})",
     "mark_reported": "UPDATE proposals SET reported_at = :reported_at, derived_window_at = :derived_window_at, "
     "signals = :signals, reward = :reward, trajectory = :trajectory, ack = :ack WHERE seq = :seq",
     # Students' rewarded episodes not yet in a trajectory, (student_id, seq) rows: through the partial index of
@@ -114,6 +118,10 @@ class Driver:
     def proposals(self, cursor, proposal_ids: list[str]) -> list[tuple]:
         """The raw rows of those of these proposals that exist (`proposal` parses one)."""
         return self.all(cursor, "proposals_by_ids", {"proposal_ids": self.list_param(proposal_ids)})
+
+    def curricula_of(self, cursor, proposal_ids: list[str]) -> list[int]:
+        """The ids of the curricula of those of these proposals that exist."""
+        return [cid for (cid,) in self.all(cursor, "curricula_of_proposals", {"proposal_ids": self.list_param(proposal_ids)})]
 
     def open_episodes(self, cursor, curriculum_id: int, student_ids: list[str]) -> dict[str, list[int]]:
         """Each student's rewarded episodes not yet in a trajectory: their seqs, in no particular order."""
