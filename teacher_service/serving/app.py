@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -52,17 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         app.state.request_threads = RequestThreads(settings.request_threads)
         app.state.hub.start()
-        # The cyclic garbage collector, under batch load, ran a full collection about once a second, each ~170 ms
-        # with the GIL held: it scans every object (torch, sklearn and the rest: ~470,000), and each of the many
-        # young collections (every 700 allocations) moved the requests' objects then in flight into the old
-        # generation, whose growth triggers a full one. Now young collections wait for 50,000 allocations (a few
-        # MB of young garbage at most), and what start-up made is frozen out of the scans (README "Scale").
-        thresholds = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(50_000, 10, 10)
         yield
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
         app.state.request_threads.close()
         app.state.hub.close()  # applies the teacher updates still pending
 

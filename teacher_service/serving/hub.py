@@ -539,14 +539,14 @@ class TeacherHub:
     def _read_batch_rows(self, cursor: Any, locked: dict[int, Batching], requests: list[wire.ReportRequest]
                          ) -> tuple[dict[str, tuple], dict[tuple[int, str], list[int]]]:
         """What a batch of reports reads before storing any, in a few statements instead of a few per report
-        (on PostgreSQL each is a round trip): their proposals, read again once their curricula are locked (so
-        that a concurrent resend on another replica is seen), and their students' episodes not yet in a
+        (on PostgreSQL each is a round trip): their curricula, locked first, then their proposals (read under the
+        locks, so that a concurrent resend on another replica is seen), and their students' episodes not yet in a
         trajectory, by (curriculum id, student id), for curricula whose trajectories span several episodes."""
         driver = self.driver
         ids = sorted({request.proposal_id for request in requests})
         curricula = sorted(driver.curricula_of(cursor, ids))
         for curriculum_id in curricula:  # in id order (within this job; a group's jobs lock in their order)
-            # Deleted meanwhile: so are its proposals (ON DELETE CASCADE), which the second read does not find.
+            # Deleted meanwhile: so are its proposals (ON DELETE CASCADE), which the read below does not find.
             with contextlib.suppress(NotFound):
                 self._lock(cursor, locked, curriculum_id)
         rows = {raw[PROPOSAL_ID]: raw for raw in driver.proposals(cursor, ids)} if curricula else {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
 import math
 import os
@@ -398,24 +396,6 @@ def test_data_dir_and_database_are_owner_only(tmp_path):
         assert stat.S_IMODE((data_dir / "teacher.db").stat().st_mode) == 0o600
     finally:
         os.umask(umask)
-
-
-def test_while_it_runs_the_service_keeps_start_up_out_of_garbage_collections_and_restores_them_after(tmp_path):
-    from teacher_service.serving.app import create_app
-    from teacher_service.serving.settings import Settings
-
-    thresholds = gc.get_threshold()
-    app = create_app(Settings(data_dir=tmp_path / "data"))
-
-    async def run() -> None:
-        async with app.router.lifespan_context(app):
-            assert gc.get_freeze_count() > 100_000  # the modules of torch, sklearn and the rest
-            assert gc.get_threshold()[0] > thresholds[0]  # young collections far apart
-
-    asyncio.run(run())
-    # An application embedded in a process of its own does not leave that process's collector changed.
-    assert gc.get_threshold() == thresholds
-    assert gc.get_freeze_count() == 0
 
 
 def test_a_return_alone_is_the_context_the_teacher_sees(service):

@@ -40,6 +40,7 @@ def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
         waiting.start()
         wait_until(lambda: metric(client, "teacher_request_threads_busy") == 1, 30,
                    "the first propose holding the only request thread")
+        assert client.get("/healthz").status_code == 200  # the other routes have threads of their own
         # The second waits for the thread; its client gives up, as a client with a timeout and retries does.
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{service.url}/propose", json={"curriculum": "cur", "student_id": "b"}, timeout=1,
