@@ -28,7 +28,7 @@ class RequestThreads:
     """The threads that run the hub's blocking work for the students' routes, and a slot per thread.
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
-    use, cost the event loop about 35 us more per request (README "Scale")."""
+    use, cost the event loop about 30 us more per request (README "Scale")."""
 
     count: int
     executor: ThreadPoolExecutor = field(init=False)

@@ -121,7 +121,8 @@ class Driver:
 
     def curricula_of(self, cursor, proposal_ids: list[str]) -> list[int]:
         """The ids of the curricula of those of these proposals that exist."""
-        return [cid for (cid,) in self.all(cursor, "curricula_of_proposals", {"proposal_ids": self.list_param(proposal_ids)})]
+        rows = self.all(cursor, "curricula_of_proposals", {"proposal_ids": self.list_param(proposal_ids)})
+        return [curriculum_id for (curriculum_id,) in rows]
 
     def open_episodes(self, cursor, curriculum_id: int, student_ids: list[str]) -> dict[str, list[int]]:
         """Each student's rewarded episodes not yet in a trajectory: their seqs, in no particular order."""
