@@ -7,22 +7,10 @@ import threading
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.servers import ServiceProcess, wait_until
 from tests.serving.test_api import counts, create
-
-
-def metric(client: httpx.Client, name: str, labels: dict[str, str] | None = None) -> float:
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == (labels or {}):
-                return sample.value
-    return 0.0
-
-
-def requests_with_status(client: httpx.Client, route: str, status: str) -> float:
-    return metric(client, "teacher_http_requests_total", {"method": "POST", "route": route, "status": status})
+from tests.serving.test_metrics import scrape, value
 
 
 def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
@@ -38,7 +26,7 @@ def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
             target=lambda: first.update(response=service.client().post("/propose", json={"curriculum": "cur", "student_id": "a"}))
         )
         waiting.start()
-        wait_until(lambda: metric(client, "teacher_request_threads_busy") == 1, 30,
+        wait_until(lambda: value(scrape(service), "teacher_request_threads_busy") == 1, 30,
                    "the first propose holding the only request thread")
         assert client.get("/healthz").status_code == 200  # the other routes have threads of their own
         # The second waits for the thread; its client gives up, as a client with a timeout and retries does.
@@ -51,7 +39,8 @@ def test_a_request_whose_client_left_while_it_waited_is_not_run(tmp_path):
         assert first["response"].status_code == 200, first["response"].text
 
         assert counts(service)["proposals"] == 1  # only the first: nobody was waiting for the second
-        assert requests_with_status(client, "/propose", "499") == 1
-        assert requests_with_status(client, "/propose", "200") == 1
+        samples = scrape(service)
+        assert value(samples, "teacher_http_requests_total", method="POST", route="/propose", status="499") == 1
+        assert value(samples, "teacher_http_requests_total", method="POST", route="/propose", status="200") == 1
     finally:
         service.stop()
