@@ -185,8 +185,8 @@ class Actor(nn.Module):
         else:
             # the members' streams are CPU generators on every device: checkpoints move across devices
             eps = torch.empty(mean.shape)
-            for member_eps, g in zip(eps, self.generators):
-                torch.randn(member_eps.shape, generator=g, out=member_eps)
+            for member_eps, g in zip(eps.unbind(), self.generators):  # normal_ on views: the values of randn,
+                member_eps.normal_(generator=g)  # in half the time of randn(out=...) over iterated rows
             eps = eps.to(mean.device)
         u = torch.addcmul(mean, log_std.exp(), eps)
         # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable

@@ -65,8 +65,8 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> Batch:
         if self._index.shape[1] != batch_size:
             self._index = torch.empty((len(self.generators), batch_size), dtype=torch.int64)
-        for row, g in zip(self._index, self.generators):  # each member's rows from its own stream
-            torch.randint(self.size, (batch_size,), generator=g, out=row)
+        for row, g in zip(self._index.unbind(), self.generators):  # each member's rows from its own stream
+            row.random_(0, self.size, generator=g)  # randint's values, without its argument parsing
         idx = self._index.to(self.device)
         return self._fields(self.rows[idx[0]] if self.members is None else self.rows[idx, self._member_index])
 
