@@ -101,17 +101,23 @@ class PostgresServer:
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *cmd: str) -> None:
+    def _run(self, *cmd: str, check: bool = True) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True)
+        subprocess.run([*prefix, *cmd], check=check, capture_output=True)
 
     def start(self) -> "PostgresServer":
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres")
-        data = str(self.dir / "data")
-        self._run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        return self.resume()
+
+    def pause(self, check: bool = True) -> None:
+        """Stop the server, keeping its data (an outage); `resume` starts it again."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop", check=check)
+
+    def resume(self) -> "PostgresServer":
         self._run(
-            "pg_ctl", "-D", data, "-l", str(self.dir / "log"), "-w", "-t", "60",
+            "pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "-t", "60",
             "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
         )
         return self
@@ -124,5 +130,5 @@ class PostgresServer:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        self.pause(check=False)  # it may be paused already
         shutil.rmtree(self.dir, ignore_errors=True)

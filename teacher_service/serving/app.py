@@ -19,7 +19,7 @@ from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.infra.auth import load_tokens
-from teacher_service.serving.infra.errors import ApiError, responses
+from teacher_service.serving.infra.errors import DATABASE_UNAVAILABLE, ApiError, responses
 from teacher_service.serving.infra.middleware import BodySizeLimit
 from teacher_service.serving.infra.private_files import private_dir, private_sqlite_file
 from teacher_service.serving.settings import Settings
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     private_dir(settings.data_dir)
     private_sqlite_file(settings.resolved_database_url())
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
 
     @contextlib.asynccontextmanager
@@ -79,11 +79,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = [{"loc": list(err["loc"]), "msg": error_message(err), "type": err["type"]} for err in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s: the database is unavailable: %r", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "the database is unavailable; nothing was stored, retry shortly"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, database_unavailable)
+
     # The errors each group of routes can answer with, in the OpenAPI document (one model: errors.py).
-    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 422))
-    app.include_router(episodes.router, responses=responses(400, 401, 404, 409, 410, 413, 422))
-    app.include_router(inspection.router, responses=responses(401, 404, 422))
-    app.include_router(compare.router, responses=responses(401, 404, 422))
+    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 422, 503))
+    app.include_router(episodes.router, responses=responses(400, 401, 404, 409, 410, 413, 422, 503))
+    app.include_router(inspection.router, responses=responses(401, 404, 422, 503))
+    app.include_router(compare.router, responses=responses(401, 404, 422, 503))
     app.include_router(service.router)
 
     # The dashboard: public static files (everything local, no CDN); its API calls carry the token.

@@ -11,7 +11,10 @@ import sys
 import httpx
 import psycopg
 
-from tests.servers import ServiceProcess, free_port, wait_until
+from sqlalchemy import text
+
+from teacher_service.serving.store.tables import create_tables, make_engine
+from tests.servers import PostgresServer, ServiceProcess, free_port, wait_until
 from tests.serving.test_api import create, propose, report
 
 
@@ -39,6 +42,54 @@ def test_postgres_path_commits_and_resumes(tmp_path, postgres_url):
         versions = conn.execute("select version from teacher_updates order by id").fetchall()
     assert [r for (r,) in rewards] == [0.0, 1.0, 2.0, 3.0, 1.0, 5.0]
     assert [v for (v,) in versions] == [1, 2, 3]
+
+
+def test_a_database_outage_answers_503_and_the_service_recovers_when_it_is_back(tmp_path):
+    """PostgreSQL stopped under a running service: every route that needs it answers 503 with Retry-After (the
+    students' clients retry those), none 500; health and metrics still answer; nothing acknowledged is lost, and
+    once the database is back the same service proposes and reports again."""
+    server = PostgresServer().start()  # its own server: the session's stays up for the other tests
+    url = server.create_database("outage")
+    service = ServiceProcess(tmp_path, database_url=url).start()
+    try:
+        client = service.client()
+        create(client, batch_size=2)
+        acknowledged = report(client, propose(client), 1.0)
+        assert acknowledged.status_code == 200
+        pending = propose(client)
+        server.pause()
+        answers = [client.post("/propose", json={"curriculum": "cur", "student_id": "s2"}),
+                   report(client, pending, 2.0),
+                   client.post("/propose/batch", json={"items": [{"curriculum": "cur", "student_id": "s3"}]}),
+                   client.get("/curricula/cur"), client.get("/curricula/cur/students")]
+        for answer in answers:
+            assert answer.status_code == 503, (answer.request.url, answer.text)
+            assert answer.headers["retry-after"] == "1" and "database is unavailable" in answer.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        server.resume()
+        assert report(client, pending, 2.0).json()["teacher_version"] == 1  # the pending one completes the batch
+        assert report(client, propose(client, student="s2"), 3.0, student="s2").status_code == 200
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+            rewards = conn.execute("select reward from proposals where reward is not null order by seq").fetchall()
+        assert [r for (r,) in rewards] == [1.0, 2.0, 3.0]
+    finally:
+        service.stop()
+        server.stop()
+    assert "the database is unavailable" in service.log_path.read_text()
+
+
+def test_the_postgresql_pool_has_a_connection_for_every_thread_that_can_hold_one(postgres_url):
+    """2 x request_threads (the students' threads and as many for other routes), the writer and the updater at
+    once: with too few, a request would wait 30 s for a connection and fail (the pool was 40 whatever the threads)."""
+    engine = make_engine(postgres_url, request_threads=30)
+    held = [engine.raw_connection() for _ in range(2 * 30 + 2)]
+    try:
+        assert all(c.cursor().execute("select 1") for c in held)
+    finally:
+        for c in held:
+            c.close()
+        engine.dispose()
 
 
 def run_service(tmp_path, *args, env=None):
@@ -92,10 +143,6 @@ def test_insecure_only_when_asked(tmp_path):
 
 def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
     # Teachers are cached by curriculum id: a new curriculum taking a deleted one's id would get its teacher.
-    from sqlalchemy import text
-
-    from teacher_service.serving.store.tables import create_tables, make_engine
-
     engine = make_engine(f"sqlite:///{tmp_path / 'ids.db'}")
     create_tables(engine)
     add = text("INSERT INTO curricula (name, spec, teacher_version, teacher_updates, teacher_state, created_at) "
@@ -111,10 +158,6 @@ def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
 def database(url: str, insert_proposals: str, rows: list[dict]):
     """A database at `url` with curriculum 1 and proposals inserted by the statement `insert_proposals` from
     `rows`, analyzed as autovacuum would (PostgreSQL); its engine."""
-    from sqlalchemy import text
-
-    from teacher_service.serving.store.tables import create_tables, make_engine
-
     engine = make_engine(url)
     create_tables(engine)
     with engine.begin() as conn:

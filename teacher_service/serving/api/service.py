@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from teacher_service.serving.infra import metrics as counters
+from teacher_service.serving.infra.errors import DATABASE_UNAVAILABLE
 from teacher_service.serving.inspection import Inspector
 
 router = APIRouter(tags=["service"])
@@ -18,8 +19,14 @@ def healthz() -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    """Unauthenticated, as scrapers expect; it shows counts and curriculum names only."""
-    counters.ACTIVE_STUDENTS.clear()  # deleted curricula drop out
-    for curriculum, count in Inspector(request.app.state.hub).active_students().items():
-        counters.ACTIVE_STUDENTS.labels(curriculum).set(count)
+    """Unauthenticated, as scrapers expect; it shows counts and curriculum names only. While the database is
+    unavailable the counters still answer, the active-students gauge with its last values."""
+    try:
+        active = Inspector(request.app.state.hub).active_students()
+    except DATABASE_UNAVAILABLE:
+        active = None
+    if active is not None:
+        counters.ACTIVE_STUDENTS.clear()  # deleted curricula drop out
+        for curriculum, count in active.items():
+            counters.ACTIVE_STUDENTS.labels(curriculum).set(count)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

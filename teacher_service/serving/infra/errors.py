@@ -1,13 +1,17 @@
 """Errors the service answers with, and their one model in the OpenAPI document.
 
-Every 4xx is JSON with a `detail`: for 422 a list of problems `{loc, msg, type}` (FastAPI's own
-validation errors and the service's checks alike), for every other status a message in words.
+Every 4xx, and the 503 of an unavailable database, is JSON with a `detail`: for 422 a list of problems
+`{loc, msg, type}` (FastAPI's own validation errors and the service's checks alike), for every other status a
+message in words.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from pydantic import BaseModel
 
 
@@ -24,7 +28,7 @@ class ValidationErrorResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every 4xx other than 422."""
+    """Every error other than 422."""
 
     detail: str
 
@@ -38,7 +42,14 @@ ERRORS = {
     410: "The proposal expired",
     413: "Request body too large",
     422: "Invalid values",
+    503: "The database is unreachable or timed out; nothing was stored, retry after the Retry-After seconds",
 }
+
+# The database could not be reached or did not answer in time: connection refused or lost, no free connection in
+# the pool, SQLite's write lock still held after its 30 s timeout, a failing disk. A 503 that the students' clients
+# retry, not a 500; the error is logged.
+DATABASE_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+                        sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:

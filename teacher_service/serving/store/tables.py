@@ -145,7 +145,10 @@ class Evaluation(Base):
     on_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, request_threads: int = 4) -> Engine:
+    """The engine for `url`; on PostgreSQL its pool has a connection for every thread that can hold one at once:
+    the students' request threads and as many for the other routes (settings.request_threads), the writer and the
+    updater, and a few for bursts. A thread that found none would wait up to 30 s and fail the request."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -166,7 +169,7 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=2 * request_threads + 2, max_overflow=8, pool_pre_ping=True)
 
 
 def writer_engine(engine: Engine) -> Engine:
