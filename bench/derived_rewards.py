@@ -44,7 +44,7 @@ def write_history(url: str, name: str, episodes: int, derived: bool) -> None:
 
     from teacher_service.serving.store.tables import Curriculum, Proposal, make_engine
 
-    engine = make_engine(url)
+    engine = make_engine(url, request_threads=4)
     with engine.connect() as conn:
         curriculum_id = conn.scalar(select(Curriculum.id).where(Curriculum.name == name))
     start = datetime.now(timezone.utc) - timedelta(minutes=1, milliseconds=episodes)

@@ -100,10 +100,11 @@ class PostgresServer:
         self.dir = Path(tempfile.mkdtemp(prefix="pgtest-"))
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self.running = False
 
-    def _run(self, *cmd: str, check: bool = True) -> None:
+    def _run(self, *cmd: str) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *cmd], check=check, capture_output=True)
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True)
 
     def start(self) -> "PostgresServer":
         if os.geteuid() == 0:
@@ -111,15 +112,17 @@ class PostgresServer:
         self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         return self.resume()
 
-    def pause(self, check: bool = True) -> None:
+    def pause(self) -> None:
         """Stop the server, keeping its data (an outage); `resume` starts it again."""
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop", check=check)
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        self.running = False
 
     def resume(self) -> "PostgresServer":
         self._run(
             "pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "-t", "60",
             "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start",
         )
+        self.running = True
         return self
 
     def create_database(self, name: str) -> str:
@@ -130,5 +133,6 @@ class PostgresServer:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self.pause(check=False)  # it may be paused already
+        if self.running:
+            self.pause()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -184,9 +184,10 @@ class Actor(nn.Module):
             eps = torch.randn_like(mean)
         else:
             # the members' streams are CPU generators on every device: checkpoints move across devices
+            # normal_ on unbound rows: randn's values in half the time of randn(out=...) over iterated rows
             eps = torch.empty(mean.shape)
-            for member_eps, g in zip(eps.unbind(), self.generators):  # normal_ on views: the values of randn,
-                member_eps.normal_(generator=g)  # in half the time of randn(out=...) over iterated rows
+            for member_eps, g in zip(eps.unbind(), self.generators):
+                member_eps.normal_(generator=g)
             eps = eps.to(mean.device)
         u = torch.addcmul(mean, log_std.exp(), eps)
         # log N(u; mean, std) - log|d tanh(u)/du| - log scale, with the stable

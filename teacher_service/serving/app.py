@@ -19,7 +19,7 @@ from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.infra.auth import load_tokens
-from teacher_service.serving.infra.errors import DATABASE_UNAVAILABLE, ApiError, responses
+from teacher_service.serving.infra.errors import DATABASE_ERRORS, ApiError, database_unavailable, responses
 from teacher_service.serving.infra.middleware import BodySizeLimit
 from teacher_service.serving.infra.private_files import private_dir, private_sqlite_file
 from teacher_service.serving.settings import Settings
@@ -79,13 +79,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = [{"loc": list(err["loc"]), "msg": error_message(err), "type": err["type"]} for err in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        if not database_unavailable(exc):
+            raise exc  # a mistake, not an outage: a 500 with its traceback
         log.error("%s %s: the database is unavailable: %r", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "the database is unavailable; nothing was stored, retry shortly"},
-                            status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": "the database is unavailable; the request may not have been stored, resend "
+                             "it shortly (resending is safe)"}, status_code=503, headers={"Retry-After": "1"})
 
-    for error in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(error, database_unavailable)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, database_error)
 
     # The errors each group of routes can answer with, in the OpenAPI document (one model: errors.py).
     app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 422, 503))

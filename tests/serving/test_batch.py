@@ -212,7 +212,7 @@ def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(req
             url = f"sqlite:///{tmp_path / f'{way}.db'}"
         else:
             url = request.getfixturevalue("postgres").create_database(f"batch_{next(DATABASES)}")
-        engine = make_engine(url)
+        engine = make_engine(url, request_threads=4)
         create_tables(engine)
         hub = TeacherHub(Settings(data_dir=tmp_path), engine)
         for spec in specs:

@@ -95,7 +95,7 @@ def test_curricula_file_creates_missing_ones_and_leaves_existing_state_alone(tmp
     specs = load_curricula(REPO / "curricula.yaml")
     assert {s.teacher.algorithm for s in specs} >= {"gradnorm-reinforce"}
     settings = Settings(data_dir=tmp_path)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
     hub = TeacherHub(settings, engine)
     create_curricula(hub, REPO / "curricula.yaml")
@@ -122,7 +122,7 @@ def test_bad_curricula_file_names_the_file_and_the_problem(tmp_path, content, pr
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     settings = Settings(data_dir=tmp_path)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
     with pytest.raises(CurriculaFileError) as info:
         create_curricula(TeacherHub(settings, engine), path)
@@ -258,7 +258,7 @@ def test_two_replicas_apply_every_report_once_and_updates_in_order(tmp_path, pos
 
 def test_schema_creation_is_safe_when_replicas_start_together(postgres_url):
     # Concurrent CREATE TABLEs of one name collide in PostgreSQL's catalog unless serialized.
-    engines = [make_engine(postgres_url) for _ in range(8)]
+    engines = [make_engine(postgres_url, request_threads=4) for _ in range(8)]
     barrier = threading.Barrier(len(engines))
 
     def create(engine):

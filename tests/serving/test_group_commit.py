@@ -29,7 +29,7 @@ SPEC = {"name": "cur", "task_space": TASKS,
 def sqlite_hub(data_dir) -> TeacherHub:
     """A hub in this process on a fresh SQLite file in `data_dir` (its threads start on first use)."""
     settings = Settings(data_dir=data_dir)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
     return TeacherHub(settings, engine)
 

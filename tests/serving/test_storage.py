@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 
 import httpx
 import psycopg
+import pytest
+import sqlalchemy.exc
 
 from sqlalchemy import text
 
+from teacher_service.serving.infra.errors import database_unavailable
 from teacher_service.serving.store.tables import create_tables, make_engine
 from tests.servers import PostgresServer, ServiceProcess, free_port, wait_until
 from tests.serving.test_api import create, propose, report
@@ -48,10 +52,10 @@ def test_a_database_outage_answers_503_and_the_service_recovers_when_it_is_back(
     """PostgreSQL stopped under a running service: every route that needs it answers 503 with Retry-After (the
     students' clients retry those), none 500; health and metrics still answer; nothing acknowledged is lost, and
     once the database is back the same service proposes and reports again."""
-    server = PostgresServer().start()  # its own server: the session's stays up for the other tests
-    url = server.create_database("outage")
-    service = ServiceProcess(tmp_path, database_url=url).start()
+    server, service = PostgresServer(), None  # its own server: the session's stays up for the other tests
     try:
+        url = server.start().create_database("outage")
+        service = ServiceProcess(tmp_path, database_url=url).start()
         client = service.client()
         create(client, batch_size=2)
         acknowledged = report(client, propose(client), 1.0)
@@ -74,22 +78,38 @@ def test_a_database_outage_answers_503_and_the_service_recovers_when_it_is_back(
             rewards = conn.execute("select reward from proposals where reward is not null order by seq").fetchall()
         assert [r for (r,) in rewards] == [1.0, 2.0, 3.0]
     finally:
-        service.stop()
+        if service:
+            service.stop()
         server.stop()
     assert "the database is unavailable" in service.log_path.read_text()
 
 
+def test_only_an_unavailable_database_counts_as_unavailable(tmp_path):
+    """SQLite's write lock held past the timeout is an outage (503); a mistake in a statement is not (500)."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        waiter.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError) as mistake:
+        waiter.execute("SELECT * FROM missing")
+    engine = make_engine(f"sqlite:///{tmp_path / 'other.db'}", request_threads=1)  # through SQLAlchemy
+    with pytest.raises(sqlalchemy.exc.OperationalError) as wrapped_mistake, engine.connect() as conn:
+        conn.execute(text("SELECT * FROM missing"))
+    engine.dispose()
+    holder.rollback()
+    assert database_unavailable(locked.value)
+    assert not database_unavailable(mistake.value) and not database_unavailable(wrapped_mistake.value)
+
+
 def test_the_postgresql_pool_has_a_connection_for_every_thread_that_can_hold_one(postgres_url):
-    """2 x request_threads (the students' threads and as many for other routes), the writer and the updater at
-    once: with too few, a request would wait 30 s for a connection and fail (the pool was 40 whatever the threads)."""
+    """The students' threads, as many for the other routes holding up to two each (an inspection reads the
+    teacher's version inside its session), the writer and the updater: with fewer, a request would wait 30 s for
+    a connection and fail (the pool was 40 whatever the threads)."""
     engine = make_engine(postgres_url, request_threads=30)
-    held = [engine.raw_connection() for _ in range(2 * 30 + 2)]
-    try:
-        assert all(c.cursor().execute("select 1") for c in held)
-    finally:
-        for c in held:
-            c.close()
-        engine.dispose()
+    assert engine.pool.size() >= 30 + 2 * 30 + 2
+    engine.dispose()
 
 
 def run_service(tmp_path, *args, env=None):
@@ -143,7 +163,7 @@ def test_insecure_only_when_asked(tmp_path):
 
 def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
     # Teachers are cached by curriculum id: a new curriculum taking a deleted one's id would get its teacher.
-    engine = make_engine(f"sqlite:///{tmp_path / 'ids.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'ids.db'}", request_threads=1)
     create_tables(engine)
     add = text("INSERT INTO curricula (name, spec, teacher_version, teacher_updates, teacher_state, created_at) "
                "VALUES (:name, '{}', 0, 0, x'00', '2026-01-01 00:00:00') RETURNING id")
@@ -158,7 +178,7 @@ def test_sqlite_never_reuses_a_deleted_curriculums_id(tmp_path):
 def database(url: str, insert_proposals: str, rows: list[dict]):
     """A database at `url` with curriculum 1 and proposals inserted by the statement `insert_proposals` from
     `rows`, analyzed as autovacuum would (PostgreSQL); its engine."""
-    engine = make_engine(url)
+    engine = make_engine(url, request_threads=4)
     create_tables(engine)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO curricula (id, name, spec, teacher_version, teacher_updates, teacher_state, "

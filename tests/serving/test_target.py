@@ -152,7 +152,7 @@ def test_curricula_file_entries_carry_a_target(tmp_path):
     good.write_text(f"curricula:\n  - {{name: far, task_space: {{kind: preset, env_id: {UMAZE}}}, target: {{farthest: 2}}}}\n")
     bad.write_text(f"curricula:\n  - {{name: far2, task_space: {{kind: preset, env_id: {UMAZE}}}, target: {{farthest: 99}}}}\n")
     settings = Settings(data_dir=tmp_path)
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
     hub = TeacherHub(settings, engine)
     (info,) = create_curricula(hub, good)
@@ -167,7 +167,7 @@ def test_curricula_file_entries_carry_a_target(tmp_path):
 def old_schema_then_upgrade(tmp_path, url, execute):
     """A database whose evaluations table is the previous schema's (no on_target), with a stored evaluation:
     the service adds the column at start-up, reads the old row and stores new ones; a second upgrade is a no-op."""
-    engine = make_engine(url)
+    engine = make_engine(url, request_threads=4)
     create_tables(engine)
     TeacherHub(Settings(data_dir=tmp_path), engine).create_curriculum(
         wire.CurriculumCreate.model_validate(curriculum("far", MAZE, {"farthest": 2})))
@@ -214,14 +214,14 @@ def test_processes_upgrading_one_sqlite_file_at_once_all_start(tmp_path):
     """Replicas started together on an old SQLite file: one adds the column, the others then find it
     (without the write lock taken up front, some failed with "database is locked")."""
     url = f"sqlite:///{tmp_path / 'teacher.db'}"
-    engine = make_engine(url)
+    engine = make_engine(url, request_threads=4)
     create_tables(engine)
     engine.dispose()
     # Each process signals it is ready, then all upgrade at once.
     code = (
         "import pathlib, sys, time\n"
         "from teacher_service.serving.store.tables import create_tables, make_engine\n"
-        "engine = make_engine(sys.argv[1]); ready, go = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])\n"
+        "engine = make_engine(sys.argv[1], request_threads=1); ready, go = pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])\n"
         "ready.touch()\n"
         "while not go.exists(): time.sleep(0.001)\n"
         "create_tables(engine)\n"

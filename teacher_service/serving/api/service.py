@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from teacher_service.serving.infra import metrics as counters
-from teacher_service.serving.infra.errors import DATABASE_UNAVAILABLE
+from teacher_service.serving.infra.errors import DATABASE_ERRORS, database_unavailable
 from teacher_service.serving.inspection import Inspector
 
 router = APIRouter(tags=["service"])
@@ -23,9 +23,10 @@ def metrics(request: Request) -> Response:
     unavailable the counters still answer, the active-students gauge with its last values."""
     try:
         active = Inspector(request.app.state.hub).active_students()
-    except DATABASE_UNAVAILABLE:
-        active = None
-    if active is not None:
+    except DATABASE_ERRORS as exc:
+        if not database_unavailable(exc):
+            raise
+    else:
         counters.ACTIVE_STUDENTS.clear()  # deleted curricula drop out
         for curriculum, count in active.items():
             counters.ACTIVE_STUDENTS.labels(curriculum).set(count)

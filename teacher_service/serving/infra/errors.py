@@ -42,14 +42,27 @@ ERRORS = {
     410: "The proposal expired",
     413: "Request body too large",
     422: "Invalid values",
-    503: "The database is unreachable or timed out; nothing was stored, retry after the Retry-After seconds",
+    503: "The database is unreachable or timed out; the request may not have been stored, resending it is safe",
 }
 
-# The database could not be reached or did not answer in time: connection refused or lost, no free connection in
-# the pool, SQLite's write lock still held after its 30 s timeout, a failing disk. A 503 that the students' clients
-# retry, not a 500; the error is logged.
-DATABASE_UNAVAILABLE = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-                        sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+# The exceptions that can say the database is unavailable; `database_unavailable` tells which do.
+DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
+                   sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+# SQLite's primary result codes of a database that is busy, locked, failing, full or cannot be opened; its other
+# OperationalErrors are mistakes in a statement or the schema ("no such table"), which stay 500s.
+SQLITE_UNAVAILABLE = {5, 6, 10, 13, 14}  # SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached or did not answer in time (connection refused or lost,
+    no free pooled connection, SQLite's write lock held past its timeout, a failing disk): answered with 503, which
+    the students' clients retry, rather than 500."""
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):  # no free connection in the pool
+        return True
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if isinstance(cause, sqlite3.OperationalError):
+        return (getattr(cause, "sqlite_errorcode", 0) & 0xFF) in SQLITE_UNAVAILABLE
+    return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:

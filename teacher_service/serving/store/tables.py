@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -145,10 +145,12 @@ class Evaluation(Base):
     on_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
-def make_engine(url: str, request_threads: int = 4) -> Engine:
-    """The engine for `url`; on PostgreSQL its pool has a connection for every thread that can hold one at once:
-    the students' request threads and as many for the other routes (settings.request_threads), the writer and the
-    updater, and a few for bursts. A thread that found none would wait up to 30 s and fail the request."""
+def make_engine(url: str, request_threads: int) -> Engine:
+    """The engine for `url`. On PostgreSQL its pool has a connection for every thread that can hold one at once: the
+    students' request threads (settings.request_threads), as many threads for the other routes, each of which may
+    hold two (an inspection reads the cached teacher's version inside its session), the writer and the updater;
+    and a few for bursts. A thread that found none would wait 30 s and fail its request with 503. A server that
+    does not answer fails a new connection after 10 s (unless the URL sets `connect_timeout`)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -169,7 +171,9 @@ def make_engine(url: str, request_threads: int = 4) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=2 * request_threads + 2, max_overflow=8, pool_pre_ping=True)
+    connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 10}
+    return create_engine(url, pool_size=3 * request_threads + 2, max_overflow=8, pool_pre_ping=True,
+                         connect_args=connect_args)
 
 
 def writer_engine(engine: Engine) -> Engine:
