@@ -13,7 +13,6 @@ import httpx
 import psycopg
 import pytest
 import sqlalchemy.exc
-
 from sqlalchemy import text
 
 from teacher_service.serving.infra.errors import database_unavailable
