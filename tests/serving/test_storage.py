@@ -102,13 +102,21 @@ def test_only_an_unavailable_database_counts_as_unavailable(tmp_path):
     assert not database_unavailable(mistake.value) and not database_unavailable(wrapped_mistake.value)
 
 
-def test_the_postgresql_pool_has_a_connection_for_every_thread_that_can_hold_one(postgres_url):
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_pool_has_a_connection_for_every_thread_that_can_hold_one(database, tmp_path, request):
     """The students' threads, as many for the other routes holding up to two each (an inspection reads the
     teacher's version inside its session), the writer and the updater: with fewer, a request would wait 30 s for
-    a connection and fail (the pool was 40 whatever the threads)."""
-    engine = make_engine(postgres_url, request_threads=30)
+    a connection and fail (SQLAlchemy's default pool is 5 + 10 on SQLite; ours was 20 + 20 on PostgreSQL)."""
+    url = (f"sqlite:///{tmp_path / 'pool.db'}" if database == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    engine = make_engine(url, request_threads=30)
     assert engine.pool.size() >= 30 + 2 * 30 + 2
     engine.dispose()
+    if database == "sqlite":
+        memory = make_engine("sqlite://", request_threads=30)  # one shared connection: no pool to size
+        with memory.connect() as conn:
+            assert conn.execute(text("select 1")).scalar() == 1
+        memory.dispose()
 
 
 def run_service(tmp_path, *args, env=None):

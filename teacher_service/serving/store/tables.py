@@ -146,13 +146,18 @@ class Evaluation(Base):
 
 
 def make_engine(url: str, request_threads: int) -> Engine:
-    """The engine for `url`. On PostgreSQL its pool has a connection for every thread that can hold one at once: the
-    students' request threads (settings.request_threads), as many threads for the other routes, each of which may
-    hold two (an inspection reads the cached teacher's version inside its session), the writer and the updater;
-    and a few for bursts. A thread that found none would wait 30 s and fail its request with 503. A server that
-    does not answer fails a new connection after 10 s (unless the URL sets `connect_timeout`)."""
+    """The engine for `url`. Its pool has a connection for every thread that can hold one at once: the students'
+    request threads (settings.request_threads), as many threads for the other routes, each of which may hold two
+    (an inspection reads the cached teacher's version inside its session), the writer and the updater; and a few
+    for bursts. A thread that found none would wait 30 s and fail its request with 503 (SQLAlchemy's default pool
+    was 5 + 10 on SQLite, 20 + 20 here before, whatever the threads). A PostgreSQL server that does not answer
+    fails a new connection after 10 s (unless the URL sets `connect_timeout`)."""
+    pool = {"pool_size": 3 * request_threads + 2, "max_overflow": 8}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        database = make_url(url).database
+        in_memory = not database or database == ":memory:" or "mode=memory" in url  # one connection, no pool
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               **({} if in_memory else pool))
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -172,8 +177,7 @@ def make_engine(url: str, request_threads: int) -> Engine:
 
         return engine
     connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 10}
-    return create_engine(url, pool_size=3 * request_threads + 2, max_overflow=8, pool_pre_ping=True,
-                         connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
 def writer_engine(engine: Engine) -> Engine:
