@@ -71,13 +71,13 @@ async def run_in_request_thread(request: Request, work: Callable[..., T], *args:
     try:
         if await client_gone(request):
             raise ClientClosedRequest("the client closed the connection before its request ran")
-        metrics.REQUEST_THREADS_BUSY.inc()
         # The request's context goes along (as anyio's to_thread does), e.g. a tracer's current span.
         call = functools.partial(contextvars.copy_context().run, work, *args)
         running = asyncio.get_running_loop().run_in_executor(threads.executor, call)
     except BaseException:
         threads.slots.release()
         raise
+    metrics.REQUEST_THREADS_BUSY.inc()  # once the work is handed over: `done` below takes it back
 
     def done(finished: asyncio.Future) -> None:
         metrics.REQUEST_THREADS_BUSY.dec()
