@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from student_client.envs import make_env
+from student_client.envs import make_env, step_all
 from student_client.sac.agent import PRESETS, SAC, PointMazePreset, make_buffer
 from student_client.sac.ensemble import EnsembleSAC
 
@@ -177,17 +177,13 @@ class Training:
                 actions = np.stack([e.action_space.sample() for e in envs]).astype(np.float32)
             else:
                 actions = agent.act(self.obs) if self.members else agent.act(self.obs[0])[None]
-            results = [e.step(a) for e, a in zip(envs, actions)]
-            next_obs = np.stack([r[0] for r in results])
-            rewards = np.array([r[1] for r in results], dtype=np.float32)
-            terminated = np.array([r[2] for r in results])
+            next_obs, rewards, terminated, truncated, _ = step_all(envs, actions)
             if self.members:
                 buffer.add(self.obs, actions, rewards, next_obs, terminated)
             else:
                 buffer.add(self.obs[0], actions[0], float(rewards[0]), next_obs[0], bool(terminated[0]))
-            for i, (e, r) in enumerate(zip(envs, results)):
-                if r[2] or r[3]:
-                    next_obs[i] = e.reset()
+            for i in np.flatnonzero(terminated | truncated):
+                next_obs[i] = envs[i].reset()
             self.obs = next_obs
             self.step += 1
             if buffer.size >= batch_size:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from student_client.envs import make_env
+from student_client.envs import make_env, step_all
 from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import make_buffer
@@ -124,15 +124,15 @@ class EnsembleWorker:
             actions = np.stack([m.env.action_space.sample() for m in members])
         else:
             actions = self.agent.act(obs)
-        steps = [m.env.step(action) for m, action in zip(members, actions)]
-        next_obs = np.stack([s[0] for s in steps])
-        self.buffer.add(obs, actions, np.array([s[1] for s in steps]), next_obs, np.array([s[2] for s in steps]))
+        next_obs, rewards, terminated, truncated, success = step_all([m.env for m in members], actions)
+        self.buffer.add(obs, actions, rewards, next_obs, terminated)
         self.step += 1
-        for m, (m.obs, reward, terminated, truncated, success) in zip(members, steps):  # m.obs: the next obs
+        for m, m.obs, reward, ends, cut, succeeded in zip(members, next_obs, rewards.tolist(), terminated.tolist(),
+                                                          truncated.tolist(), success.tolist()):  # m.obs: the next obs
             m.episode.steps += 1
             m.episode.ret += reward
-            m.episode.success |= success
-            m.episode.ended = terminated or truncated
+            m.episode.success |= succeeded
+            m.episode.ended = ends or cut
         if self.step >= self.config.learning_starts and self.buffer.size >= self.config.batch_size:
             self.agent.update(self.buffer.sample(self.config.batch_size))
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from student_client.envs import EnvAdapter
+from student_client.envs import EnvAdapter, step_all
 from student_client.session import TeacherSession
 from teacher_service.wire import EvaluationRequest, TargetTasks
 
@@ -40,10 +40,10 @@ def run_episodes(envs: Sequence[EnvAdapter], act: Callable[[np.ndarray], np.ndar
     ret, success = [0.0] * len(envs), [False] * len(envs)
     while running:
         actions = act(np.stack(obs))
-        for k in list(running):
-            obs[k], reward, terminated, truncated, succ = envs[k].step(actions[k])
-            ret[k] += reward
-            success[k] |= succ
+        steps = step_all([envs[k] for k in running], actions[running])
+        for k, obs[k], reward, terminated, truncated, succ in zip(list(running), *steps):
+            ret[k] += float(reward)
+            success[k] |= bool(succ)
             if terminated or truncated:
                 results[k][0].append(ret[k])
                 results[k][1].append(success[k])

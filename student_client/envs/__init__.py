@@ -1,7 +1,7 @@
 """Environment families, one module each (`maze`, `adroit`); `reset_options` turns a proposal's
 ``reset_options`` into what ``env.reset(options=...)`` accepts, `make_env` builds the worker's adapter."""
 
-from student_client.envs.adapter import EnvAdapter, family, make_env, reset_options, verify_reset
+from student_client.envs.adapter import EnvAdapter, family, make_env, reset_options, step_all, verify_reset
 from student_client.envs.base import TaskMismatchError
 
-__all__ = ["EnvAdapter", "TaskMismatchError", "family", "make_env", "reset_options", "verify_reset"]
+__all__ = ["EnvAdapter", "TaskMismatchError", "family", "make_env", "reset_options", "step_all", "verify_reset"]

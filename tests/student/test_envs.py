@@ -1,9 +1,12 @@
-"""Env adapters start where the teacher said, and refuse malformed options."""
+"""Env adapters start where the teacher said, refuse malformed options, and step PointMazes together as
+each would step alone."""
 
+import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 
-from student_client.envs import TaskMismatchError, make_env
+from student_client.envs import TaskMismatchError, make_env, step_all
 from teacher_service.learning.task_spaces.maze import layout_with_goal
 
 
@@ -131,3 +134,62 @@ def test_a_reset_that_ignores_the_options_is_caught(point, adroit):
             adroit.reset({"initial_state_dict": d})
     finally:
         adroit.env = real
+
+
+def physics_state(env) -> np.ndarray:
+    model, data = env.unwrapped.point_env.model, env.unwrapped.point_env.data
+    state = np.empty(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
+    mujoco.mj_getState(model, data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    return state
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("PointMaze_UMaze-v3", {}),  # sparse reward, continuing task: what the benches and presets use
+    ("PointMaze_UMazeDense-v3", {"continuing_task": False}),  # dense reward, episodes end at the goal
+    ("PointMaze_UMaze-v3", {"reset_target": True}),  # the goal moves when reached
+])
+def test_point_mazes_stepped_together_step_as_the_library_steps_each(env_id, kwargs):
+    """`step_all` (maze.step_point_mazes) against gymnasium-robotics' own step of identical envs: the same
+    observations, rewards, ends and success, and the same MuJoCo state, bit for bit, through episode ends,
+    clipped actions and clipped velocities."""
+    k = 3
+    ours = [make_env(env_id, **kwargs) for _ in range(k)]
+    theirs = [gym.make(env_id, **kwargs) for _ in range(k)]
+    for seed, (mine, raw) in enumerate(zip(ours, theirs)):
+        mine.reset(seed=seed)
+        raw.reset(seed=seed)
+    rng = np.random.default_rng(0)
+    ends = successes = clipped_velocities = goal_moves = 0
+    for t in range(1500):
+        if t % 25 == 0:  # held for 25 steps, so that the ball gathers speed past the velocity clip
+            actions = rng.uniform(-1.5, 1.5, (k, 2)).astype(np.float32)
+        clipped_velocities += sum(np.abs(raw.unwrapped.data.qvel).max() > 5.0 for raw in theirs)
+        goals = [raw.unwrapped.goal.copy() for raw in theirs]
+        obs, rewards, terminated, truncated, success = step_all(ours, actions)
+        for i, raw in enumerate(theirs):
+            raw_obs, reward, raw_terminated, raw_truncated, info = raw.step(actions[i])
+            np.testing.assert_array_equal(obs[i], ours[i]._flatten(raw_obs))
+            assert (rewards[i], terminated[i], truncated[i], success[i]) == (
+                reward, raw_terminated, raw_truncated, info["success"]), (t, i)
+            goal_moves += not np.array_equal(goals[i], raw.unwrapped.goal)
+            if raw_terminated or raw_truncated:
+                ends += 1
+                raw.reset()
+                ours[i].reset()
+        successes += int(success.sum())
+    for mine, raw in zip(ours, theirs):
+        np.testing.assert_array_equal(physics_state(mine.env), physics_state(raw))
+        np.testing.assert_array_equal(mine.env.unwrapped.goal, raw.unwrapped.goal)
+    assert ends >= 3 and successes >= 5 and clipped_velocities >= 5, (ends, successes, clipped_velocities)
+    assert goal_moves >= 2 if kwargs.get("reset_target") else goal_moves == 0
+
+
+def test_stepping_together_keeps_the_wrappers_checks():
+    """Before a reset, step_all raises what gymnasium's order check raises; an env other than a PointMaze
+    steps through its own step."""
+    with pytest.raises(gym.error.ResetNeeded):
+        step_all([make_env("PointMaze_UMaze-v3")], np.zeros((1, 2), np.float32))
+    ant = make_env("AntMaze_UMaze-v5")
+    first = ant.reset(seed=0)
+    obs, rewards, terminated, truncated, success = step_all([ant], np.zeros((1, ant.act_dim), np.float32))
+    assert obs.shape == (1, first.shape[0]) and obs.dtype == np.float32 and rewards.shape == (1,)
