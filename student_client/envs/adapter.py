@@ -132,6 +132,8 @@ def step_all(envs: Sequence[EnvAdapter], actions: np.ndarray
     """One step of each env with its row of ``actions``: (observations (K, obs_dim), rewards, terminated,
     truncated, success), K each, what each env's `EnvAdapter.step` gives. PointMazes step together
     (`maze.step_point_mazes`: for K of them about a third of the time of K steps one by one)."""
+    if not envs or len(actions) != len(envs):
+        raise ValueError(f"step_all takes one action per env, and at least one env: {len(actions)} for {len(envs)}")
     if all(env._steps_with_maze_step() for env in envs):
         obs, rewards, terminated, success = maze.step_point_mazes([env._point_maze for env in envs], actions)
         return obs, rewards, terminated, np.array([env._count_step() for env in envs]), success
