@@ -67,6 +67,7 @@ class EnvAdapter:
         self.action_space = self.env.action_space
         self.obs_dim = int(self._flatten(self.env.observation_space.sample()).shape[0])
         self.act_dim = int(np.prod(self.action_space.shape))
+        self._made = self.env
         self._wrappers, self._point_maze = _layers(self.env)
         self._maze_step_ready = False
 
@@ -85,16 +86,16 @@ class EnvAdapter:
         return self._flatten(obs), float(reward), bool(terminated), bool(truncated), bool(info.get("success", False))
 
     def _steps_with_maze_step(self) -> bool:
-        """Whether `step_point_mazes` may stand for ``self.env.step`` now: a PointMaze without rendering under
-        gymnasium.make's wrappers, once those have nothing left to check (a reset done, the env checker's
-        checks of the first steps done: both stay done); until then the wrappers step it, and raise what
-        they raise."""
-        if not self._maze_step_ready and self._point_maze is not None and self._point_maze.render_mode is None:
-            self._maze_step_ready = all(
-                wrapper._has_reset if isinstance(wrapper, OrderEnforcing)
-                else wrapper.checked_step and wrapper.checked_data_reuse if isinstance(wrapper, PassiveEnvChecker)
-                else True
-                for wrapper in self._wrappers)
+        """Whether `step_point_mazes` may stand for ``self.env.step`` now: the env made here (not replaced), a
+        PointMaze with a reward it knows, no rendering, under gymnasium.make's wrappers once those have nothing
+        left to check (a reset done, the env checker's checks of the first steps done: both stay done); until
+        then the wrappers step it, and raise what they raise."""
+        if self.env is not self._made:
+            return False
+        if not self._maze_step_ready and self._point_maze is not None:
+            maze = self._point_maze
+            self._maze_step_ready = (maze.render_mode is None and maze.reward_type in ("dense", "sparse")
+                                     and all(map(_has_nothing_to_check, self._wrappers)))
         return self._maze_step_ready
 
     def _count_step(self) -> bool:
@@ -127,18 +128,29 @@ def _layers(env: gym.Env) -> tuple[list[gym.Wrapper], PointMazeEnv | None]:
     return (wrappers, env) if type(env) is PointMazeEnv else ([], None)
 
 
+def _has_nothing_to_check(wrapper: gym.Wrapper) -> bool:
+    if isinstance(wrapper, OrderEnforcing):
+        return wrapper._has_reset
+    if isinstance(wrapper, PassiveEnvChecker):
+        return wrapper.checked_step and wrapper.checked_data_reuse
+    return True
+
+
 def step_all(envs: Sequence[EnvAdapter], actions: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One step of each env with its row of ``actions``: (observations (K, obs_dim), rewards, terminated,
-    truncated, success), K each, what each env's `EnvAdapter.step` gives. PointMazes step together
-    (`maze.step_point_mazes`: for K of them about a third of the time of K steps one by one)."""
-    if not envs or len(actions) != len(envs):
-        raise ValueError(f"step_all takes one action per env, and at least one env: {len(actions)} for {len(envs)}")
+    """One step of each env (each once) with its row of ``actions``: (observations (K, obs_dim) float32, rewards
+    float64, terminated, truncated, success), K each, what each env's `EnvAdapter.step` gives. PointMazes step
+    together (`maze.step_point_mazes`), the others one by one."""
+    actions = np.asarray(actions)
+    if not envs or len(actions) != len(envs) or len({id(env) for env in envs}) != len(envs):
+        raise ValueError(f"step_all takes distinct envs, at least one, and one action each: {len(actions)} actions "
+                         f"for {len(envs)} envs")
     if all(env._steps_with_maze_step() for env in envs):
         obs, rewards, terminated, success = maze.step_point_mazes([env._point_maze for env in envs], actions)
         return obs, rewards, terminated, np.array([env._count_step() for env in envs]), success
-    steps = [env.step(action) for env, action in zip(envs, actions)]
-    return (np.stack([s[0] for s in steps]), *(np.array([s[i] for s in steps]) for i in range(1, 5)))
+    obs, rewards, terminated, truncated, success = zip(*(env.step(action) for env, action in zip(envs, actions)))
+    return (np.stack(obs), np.array(rewards, dtype=np.float64), np.array(terminated), np.array(truncated),
+            np.array(success))
 
 
 def make_env(env_id: str, **make_kwargs: Any) -> EnvAdapter:

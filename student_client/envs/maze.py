@@ -49,13 +49,15 @@ def verify(env: gym.Env, options: dict[str, Any]) -> None:
 def step_point_mazes(mazes: list[PointMazeEnv], actions: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``PointMazeEnv.step`` of each maze with its row of ``actions``: the same physics and values, bit for bit
-    (tests/student/test_envs.py holds them to the envs' own steps), with the numpy work done once for all.
+    (tests/student/test_envs.py holds them to the envs' own steps), with the library's numpy work (clipping,
+    norms, observation dicts) done once for all mazes. Returns (observations flattened as (observation,
+    achieved_goal, desired_goal) in float32, rewards, terminated, success).
 
-    Returns (observations flattened as (observation, achieved_goal, desired_goal) in float32, rewards,
-    terminated, success). Per maze, gymnasium-robotics spends ~17 us of Python around ~3 us of MuJoCo; here
-    the ensemble's K mazes cost about what 3 of them did (README "Students"). What it leaves out: set_state's
-    mj_forward before each step (mj_step begins with the same forward pass, so the physics state after the
-    step is the same), and the velocity clip's copy when no velocity is out of bounds.
+    Left out, as they change nothing: the velocity clip's copy when no velocity is out of bounds, and set_state's
+    mj_forward before each step. mj_step recomputes everything that pass computes from the state, and the pass
+    writes nothing mj_step reads (not the solver's warm start, which mj_step saves after integrating: a warm
+    start changed by 1e-9 would change the next contact step). That is MuJoCo 4.0's behaviour, pinned in
+    pyproject.toml; the test compares MuJoCo's whole integration state, warm start included.
     """
     model = mazes[0].point_env.model
     if actions.shape != (len(mazes), model.nu):
@@ -79,7 +81,7 @@ def step_point_mazes(mazes: list[PointMazeEnv], actions: np.ndarray
     success = np.array([np.sqrt(row.dot(row)) <= 0.45 for row in offset])
     dense = np.array([maze.reward_type == "dense" for maze in mazes])
     rewards = np.where(dense, np.exp(-distance), (distance <= 0.45).astype(np.float64))
-    continuing = np.array([maze.continuing_task for maze in mazes])
+    continuing = np.array([bool(maze.continuing_task) for maze in mazes])  # the library tests its truth
     terminated = success & ~continuing
     observations = np.concatenate([raw, achieved, goals], axis=1, dtype=np.float32)
     for i in np.flatnonzero(success & continuing):  # a continuing task may move its goal (update_goal)

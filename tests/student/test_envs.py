@@ -137,41 +137,48 @@ def test_a_reset_that_ignores_the_options_is_caught(point, adroit):
 
 
 def physics_state(env) -> np.ndarray:
+    """MuJoCo's whole integration state: positions, velocities, controls, the solver's warm start, time."""
     model, data = env.unwrapped.point_env.model, env.unwrapped.point_env.data
-    state = np.empty(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS))
-    mujoco.mj_getState(model, data, state, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+    state = np.empty(mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_INTEGRATION))
+    mujoco.mj_getState(model, data, state, mujoco.mjtState.mjSTATE_INTEGRATION)
     return state
 
 
-@pytest.mark.parametrize("env_id,kwargs", [
-    ("PointMaze_UMaze-v3", {}),  # sparse reward, continuing task: what the benches and presets use
-    ("PointMaze_UMazeDense-v3", {"continuing_task": False}),  # dense reward, episodes end at the goal
-    ("PointMaze_UMaze-v3", {"reset_target": True}),  # the goal moves when reached
-])
-def test_point_mazes_stepped_together_step_as_the_library_steps_each(env_id, kwargs):
+UMAZE, DENSE, MOVING_GOAL = (("PointMaze_UMaze-v3", {}),  # sparse reward, continuing task: the benches' and presets'
+                             ("PointMaze_UMazeDense-v3", {"continuing_task": False}),  # dense, ends at the goal
+                             ("PointMaze_UMaze-v3", {"reset_target": True}))  # the goal moves when reached
+
+
+@pytest.mark.parametrize("configs", [[UMAZE] * 3, [DENSE] * 3, [MOVING_GOAL] * 3, [UMAZE, DENSE, MOVING_GOAL]],
+                         ids=["sparse", "dense-episodic", "moving-goal", "mixed"])
+def test_point_mazes_stepped_together_step_as_the_library_steps_each(configs):
     """`step_all` (maze.step_point_mazes) against gymnasium-robotics' own step of identical envs: the same
     observations, rewards, ends and success, and the same MuJoCo state, bit for bit, through episode ends,
     clipped actions and clipped velocities."""
-    k = 3
-    ours = [make_env(env_id, **kwargs) for _ in range(k)]
-    theirs = [gym.make(env_id, **kwargs) for _ in range(k)]
+    ours = [make_env(env_id, **kwargs) for env_id, kwargs in configs]
+    theirs = [gym.make(env_id, **kwargs) for env_id, kwargs in configs]
+    k = len(configs)
     for seed, (mine, raw) in enumerate(zip(ours, theirs)):
         mine.reset(seed=seed)
         raw.reset(seed=seed)
     rng = np.random.default_rng(0)
-    ends = successes = clipped_velocities = goal_moves = 0
+    ends = successes = clipped_velocities = together = 0
+    goal_moves = [0] * k
     for t in range(1500):
         if t % 25 == 0:  # held for 25 steps, so that the ball gathers speed past the velocity clip
             actions = rng.uniform(-1.5, 1.5, (k, 2)).astype(np.float32)
         clipped_velocities += sum(np.abs(raw.unwrapped.data.qvel).max() > 5.0 for raw in theirs)
         goals = [raw.unwrapped.goal.copy() for raw in theirs]
+        together += all(mine._steps_with_maze_step() for mine in ours)
         obs, rewards, terminated, truncated, success = step_all(ours, actions)
+        assert (obs.dtype, rewards.dtype, terminated.dtype, truncated.dtype, success.dtype) == (
+            np.float32, np.float64, bool, bool, bool)
         for i, raw in enumerate(theirs):
             raw_obs, reward, raw_terminated, raw_truncated, info = raw.step(actions[i])
             np.testing.assert_array_equal(obs[i], ours[i]._flatten(raw_obs))
             assert (rewards[i], terminated[i], truncated[i], success[i]) == (
                 reward, raw_terminated, raw_truncated, info["success"]), (t, i)
-            goal_moves += not np.array_equal(goals[i], raw.unwrapped.goal)
+            goal_moves[i] += not np.array_equal(goals[i], raw.unwrapped.goal)
             if raw_terminated or raw_truncated:
                 ends += 1
                 raw.reset()
@@ -180,16 +187,42 @@ def test_point_mazes_stepped_together_step_as_the_library_steps_each(env_id, kwa
     for mine, raw in zip(ours, theirs):
         np.testing.assert_array_equal(physics_state(mine.env), physics_state(raw))
         np.testing.assert_array_equal(mine.env.unwrapped.goal, raw.unwrapped.goal)
+    # The first two steps go through the wrappers (their checks), the rest together.
+    assert together == 1500 - 2
     assert ends >= 3 and successes >= 5 and clipped_velocities >= 5, (ends, successes, clipped_velocities)
-    assert goal_moves >= 2 if kwargs.get("reset_target") else goal_moves == 0
+    moving = [bool(kwargs.get("reset_target")) for _, kwargs in configs]
+    assert not any(moves for moves, can in zip(goal_moves, moving) if not can), goal_moves
+    assert sum(moves for moves, can in zip(goal_moves, moving) if can) >= 2 * any(moving), goal_moves
+
+
+def test_one_maze_steps_alone_as_the_library_steps_it():
+    """`EnvAdapter.step` (the single worker's) takes the same path for one PointMaze."""
+    mine, raw = make_env("PointMaze_UMaze-v3"), gym.make("PointMaze_UMaze-v3")
+    mine.reset(seed=7)
+    raw.reset(seed=7)
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        action = rng.uniform(-1, 1, 2)
+        obs, reward, terminated, truncated, success = mine.step(action)
+        raw_obs, raw_reward, raw_terminated, raw_truncated, info = raw.step(action)
+        np.testing.assert_array_equal(obs, mine._flatten(raw_obs))
+        assert (reward, terminated, truncated, success) == (raw_reward, raw_terminated, raw_truncated, info["success"])
+        assert type(reward) is float and type(success) is bool
+    assert mine._steps_with_maze_step()
+    np.testing.assert_array_equal(physics_state(mine.env), physics_state(raw))
 
 
 def test_stepping_together_keeps_the_wrappers_checks():
     """Before a reset, step_all raises what gymnasium's order check raises; an env other than a PointMaze
-    steps through its own step."""
+    steps through its own step; an env given twice, or a count of actions other than the envs', is refused."""
+    point = make_env("PointMaze_UMaze-v3")
     with pytest.raises(gym.error.ResetNeeded):
-        step_all([make_env("PointMaze_UMaze-v3")], np.zeros((1, 2), np.float32))
+        step_all([point], np.zeros((1, 2), np.float32))
+    point.reset(seed=0)
+    for bad_envs, bad_actions in (([point, point], np.zeros((2, 2))), ([point], np.zeros((2, 2))), ([], [])):
+        with pytest.raises(ValueError, match="step_all takes"):
+            step_all(bad_envs, bad_actions)
     ant = make_env("AntMaze_UMaze-v5")
     first = ant.reset(seed=0)
-    obs, rewards, terminated, truncated, success = step_all([ant], np.zeros((1, ant.act_dim), np.float32))
-    assert obs.shape == (1, first.shape[0]) and obs.dtype == np.float32 and rewards.shape == (1,)
+    obs, rewards, terminated, truncated, success = step_all([ant], [np.zeros(ant.act_dim, np.float32)])
+    assert obs.shape == (1, first.shape[0]) and obs.dtype == np.float32 and rewards.dtype == np.float64
