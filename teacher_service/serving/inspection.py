@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, Integer, Row, case, cast, func, or_, select
+from sqlalchemy import Float, Integer, Row, Select, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from teacher_service import wire
@@ -97,6 +97,15 @@ def number(value) -> float | None:
 def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
 
+
+def last_reported(curriculum_id: int, last: int, *columns: Any) -> Select:
+    """The curriculum's `last` newest proposals among those reported, newest first: (seq, reported_at,
+    task_index, task_values, *columns). Through its (curriculum_id, seq) index, which stops after `last` rows;
+    ordered by report time, the query read and sorted the curriculum's whole history (225 ms at 300,000
+    episodes on SQLite, against 1.6), each time an open dashboard refreshed this table."""
+    return (select(Proposal.seq, Proposal.reported_at, Proposal.task_index, Proposal.task_values, *columns)
+            .where(Proposal.curriculum_id == curriculum_id, Proposal.reported_at.is_not(None))
+            .order_by(Proposal.seq.desc()).limit(last))
 
 class Inspector:
     """Queries over one hub's database; every method opens one read-only session."""
@@ -420,20 +429,17 @@ class Inspector:
     def informativeness(
         self, name: str, names: list[str] | None, last: int, bins: int, permutations: int
     ) -> dict[str, Any]:
-        """For each signal, over the last `last` reported episodes: the share of its variance explained by
-        the task once the trend over training is removed (learning/informativeness.py). Box tasks are
-        grouped into a grid of `bins` cells per dimension; episodes without a task are left out."""
+        """For each signal, over the last `last` reported episodes (the newest proposals among those reported),
+        in report order: the share of its variance explained by the task once the trend over training is
+        removed (learning/informativeness.py). Box tasks are grouped into a grid of `bins` cells per
+        dimension; episodes without a task are left out."""
         with self._curriculum(name) as (session, row):
             space = self.hub.runtime(row).space
             adroit = row.spec["task_space"].get("env_id") == ADROIT_RELOCATE_ID
             names = list(dict.fromkeys(names or SIGNAL_SERIES))
             columns = [cast(signal_column(n, adroit), Float) for n in names]
-            rows = session.execute(
-                select(Proposal.task_index, Proposal.task_values, *columns)
-                .where(Proposal.curriculum_id == row.id, Proposal.reported_at.is_not(None))
-                .order_by(Proposal.reported_at.desc(), Proposal.seq.desc())
-                .limit(last)
-            ).all()[::-1]  # in report order
+            rows = session.execute(last_reported(row.id, last, *columns)).all()
+        rows.sort(key=lambda r: (r.reported_at, r.seq))
         rows = [r for r in rows if r.task_values is not None]  # a JSON null, which SQL's IS NULL does not see
         box = isinstance(space, BoxSpace)
         if box:
@@ -443,7 +449,7 @@ class Inspector:
         tasks = np.asarray(tasks, dtype=np.int64)
         result = {}
         for i, signal in enumerate(names):
-            values = np.array([np.nan if r[2 + i] is None else r[2 + i] for r in rows], dtype=np.float64)
+            values = np.array([np.nan if r[4 + i] is None else r[4 + i] for r in rows], dtype=np.float64)
             known = ~np.isnan(values)
             result[signal] = informativeness(tasks[known], values[known], permutations=permutations)
         grouping = f"grid of {bins} cells per dimension" if box else "task"

@@ -264,6 +264,35 @@ def test_a_reports_open_episodes_are_read_through_their_partial_index(tmp_path, 
         assert "SCAN proposals" not in ids_plan and "Seq Scan" not in ids_plan, (url, ids_plan)
 
 
+def test_the_informativeness_table_reads_the_newest_reports_not_the_history(tmp_path, postgres_url):
+    """/informativeness (an open dashboard asks every 30 s) reads the newest reported episodes through the
+    (curriculum_id, seq) index, stopping after as many rows as asked; ordered by report time, it read and sorted
+    the curriculum's whole history (225 ms at 300,000 episodes on SQLite, against 1.6)."""
+    from teacher_service.serving.inspection import last_reported
+
+    n = 3000
+    in_flight = {k for k in range(n) if k % 7 == 0 or k >= n - 2}  # proposed, not reported
+    rows = [{"id": f"p{k}", "now": "2026-01-01 00:00:00",
+             "reported": None if k in in_flight else f"2026-01-01 {k // 3600:02d}:{k // 60 % 60:02d}:{k % 60:02d}"}
+            for k in range(n)]
+    for url in (f"sqlite:///{tmp_path / 'plan.db'}", postgres_url):
+        engine = database(
+            url, "INSERT INTO proposals (proposal_id, curriculum_id, student_id, reset_options, teacher_version, "
+            "teacher_input, created_at, expires_at, reported_at) VALUES (:id, 1, 's', '{}', 0, '{}', :now, :now, "
+            ":reported)", rows)
+        statement = last_reported(1, 100)
+        with engine.connect() as conn:
+            seqs = [row.seq for row in conn.execute(statement)]
+            order = {row.seq: row.proposal_id for row in conn.execute(text("SELECT seq, proposal_id FROM proposals"))}
+            explain = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+            sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(str(row) for row in conn.exec_driver_sql(explain + sql))
+        engine.dispose()
+        newest = [f"p{k}" for k in range(n - 1, -1, -1) if k not in in_flight][:100]
+        assert [order[seq] for seq in seqs] == newest, url
+        assert "TEMP B-TREE" not in plan and "Sort" not in plan and "Seq Scan" not in plan, (url, plan)
+
+
 def test_a_teacher_update_reads_its_batch_not_the_curriculums_history(tmp_path, postgres_url):
     """The updater reads the batch of one version, in sequence order. Behind it, 5,000 episodes of 500 earlier
     versions: through ix_proposals_batch that is its 10 rows; SQLite's planner, asked for ORDER BY seq, took the

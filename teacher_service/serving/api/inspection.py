@@ -139,7 +139,7 @@ def signals(
 def informativeness(
     name: CurriculumPath,
     signal: Annotated[list[wire.SignalName] | None, Query(max_length=32, description="Signals (default: all named).")] = None,
-    last: Annotated[int, Query(ge=10, le=100_000, description="The last reported episodes considered.")] = 5000,
+    last: Annotated[int, Query(ge=10, le=100_000, description="The last reported episodes considered (the newest proposals among those reported).")] = 5000,
     bins: Annotated[int, Query(ge=1, le=10, description="Box: grid cells per dimension grouping tasks.")] = 3,
     permutations: Annotated[int, Query(ge=1, le=2000, description="Permutations for the p-value.")] = 200,
     inspector: Inspector = Depends(get_inspector),
