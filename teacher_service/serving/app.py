@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     private_dir(settings.data_dir)
     private_sqlite_file(settings.resolved_database_url())
-    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads, settings.database_idle_transaction_s)
     create_tables(engine)
 
     @contextlib.asynccontextmanager

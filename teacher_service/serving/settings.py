@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
     proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
     request_threads: int = Field(default=4, ge=1, le=256, description="Threads serving the students' requests, and as many for the other routes (more for a remote PostgreSQL).")
+    database_idle_transaction_s: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="PostgreSQL: the server ends a session of this service that holds a transaction this many seconds "
+                    "without a statement (a replica frozen while it holds a curriculum's lock), so that the others go on.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
     max_batch_items: int = Field(default=1024, ge=1, le=10_000, description="Most items in one batch call.")
     max_batch_body_bytes: int = Field(

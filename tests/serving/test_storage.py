@@ -83,6 +83,32 @@ def test_a_database_outage_answers_503_and_the_service_recovers_when_it_is_back(
     assert "the database is unavailable" in service.log_path.read_text()
 
 
+def test_a_replica_frozen_while_it_holds_a_curriculums_lock_does_not_hold_up_the_others(tmp_path, postgres_url):
+    """A replica that stops (SIGSTOP, a paused VM) inside a report transaction keeps the curriculum's row lock,
+    and every replica's reports of that curriculum wait on it. The server ends such a session after
+    `database_idle_transaction_s`: the others go on, and the frozen one, when it wakes, gets an error that
+    counts as an outage (503, "resending is safe"). Without it they waited until TCP gave up on the frozen
+    replica (minutes)."""
+    service = ServiceProcess(tmp_path, database_url=postgres_url).start()
+    frozen = make_engine(postgres_url, request_threads=1, idle_transaction_s=1.5)  # what the replica's app makes
+    try:
+        client = service.client()
+        create(client, batch_size=2)
+        pending = propose(client)
+        with frozen.connect() as conn:
+            assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar_one() == "1500ms"
+            conn.execute(text("BEGIN"))
+            conn.execute(text("SELECT id FROM curricula WHERE name = 'cur' FOR UPDATE"))  # the report's row lock
+            answer = report(client, pending, 1.0)  # waits for the lock until the server ends the frozen session
+            assert answer.status_code == 200 and answer.json()["reward"] == 1.0
+            with pytest.raises(sqlalchemy.exc.DBAPIError) as woke:
+                conn.execute(text("SELECT 1"))
+            assert database_unavailable(woke.value)
+    finally:
+        frozen.dispose()
+        service.stop()
+
+
 def test_only_an_unavailable_database_counts_as_unavailable(tmp_path):
     """SQLite's write lock held past the timeout is an outage (503); a mistake in a statement is not, and a running
     service answers it with 500."""

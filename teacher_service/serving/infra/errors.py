@@ -46,23 +46,26 @@ ERRORS = {
 }
 
 # The exceptions that can say the database is unavailable; `database_unavailable` tells which do.
-DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError,
-                   sqlite3.OperationalError, psycopg.OperationalError, psycopg.InterfaceError)
+DATABASE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.InternalError,
+                   sqlalchemy.exc.TimeoutError, sqlite3.OperationalError, psycopg.OperationalError,
+                   psycopg.InterfaceError, psycopg.InternalError)
 # SQLite's primary result codes of a database that is busy, locked, failing, full or cannot be opened; its other
 # OperationalErrors are mistakes in a statement or the schema ("no such table"), which stay 500s.
 SQLITE_UNAVAILABLE = {5, 6, 10, 13, 14}  # SQLITE_BUSY, _LOCKED, _IOERR, _FULL, _CANTOPEN
 
 
 def database_unavailable(exc: BaseException) -> bool:
-    """Whether `exc` says the database could not be reached or did not answer in time (connection refused or lost,
-    no free pooled connection, SQLite's write lock held past its timeout, a failing disk): answered with 503, which
-    the students' clients retry, rather than 500."""
+    """Whether `exc` says the database could not be reached or did not answer in time (connection refused, lost or
+    ended by the server, no free pooled connection, SQLite's write lock held past its timeout, a failing disk):
+    answered with 503, which the students' clients retry, rather than 500."""
     if isinstance(exc, sqlalchemy.exc.TimeoutError):  # no free connection in the pool
         return True
     cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
     if isinstance(cause, sqlite3.OperationalError):
         return (getattr(cause, "sqlite_errorcode", 0) & 0xFF) in SQLITE_UNAVAILABLE
-    return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
+    # PostgreSQL ended a session that held a transaction idle too long (this replica was frozen: tables.make_engine).
+    return isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError,
+                              psycopg.errors.IdleInTransactionSessionTimeout))
 
 
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -145,13 +145,16 @@ class Evaluation(Base):
     on_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
-def make_engine(url: str, request_threads: int) -> Engine:
+def make_engine(url: str, request_threads: int, idle_transaction_s: float = 60.0) -> Engine:
     """The engine for `url`. Its pool has a connection for every thread that can hold one at once: the students'
     request threads (settings.request_threads), as many threads for the other routes, each of which may hold two
     (an inspection reads the cached teacher's version inside its session), the writer and the updater; and a few
     for bursts. A thread that found none would wait 30 s and fail its request with 503 (SQLAlchemy's default pool
     was 5 + 10 on SQLite, 20 + 20 here before, whatever the threads). A PostgreSQL server that does not answer
-    fails a new connection after 10 s (unless the URL sets `connect_timeout`)."""
+    fails a new connection after 10 s (unless the URL sets `connect_timeout`); one of its sessions that holds a
+    transaction `idle_transaction_s` without a statement is ended by the server (unless the URL sets `options`):
+    a replica frozen while it held a curriculum's row lock would otherwise hold up that curriculum's reports on
+    every replica until TCP gave up on it, and when it wakes its request fails with 503, "resending is safe"."""
     pool = {"pool_size": 3 * request_threads + 2, "max_overflow": 8}
     if url.startswith("sqlite"):
         database = make_url(url).database
@@ -176,7 +179,10 @@ def make_engine(url: str, request_threads: int) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("writer") else "BEGIN")
 
         return engine
-    connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": 10}
+    query = make_url(url).query
+    connect_args = {} if "connect_timeout" in query else {"connect_timeout": 10}
+    if "options" not in query:
+        connect_args["options"] = f"-c idle_in_transaction_session_timeout={round(idle_transaction_s * 1000)}"
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool)
 
 
