@@ -107,6 +107,7 @@ def last_reported(curriculum_id: int, last: int, *columns: Any) -> Select:
             .where(Proposal.curriculum_id == curriculum_id, Proposal.reported_at.is_not(None))
             .order_by(Proposal.seq.desc()).limit(last))
 
+
 class Inspector:
     """Queries over one hub's database; every method opens one read-only session."""
 
