@@ -80,7 +80,7 @@ class EnvAdapter:
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, bool]:
         """(obs, reward, terminated, truncated, success) of one env step."""
         if self._steps_with_maze_step():
-            obs, reward, terminated, truncated, success = step_all([self], np.asarray(action)[None])
+            obs, reward, terminated, truncated, success = _step_mazes([self], np.asarray(action)[None])
             return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), bool(success[0])
         obs, reward, terminated, truncated, info = self.env.step(action)
         return self._flatten(obs), float(reward), bool(terminated), bool(truncated), bool(info.get("success", False))
@@ -136,6 +136,13 @@ def _has_nothing_to_check(wrapper: gym.Wrapper) -> bool:
     return True
 
 
+def _step_mazes(envs: Sequence[EnvAdapter], actions: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`step_all` of PointMazes ready for `maze.step_point_mazes` (`EnvAdapter._steps_with_maze_step`)."""
+    obs, rewards, terminated, success = maze.step_point_mazes([env._point_maze for env in envs], actions)
+    return obs, rewards, terminated, np.array([env._count_step() for env in envs]), success
+
+
 def step_all(envs: Sequence[EnvAdapter], actions: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One step of each env (each once) with its row of ``actions``: (observations (K, obs_dim) float32, rewards
@@ -146,8 +153,7 @@ def step_all(envs: Sequence[EnvAdapter], actions: np.ndarray
         raise ValueError(f"step_all takes distinct envs, at least one, and one action each: {len(actions)} actions "
                          f"for {len(envs)} envs")
     if all(env._steps_with_maze_step() for env in envs):
-        obs, rewards, terminated, success = maze.step_point_mazes([env._point_maze for env in envs], actions)
-        return obs, rewards, terminated, np.array([env._count_step() for env in envs]), success
+        return _step_mazes(envs, actions)
     obs, rewards, terminated, truncated, success = zip(*(env.step(action) for env, action in zip(envs, actions)))
     return (np.stack(obs), np.array(rewards, dtype=np.float64), np.array(terminated), np.array(truncated),
             np.array(success))
