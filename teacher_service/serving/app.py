@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # writer at a time, a few threads serve more requests than anyio's default 40, which mostly wait on each
         # other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        app.state.request_threads = RequestThreads(settings.request_threads)
+        app.state.request_threads = RequestThreads(settings.request_threads, settings.max_batch_items)
         app.state.hub.start()
         yield
         app.state.request_threads.close()

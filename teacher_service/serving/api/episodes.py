@@ -7,7 +7,7 @@ import pydantic
 from fastapi import APIRouter, Depends, Request
 
 from teacher_service import wire
-from teacher_service.serving.api.deps import get_hub, run_in_request_thread
+from teacher_service.serving.api.deps import get_hub, run_gathered, run_in_request_thread
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.auth import require_student
 from teacher_service.serving.infra.errors import ApiError, BadRequest
@@ -22,14 +22,14 @@ router = APIRouter(tags=["students"], dependencies=[Depends(require_student)], r
 @router.post("/propose", response_model=wire.Proposal)
 async def propose(request: Request, body: wire.ProposeRequest, hub: TeacherHub = Depends(get_hub)) -> wire.Proposal:
     """The task for the student's next episode. Pass `reset_options` to `env.reset(options=...)`."""
-    return await run_in_request_thread(request, hub.propose, body)
+    return await run_gathered(request, "propose", hub.propose_batch, body)
 
 
 @router.post("/report", response_model=wire.ReportAck)
 async def report(request: Request, body: wire.ReportRequest, hub: TeacherHub = Depends(get_hub)) -> wire.ReportAck:
     """What the student measured while training on a proposal's episode. Idempotent. Acknowledged once stored;
     a teacher update that the report completes is applied just after (see `teacher_version`)."""
-    return await run_in_request_thread(request, hub.report, body)
+    return await run_gathered(request, "report", hub.report_batch, body)
 
 
 def each_item(hub: TeacherHub, items: list[dict[str, Any]], model: type[pydantic.BaseModel],
