@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from teacher_service.serving.api import compare, curricula, episodes, inspection, service
-from teacher_service.serving.api.deps import RequestThreads
+from teacher_service.serving.api.deps import Gatherer, RequestThreads
 from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
@@ -49,7 +49,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # writer at a time, a few threads serve more requests than anyio's default 40, which mostly wait on each
         # other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        app.state.request_threads = RequestThreads(settings.request_threads, settings.max_batch_items)
+        app.state.request_threads = threads = RequestThreads(settings.request_threads)
+        hub = app.state.hub
+        app.state.gatherers = {
+            "propose": Gatherer(threads, "propose", hub.propose_batch, settings.max_batch_items),
+            "report": Gatherer(threads, "report", hub.report_batch, settings.max_batch_items),
+        }
         app.state.hub.start()
         yield
         app.state.request_threads.close()

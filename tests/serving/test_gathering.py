@@ -3,13 +3,18 @@ each answered with its own result or error."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
+import prometheus_client
 import psycopg
 import pytest
+from starlette.requests import Request
 
-from teacher_service.serving.api.deps import run_each_alone_on_fault
+from teacher_service.serving.api.deps import Gatherer, RequestThreads, run_each_alone_on_fault
 from tests.servers import ServiceProcess, wait_until
 from tests.serving.test_api import MAZE, counts
 from tests.serving.test_metrics import scrape, value
@@ -63,6 +68,7 @@ def test_waiting_single_requests_run_as_one_batch_each_with_its_own_answer(tmp_p
         assert all(len(p["reset_options"]["goal_cell"]) == 2 for p in proposals)
         # The first alone, then the twelve that waited for it together (the unknown curriculum's among them).
         assert gathered(service, "propose") == (2, 13)
+        assert len({p["proposal_id"][:16] for p in proposals[1:]}) == 1  # ids begin with the time of their one teacher call
 
         reports = [("/report", {"proposal_id": p["proposal_id"], "student_id": p["student_id"], "signals": SIGNALS})
                    for p in proposals]
@@ -106,3 +112,86 @@ def test_an_unavailable_database_fails_a_gathered_batch_at_once():
     with pytest.raises(psycopg.OperationalError):  # every request of the batch answers 503; none is tried again
         run_each_alone_on_fault(verb, ["a", "b"])
     assert runs == [["a", "b"]]
+
+
+async def still_there() -> dict:
+    """An ASGI `receive` whose client is still connected."""
+    await asyncio.Event().wait()
+    return {"type": "http.disconnect"}
+
+
+def waiting_requests() -> float:
+    return prometheus_client.REGISTRY.get_sample_value("teacher_requests_waiting")
+
+
+def gatherer_test(verb_name: str, batch_verb, max_items: int = 1024, threads: int = 1):
+    """Run `body(gatherer, ask)` on a Gatherer over `batch_verb`; `ask(item)` is a single request's answer."""
+
+    def run(body):
+        async def main():
+            pool = RequestThreads(threads)
+            gatherer = Gatherer(pool, verb_name, batch_verb, max_items)
+            try:
+                return await body(gatherer, lambda item: gatherer.call(Request({"type": "http"}, still_there), item))
+            finally:
+                pool.close()
+
+        return asyncio.run(main())
+
+    return run
+
+
+def test_under_steady_arrivals_each_request_is_answered_once_its_group_ends():
+    def slow_verb(items: list[int]) -> list[int]:
+        time.sleep(0.05)
+        return [10 * item for item in items]
+
+    async def body(gatherer, ask):
+        loop = asyncio.get_running_loop()
+
+        async def timed(item: int) -> tuple[int, float]:
+            start = loop.time()
+            return await ask(item), loop.time() - start
+
+        requests = []
+        for item in range(40):  # one every 10 ms, while a group takes 50 ms
+            requests.append(asyncio.create_task(timed(item)))
+            await asyncio.sleep(0.01)
+        return await asyncio.gather(*requests)
+
+    answers = gatherer_test("steady", slow_verb)(body)
+    assert [answer for answer, _ in answers] == [10 * item for item in range(40)]
+    # Each waits for the group running when it came and then its own: about 0.1 s. (Waiting for a thread's slot
+    # after its group had answered it, a request waited longer the longer the load lasted: 1.6 s here.)
+    assert max(latency for _, latency in answers) < 0.3
+    groups = prometheus_client.REGISTRY.get_sample_value("teacher_gathered_requests_count", {"verb": "steady"})
+    assert groups <= 15
+
+
+def test_groups_hold_at_most_max_items_and_a_cancelled_request_is_not_run():
+    release, groups = threading.Event(), []
+
+    def verb(items: list[int]) -> list[int]:
+        groups.append(items)
+        release.wait(10)
+        return items
+
+    async def body(gatherer, ask):
+        first = asyncio.create_task(ask(0))
+        while not groups:  # the first group holds the only thread
+            await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(ask(item)) for item in range(1, 11)]
+        await asyncio.sleep(0.05)
+        assert waiting_requests() == 10
+        waiting[4].cancel()  # item 5: its client is gone before it ran
+        await asyncio.sleep(0.05)
+        assert waiting_requests() == 9
+        release.set()
+        answers = await asyncio.gather(first, *waiting, return_exceptions=True)
+        assert isinstance(answers[5], asyncio.CancelledError)
+        return [a for k, a in enumerate(answers) if k != 5]
+
+    answers = gatherer_test("split", verb, max_items=4)(body)
+    assert answers == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert groups == [[0], [1, 2, 3, 4], [6, 7, 8, 9], [10]]
+    assert waiting_requests() == 0

@@ -32,17 +32,27 @@ class RequestThreads:
     use, cost the event loop about 30 us more per request (README "Scale")."""
 
     count: int
-    max_items: int  # the most single requests gathered into one batch (run_gathered)
     executor: ThreadPoolExecutor = field(init=False)
     slots: asyncio.Semaphore = field(init=False)
-    waiting: dict[str, collections.deque] = field(default_factory=dict)  # per verb (run_gathered)
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(self.count, thread_name_prefix="request")
         self.slots = asyncio.Semaphore(self.count)
 
+    def start(self, work: Callable[..., T], *args: object) -> asyncio.Future:
+        """Start blocking work in a thread whose slot the caller holds (and gives back)."""
+        # The request's context goes along (as anyio's to_thread does), e.g. a tracer's current span.
+        call = functools.partial(contextvars.copy_context().run, work, *args)
+        running = asyncio.get_running_loop().run_in_executor(self.executor, call)
+        metrics.REQUEST_THREADS_BUSY.inc()
+        running.add_done_callback(lambda _: metrics.REQUEST_THREADS_BUSY.dec())
+        return running
+
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+CLIENT_LEFT = "the client closed the connection before its request ran"
 
 
 def client_gone(request: Request) -> bool:
@@ -50,8 +60,8 @@ def client_gone(request: Request) -> bool:
     either answers at once (a disconnect) or would wait on a future (the client is still there). Starlette's
     `is_disconnected` does the same inside an anyio cancel scope, whose cancellation formats the task's repr:
     about a tenth of the event loop's time per request. Written for uvicorn's `receive` and plain ASGI
-    middleware such as ours; a `receive` that is not a coroutine function (Starlette's `BaseHTTPMiddleware`
-    runs a task group in its own) cannot be stepped, and its client is taken to be there."""
+    middleware such as the service's: Starlette's `BaseHTTPMiddleware`, whose `receive` runs a task group,
+    must not be added. A `receive` that is not a coroutine function is not stepped: its client counts as there."""
     if not inspect.iscoroutinefunction(request.receive):
         return False
     step = request.receive()
@@ -63,96 +73,143 @@ def client_gone(request: Request) -> bool:
     return False
 
 
-def start_in_request_thread(threads: RequestThreads, work: Callable[..., T], *args: object) -> asyncio.Future:
-    """Start blocking hub work in a request thread whose slot the caller holds; the slot is released when the
-    work ends, even if the request that started it is cancelled meanwhile (the thread cannot be), so a slot
-    means a free thread."""
+async def run_in_request_thread(request: Request, work: Callable[..., T], *args: object) -> T:
+    """Run blocking hub work in one of the request threads, unless the client hung up while waiting.
+
+    Under overload, clients time out and retry while their first request still waits for a thread;
+    running it anyway would be work for nobody that makes the queue longer still. The slot is held until the
+    work ends, even if this request is cancelled meanwhile (the thread cannot be), so a slot means a free thread."""
+    threads: RequestThreads = request.app.state.request_threads
+    await threads.slots.acquire()
     try:
-        # The request's context goes along (as anyio's to_thread does), e.g. a tracer's current span.
-        call = functools.partial(contextvars.copy_context().run, work, *args)
-        running = asyncio.get_running_loop().run_in_executor(threads.executor, call)
+        if client_gone(request):
+            raise ClientClosedRequest(CLIENT_LEFT)
+        running = threads.start(work, *args)
     except BaseException:
         threads.slots.release()
         raise
-    metrics.REQUEST_THREADS_BUSY.inc()  # once the work is handed over: `done` below takes it back
 
     def done(finished: asyncio.Future) -> None:
-        metrics.REQUEST_THREADS_BUSY.dec()
         threads.slots.release()
         if not finished.cancelled():
             finished.exception()  # seen: a request cancelled meanwhile leaves nobody to await it
 
     running.add_done_callback(done)
-    return running
-
-
-def client_left_error() -> ClientClosedRequest:
-    return ClientClosedRequest("the client closed the connection before its request ran")
-
-
-async def run_in_request_thread(request: Request, work: Callable[..., T], *args: object) -> T:
-    """Run blocking hub work in one of the request threads, unless the client hung up while waiting.
-
-    Under overload, clients time out and retry while their first request still waits for a thread;
-    running it anyway would be work for nobody that makes the queue longer still."""
-    threads: RequestThreads = request.app.state.request_threads
-    await threads.slots.acquire()
-    if client_gone(request):
-        threads.slots.release()
-        raise client_left_error()
-    return await asyncio.shield(start_in_request_thread(threads, work, *args))
+    return await asyncio.shield(running)
 
 
 @dataclass
 class Waiting:
-    """A single verb's request waiting for a request thread, with its item for the batch verb."""
+    """A single request waiting for its turn, with its item for the batch verb."""
 
     request: Request
     item: Any
     answer: asyncio.Future
-    taken: bool = False  # by a request that got a thread, into its group
+    taken: bool = False  # into a group
 
 
-async def run_gathered(request: Request, verb: str, batch_verb: Callable[[list], list], item: Any) -> Any:
-    """A single verb (`verb`: its name) run through the hub's batch verb: the requests that wait for a request
-    thread together go as one batch, in arrival order and up to TEACHER_MAX_BATCH_ITEMS, each answered with its
-    own item's result or error. Whoever gets a thread first takes every request waiting; one alone is a batch of
-    one. Under load a single propose or report then costs the hub about what a batch item does (README "Scale")."""
-    threads: RequestThreads = request.app.state.request_threads
-    queue = threads.waiting.setdefault(verb, collections.deque())
-    mine = Waiting(request, item, asyncio.get_running_loop().create_future())
-    queue.append(mine)
-    metrics.REQUESTS_WAITING.inc()
-    while not mine.taken:
-        await threads.slots.acquire()
-        # From here to the hand-over nothing awaits: a group taken is always handed over or answered.
+class Gatherer:
+    """Runs the single requests of one verb through the hub's batch verb: those that arrive while a group runs
+    wait, and go together as the next group (in arrival order, up to TEACHER_MAX_BATCH_ITEMS), each answered with
+    its own item's result or error. Under load a single propose or report then costs the hub about what an item
+    of a batch does, a fraction of a call of its own (README "Scale"); one alone is a group of one.
+
+    One chain of groups per verb: a request that arrives while none runs starts one, which takes a request thread's
+    slot; each group, once answered, hands the slot to the next group, or gives it back when nobody waits."""
+
+    def __init__(self, threads: RequestThreads, verb: str, batch_verb: Callable[[list], list], max_items: int) -> None:
+        self.threads = threads
+        self.verb = verb
+        self.batch_verb = batch_verb
+        self.max_items = max_items
+        self.queue: collections.deque[Waiting] = collections.deque()
+        self.running = False
+        self.starting: asyncio.Task | None = None  # a task of its own: a request's cancellation must not stop the chain
+
+    async def call(self, request: Request, item: Any) -> Any:
+        mine = Waiting(request, item, asyncio.get_running_loop().create_future())
+        self.queue.append(mine)
+        metrics.REQUESTS_WAITING.inc()
+        if not self.running:
+            self.running = True
+            self.starting = asyncio.get_running_loop().create_task(self._start())
+        try:
+            return await asyncio.shield(mine.answer)
+        except asyncio.CancelledError:
+            if not mine.taken:  # nobody would read its answer: not run
+                self.queue.remove(mine)
+                metrics.REQUESTS_WAITING.dec()
+            raise
+
+    async def _start(self) -> None:
+        try:
+            await self.threads.slots.acquire()
+        except BaseException:  # cancelled: the service is stopping
+            self._stop(RuntimeError("the service stopped before the request ran"), holding_slot=False)
+            raise
+        self._next_group()
+
+    def _next_group(self) -> None:
+        """On the chain's slot: hand the next group to the thread, or give the slot back when nobody waits."""
         group: list[Waiting] = []
-        while queue and len(group) < threads.max_items:
-            waiting = queue.popleft()
+        try:
+            group = self._take()
+            if group:
+                running = self.threads.start(run_each_alone_on_fault, self.batch_verb, [w.item for w in group])
+                running.add_done_callback(functools.partial(self._answer, group))
+                return
+        except Exception as exc:  # noqa: BLE001 - e.g. the executor shut down: nobody waiting may be left hanging
+            for waiting in group:
+                waiting.answer.set_exception(exc)
+            self._stop(exc)
+            return
+        self._stop(None)
+
+    def _take(self) -> list[Waiting]:
+        group: list[Waiting] = []
+        while self.queue and len(group) < self.max_items:
+            waiting = self.queue.popleft()
             waiting.taken = True
             metrics.REQUESTS_WAITING.dec()
             if client_gone(waiting.request):  # nobody would read its answer
-                waiting.answer.set_exception(client_left_error())
+                waiting.answer.set_exception(ClientClosedRequest(CLIENT_LEFT))
             else:
                 group.append(waiting)
-        if not group:  # taken by others meanwhile
-            threads.slots.release()
-            continue
-        metrics.GATHERED.labels(verb).observe(len(group))
-        try:
-            running = start_in_request_thread(threads, run_each_alone_on_fault, batch_verb, [w.item for w in group])
-        except Exception as exc:  # noqa: BLE001 - the executor is shut down: every request of the group gets it
-            for waiting in group:
-                waiting.answer.set_exception(exc)
+        if group:
+            metrics.GATHERED.labels(self.verb).observe(len(group))
+        return group
+
+    def _answer(self, group: list[Waiting], finished: asyncio.Future) -> None:
+        """Give each request of the group its own result or error (an ApiError: its 4xx), then go on."""
+        if finished.cancelled():
+            results: list = [RuntimeError("the batch was cancelled")] * len(group)
+        elif finished.exception() is not None:
+            results = [finished.exception()] * len(group)
         else:
-            running.add_done_callback(functools.partial(answer_each, group))
-    return await asyncio.shield(mine.answer)
+            results = finished.result()
+            if len(results) != len(group):
+                results = [RuntimeError(f"{len(results)} answers to {len(group)} items")] * len(group)
+        for waiting, result in zip(group, results):
+            if isinstance(result, BaseException):
+                waiting.answer.set_exception(result)
+            else:
+                waiting.answer.set_result(result)
+        self._next_group()
+
+    def _stop(self, failure: BaseException | None, holding_slot: bool = True) -> None:
+        """End the chain and give its slot back; with a failure, those still waiting get it."""
+        while failure is not None and self.queue:
+            self.queue.popleft().answer.set_exception(failure)
+            metrics.REQUESTS_WAITING.dec()
+        self.running = False
+        if holding_slot:
+            self.threads.slots.release()
 
 
 def run_each_alone_on_fault(batch_verb: Callable[[list], list], items: list) -> list:
-    """The batch verb on items gathered from single requests. A fault that is not the database's (a bug) fails
-    only the items that meet it, each then run alone, as their requests would have been; the batch that failed
-    was rolled back (one transaction)."""
+    """The batch verb on a group of single requests' items. A fault that is not the database's (a bug) fails only
+    the items that meet it, each then run alone, as their requests would have been; the batch that failed was
+    rolled back (one transaction)."""
     try:
         return batch_verb(items)
     except Exception as exc:
@@ -165,14 +222,3 @@ def run_each_alone_on_fault(batch_verb: Callable[[list], list], items: list) -> 
             except Exception as alone:  # noqa: BLE001 - this item's answer
                 results.append(alone)
         return results
-
-
-def answer_each(group: list[Waiting], finished: asyncio.Future) -> None:
-    """Give each request of a gathered batch its own result or error (an ApiError is an item's 4xx)."""
-    failure = asyncio.CancelledError() if finished.cancelled() else finished.exception()
-    results = [failure] * len(group) if failure is not None else finished.result()
-    for waiting, result in zip(group, results):
-        if isinstance(result, BaseException):
-            waiting.answer.set_exception(result)
-        else:
-            waiting.answer.set_result(result)

@@ -21,7 +21,7 @@ REQUEST_THREADS_BUSY = Gauge("teacher_request_threads_busy", "Request threads ru
                              "(TEACHER_REQUEST_THREADS in all)")
 REQUESTS_WAITING = Gauge("teacher_requests_waiting", "Single /propose or /report requests waiting for a request thread")
 GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report requests that waited for a request "
-                     "thread together and ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
+                     "thread together and ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000))
 
 
 class RequestMetrics:
