@@ -12,6 +12,7 @@ lock) so that batches are numbered once and in order; see README "Several replic
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import os
@@ -367,9 +368,10 @@ class TeacherHub:
             except self.integrity_errors:
                 # A curriculum deleted meanwhile fails the whole insert: store the others one by one.
                 results = self._insert_each(results, rows)
-        for result in results:
-            if not isinstance(result, ApiError):
-                metrics.PROPOSALS.labels(result.curriculum).inc()
+        # Counted once per curriculum and batch: a metric's label lookup per item was ~1% of the service's time.
+        made = collections.Counter(r.curriculum for r in results if not isinstance(r, ApiError))
+        for curriculum, count in made.items():
+            metrics.PROPOSALS.labels(curriculum).inc(count)
         return results
 
     def _insert_each(
@@ -514,12 +516,12 @@ class TeacherHub:
             return outcomes
 
         outcomes = self.write(store)
-        for ack, row, fresh in outcomes:
-            # Counted once committed; a resend is answered again but not counted again.
-            if fresh:
-                metrics.REPORTS.labels(row.name).inc()
-                if ack.teacher_updated:
-                    self.updater.notify(row.id)
+        # Counted once committed; a resend is answered again but not counted again.
+        stored = collections.Counter(row.name for _, row, fresh in outcomes if fresh)
+        for curriculum, count in stored.items():
+            metrics.REPORTS.labels(curriculum).inc(count)
+        for curriculum_id in {row.id for ack, row, fresh in outcomes if fresh and ack.teacher_updated}:
+            self.updater.notify(curriculum_id)
         return [ack for ack, _, _ in outcomes]
 
     def _lock(self, cursor: Any, locked: dict[int, Batching], curriculum_id: int) -> Batching:
