@@ -98,7 +98,7 @@ async def run_in_request_thread(request: Request, work: Callable[..., T], *args:
     return await asyncio.shield(running)
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: `deque.remove` finds this request, not an equal one
 class Waiting:
     """A single request waiting for its turn, with its item for the batch verb."""
 
