@@ -60,8 +60,8 @@ def client_gone(request: Request) -> bool:
     either answers at once (a disconnect) or would wait on a future (the client is still there). Starlette's
     `is_disconnected` does the same inside an anyio cancel scope, whose cancellation formats the task's repr:
     about a tenth of the event loop's time per request. Written for uvicorn's `receive` and plain ASGI
-    middleware such as the service's: Starlette's `BaseHTTPMiddleware`, whose `receive` runs a task group,
-    must not be added. A `receive` that is not a coroutine function is not stepped: its client counts as there."""
+    middleware such as the service's. A `receive` that cannot be stepped so (not a coroutine function, or one
+    that fails outside its request's task, as Starlette's `BaseHTTPMiddleware` would) counts as a client there."""
     if not inspect.iscoroutinefunction(request.receive):
         return False
     step = request.receive()
@@ -69,6 +69,8 @@ def client_gone(request: Request) -> bool:
         step.send(None)
     except StopIteration as answered:
         return answered.value.get("type") == "http.disconnect"
+    except Exception:  # noqa: BLE001 - see above: the request runs
+        return False
     step.close()
     return False
 
@@ -100,12 +102,12 @@ async def run_in_request_thread(request: Request, work: Callable[..., T], *args:
 
 @dataclass(eq=False)  # compared by identity: `deque.remove` finds this request, not an equal one
 class Waiting:
-    """A single request waiting for its turn, with its item for the batch verb."""
+    """A single request waiting for its group, with its item for the batch verb."""
 
     request: Request
     item: Any
     answer: asyncio.Future
-    taken: bool = False  # into a group
+    taken: bool = False  # into a group, or answered without one
 
 
 class Gatherer:
@@ -114,8 +116,9 @@ class Gatherer:
     its own item's result or error. Under load a single propose or report then costs the hub about what an item
     of a batch does, a fraction of a call of its own (README "Scale"); one alone is a group of one.
 
-    One chain of groups per verb: a request that arrives while none runs starts one, which takes a request thread's
-    slot; each group, once answered, hands the slot to the next group, or gives it back when nobody waits."""
+    One chain of groups per verb: a request that arrives while none runs starts it. Each group takes a request
+    thread's slot in turn with the other routes (so none of them waits for the chain to end) and gives it back
+    once its requests are answered; the waiting requests themselves only wait for their answers."""
 
     def __init__(self, threads: RequestThreads, verb: str, batch_verb: Callable[[list], list], max_items: int) -> None:
         self.threads = threads
@@ -124,7 +127,9 @@ class Gatherer:
         self.max_items = max_items
         self.queue: collections.deque[Waiting] = collections.deque()
         self.running = False
-        self.starting: asyncio.Task | None = None  # a task of its own: a request's cancellation must not stop the chain
+        # The task waiting for the next group's slot: kept here, since the event loop holds tasks only weakly,
+        # and not the request's own, whose cancellation must not stop the chain.
+        self.next_group: asyncio.Task | None = None
 
     async def call(self, request: Request, item: Any) -> Any:
         mine = Waiting(request, item, asyncio.get_running_loop().create_future())
@@ -132,7 +137,7 @@ class Gatherer:
         metrics.REQUESTS_WAITING.inc()
         if not self.running:
             self.running = True
-            self.starting = asyncio.get_running_loop().create_task(self._start())
+            self.next_group = asyncio.get_running_loop().create_task(self._run_group())
         try:
             return await asyncio.shield(mine.answer)
         except asyncio.CancelledError:
@@ -141,32 +146,26 @@ class Gatherer:
                 metrics.REQUESTS_WAITING.dec()
             raise
 
-    async def _start(self) -> None:
+    async def _run_group(self) -> None:
         try:
             await self.threads.slots.acquire()
         except BaseException:  # cancelled: the service is stopping
-            self._stop(RuntimeError("the service stopped before the request ran"), holding_slot=False)
+            self.running = False
+            self._answer_all(self._take_all(), RuntimeError("the service stopped before the request ran"))
             raise
-        self._next_group()
-
-    def _next_group(self) -> None:
-        """On the chain's slot: hand the next group to the thread, or give the slot back when nobody waits."""
         group: list[Waiting] = []
         try:
-            group = self._take()
+            self._take(group)
             if group:
                 running = self.threads.start(run_each_alone_on_fault, self.batch_verb, [w.item for w in group])
                 running.add_done_callback(functools.partial(self._answer, group))
                 return
-        except Exception as exc:  # noqa: BLE001 - e.g. the executor shut down: nobody waiting may be left hanging
-            for waiting in group:
-                waiting.answer.set_exception(exc)
-            self._stop(exc)
-            return
-        self._stop(None)
+        except Exception as exc:  # noqa: BLE001 - e.g. the executor shut down: its group gets the error
+            self._answer_all(group, exc)
+        self._end_turn()
 
-    def _take(self) -> list[Waiting]:
-        group: list[Waiting] = []
+    def _take(self, group: list[Waiting]) -> None:
+        """Move the next group from the queue into `group` (the caller's, so that nothing taken goes unanswered)."""
         while self.queue and len(group) < self.max_items:
             waiting = self.queue.popleft()
             waiting.taken = True
@@ -177,33 +176,48 @@ class Gatherer:
                 group.append(waiting)
         if group:
             metrics.GATHERED.labels(self.verb).observe(len(group))
-        return group
+
+    def _take_all(self) -> list[Waiting]:
+        taken = list(self.queue)
+        self.queue.clear()
+        for waiting in taken:
+            waiting.taken = True
+            metrics.REQUESTS_WAITING.dec()
+        return taken
 
     def _answer(self, group: list[Waiting], finished: asyncio.Future) -> None:
-        """Give each request of the group its own result or error (an ApiError: its 4xx), then go on."""
-        if finished.cancelled():
-            results: list = [RuntimeError("the batch was cancelled")] * len(group)
-        elif finished.exception() is not None:
-            results = [finished.exception()] * len(group)
-        else:
-            results = finished.result()
-            if len(results) != len(group):
-                results = [RuntimeError(f"{len(results)} answers to {len(group)} items")] * len(group)
-        for waiting, result in zip(group, results):
-            if isinstance(result, BaseException):
-                waiting.answer.set_exception(result)
+        """Give each request of the group its own result or error (an ApiError: its 4xx), then end the turn."""
+        try:
+            if finished.cancelled():
+                results: list = [RuntimeError("the batch was cancelled")] * len(group)
+            elif finished.exception() is not None:
+                results = [finished.exception()] * len(group)
             else:
-                waiting.answer.set_result(result)
-        self._next_group()
+                results = finished.result()
+                if len(results) != len(group):
+                    results = [RuntimeError(f"{len(results)} answers to {len(group)} items")] * len(group)
+            for waiting, result in zip(group, results):
+                if isinstance(result, BaseException):
+                    self._answer_all([waiting], result)
+                else:
+                    waiting.answer.set_result(result)
+        finally:
+            self._end_turn()
 
-    def _stop(self, failure: BaseException | None, holding_slot: bool = True) -> None:
-        """End the chain and give its slot back; with a failure, those still waiting get it."""
-        while failure is not None and self.queue:
-            self.queue.popleft().answer.set_exception(failure)
-            metrics.REQUESTS_WAITING.dec()
-        self.running = False
-        if holding_slot:
-            self.threads.slots.release()
+    @staticmethod
+    def _answer_all(group: list[Waiting], error: BaseException) -> None:
+        for waiting in group:
+            if isinstance(error, StopIteration):  # a future refuses it (as a coroutine would turn it into this)
+                error = RuntimeError(f"the batch verb raised {error!r}")
+            waiting.answer.set_exception(error)
+
+    def _end_turn(self) -> None:
+        """Give the slot back; the next group, if anyone waits, takes one in turn with the other routes."""
+        self.threads.slots.release()
+        if self.queue:
+            self.next_group = asyncio.get_running_loop().create_task(self._run_group())
+        else:
+            self.running = False
 
 
 def run_each_alone_on_fault(batch_verb: Callable[[list], list], items: list) -> list:

@@ -19,9 +19,10 @@ UPDATES = Counter("teacher_updates", "Teacher updates", ["curriculum"])
 ACTIVE_STUDENTS = Gauge("teacher_active_students", "Students seen in the last 5 minutes", ["curriculum"])
 REQUEST_THREADS_BUSY = Gauge("teacher_request_threads_busy", "Request threads running a student's request "
                              "(TEACHER_REQUEST_THREADS in all)")
-REQUESTS_WAITING = Gauge("teacher_requests_waiting", "Single /propose or /report requests waiting for a request thread")
-GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report requests that waited for a request "
-                     "thread together and ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000))
+REQUESTS_WAITING = Gauge("teacher_requests_waiting", "Single /propose or /report requests waiting for their group "
+                         "(api/deps.py Gatherer)")
+GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report requests that waited together and "
+                     "ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000))
 
 
 class RequestMetrics:
