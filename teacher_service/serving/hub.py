@@ -112,14 +112,6 @@ def check_reward_signal(signal: str) -> None:
     )
 
 
-def first_or_raise(results: list[T | ApiError]) -> T:
-    """The single verb's answer from a batch of one: its result, or its error raised."""
-    (result,) = results
-    if isinstance(result, ApiError):
-        raise result
-    return result
-
-
 class TeacherHub:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -337,9 +329,6 @@ class TeacherHub:
 
     # ------------------------------------------------------------------ propose
 
-    def propose(self, request: wire.ProposeRequest) -> wire.Proposal:
-        return first_or_raise(self.propose_batch([request]))
-
     def propose_batch(self, requests: list[wire.ProposeRequest]) -> list[wire.Proposal | ApiError]:
         """A proposal for each request, or the error of that request; the proposals in one transaction."""
         now = utcnow()
@@ -489,9 +478,6 @@ class TeacherHub:
         return Context(signals.get("episode_return"), features)
 
     # ------------------------------------------------------------------ report
-
-    def report(self, request: wire.ReportRequest) -> wire.ReportAck:
-        return first_or_raise(self.report_batch([request]))
 
     def report_batch(self, requests: list[wire.ReportRequest]) -> list[wire.ReportAck | ApiError]:
         """Store each report in one transaction: its acknowledgement, or its error (the others go on)."""

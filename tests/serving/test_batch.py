@@ -259,7 +259,7 @@ def test_proposal_ids_follow_their_creation_so_inserts_stay_at_the_indexs_edge(t
             {"name": "cur", "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]}}))
         batches = [hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(50)])
                    for _ in range(4)]
-        single = hub.propose(ProposeRequest(curriculum="cur", student_id="s"))
+        (single,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
     finally:
         hub.close()
     ids = [[p.proposal_id for p in batch] for batch in batches] + [[single.proposal_id]]

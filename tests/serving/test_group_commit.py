@@ -152,8 +152,8 @@ def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored
     hub.create_curriculum(CurriculumCreate(**spec))
     for k in range(70):  # one at a time: ALP-GMM learns from every report
         (proposal,) = hub.propose_batch([ProposeRequest(curriculum="alp", student_id="s")])
-        hub.report(ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
-                                 signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k)))
+        hub.report_batch([ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
+                                        signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))])
     hub.close()
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         ((version, state),) = db.execute("select teacher_version, teacher_state from curricula").fetchall()
@@ -228,8 +228,8 @@ def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch)
     def reports(count: int) -> None:
         for k in range(count):
             (proposal,) = writer.propose_batch([ProposeRequest(curriculum="alp", student_id="s")])
-            writer.report(ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
-                                        signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k)))
+            writer.report_batch([ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
+                                               signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))])
         writer.updater.settle()
 
     reports(52)
@@ -259,8 +259,8 @@ def test_batch_counts_kept_in_memory_follow_a_rolled_back_group(tmp_path):
     acks = []
 
     def report(p) -> threading.Thread:
-        thread = threading.Thread(target=lambda: acks.append(hub.report(ReportRequest(
-            proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=1.0)))))
+        thread = threading.Thread(target=lambda: acks.extend(hub.report_batch([ReportRequest(
+            proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=1.0))])))
         thread.start()
         return thread
 
