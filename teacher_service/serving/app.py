@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "propose": Gatherer(threads, "propose", hub.propose_batch, settings.max_batch_items),
             "report": Gatherer(threads, "report", hub.report_batch, settings.max_batch_items),
         }
-        app.state.hub.start()
+        hub.start()
         yield
         app.state.request_threads.close()
         app.state.hub.close()  # applies the teacher updates still pending

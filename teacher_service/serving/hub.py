@@ -12,7 +12,6 @@ lock) so that batches are numbered once and in order; see README "Several replic
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import os
@@ -357,10 +356,7 @@ class TeacherHub:
             except self.integrity_errors:
                 # A curriculum deleted meanwhile fails the whole insert: store the others one by one.
                 results = self._insert_each(results, rows)
-        # Counted once per curriculum and batch: a metric's label lookup per item was ~1% of the service's time.
-        made = collections.Counter(r.curriculum for r in results if not isinstance(r, ApiError))
-        for curriculum, count in made.items():
-            metrics.PROPOSALS.labels(curriculum).inc(count)
+        metrics.count_per_curriculum(metrics.PROPOSALS, (r.curriculum for r in results if not isinstance(r, ApiError)))
         return results
 
     def _insert_each(
@@ -503,9 +499,7 @@ class TeacherHub:
 
         outcomes = self.write(store)
         # Counted once committed; a resend is answered again but not counted again.
-        stored = collections.Counter(row.name for _, row, fresh in outcomes if fresh)
-        for curriculum, count in stored.items():
-            metrics.REPORTS.labels(curriculum).inc(count)
+        metrics.count_per_curriculum(metrics.REPORTS, (row.name for _, row, fresh in outcomes if fresh))
         for curriculum_id in {row.id for ack, row, fresh in outcomes if fresh and ack.teacher_updated}:
             self.updater.notify(curriculum_id)
         return [ack for ack, _, _ in outcomes]

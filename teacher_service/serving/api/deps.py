@@ -137,7 +137,7 @@ class Gatherer:
         metrics.REQUESTS_WAITING.inc()
         if not self.running:
             self.running = True
-            self.next_group = asyncio.get_running_loop().create_task(self._run_group())
+            self._next_turn()
         try:
             return await asyncio.shield(mine.answer)
         except asyncio.CancelledError:
@@ -215,9 +215,12 @@ class Gatherer:
         """Give the slot back; the next group, if anyone waits, takes one in turn with the other routes."""
         self.threads.slots.release()
         if self.queue:
-            self.next_group = asyncio.get_running_loop().create_task(self._run_group())
+            self._next_turn()
         else:
             self.running = False
+
+    def _next_turn(self) -> None:
+        self.next_group = asyncio.get_running_loop().create_task(self._run_group())
 
 
 def run_each_alone_on_fault(batch_verb: Callable[[list], list], items: list) -> list:

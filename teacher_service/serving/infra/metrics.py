@@ -3,7 +3,9 @@ Served by `GET /metrics` (api/service.py)."""
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +25,14 @@ REQUESTS_WAITING = Gauge("teacher_requests_waiting", "Single /propose or /report
                          "(api/deps.py Gatherer)")
 GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report requests that waited together and "
                      "ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000))
+
+
+
+def count_per_curriculum(counter: Counter, curricula: Iterable[str]) -> None:
+    """Add one per name to `counter`, with one label lookup per curriculum rather than per item (a lookup per item
+    was ~1% of the service's time under batch load)."""
+    for curriculum, count in collections.Counter(curricula).items():
+        counter.labels(curriculum).inc(count)
 
 
 class RequestMetrics:
