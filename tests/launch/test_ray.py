@@ -146,6 +146,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def rerun_of(killed: int, run_dir: Path, proc: subprocess.Popen) -> int:
+    """The pid of the student that Ray started in place of the killed one, as first seen (a later look
+    may miss it: a process's cmdline reads empty while it execs, and the rerun may have finished)."""
+    seen = []
+
+    def rerun_started() -> bool:
+        pid = student_pid(run_dir)
+        if pid not in (None, killed):
+            seen.append(pid)
+        return bool(seen) or proc.poll() is not None
+
+    wait_until(rerun_started, 120, "a rerun")
+    log = run_dir / "worker.log"
+    assert seen, (f"the experiment ended without a rerun:\n{proc.communicate()[0][-3000:]}\n"
+                  f"worker.log:\n{log.read_text()[-3000:] if log.exists() else '(none)'}")
+    return seen[0]
+
+
 @needs_ray
 @pytest.mark.skipif(sys.platform != "linux", reason="finds processes through /proc")
 def test_a_killed_worker_is_rerun_by_ray_and_resumes(tmp_path, ray_address):
@@ -158,15 +176,13 @@ def test_a_killed_worker_is_rerun_by_ray_and_resumes(tmp_path, ray_address):
         first = student_pid(run_dir)
         assert first and checkpoint_step(run_dir) < 600, "the run ended before the kill"
         os.kill(first, signal.SIGKILL)
-        wait_until(lambda: proc.poll() is not None or student_pid(run_dir) not in (None, first), 120, "a rerun")
 
         # 2. The rerun's Ray task process dies (its node's OOM killer, say): its student dies with it
         # instead of living on beside the next rerun, and Ray reruns the task once more.
-        second = student_pid(run_dir)
-        assert second, "the rerun ended early"
+        second = rerun_of(first, run_dir, proc)
         os.kill(parent_pid(second), signal.SIGKILL)
         wait_until(lambda: not alive(second), 30, "the orphaned student's end")
-        wait_until(lambda: proc.poll() is not None or student_pid(run_dir) not in (None, second), 120, "a rerun")
+        rerun_of(second, run_dir, proc)
         finish(proc)
     finally:
         if proc.poll() is None:
