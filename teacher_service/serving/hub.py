@@ -74,16 +74,20 @@ class Runtime:
 
 @dataclass
 class DeferredMarks:
-    """A report batch's `mark_reported` rows, written together (one executemany: on PostgreSQL one round trip
-    for the batch, not one per report) at its end, or before any statement that must see them."""
+    """A report batch's writes of reported rows, `mark_reported` and then `set_trajectory` rows (which group rows
+    marked before them), written together (an executemany each: on PostgreSQL one round trip for the batch, not
+    one per report or trajectory) at its end, or before any statement that must see them."""
 
     driver: Driver
     cursor: Any
     rows: list[dict[str, Any]] = field(default_factory=list)
+    trajectories: list[dict[str, Any]] = field(default_factory=list)
 
     def flush(self) -> None:
         self.driver.many(self.cursor, "mark_reported", self.rows)
+        self.driver.many(self.cursor, "set_trajectory", self.trajectories)
         self.rows.clear()
+        self.trajectories.clear()
 
 
 @dataclass
@@ -464,14 +468,14 @@ class TeacherHub:
         return [last.get(r.student_id, Context()) if c is None else c for r, c in zip(requests, contexts)]
 
     def _stored_context(self, space: TaskSpace, task_index: int | None, task_values: Any, signals: Any) -> Context:
-        task_values, signals = self.driver.load_json(task_values), self.driver.load_json(signals)
-        if task_values is None:
-            return Context()
-        if isinstance(space, DiscreteSpace) and task_index is not None:
+        if isinstance(space, DiscreteSpace) and task_index is not None:  # a proposal with an index has a task
             features = space.features(task_index)
         else:
+            task_values = self.driver.load_json(task_values)
+            if task_values is None:
+                return Context()
             features = space.features_of_values(task_values)
-        return Context(signals.get("episode_return"), features)
+        return Context(self.driver.load_json(signals).get("episode_return"), features)
 
     # ------------------------------------------------------------------ report
 
@@ -588,17 +592,18 @@ class TeacherHub:
             if before is None and teacher.horizon > 1:  # not read before the batch, or changed since: read them now
                 marks.flush()
                 before = driver.open_episodes(cursor, row.id, [proposal.student_id])[proposal.student_id]
-            trajectory, ready = self._close_trajectory(cursor, runtime, proposal, before or [])
+            trajectory, ready = self._close_trajectory(runtime, proposal, before or [], marks)
             batching.ready += ready
             completes = batching.ready >= teacher.batch_size
         version = max(batching.last_scheduled, row.teacher_version) + int(completes)
-        ack = wire.ReportAck(proposal_id=proposal.proposal_id, reward=reward, teacher_version=version,
-                             teacher_updated=completes)
+        answer = {"proposal_id": proposal.proposal_id, "reward": reward, "teacher_version": version,
+                  "teacher_updated": completes}
+        ack = wire.ReportAck(**answer)
         reported_at = driver.time(now)
         marks.rows.append({
             "seq": proposal.seq, "reported_at": reported_at, "signals": driver.json(signals), "reward": reward,
             "derived_window_at": reported_at if runtime.spec.reward_signal in DERIVED_SIGNALS else None,
-            "trajectory": trajectory, "ack": driver.json(ack.model_dump(mode="json")),
+            "trajectory": trajectory, "ack": driver.json(answer),
         })
         if completes:  # the batch is numbered with the version that will have learned from it
             marks.flush()
@@ -606,11 +611,11 @@ class TeacherHub:
             batching.ready, batching.last_scheduled = 0, version
         return ack, row, True
 
-    def _close_trajectory(self, cursor: Any, runtime: Runtime, proposal,
-                          open_seqs: list[int]) -> tuple[int | None, int]:
-        """Store the grouping of this student's rewarded episodes into trajectories (learning/trajectories.py);
-        returns the trajectory this proposal completes, if it completes one, and how many episodes (this
-        one included) the trajectories it completes make ready for a batch. `open_seqs`: the student's
+    def _close_trajectory(self, runtime: Runtime, proposal, open_seqs: list[int],
+                          marks: DeferredMarks) -> tuple[int | None, int]:
+        """Group this student's rewarded episodes into trajectories (learning/trajectories.py), the others' rows
+        to `marks`; returns the trajectory this proposal completes, if it completes one, and how many episodes
+        (this one included) the trajectories it completes make ready for a batch. `open_seqs`: the student's
         episodes not yet in one."""
         horizon = runtime.teacher.horizon
         if horizon == 1:
@@ -620,8 +625,7 @@ class TeacherHub:
         for members in group_trajectories([*open_seqs, proposal.seq], horizon):
             if proposal.seq in members:
                 trajectory = members[0]
-            others = [{"trajectory": members[0], "seq": seq} for seq in members if seq != proposal.seq]
-            self.driver.many(cursor, "set_trajectory", others)
+            marks.trajectories += [{"trajectory": members[0], "seq": seq} for seq in members if seq != proposal.seq]
             ready += len(members)
         return trajectory, ready
 

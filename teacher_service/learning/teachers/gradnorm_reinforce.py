@@ -182,7 +182,8 @@ class GradNormReinforceTeacher(Teacher):
         # Proposals drawn by an older policy: truncated importance weights (1 for those drawn by this one,
         # and for proposals stored before behaviour log-probabilities were kept).
         behaviour = torch.tensor(
-            [exp.teacher_input.get("log_prob", float(lp)) for exp, lp in zip(batch, log_prob.detach())], dtype=torch.float32
+            [exp.teacher_input.get("log_prob", lp) for exp, lp in zip(batch, log_prob.detach().tolist())],
+            dtype=torch.float32,
         )
         ratios = (log_prob.detach() - behaviour).exp().clamp(max=self.params.max_ratio)
         policy_loss = -(ratios * log_prob * advantages).mean()
