@@ -158,9 +158,14 @@ def rerun_of(killed: int, run_dir: Path, proc: subprocess.Popen) -> int:
         return bool(seen) or proc.poll() is not None
 
     wait_until(rerun_started, 120, "a rerun")
-    log = run_dir / "worker.log"
-    assert seen, (f"the experiment ended without a rerun:\n{proc.communicate()[0][-3000:]}\n"
-                  f"worker.log:\n{log.read_text()[-3000:] if log.exists() else '(none)'}")
+    if not seen:
+        try:
+            output = proc.communicate(timeout=60)[0][-3000:]
+        except subprocess.TimeoutExpired:  # a process it started still holds its output
+            output = "(its output did not end)"
+        log = run_dir / "worker.log"
+        pytest.fail(f"the experiment ended without a rerun:\n{output}\nworker.log:\n"
+                    f"{log.read_text()[-3000:] if log.exists() else '(none)'}")
     return seen[0]
 
 

@@ -81,6 +81,36 @@ def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_p
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_writer_keeps_its_connection_on_sqlite_only_and_takes_another_after_a_failure(tmp_path, backend, request):
+    """On SQLite the writer's connection stays checked out between groups (its page cache stays warm); on
+    PostgreSQL each group checks one out of the pool, which tests it first. A failed transaction may have broken
+    its connection: the next one takes another. Closing the writer gives its connection back."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'teacher.db'}"
+    engine = make_engine(url, request_threads=1)
+    create_tables(engine)
+    committer = TeacherHub(Settings(data_dir=tmp_path, database_url=url), engine).committer
+
+    def connection(tx):
+        return tx.conn
+
+    def bug(tx):
+        raise RuntimeError("a bug in a job")
+
+    try:
+        first = committer.call(connection)
+        assert (committer.call(connection) is first) == (backend == "sqlite")
+        assert engine.pool.checkedout() == (1 if backend == "sqlite" else 0)
+        with pytest.raises(RuntimeError, match="a bug"):
+            committer.call(bug)
+        assert engine.pool.checkedout() == 0
+        assert committer.call(connection) is not first
+    finally:
+        committer.close()
+    assert engine.pool.checkedout() == 0
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batches(tmp_path, backend, request):
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     service = ServiceProcess(tmp_path, database_url=url).start()

@@ -158,7 +158,8 @@ def make_engine(url: str, request_threads: int, idle_transaction_s: float = 60.0
     pool = {"pool_size": 3 * request_threads + 2, "max_overflow": 8}
     if url.startswith("sqlite"):
         database = make_url(url).database
-        in_memory = not database or database == ":memory:" or "mode=memory" in url  # one connection, no pool
+        # An in-memory database: SQLAlchemy's own pool for it (one connection, and so one database, per thread).
+        in_memory = not database or database == ":memory:" or "mode=memory" in url
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                                **({} if in_memory else pool))
 
