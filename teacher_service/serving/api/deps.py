@@ -190,8 +190,8 @@ class Gatherer:
         try:
             if finished.cancelled():
                 results: list = [RuntimeError("the batch was cancelled")] * len(group)
-            elif finished.exception() is not None:
-                results = [finished.exception()] * len(group)
+            elif (error := finished.exception()) is not None:
+                results = [error] * len(group)
             else:
                 results = finished.result()
                 if len(results) != len(group):
@@ -206,9 +206,9 @@ class Gatherer:
 
     @staticmethod
     def _answer_all(group: list[Waiting], error: BaseException) -> None:
+        if isinstance(error, StopIteration):  # a future refuses it (as a coroutine would turn it into this)
+            error = RuntimeError(f"the batch verb raised {error!r}")
         for waiting in group:
-            if isinstance(error, StopIteration):  # a future refuses it (as a coroutine would turn it into this)
-                error = RuntimeError(f"the batch verb raised {error!r}")
             waiting.answer.set_exception(error)
 
     def _end_turn(self) -> None:

@@ -27,7 +27,6 @@ GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report re
                      "ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000))
 
 
-
 def count_per_curriculum(counter: Counter, curricula: Iterable[str]) -> None:
     """Add one per name to `counter`, with one label lookup per curriculum rather than per item (a lookup per item
     was ~1% of the service's time under batch load)."""
