@@ -56,6 +56,10 @@ class GroupCommitter:
     def submit(self, job: Callable[[Tx], T]) -> Future:
         """Queue a job; its future is resolved once its transaction has committed (or failed)."""
         future: Future = Future()
+        # Running from now on, so it cannot be cancelled: a job may already be in a transaction, and a caller that
+        # awaits it through asyncio (`asyncio.wrap_future`) and is cancelled would cancel it otherwise, after which
+        # setting its result would fail the writer's whole group.
+        future.set_running_or_notify_cancel()
         with self._wake:
             if self._closing:
                 raise RuntimeError("the writer is closed")

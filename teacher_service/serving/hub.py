@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -90,6 +91,10 @@ class DeferredMarks:
         self.trajectories.clear()
 
 
+# A stored report's acknowledgement (or its error), its curriculum, and whether it is new (not a resend).
+ReportOutcome = tuple[wire.ReportAck | ApiError, CurriculumRow | None, bool]
+
+
 @dataclass
 class Batching:
     """A curriculum's batching state in one report transaction, which holds its row lock: read once, then
@@ -142,6 +147,10 @@ class TeacherHub:
     def write(self, job: Callable[[Tx], T]) -> T:
         """Run `job(tx)` in the next group transaction; its result once committed."""
         return self.committer.call(job)
+
+    def submit(self, job: Callable[[Tx], T]) -> Future:
+        """`write` without waiting: the future of its result (for a caller that waits elsewhere, e.g. in asyncio)."""
+        return self.committer.submit(job)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Any]:
@@ -481,8 +490,13 @@ class TeacherHub:
 
     def report_batch(self, requests: list[wire.ReportRequest]) -> list[wire.ReportAck | ApiError]:
         """Store each report in one transaction: its acknowledgement, or its error (the others go on)."""
+        return self.answer_reports(self.write(self.report_job(requests)))
 
-        def store(tx: Tx) -> list[tuple[wire.ReportAck | ApiError, CurriculumRow | None, bool]]:
+    def report_job(self, requests: list[wire.ReportRequest]) -> Callable[[Tx], list[ReportOutcome]]:
+        """The write of a batch of reports, for the group committer: `report_batch` runs it and waits for it; the
+        batch route submits it from the event loop (`submit`) and awaits it there, then calls `answer_reports`."""
+
+        def store(tx: Tx) -> list[ReportOutcome]:
             locked: dict[int, Batching] = {}  # per job: a job run again (group_commit.py) reads them again
             rows, open_before = self._read_batch_rows(tx.cursor, locked, requests)
             marks = DeferredMarks(self.driver, tx.cursor)
@@ -501,7 +515,11 @@ class TeacherHub:
             marks.flush()
             return outcomes
 
-        outcomes = self.write(store)
+        return store
+
+    def answer_reports(self, outcomes: list[ReportOutcome]) -> list[wire.ReportAck | ApiError]:
+        """The answers of a committed report job; counts its new reports and wakes the updater for the batches
+        they numbered."""
         # Counted once committed; a resend is answered again but not counted again.
         metrics.count_per_curriculum(metrics.REPORTS, (row.name for _, row, fresh in outcomes if fresh))
         for curriculum_id in {row.id for ack, row, fresh in outcomes if fresh and ack.teacher_updated}:

@@ -3,6 +3,7 @@ batches numbered by reports are applied once, in order, and after a crash."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import threading
@@ -40,6 +41,38 @@ def hold_the_writer(hub: TeacherHub) -> threading.Event:
     hub.committer.submit(lambda tx: started.set() or gate.wait(10))
     assert started.wait(10)
     return gate
+
+
+def test_a_job_awaited_in_asyncio_whose_caller_is_cancelled_still_commits_with_its_group(tmp_path):
+    # The batch report route awaits its job so; cancelling the future of a job that the writer is about to run
+    # (or is running) would leave the writer unable to answer it, and with it the rest of its group.
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+
+    def evaluation(student: str):
+        def job(tx):
+            tx.conn.execute(insert(Evaluation.__table__).values(
+                curriculum_id=1, student_id=student, env_steps=1, episodes=1, success_rate=0, mean_return=0))
+            return student
+        return job
+
+    gate = hold_the_writer(hub)
+
+    async def submit_and_cancel():
+        waiting = asyncio.ensure_future(asyncio.wrap_future(hub.submit(evaluation("cancelled"))))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return hub.submit(evaluation("after"))
+
+    after = asyncio.run(submit_and_cancel())
+    gate.set()
+    assert after.result(10) == "after"
+    assert hub.write(evaluation("later")) == "later"  # the writer goes on
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert sorted(db.execute("select student_id from evaluations")) == [("after",), ("cancelled",), ("later",)]
+    hub.close()
 
 
 def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_path):
