@@ -44,7 +44,7 @@ class GroupCommitter:
     def __init__(self, engine: Engine, max_jobs: int = 256) -> None:
         self.engine = engine  # a writer engine: on SQLite its transactions begin with BEGIN IMMEDIATE
         self.max_jobs = max_jobs
-        self._queue: deque[tuple[Callable[[Tx], Any], Future]] = deque()
+        self._queue: deque[tuple[Callable[[Tx], Any], Future, bool]] = deque()  # job, its future, alone
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
@@ -53,8 +53,10 @@ class GroupCommitter:
         self._keeps_connection = engine.dialect.name == "sqlite"
         self._conn: Connection | None = None  # used by the writer thread only
 
-    def submit(self, job: Callable[[Tx], T]) -> Future:
-        """Queue a job; its future is resolved once its transaction has committed (or failed)."""
+    def submit(self, job: Callable[[Tx], T], alone: bool = False) -> Future:
+        """Queue a job; its future is resolved once its transaction has committed (or failed). A job `alone` gets a
+        transaction of its own: no other job sees what it wrote before it is committed (the updater's new teacher
+        version, which a propose job would load into the cached teacher: hub.py)."""
         future: Future = Future()
         # Running from now on, so it cannot be cancelled: a job may already be in a transaction, and a caller that
         # awaits it through asyncio (`asyncio.wrap_future`) and is cancelled would cancel it otherwise, after which
@@ -66,13 +68,13 @@ class GroupCommitter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self._thread.start()
-            self._queue.append((job, future))
+            self._queue.append((job, future, alone))
             self._wake.notify()
         return future
 
-    def call(self, job: Callable[[Tx], T]) -> T:
-        """Run a job in the next group and return its result once committed."""
-        return self.submit(job).result()
+    def call(self, job: Callable[[Tx], T], alone: bool = False) -> T:
+        """Run a job in the next group (or `alone`) and return its result once committed."""
+        return self.submit(job, alone).result()
 
     def close(self) -> None:
         """Run what is queued, then stop the writer."""
@@ -96,8 +98,11 @@ class GroupCommitter:
                     self._wake.wait()
                 if not self._queue:
                     return
-                group = [self._queue.popleft() for _ in range(min(self.max_jobs, len(self._queue)))]
-            self._commit(group)
+                group = [self._queue.popleft()]
+                alone = group[0][2]
+                while self._queue and len(group) < self.max_jobs and not alone and not self._queue[0][2]:
+                    group.append(self._queue.popleft())
+            self._commit([(job, future) for job, future, _ in group])
 
     def _commit(self, group: list[tuple[Callable[[Tx], Any], Future]]) -> None:
         outcomes: list[tuple[bool, Any]] = []

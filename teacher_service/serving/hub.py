@@ -126,8 +126,6 @@ class TeacherHub:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)  # read-only ORM queries (inspection)
         self.driver = Driver(engine.dialect.name)
-        # A key refused: raised by SQLAlchemy for its statements, by the driver for the hot ones on its cursor.
-        self.integrity_errors = (IntegrityError, engine.dialect.dbapi.IntegrityError)
         # Every write of this process goes through one writer thread, so SQLite's single writer is never
         # contended here; on PostgreSQL one commit serves many requests too.
         self.committer = GroupCommitter(writer_engine(engine))
@@ -312,8 +310,8 @@ class TeacherHub:
             raise
 
     def _catch_up(self, cursor: Any, runtime: Runtime) -> None:
-        # Version and state in one statement: under READ COMMITTED (PostgreSQL, no row lock when
-        # proposing) a second statement could see a newer commit than the caller's row did.
+        # Version and state in one statement: under READ COMMITTED (PostgreSQL; a propose job's key-share lock does
+        # not hold off another replica's update) a second statement could see a newer commit than the caller's row did.
         teacher = runtime.teacher
         checkpoint = self.driver.one(cursor, "checkpoint_if_newer", {
             "curriculum_id": runtime.curriculum_id, "cached": runtime.version, "every": teacher.checkpoint_every})
@@ -343,58 +341,43 @@ class TeacherHub:
 
     def propose_batch(self, requests: list[wire.ProposeRequest]) -> list[wire.Proposal | ApiError]:
         """A proposal for each request, or the error of that request; the proposals in one transaction."""
-        now = utcnow()
-        decided: list[tuple[wire.Proposal, dict[str, Any]] | ApiError | None] = [None] * len(requests)
-        by_curriculum: dict[str, list[int]] = {}
-        for k, request in enumerate(requests):
-            by_curriculum.setdefault(request.curriculum, []).append(k)
-        # Deciding only reads; the write is one insert per proposal, in the group's transaction.
-        with self.reading() as cursor:
+        return self.answer_proposals(self.write(self.propose_job(requests)))
+
+    def propose_job(self, requests: list[wire.ProposeRequest]) -> Callable[[Tx], list[wire.Proposal | ApiError]]:
+        """The decisions and inserts of a batch of proposals, for the group committer (as `report_job`): decided in the
+        write transaction, which reads only what earlier groups committed, since the updater stores a new teacher
+        version in a group of its own (`sync` must not load a version that its group could still roll back). A
+        curriculum that another replica deletes after the decision fails the insert, and with it the group; run
+        again alone, the job finds it gone (404 for its items)."""
+
+        def decide_and_insert(tx: Tx) -> list[wire.Proposal | ApiError]:
+            now = utcnow()
+            decided: list[tuple[wire.Proposal, dict[str, Any]] | ApiError | None] = [None] * len(requests)
+            by_curriculum: dict[str, list[int]] = {}
+            for k, request in enumerate(requests):
+                by_curriculum.setdefault(request.curriculum, []).append(k)
             for name, indices in by_curriculum.items():
                 try:
-                    outcomes = self._decide(cursor, name, [requests[k] for k in indices], now)
+                    outcomes = self._decide(tx.cursor, name, [requests[k] for k in indices], now)
                 except ApiError as exc:  # the curriculum's: every item of it gets it
                     outcomes = [exc] * len(indices)
                 for k, outcome in zip(indices, outcomes):
                     decided[k] = outcome
-        results = [d if isinstance(d, ApiError) else d[0] for d in decided]
-        rows = [d[1] for d in decided if not isinstance(d, ApiError)]
+            self.driver.many(tx.cursor, "insert_proposal", [d[1] for d in decided if not isinstance(d, ApiError)])
+            return [d if isinstance(d, ApiError) else d[0] for d in decided]
 
-        def insert_proposals(tx: Tx) -> None:
-            self.driver.many(tx.cursor, "insert_proposal", rows)
+        return decide_and_insert
 
-        if rows:
-            try:
-                self.write(insert_proposals)
-            except self.integrity_errors:
-                # A curriculum deleted meanwhile fails the whole insert: store the others one by one.
-                results = self._insert_each(results, rows)
+    def answer_proposals(self, results: list[wire.Proposal | ApiError]) -> list[wire.Proposal | ApiError]:
+        """The answers of a committed propose job, counted."""
         metrics.count_per_curriculum(metrics.PROPOSALS, (r.curriculum for r in results if not isinstance(r, ApiError)))
         return results
-
-    def _insert_each(
-        self, results: list[wire.Proposal | ApiError], rows: list[dict[str, Any]]
-    ) -> list[wire.Proposal | ApiError]:
-        """Insert each decided proposal in a transaction of its own; 404 for those whose curriculum is gone."""
-        rows_left = iter(rows)
-        stored: list[wire.Proposal | ApiError] = []
-        for result in results:
-            if not isinstance(result, ApiError):
-                row = next(rows_left)
-                try:
-                    self.write(lambda tx, row=row: self.driver.many(tx.cursor, "insert_proposal", [row]))
-                except self.integrity_errors:
-                    with self.reading() as cursor:  # a retried group may have stored it already
-                        if self.driver.one(cursor, "proposal_by_id", {"proposal_id": row["proposal_id"]}) is None:
-                            result = NotFound(f"curriculum {result.curriculum!r} not found")
-            stored.append(result)
-        return stored
 
     def _decide(self, cursor: Any, name: str, requests: list[wire.ProposeRequest],
                 now) -> list[tuple[wire.Proposal, dict[str, Any]] | ApiError]:
         """The teacher's proposals for requests to one curriculum, each with its row to insert, or the
         request's error; one teacher call for all of them (Teacher.propose_many)."""
-        raw = self.driver.one(cursor, "curriculum_by_name", {"name": name})
+        raw = self.driver.one(cursor, "curriculum_to_propose", {"name": name})
         if raw is None:
             raise NotFound(f"curriculum {name!r} not found")
         row = CurriculumRow(*raw)

@@ -233,8 +233,8 @@ def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored
             assert teacher.describe() == live and teacher.updates == 70 and teacher.fits == 3
 
 
-def test_a_proposal_for_a_curriculum_deleted_after_the_decision_is_a_404(tmp_path, monkeypatch):
-    """The race of a propose with a delete on another replica, injected between deciding and storing."""
+def test_a_proposal_for_a_curriculum_deleted_just_before_its_job_is_a_404(tmp_path, monkeypatch):
+    """A delete by another process committed after the request was validated, before its job ran."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     write = hub.write
@@ -276,6 +276,67 @@ def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path, 
     assert stored == {first.proposal_id, third.proposal_id}
     hub.close()
 
+
+
+def test_another_replica_deleting_a_curriculum_while_a_job_proposes_waits_for_its_proposals(
+        tmp_path, postgres_url, monkeypatch):
+    """PostgreSQL, where reading does not stop other sessions from writing: the propose job's key-share lock on the
+    curriculum makes another replica's DELETE wait for the job's commit, then take its proposals along (ON DELETE
+    CASCADE). Without that lock the DELETE would go first and the job's insert fail on the foreign key."""
+    engine = make_engine(postgres_url, request_threads=1)
+    create_tables(engine)
+    hub = TeacherHub(Settings(data_dir=tmp_path, database_url=postgres_url), engine)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    plain_url = postgres_url.replace("postgresql+psycopg", "postgresql")
+    other_replica = psycopg.connect(plain_url, autocommit=True)
+    deleting = threading.Thread(target=lambda: other_replica.execute("DELETE FROM curricula WHERE name = 'cur'"))
+    decide = hub._decide
+
+    def decide_while_another_replica_deletes(cursor, name, requests, now):
+        outcomes = decide(cursor, name, requests, now)
+        deleting.start()
+        with psycopg.connect(plain_url, autocommit=True) as watcher:  # until the DELETE waits for a lock, or is done
+            wait_until(lambda: not deleting.is_alive() or watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchone()[0] > 0, 10, "the other replica's DELETE")
+        return outcomes
+
+    monkeypatch.setattr(hub, "_decide", decide_while_another_replica_deletes)
+    try:
+        (proposal,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+        assert proposal.curriculum == "cur" and proposal.proposal_id
+        deleting.join(10)
+        assert not deleting.is_alive()
+        assert other_replica.execute("SELECT (SELECT count(*) FROM curricula), (SELECT count(*) FROM proposals)"
+                                     ).fetchone() == (0, 0)
+    finally:
+        hub.close()
+        other_replica.close()
+        engine.dispose()
+
+
+def test_a_job_alone_gets_a_transaction_of_its_own(tmp_path):
+    """The updater stores a new teacher version alone, so that no propose job in its group loads that version into
+    the cached teacher before it is committed (a rollback would leave the cache ahead of the database)."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    gate = hold_the_writer(hub)
+    groups = hub.committer.groups
+    seen: list[tuple[str, object]] = []
+
+    def job(name: str):
+        return lambda tx: seen.append((name, tx))
+
+    futures = [hub.committer.submit(job("a")), hub.committer.submit(job("b")),
+               hub.committer.submit(job("alone"), alone=True),
+               hub.committer.submit(job("c")), hub.committer.submit(job("d"))]
+    gate.set()
+    for future in futures:
+        future.result(10)
+    assert hub.committer.groups - groups == 1 + 3  # the holding job's, then [a, b], [alone], [c, d]
+    tx = dict(seen)
+    assert tx["a"] is tx["b"] and tx["c"] is tx["d"] and len({id(tx[name]) for name in ("a", "alone", "c")}) == 3
+    hub.close()
 
 
 def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch):

@@ -25,6 +25,10 @@ SQL = {
     "curriculum_by_id": f"{_CURRICULUM} WHERE id = :curriculum_id",
     # The row lock that orders all reports of a curriculum across replicas (SQLite: the write lock does).
     "lock_curriculum": f"{_CURRICULUM} WHERE id = :curriculum_id" "{for_update}",
+    # A propose job's curriculum: on PostgreSQL the key-share lock keeps another replica from deleting it before the
+    # job's proposals are stored (its DELETE waits for the commit, then takes them along); on SQLite the write lock,
+    # which the job holds, does that. The updater's UPDATE of the row does not wait for it (not a key column).
+    "curriculum_to_propose": f"{_CURRICULUM} WHERE name = :name" "{for_key_share}",
     "spec": "SELECT spec FROM curricula WHERE id = :curriculum_id",
     # The version, and the checkpoint only if a cache at version :cached is older than it (a teacher that
     # checkpoints every :every updates stores it at the versions that are multiples of :every).
@@ -93,6 +97,7 @@ class Driver:
 
         filled = {
             name: text.format(for_update=" FOR UPDATE" if self.postgres else "",
+                              for_key_share=" FOR KEY SHARE" if self.postgres else "",
                               students=as_table("student_ids", "s"), ids=as_table("proposal_ids", "i"),
                               open_index="" if self.postgres else " INDEXED BY ix_proposals_open")
             for name, text in SQL.items()
