@@ -315,6 +315,28 @@ def test_another_replica_deleting_a_curriculum_while_a_job_proposes_waits_for_it
         engine.dispose()
 
 
+def test_proposals_do_not_wait_for_a_report_lock_that_another_replica_holds(tmp_path, postgres_url):
+    """PostgreSQL: a report holds its curriculum's row lock (NO KEY UPDATE) until its group commits; the proposals of
+    another replica take only a key-share lock on that row, which does not wait for it."""
+    engine = make_engine(postgres_url, request_threads=1)
+    create_tables(engine)
+    hub = TeacherHub(Settings(data_dir=tmp_path, database_url=postgres_url), engine)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    other_replica = psycopg.connect(postgres_url.replace("postgresql+psycopg", "postgresql"))
+    proposed: list = []
+    try:
+        other_replica.execute(hub.driver.sql["lock_curriculum"], {"curriculum_id": 1})  # a report's lock, held
+        proposing = threading.Thread(target=lambda: proposed.extend(
+            hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])))
+        proposing.start()
+        proposing.join(10)
+        assert not proposing.is_alive() and proposed[0].curriculum == "cur"
+    finally:
+        other_replica.close()  # ends its transaction: a proposal that waited goes on
+        hub.close()
+        engine.dispose()
+
+
 def test_a_job_alone_gets_a_transaction_of_its_own(tmp_path):
     """The updater stores a new teacher version alone, so that no propose job in its group loads that version into
     the cached teacher before it is committed (a rollback would leave the cache ahead of the database)."""

@@ -98,7 +98,7 @@ def test_a_replica_frozen_while_it_holds_a_curriculums_lock_does_not_hold_up_the
         with frozen.connect() as conn:
             assert conn.execute(text("SHOW idle_in_transaction_session_timeout")).scalar_one() == "1500ms"
             conn.execute(text("BEGIN"))
-            conn.execute(text("SELECT id FROM curricula WHERE name = 'cur' FOR UPDATE"))  # the report's row lock
+            conn.execute(text("SELECT id FROM curricula WHERE name = 'cur' FOR NO KEY UPDATE"))  # the report's row lock
             answer = report(client, pending, 1.0)  # waits for the lock until the server ends the frozen session
             assert answer.status_code == 200 and answer.json()["reward"] == 1.0
             with pytest.raises(sqlalchemy.exc.DBAPIError) as woke:

@@ -23,12 +23,13 @@ _READY = "curriculum_id = :curriculum_id AND trajectory IS NOT NULL AND consumed
 SQL = {
     "curriculum_by_name": f"{_CURRICULUM} WHERE name = :name",
     "curriculum_by_id": f"{_CURRICULUM} WHERE id = :curriculum_id",
-    # The row lock that orders all reports of a curriculum across replicas (SQLite: the write lock does).
-    "lock_curriculum": f"{_CURRICULUM} WHERE id = :curriculum_id" "{for_update}",
+    # The row lock that orders all reports of a curriculum across replicas (SQLite: the write lock does). NO KEY
+    # UPDATE: it excludes the other reports and the updater's UPDATE of the row, not the proposals' KEY SHARE below.
+    "lock_curriculum": f"{_CURRICULUM} WHERE id = :curriculum_id" "{report_lock}",
     # A propose job's curriculum: on PostgreSQL the key-share lock keeps another replica from deleting it before the
     # job's proposals are stored (its DELETE waits for the commit, then takes them along); on SQLite the write lock,
-    # which the job holds, does that. The updater's UPDATE of the row does not wait for it (not a key column).
-    "curriculum_to_propose": f"{_CURRICULUM} WHERE name = :name" "{for_key_share}",
+    # which the job holds, does that. Neither reports nor the updater's UPDATE of the row (no key column) wait for it.
+    "curriculum_to_propose": f"{_CURRICULUM} WHERE name = :name" "{propose_lock}",
     "spec": "SELECT spec FROM curricula WHERE id = :curriculum_id",
     # The version, and the checkpoint only if a cache at version :cached is older than it (a teacher that
     # checkpoints every :every updates stores it at the versions that are multiples of :every).
@@ -96,8 +97,8 @@ class Driver:
             return f"unnest(:{param}::text[]) AS {alias}(value)" if self.postgres else f"json_each(:{param}) {alias}"
 
         filled = {
-            name: text.format(for_update=" FOR UPDATE" if self.postgres else "",
-                              for_key_share=" FOR KEY SHARE" if self.postgres else "",
+            name: text.format(report_lock=" FOR NO KEY UPDATE" if self.postgres else "",
+                              propose_lock=" FOR KEY SHARE" if self.postgres else "",
                               students=as_table("student_ids", "s"), ids=as_table("proposal_ids", "i"),
                               open_index="" if self.postgres else " INDEXED BY ix_proposals_open")
             for name, text in SQL.items()
