@@ -26,7 +26,8 @@ async def get_hub(request: Request) -> TeacherHub:
 
 @dataclass
 class RequestThreads:
-    """The threads that run the hub's blocking work for the students' routes, and a slot per thread.
+    """The threads that run the hub's blocking work for the students' routes (but the batch verbs: episodes.py), and
+    a slot per thread.
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
     use, cost the event loop about 30 us more per request (README "Scale")."""
