@@ -55,7 +55,7 @@ class GroupCommitter:
 
     def submit(self, job: Callable[[Tx], T], alone: bool = False) -> Future:
         """Queue a job; its future is resolved once its transaction has committed (or failed). A job `alone` gets a
-        transaction of its own: no other job sees what it wrote before it is committed (the updater's new teacher
+        transaction of its own: no other job sees what it wrote before it is committed (e.g. the updater's new teacher
         version, which a propose job would load into the cached teacher: hub.py)."""
         future: Future = Future()
         # Running from now on, so it cannot be cancelled: a job may already be in a transaction, and a caller that

@@ -142,13 +142,25 @@ class TeacherHub:
         self.updater.close()
         self.committer.close()
 
-    def write(self, job: Callable[[Tx], T]) -> T:
-        """Run `job(tx)` in the next group transaction; its result once committed."""
-        return self.committer.call(job)
+    def write(self, job: Callable[[Tx], T], alone: bool = False) -> T:
+        """Run `job(tx)` in the next group transaction (or `alone`: GroupCommitter.submit); its result once committed."""
+        return self.committer.call(job, alone)
 
-    def submit(self, job: Callable[[Tx], T]) -> Future:
-        """`write` without waiting: the future of its result (for a caller that waits elsewhere, e.g. in asyncio)."""
-        return self.committer.submit(job)
+    def submit(self, job: Callable[[Tx], T], answer: Callable[[T], Any]) -> Future:
+        """Run `job(tx)` in the next group transaction without waiting: the future of `answer(its result)`, which runs
+        in the writer thread once committed, whether or not anyone still waits (so a cancelled request's reports are
+        counted and wake the updater all the same)."""
+        answered: Future = Future()
+        answered.set_running_or_notify_cancel()  # cannot be cancelled: see GroupCommitter.submit
+
+        def finish(committed: Future) -> None:
+            try:
+                answered.set_result(answer(committed.result()))
+            except BaseException as exc:  # noqa: BLE001 - the caller's to see
+                answered.set_exception(exc)
+
+        self.committer.submit(job).add_done_callback(finish)
+        return answered
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Any]:
@@ -207,7 +219,7 @@ class TeacherHub:
             return self._row_by_name(tx.conn, spec.name)
 
         try:
-            return self._info(self.write(create))
+            return self._info(self.write(create, alone=True))  # alone: see _propose_job
         except IntegrityError as exc:  # another replica created it since our check (PostgreSQL)
             if not exist_ok:
                 raise Conflict(f"curriculum {spec.name!r} already exists") from exc
@@ -341,14 +353,17 @@ class TeacherHub:
 
     def propose_batch(self, requests: list[wire.ProposeRequest]) -> list[wire.Proposal | ApiError]:
         """A proposal for each request, or the error of that request; the proposals in one transaction."""
-        return self.answer_proposals(self.write(self.propose_job(requests)))
+        return self.proposing(requests).result()
 
-    def propose_job(self, requests: list[wire.ProposeRequest]) -> Callable[[Tx], list[wire.Proposal | ApiError]]:
-        """The decisions and inserts of a batch of proposals, for the group committer (as `report_job`): decided in the
-        write transaction, which reads only what earlier groups committed, since the updater stores a new teacher
-        version in a group of its own (`sync` must not load a version that its group could still roll back). A
-        curriculum that another replica deletes after the decision fails the insert, and with it the group; run
-        again alone, the job finds it gone (404 for its items)."""
+    def proposing(self, requests: list[wire.ProposeRequest]) -> Future:
+        """`propose_batch` without waiting: its future (the batch route awaits it in the event loop)."""
+        return self.submit(self._propose_job(requests), self._count_proposals)
+
+    def _propose_job(self, requests: list[wire.ProposeRequest]) -> Callable[[Tx], list[wire.Proposal | ApiError]]:
+        """The decisions and inserts of a batch of proposals, one job of the writer: decided in its transaction. The
+        updater stores a new teacher version, and a curriculum is created, in a transaction of its own (`alone`), so
+        that the teacher a job loads or builds (`sync`, `runtime_by_id`) is never one that its group could still roll
+        back. The curriculum stays locked until the proposals are stored (`curriculum_to_propose`)."""
 
         def decide_and_insert(tx: Tx) -> list[wire.Proposal | ApiError]:
             now = utcnow()
@@ -368,8 +383,8 @@ class TeacherHub:
 
         return decide_and_insert
 
-    def answer_proposals(self, results: list[wire.Proposal | ApiError]) -> list[wire.Proposal | ApiError]:
-        """The answers of a committed propose job, counted."""
+    @staticmethod
+    def _count_proposals(results: list[wire.Proposal | ApiError]) -> list[wire.Proposal | ApiError]:
         metrics.count_per_curriculum(metrics.PROPOSALS, (r.curriculum for r in results if not isinstance(r, ApiError)))
         return results
 
@@ -473,11 +488,14 @@ class TeacherHub:
 
     def report_batch(self, requests: list[wire.ReportRequest]) -> list[wire.ReportAck | ApiError]:
         """Store each report in one transaction: its acknowledgement, or its error (the others go on)."""
-        return self.answer_reports(self.write(self.report_job(requests)))
+        return self.reporting(requests).result()
 
-    def report_job(self, requests: list[wire.ReportRequest]) -> Callable[[Tx], list[ReportOutcome]]:
-        """The write of a batch of reports, for the group committer: `report_batch` runs it and waits for it; the
-        batch route submits it from the event loop (`submit`) and awaits it there, then calls `answer_reports`."""
+    def reporting(self, requests: list[wire.ReportRequest]) -> Future:
+        """`report_batch` without waiting: its future (the batch route awaits it in the event loop)."""
+        return self.submit(self._report_job(requests), self._answer_reports)
+
+    def _report_job(self, requests: list[wire.ReportRequest]) -> Callable[[Tx], list[ReportOutcome]]:
+        """The write of a batch of reports, one job of the writer."""
 
         def store(tx: Tx) -> list[ReportOutcome]:
             locked: dict[int, Batching] = {}  # per job: a job run again (group_commit.py) reads them again
@@ -500,7 +518,7 @@ class TeacherHub:
 
         return store
 
-    def answer_reports(self, outcomes: list[ReportOutcome]) -> list[wire.ReportAck | ApiError]:
+    def _answer_reports(self, outcomes: list[ReportOutcome]) -> list[wire.ReportAck | ApiError]:
         """The answers of a committed report job; counts its new reports and wakes the updater for the batches
         they numbered."""
         # Counted once committed; a resend is answered again but not counted again.

@@ -185,7 +185,7 @@ class Updater:
                                {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
                 return True
 
-            if not hub.committer.call(store, alone=True):  # alone: see GroupCommitter.submit
+            if not hub.committer.call(store, alone=True):  # alone: see TeacherHub._propose_job
                 continue  # the next round reloads the stored teacher
             metrics.UPDATES.labels(row.name).inc()
             with runtime.lock:  # stored: the updated copy becomes the teacher that proposes

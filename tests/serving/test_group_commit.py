@@ -10,6 +10,7 @@ import threading
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
@@ -59,12 +60,12 @@ def test_a_job_awaited_in_asyncio_whose_caller_is_cancelled_still_commits_with_i
     gate = hold_the_writer(hub)
 
     async def submit_and_cancel():
-        waiting = asyncio.ensure_future(asyncio.wrap_future(hub.submit(evaluation("cancelled"))))
+        waiting = asyncio.ensure_future(asyncio.wrap_future(hub.committer.submit(evaluation("cancelled"))))
         await asyncio.sleep(0)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        return hub.submit(evaluation("after"))
+        return hub.committer.submit(evaluation("after"))
 
     after = asyncio.run(submit_and_cancel())
     gate.set()
@@ -72,6 +73,32 @@ def test_a_job_awaited_in_asyncio_whose_caller_is_cancelled_still_commits_with_i
     assert hub.write(evaluation("later")) == "later"  # the writer goes on
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         assert sorted(db.execute("select student_id from evaluations")) == [("after",), ("cancelled",), ("later",)]
+    hub.close()
+
+
+def test_reports_whose_batch_request_is_cancelled_are_still_counted_and_wake_the_updater(tmp_path):
+    """The batch route awaits `TeacherHub.reporting` in the event loop; what follows the commit (counting the reports,
+    waking the updater for the batch they numbered) runs in the writer thread, not in the request that may be gone."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2: two reports number a batch
+    proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)])
+    counted = lambda: REGISTRY.get_sample_value("teacher_reports_total", {"curriculum": "cur"}) or 0.0  # noqa: E731
+    before = counted()
+    gate = hold_the_writer(hub)
+
+    async def report_and_cancel():
+        waiting = asyncio.ensure_future(asyncio.wrap_future(hub.reporting(
+            [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=1.0))
+             for p in proposals])))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(report_and_cancel())
+    gate.set()
+    wait_until(lambda: counted() == before + 2, 10, "the count of the reports")
+    wait_until(lambda: hub.get_curriculum("cur").teacher_version == 1, 10, "the update that they numbered")
     hub.close()
 
 
@@ -233,41 +260,30 @@ def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored
             assert teacher.describe() == live and teacher.updates == 70 and teacher.fits == 3
 
 
-def test_a_proposal_for_a_curriculum_deleted_just_before_its_job_is_a_404(tmp_path, monkeypatch):
-    """A delete by another process committed after the request was validated, before its job ran."""
+def delete_elsewhere(tmp_path, name: str) -> None:
+    with sqlite3.connect(tmp_path / "teacher.db") as db:  # as another process would
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("DELETE FROM curricula WHERE name = ?", (name,))
+
+
+def test_a_proposal_for_a_curriculum_that_another_process_deleted_is_a_404(tmp_path):
+    """This process still has the curriculum's teacher in its cache."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
-    write = hub.write
-
-    def delete_first(job):
-        with sqlite3.connect(tmp_path / "teacher.db") as db:  # as another process would
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("DELETE FROM curricula")
-        return write(job)
-
-    monkeypatch.setattr(hub, "write", delete_first)
+    hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+    delete_elsewhere(tmp_path, "cur")
     (result,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
     assert result.status_code == 404 and "cur" in result.detail
     hub.close()
 
 
-def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path, monkeypatch):
+def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path):
     """Only the items of the deleted curriculum get 404; the rest of the batch is stored and answered."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": "gone"}))
-    write = hub.write
-    deleted = []
-
-    def delete_first(job):
-        if not deleted:
-            with sqlite3.connect(tmp_path / "teacher.db") as db:  # as another process would
-                db.execute("PRAGMA foreign_keys=ON")
-                db.execute("DELETE FROM curricula WHERE name = 'gone'")
-            deleted.append(True)
-        return write(job)
-
-    monkeypatch.setattr(hub, "write", delete_first)
+    hub.propose_batch([ProposeRequest(curriculum="gone", student_id="s")])
+    delete_elsewhere(tmp_path, "gone")
     requests = [ProposeRequest(curriculum=name, student_id=f"s{i}") for i, name in enumerate(["cur", "gone", "cur"])]
     first, second, third = hub.propose_batch(requests)
     assert second.status_code == 404 and "gone" in second.detail
@@ -275,7 +291,6 @@ def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path, 
         stored = {row[0] for row in db.execute("SELECT proposal_id FROM proposals")}
     assert stored == {first.proposal_id, third.proposal_id}
     hub.close()
-
 
 
 def test_another_replica_deleting_a_curriculum_while_a_job_proposes_waits_for_its_proposals(

@@ -6,7 +6,7 @@ import contextvars
 import functools
 import inspect
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,8 +26,8 @@ async def get_hub(request: Request) -> TeacherHub:
 
 @dataclass
 class RequestThreads:
-    """The threads that run the hub's blocking work for the students' routes (but the batch verbs: episodes.py), and
-    a slot per thread.
+    """The threads that run the hub's blocking work for the students' routes, and a slot per thread (which the batch
+    verbs take too, though they need no thread: `run_in_writer`).
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
     use, cost the event loop about 30 us more per request (README "Scale")."""
@@ -99,6 +99,25 @@ async def run_in_request_thread(request: Request, work: Callable[..., T], *args:
 
     running.add_done_callback(done)
     return await asyncio.shield(running)
+
+
+async def run_in_writer(request: Request, start: Callable[[list], Future], items: list) -> list:
+    """Start hub work that the writer thread does whole (`start(items)`: the batch verbs, TeacherHub.proposing and
+    .reporting) and await it, without a thread between. It holds a request thread's slot until the work ends, as a
+    thread's work would, so the writer's queue stays as short as before; and it is not started for a client that hung
+    up while waiting for the slot."""
+    threads: RequestThreads = request.app.state.request_threads
+    await threads.slots.acquire()
+    try:
+        if client_gone(request):
+            raise ClientClosedRequest(CLIENT_LEFT)
+        running = start(items)
+    except BaseException:
+        threads.slots.release()
+        raise
+    loop = asyncio.get_running_loop()
+    running.add_done_callback(lambda _: loop.call_soon_threadsafe(threads.slots.release))  # from the writer thread
+    return await asyncio.wrap_future(running)
 
 
 @dataclass(eq=False)  # compared by identity: `deque.remove` finds this request, not an equal one
