@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests run in thread pools (the students' routes in their own: api/deps.py); with one database
+        # Requests run in thread pools (the students' routes in their own, whose slots the batch verbs hold while the
+        # writer does their work: api/deps.py); with one database
         # writer at a time, a few threads serve more requests than anyio's default 40, which mostly wait on each
         # other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads

@@ -7,7 +7,7 @@ means committed. One commit (and, on SQLite, one turn of the write lock) serves 
 A job gets the transaction as a `Tx`: SQLAlchemy's connection and the driver's cursor on it. It raises
 an `ApiError` (a 4xx for its own request) only before it writes; the others in the group go on. Any other
 exception rolls the group back, and its jobs are then run one transaction each, so that only the failing
-one fails.
+one fails; but all of them fail at once if the database is unavailable (errors.database_unavailable: a 503).
 
 On SQLite the writer keeps one connection from one group to the next (a new one after a failure). SQLite
 empties a connection's page cache when another connection has written since its last transaction, so a writer
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
-from teacher_service.serving.infra.errors import ApiError
+from teacher_service.serving.infra.errors import ApiError, database_unavailable
 
 T = TypeVar("T")
 log = logging.getLogger("teacher_service")
@@ -118,8 +118,9 @@ class GroupCommitter:
                         outcomes.append((False, exc))
         except Exception as exc:  # noqa: BLE001 - rolled back: run each job alone, or fail the lone one
             self._drop_connection()  # it may be what failed: the next transaction takes another
-            if len(group) == 1:
-                group[0][1].set_exception(exc)
+            if len(group) == 1 or database_unavailable(exc):  # a database that is down would fail each job again
+                for _, future in group:
+                    future.set_exception(exc)
             else:
                 log.warning("a group of %d writes failed (%r); retrying them one by one", len(group), exc)
                 for item in group:

@@ -140,6 +140,32 @@ def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_p
     hub.close()
 
 
+def test_a_group_that_finds_the_database_unavailable_fails_at_once(tmp_path):
+    """Each job retried alone would meet the outage again (on PostgreSQL, a connect timeout each)."""
+    hub = sqlite_hub(tmp_path)
+    gate = hold_the_writer(hub)
+    groups = hub.committer.groups
+    runs: list[str] = []
+
+    def job(name: str):
+        return lambda tx: runs.append(name)
+
+    def failing_disk(tx):
+        runs.append("failing disk")
+        error = sqlite3.OperationalError("disk I/O error")  # injected: a failing disk cannot be produced here
+        error.sqlite_errorcode = sqlite3.SQLITE_IOERR
+        raise error
+
+    futures = [hub.committer.submit(job("a")), hub.committer.submit(failing_disk), hub.committer.submit(job("b"))]
+    gate.set()
+    for future in futures:
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            future.result(10)
+    assert runs == ["a", "failing disk"] and hub.committer.groups == groups + 1  # the holding job's group only
+    assert hub.write(job("after")) is None and runs[-1] == "after"  # the writer goes on
+    hub.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_the_writer_keeps_its_connection_on_sqlite_only_and_takes_another_after_a_failure(tmp_path, backend, request):
     """On SQLite the writer's connection stays checked out between groups (its page cache stays warm); on
