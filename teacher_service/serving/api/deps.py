@@ -76,21 +76,27 @@ def client_gone(request: Request) -> bool:
     return False
 
 
+async def start_holding_a_slot(request: Request, start: Callable[[RequestThreads], T]) -> tuple[RequestThreads, T]:
+    """Take a request thread's slot, then start the work (`start(threads)`), unless the client hung up while waiting
+    for the slot; the slot goes back if nothing started. The caller gives it back when the work ends."""
+    threads: RequestThreads = request.app.state.request_threads
+    await threads.slots.acquire()
+    try:
+        if client_gone(request):
+            raise ClientClosedRequest(CLIENT_LEFT)
+        return threads, start(threads)
+    except BaseException:
+        threads.slots.release()
+        raise
+
+
 async def run_in_request_thread(request: Request, work: Callable[..., T], *args: object) -> T:
     """Run blocking hub work in one of the request threads, unless the client hung up while waiting.
 
     Under overload, clients time out and retry while their first request still waits for a thread;
     running it anyway would be work for nobody that makes the queue longer still. The slot is held until the
     work ends, even if this request is cancelled meanwhile (the thread cannot be), so a slot means a free thread."""
-    threads: RequestThreads = request.app.state.request_threads
-    await threads.slots.acquire()
-    try:
-        if client_gone(request):
-            raise ClientClosedRequest(CLIENT_LEFT)
-        running = threads.start(work, *args)
-    except BaseException:
-        threads.slots.release()
-        raise
+    threads, running = await start_holding_a_slot(request, lambda threads: threads.start(work, *args))
 
     def done(finished: asyncio.Future) -> None:
         threads.slots.release()
@@ -106,15 +112,7 @@ async def run_in_writer(request: Request, start: Callable[[list], Future], items
     .reporting) and await it, without a thread between. It holds a request thread's slot until the work ends, as a
     thread's work would, so the writer's queue stays as short as before; and it is not started for a client that hung
     up while waiting for the slot."""
-    threads: RequestThreads = request.app.state.request_threads
-    await threads.slots.acquire()
-    try:
-        if client_gone(request):
-            raise ClientClosedRequest(CLIENT_LEFT)
-        running = start(items)
-    except BaseException:
-        threads.slots.release()
-        raise
+    threads, running = await start_holding_a_slot(request, lambda _: start(items))
     loop = asyncio.get_running_loop()
     running.add_done_callback(lambda _: loop.call_soon_threadsafe(threads.slots.release))  # from the writer thread
     return await asyncio.wrap_future(running)
