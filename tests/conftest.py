@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 
 import pytest
@@ -8,6 +9,13 @@ import pytest
 from tests.servers import PostgresServer, ServiceProcess
 
 _db_names = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sb3_logs_in_the_session_folder(tmp_path_factory):
+    """SB3's `learn` makes a log folder in the temp folder each time (SB3-<date>) unless SB3_LOGDIR names one; the
+    tests' models (and the examples they run, which inherit the environment) log under pytest's folder instead."""
+    os.environ.setdefault("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
 
 
 @pytest.fixture

@@ -64,6 +64,8 @@ class EnvAdapter:
         family(env_id)  # a supported id, or ValueError before the env is made
         self.env_id = env_id
         self.env = gym.make(env_id, **make_kwargs)
+        if family(env_id) is maze:
+            maze.remove_model_file(self.env.unwrapped)
         self.action_space = self.env.action_space
         self.obs_dim = int(self._flatten(self.env.observation_space.sample()).shape[0])
         self.act_dim = int(np.prod(self.action_space.shape))

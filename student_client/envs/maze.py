@@ -3,6 +3,8 @@ PointMazes stepped together (`step_point_mazes`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import gymnasium as gym
@@ -34,6 +36,16 @@ def env_options(env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TaskMismatchError(f"unknown maze reset options {sorted(unknown)}; expected {KEYS}")
     return {key: np.array(_cell(env.maze, options, key)) for key in KEYS if key in options}
+
+
+def remove_model_file(env: gym.Env) -> None:
+    """Delete the model file that gymnasium-robotics writes into the temp folder for each maze env it makes
+    (`ant_maze<time>.xml`, PointMaze's too) and never deletes: a worker's envs left two a run. MuJoCo has read it
+    once the env is made."""
+    path = getattr(env, "tmp_xml_file_path", None)
+    if path:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def verify(env: gym.Env, options: dict[str, Any]) -> None:

@@ -53,8 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.request_threads = threads = RequestThreads(settings.request_threads)
         hub = app.state.hub
         app.state.gatherers = {
-            "propose": Gatherer(threads, "propose", hub.propose_batch, settings.max_batch_items),
-            "report": Gatherer(threads, "report", hub.report_batch, settings.max_batch_items),
+            "propose": Gatherer(threads, "propose", hub.proposing, settings.max_batch_items),
+            "report": Gatherer(threads, "report", hub.reporting, settings.max_batch_items),
         }
         hub.start()
         yield

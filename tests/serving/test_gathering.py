@@ -16,6 +16,8 @@ import pytest
 from starlette.requests import Request
 
 from teacher_service.serving.api.deps import Gatherer, RequestThreads, run_each_alone_on_fault, run_in_request_thread
+from teacher_service.serving.group_commit import GroupCommitter
+from teacher_service.serving.store.tables import make_engine
 from tests.servers import ServiceProcess, wait_until
 from tests.serving.test_api import MAZE, counts
 from tests.serving.test_metrics import scrape, value
@@ -88,6 +90,20 @@ def test_waiting_single_requests_run_as_one_batch_each_with_its_own_answer(tmp_p
         service.stop()
 
 
+def writer_for(verb) -> tuple[ThreadPoolExecutor, callable]:
+    """A thread that does `verb`'s work as the hub's writer does a batch verb's (`start(items)`: its future)."""
+    writer = ThreadPoolExecutor(1)
+    return writer, lambda items: writer.submit(verb, items)
+
+
+def each_alone_on_fault(verb, items: list) -> list:
+    writer, start = writer_for(verb)
+    try:
+        return asyncio.run(run_each_alone_on_fault(start, items))
+    finally:
+        writer.shutdown()
+
+
 def test_a_fault_in_a_gathered_batch_fails_only_the_items_that_meet_it():
     runs: list[list[str]] = []
 
@@ -97,7 +113,7 @@ def test_a_fault_in_a_gathered_batch_fails_only_the_items_that_meet_it():
             raise ValueError("a bug this item meets")
         return [item.upper() for item in items]
 
-    results = run_each_alone_on_fault(verb, ["a", "bug", "c"])
+    results = each_alone_on_fault(verb, ["a", "bug", "c"])
     assert results[0] == "A" and results[2] == "C"
     assert isinstance(results[1], ValueError)
     assert runs == [["a", "bug", "c"], ["a"], ["bug"], ["c"]]
@@ -111,7 +127,7 @@ def test_an_unavailable_database_fails_a_gathered_batch_at_once():
         raise psycopg.OperationalError("connection refused")
 
     with pytest.raises(psycopg.OperationalError):  # every request of the batch answers 503; none is tried again
-        run_each_alone_on_fault(verb, ["a", "b"])
+        each_alone_on_fault(verb, ["a", "b"])
     assert runs == [["a", "b"]]
 
 
@@ -131,17 +147,20 @@ def app_with(threads: RequestThreads) -> SimpleNamespace:
 
 
 def gatherer_test(verb_name: str, batch_verb, max_items: int = 1024, threads: int = 1, receive=still_there):
-    """Run `body(gatherer, ask)` on a Gatherer over `batch_verb`; `ask(item)` is a single request's answer."""
+    """Run `body(gatherer, ask)` on a Gatherer over `batch_verb`, done in a writer thread of its own;
+    `ask(item)` is a single request's answer."""
 
     def run(body):
         async def main():
             pool = RequestThreads(threads)
-            gatherer = Gatherer(pool, verb_name, batch_verb, max_items)
+            writer, start = writer_for(batch_verb)
+            gatherer = Gatherer(pool, verb_name, start, max_items)
             try:  # a request left hanging fails the test rather than stalling it
                 return await asyncio.wait_for(body(gatherer, lambda item: gatherer.call(
                     Request({"type": "http", "app": app_with(pool)}, receive), item)), 20)
             finally:
                 pool.close()
+                writer.shutdown()
 
         return asyncio.run(main())
 
@@ -247,11 +266,14 @@ def test_a_broken_answer_or_receive_fails_only_its_own_request_and_the_chain_goe
     assert later == 7
 
 
-def test_requests_waiting_when_the_threads_are_shut_down_get_an_error():
+def test_requests_waiting_when_the_writer_is_closed_get_an_error(tmp_path):
+    committer = GroupCommitter(make_engine(f"sqlite:///{tmp_path / 'closed.db'}", request_threads=1))
+    committer.close()
+
     async def body(gatherer, ask):
-        gatherer.threads.close()
+        gatherer.start = lambda items: committer.submit(lambda tx: items)  # as TeacherHub.proposing would
         return await asyncio.gather(ask(1), ask(2), return_exceptions=True)
 
     answers = gatherer_test("closed", lambda items: items)(body)
-    assert all(isinstance(a, RuntimeError) for a in answers), answers
+    assert all(isinstance(a, RuntimeError) and "closed" in str(a) for a in answers), answers
 

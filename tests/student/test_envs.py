@@ -1,6 +1,8 @@
 """Env adapters start where the teacher said, refuse malformed options, and step PointMazes together as
 each would step alone."""
 
+import tempfile
+
 import gymnasium as gym
 import mujoco
 import numpy as np
@@ -57,6 +59,18 @@ def test_maze_rejects_bad_options(point, options):
 def test_maze_empty_options_is_env_default(point):
     obs = point.reset({}, seed=0)
     assert obs.shape == (point.obs_dim,)
+
+
+@pytest.mark.parametrize("env_id", ["PointMaze_UMaze-v3", "AntMaze_UMaze-v5"])
+def test_a_maze_leaves_no_model_file_in_the_temp_folder(env_id, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the temp folder gymnasium-robotics writes into
+    gym.make(env_id).close()
+    (left,) = tmp_path.iterdir()  # what the library alone leaves: one model file per env
+    left.unlink()
+    env = make_env(env_id)
+    assert list(tmp_path.iterdir()) == []
+    env.reset({"reset_cell": [1, 1], "goal_cell": [3, 1]}, seed=0)  # the model was read before the file went
+    env.step(env.action_space.sample())
 
 
 def test_a_layout_with_a_fixed_goal_keeps_the_goal_and_varies_the_start():

@@ -26,8 +26,9 @@ async def get_hub(request: Request) -> TeacherHub:
 
 @dataclass
 class RequestThreads:
-    """The threads that run the hub's blocking work for the students' routes, and a slot per thread (which the batch
-    verbs take too, though they need no thread: `run_in_writer`).
+    """The threads that run the hub's blocking work for the students' routes, and a slot per thread, which a student's
+    request holds while its work runs: the single and batch verbs take one too, though the writer thread does their
+    work (`run_in_writer`, Gatherer), so that the writer's queue holds at most `count` requests' work.
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
     use, cost the event loop about 30 us more per request (README "Scale")."""
@@ -44,10 +45,15 @@ class RequestThreads:
         """Start blocking work in a thread whose slot the caller holds (and gives back)."""
         # The request's context goes along (as anyio's to_thread does), e.g. a tracer's current span.
         call = functools.partial(contextvars.copy_context().run, work, *args)
-        running = asyncio.get_running_loop().run_in_executor(self.executor, call)
+        return asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    async def take_slot(self) -> None:
+        await self.slots.acquire()
         metrics.REQUEST_THREADS_BUSY.inc()
-        running.add_done_callback(lambda _: metrics.REQUEST_THREADS_BUSY.dec())
-        return running
+
+    def give_slot(self) -> None:
+        metrics.REQUEST_THREADS_BUSY.dec()
+        self.slots.release()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -80,13 +86,13 @@ async def start_holding_a_slot(request: Request, start: Callable[[RequestThreads
     """Take a request thread's slot, then start the work (`start(threads)`), unless the client hung up while waiting
     for the slot; the slot goes back if nothing started. The caller gives it back when the work ends."""
     threads: RequestThreads = request.app.state.request_threads
-    await threads.slots.acquire()
+    await threads.take_slot()
     try:
         if client_gone(request):
             raise ClientClosedRequest(CLIENT_LEFT)
         return threads, start(threads)
     except BaseException:
-        threads.slots.release()
+        threads.give_slot()
         raise
 
 
@@ -99,7 +105,7 @@ async def run_in_request_thread(request: Request, work: Callable[..., T], *args:
     threads, running = await start_holding_a_slot(request, lambda threads: threads.start(work, *args))
 
     def done(finished: asyncio.Future) -> None:
-        threads.slots.release()
+        threads.give_slot()
         if not finished.cancelled():
             finished.exception()  # seen: a request cancelled meanwhile leaves nobody to await it
 
@@ -114,7 +120,7 @@ async def run_in_writer(request: Request, start: Callable[[list], Future], items
     up while waiting for the slot."""
     threads, running = await start_holding_a_slot(request, lambda _: start(items))
     loop = asyncio.get_running_loop()
-    running.add_done_callback(lambda _: loop.call_soon_threadsafe(threads.slots.release))  # from the writer thread
+    running.add_done_callback(lambda _: loop.call_soon_threadsafe(threads.give_slot))  # from the writer thread
     return await asyncio.wrap_future(running)
 
 
@@ -129,25 +135,26 @@ class Waiting:
 
 
 class Gatherer:
-    """Runs the single requests of one verb through the hub's batch verb: those that arrive while a group runs
+    """Runs the single requests of one verb through the hub's batch work: those that arrive while a group runs
     wait, and go together as the next group (in arrival order, up to TEACHER_MAX_BATCH_ITEMS), each answered with
     its own item's result or error. Under load a single propose or report then costs the hub about what an item
     of a batch does, a fraction of a call of its own (README "Scale"); one alone is a group of one.
 
     One chain of groups per verb: a request that arrives while none runs starts it. Each group takes a request
-    thread's slot in turn with the other routes (so none of them waits for the chain to end) and gives it back
-    once its requests are answered; the waiting requests themselves only wait for their answers."""
+    thread's slot in turn with the other routes (so none of them waits for the chain to end), hands its items to the
+    writer thread as the batch verbs do (`start`: TeacherHub.proposing or .reporting; no request thread between) and
+    gives the slot back once its requests are answered; the waiting requests themselves only wait for their answers."""
 
-    def __init__(self, threads: RequestThreads, verb: str, batch_verb: Callable[[list], list], max_items: int) -> None:
+    def __init__(self, threads: RequestThreads, verb: str, start: Callable[[list], Future], max_items: int) -> None:
         self.threads = threads
         self.verb = verb
-        self.batch_verb = batch_verb
+        self.start = start
         self.max_items = max_items
         self.queue: collections.deque[Waiting] = collections.deque()
         self.running = False
-        # The task waiting for the next group's slot: kept here, since the event loop holds tasks only weakly,
-        # and not the request's own, whose cancellation must not stop the chain.
-        self.next_group: asyncio.Task | None = None
+        # The task running the current group: kept here, since the event loop holds tasks only weakly, and not the
+        # request's own, whose cancellation must not stop the chain.
+        self.group_task: asyncio.Task | None = None
 
     async def call(self, request: Request, item: Any) -> Any:
         mine = Waiting(request, item, asyncio.get_running_loop().create_future())
@@ -165,20 +172,21 @@ class Gatherer:
             raise
 
     async def _run_group(self) -> None:
-        try:
-            await self.threads.slots.acquire()
-        except BaseException:  # cancelled: the service is stopping
-            self.running = False
-            self._answer_all(self._take_all(), RuntimeError("the service stopped before the request ran"))
-            raise
         group: list[Waiting] = []
+        try:
+            await self.threads.take_slot()
+        except asyncio.CancelledError:
+            self._stop(group)
+            raise
         try:
             self._take(group)
             if group:
-                running = self.threads.start(run_each_alone_on_fault, self.batch_verb, [w.item for w in group])
-                running.add_done_callback(functools.partial(self._answer, group))
-                return
-        except Exception as exc:  # noqa: BLE001 - e.g. the executor shut down: its group gets the error
+                self._answer(group, await run_each_alone_on_fault(self.start, [w.item for w in group]))
+        except asyncio.CancelledError:
+            self.threads.give_slot()
+            self._stop(group)
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the writer closed: its group gets the error
             self._answer_all(group, exc)
         self._end_turn()
 
@@ -195,65 +203,55 @@ class Gatherer:
         if group:
             metrics.GATHERED.labels(self.verb).observe(len(group))
 
-    def _take_all(self) -> list[Waiting]:
-        taken = list(self.queue)
-        self.queue.clear()
-        for waiting in taken:
-            waiting.taken = True
-            metrics.REQUESTS_WAITING.dec()
-        return taken
-
-    def _answer(self, group: list[Waiting], finished: asyncio.Future) -> None:
-        """Give each request of the group its own result or error (an ApiError: its 4xx), then end the turn."""
-        try:
-            if finished.cancelled():
-                results: list = [RuntimeError("the batch was cancelled")] * len(group)
-            elif (error := finished.exception()) is not None:
-                results = [error] * len(group)
+    def _answer(self, group: list[Waiting], results: list) -> None:
+        """Give each request of the group its own result or error (an ApiError: its 4xx)."""
+        if len(results) != len(group):
+            results = [RuntimeError(f"{len(results)} answers to {len(group)} items")] * len(group)
+        for waiting, result in zip(group, results):
+            if isinstance(result, BaseException):
+                self._answer_all([waiting], result)
             else:
-                results = finished.result()
-                if len(results) != len(group):
-                    results = [RuntimeError(f"{len(results)} answers to {len(group)} items")] * len(group)
-            for waiting, result in zip(group, results):
-                if isinstance(result, BaseException):
-                    self._answer_all([waiting], result)
-                else:
-                    waiting.answer.set_result(result)
-        finally:
-            self._end_turn()
+                waiting.answer.set_result(result)
 
     @staticmethod
     def _answer_all(group: list[Waiting], error: BaseException) -> None:
         if isinstance(error, StopIteration):  # a future refuses it (as a coroutine would turn it into this)
             error = RuntimeError(f"the batch verb raised {error!r}")
         for waiting in group:
-            waiting.answer.set_exception(error)
+            if not waiting.answer.done():
+                waiting.answer.set_exception(error)
+
+    def _stop(self, group: list[Waiting]) -> None:
+        """The service is stopping (this group's task was cancelled): the group and the waiting requests get an error."""
+        self.running = False
+        taken = list(self.queue)
+        self.queue.clear()
+        for waiting in taken:
+            waiting.taken = True
+            metrics.REQUESTS_WAITING.dec()
+        self._answer_all(group + taken, RuntimeError("the service stopped before the request ran"))
 
     def _end_turn(self) -> None:
         """Give the slot back; the next group, if anyone waits, takes one in turn with the other routes."""
-        self.threads.slots.release()
+        self.threads.give_slot()
         if self.queue:
             self._next_turn()
         else:
             self.running = False
 
     def _next_turn(self) -> None:
-        self.next_group = asyncio.get_running_loop().create_task(self._run_group())
+        self.group_task = asyncio.get_running_loop().create_task(self._run_group())
 
 
-def run_each_alone_on_fault(batch_verb: Callable[[list], list], items: list) -> list:
-    """The batch verb on a group of single requests' items. A fault that is not the database's (a bug) fails only
-    the items that meet it, each then run alone, as their requests would have been; the batch that failed was
-    rolled back (one transaction)."""
+async def run_each_alone_on_fault(start: Callable[[list], Future], items: list) -> list:
+    """The batch work (`start(items)`, done by the writer thread) on a group of single requests' items. A fault that
+    is not the database's (a bug) fails only the items that meet it: the batch that failed was rolled back (one
+    transaction), and each item is then a job of its own, as its request alone would have been (the writer runs
+    such jobs one transaction each once their group fails: group_commit.py)."""
     try:
-        return batch_verb(items)
+        return await asyncio.wrap_future(start(items))
     except Exception as exc:
         if len(items) == 1 or database_unavailable(exc):
             raise
-        results: list = []
-        for item in items:
-            try:
-                results.extend(batch_verb([item]))
-            except Exception as alone:  # noqa: BLE001 - this item's answer
-                results.append(alone)
-        return results
+        alone = await asyncio.gather(*(asyncio.wrap_future(start([item])) for item in items), return_exceptions=True)
+        return [answer if isinstance(answer, BaseException) else answer[0] for answer in alone]
