@@ -45,10 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Requests run in thread pools (the students' routes in their own, whose slots the batch verbs hold while the
-        # writer does their work: api/deps.py); with one database
-        # writer at a time, a few threads serve more requests than anyio's default 40, which mostly wait on each
-        # other for the GIL.
+        # The students' proposes and reports are done by the writer thread, their evaluations in request threads of
+        # their own, and all of them hold one of those threads' slots while their work runs (api/deps.py); the other
+        # routes run in anyio's pool. With one database writer at a time, a few threads serve more requests than
+        # anyio's default 40, which mostly wait on each other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         app.state.request_threads = threads = RequestThreads(settings.request_threads)
         hub = app.state.hub

@@ -156,6 +156,8 @@ class TeacherHub:
         def finish(committed: Future) -> None:
             try:
                 answered.set_result(answer(committed.result()))
+            except StopIteration as exc:  # an asyncio future refuses it: the request awaiting it would wait for ever
+                answered.set_exception(RuntimeError(f"the job raised {exc!r}"))
             except BaseException as exc:  # noqa: BLE001 - the caller's to see
                 answered.set_exception(exc)
 
@@ -351,12 +353,9 @@ class TeacherHub:
 
     # ------------------------------------------------------------------ propose
 
-    def propose_batch(self, requests: list[wire.ProposeRequest]) -> list[wire.Proposal | ApiError]:
-        """A proposal for each request, or the error of that request; the proposals in one transaction."""
-        return self.proposing(requests).result()
-
     def proposing(self, requests: list[wire.ProposeRequest]) -> Future:
-        """`propose_batch` without waiting: its future (the batch route awaits it in the event loop)."""
+        """The future of a proposal for each request, or the error of that request; the proposals in one transaction.
+        The routes await it in the event loop (api/deps.py)."""
         return self.submit(self._propose_job(requests), self._count_proposals)
 
     def _propose_job(self, requests: list[wire.ProposeRequest]) -> Callable[[Tx], list[wire.Proposal | ApiError]]:
@@ -486,12 +485,9 @@ class TeacherHub:
 
     # ------------------------------------------------------------------ report
 
-    def report_batch(self, requests: list[wire.ReportRequest]) -> list[wire.ReportAck | ApiError]:
-        """Store each report in one transaction: its acknowledgement, or its error (the others go on)."""
-        return self.reporting(requests).result()
-
     def reporting(self, requests: list[wire.ReportRequest]) -> Future:
-        """`report_batch` without waiting: its future (the batch route awaits it in the event loop)."""
+        """The future of each report's acknowledgement, or its error (the others go on); stored in one transaction.
+        The routes await it in the event loop (api/deps.py)."""
         return self.submit(self._report_job(requests), self._answer_reports)
 
     def _report_job(self, requests: list[wire.ReportRequest]) -> Callable[[Tx], list[ReportOutcome]]:

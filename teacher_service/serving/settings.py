@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     student_token: SecretStr | None = Field(default=None, description="Bearer token that may propose and report.")
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
     proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
-    request_threads: int = Field(default=4, ge=1, le=256, description="Students' requests running at once: evaluations in threads of their own, proposes and reports in the writer thread (single ones in groups, at most one group per verb at a time, taking turns with the batch routes and evaluations); as many threads again for the other routes (more for a remote PostgreSQL).")
+    request_threads: int = Field(default=4, ge=1, le=256, description="Students' work running at once (an evaluation, a batch, or a group of single proposes or reports, at most one group per verb at a time): evaluations in threads of their own, the rest in the writer thread; as many threads again for the other routes (more for a remote PostgreSQL).")
     database_idle_transaction_s: float = Field(
         default=60.0, gt=0, le=86_400,
         description="PostgreSQL: the server ends a session of this service that holds a transaction this many seconds "

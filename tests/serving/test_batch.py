@@ -123,13 +123,13 @@ def test_a_batch_gives_each_student_the_context_of_its_own_last_report(tmp_path)
     hub = sqlite_hub(tmp_path)
     tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
     hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
-    a, b = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=s) for s in ("a", "b")])
-    hub.report_batch([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(episode_return=r))
-                      for p, r in ((a, 10.0), (b, -3.0))])
+    a, b = hub.proposing([ProposeRequest(curriculum="cur", student_id=s) for s in ("a", "b")]).result()
+    hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(episode_return=r))
+                   for p, r in ((a, 10.0), (b, -3.0))]).result()
     asked = [ProposeRequest(curriculum="cur", student_id="b"), ProposeRequest(curriculum="cur", student_id="new"),
              ProposeRequest(curriculum="cur", student_id="a"),
              ProposeRequest(curriculum="cur", student_id="a", context={"last_return": 5.0})]
-    proposals = hub.propose_batch(asked)
+    proposals = hub.proposing(asked).result()
     hub.close()
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         observation = {pid: json.loads(obs) for pid, obs in db.execute(
@@ -148,12 +148,12 @@ def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):
     tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
     hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
     bad = ProposeRequest(curriculum="cur", student_id="a", context={"last_return": 1.0, "last_task": [1.0, 2.0]})
-    assert isinstance(hub.propose_batch([bad])[0], BadRequest)
-    refused, proposed = hub.propose_batch([bad, ProposeRequest(curriculum="cur", student_id="b")])
+    assert isinstance(hub.proposing([bad]).result()[0], BadRequest)
+    refused, proposed = hub.proposing([bad, ProposeRequest(curriculum="cur", student_id="b")]).result()
     assert isinstance(refused, BadRequest) and "last_task must have 1 values" in str(refused)
     ignores = CurriculumCreate(name="plain", task_space=tasks, teacher={"algorithm": "random"})
     hub.create_curriculum(ignores)  # a teacher that does not look at contexts refuses a bad one all the same
-    assert isinstance(hub.propose_batch([bad.model_copy(update={"curriculum": "plain"})])[0], BadRequest)
+    assert isinstance(hub.proposing([bad.model_copy(update={"curriculum": "plain"})]).result()[0], BadRequest)
     hub.close()
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         assert db.execute("select student_id from proposals").fetchall() == [(proposed.student_id,)] == [("b",)]
@@ -220,13 +220,13 @@ def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(req
         with engine.connect() as conn:
             horizons = {cid: horizon if name == "cur" else 2 for cid, name in conn.execute(
                 text("select id, name from curricula"))}
-        proposals = hub.propose_batch([ProposeRequest(curriculum=c, student_id=s) for c, s in students])
+        proposals = hub.proposing([ProposeRequest(curriculum=c, student_id=s) for c, s in students]).result()
         requests = [ReportRequest(proposal_id=proposals[k].proposal_id, student_id=s, outcome=outcome,
                                   signals=Signals(grad_norm_mean=g, episode_return=g * g)) for k, s, g, outcome in reports]
         batches = [[r] for r in requests] if way == "one at a time" else [requests[k:k + 8] for k in (0, 8, 16)]
         answers = []
         for batch in batches:
-            answers += hub.report_batch(batch)
+            answers += hub.reporting(batch).result()
             assert_batching_is_up_to_date(stored_batching(engine), horizons, batch_size=6)
         hub.close()
         stored[way] = stored_batching(engine)
@@ -257,9 +257,9 @@ def test_proposal_ids_follow_their_creation_so_inserts_stay_at_the_indexs_edge(t
     try:
         hub.create_curriculum(CurriculumCreate.model_validate(
             {"name": "cur", "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]}}))
-        batches = [hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(50)])
+        batches = [hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(50)]).result()
                    for _ in range(4)]
-        (single,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+        (single,) = hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
     finally:
         hub.close()
     ids = [[p.proposal_id for p in batch] for batch in batches] + [[single.proposal_id]]

@@ -7,7 +7,8 @@ import asyncio
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 
 import prometheus_client
@@ -34,7 +35,7 @@ def gathered(service, verb: str) -> tuple[float, float]:
 
 def held_back(service, requests: list[tuple[str, dict]]) -> list:
     """Post the first request while another connection holds SQLite's write lock, so that it holds the only request
-    thread; then the others, which wait for it; release the lock once all of them wait. The responses, in order."""
+    slot; then the others, which wait for it; release the lock once all of them wait. The responses, in order."""
     blocker = sqlite3.connect(service.database_url.removeprefix("sqlite:///"), isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
@@ -42,7 +43,7 @@ def held_back(service, requests: list[tuple[str, dict]]) -> list:
             client = service.client()
             first = pool.submit(client.post, requests[0][0], json=requests[0][1])
             wait_until(lambda: value(scrape(service), "teacher_request_threads_busy") == 1, 30,
-                       "the first request holding the only request thread")
+                       "the first request holding the only slot")
             rest = [pool.submit(client.post, path, json=body) for path, body in requests[1:]]
             wait_until(lambda: value(scrape(service), "teacher_requests_waiting") == len(rest), 30,
                        f"{len(rest)} requests waiting")
@@ -90,7 +91,7 @@ def test_waiting_single_requests_run_as_one_batch_each_with_its_own_answer(tmp_p
         service.stop()
 
 
-def writer_for(verb) -> tuple[ThreadPoolExecutor, callable]:
+def writer_for(verb) -> tuple[ThreadPoolExecutor, Callable[[list], Future]]:
     """A thread that does `verb`'s work as the hub's writer does a batch verb's (`start(items)`: its future)."""
     writer = ThreadPoolExecutor(1)
     return writer, lambda items: writer.submit(verb, items)
@@ -141,26 +142,34 @@ def waiting_requests() -> float:
     return prometheus_client.REGISTRY.get_sample_value("teacher_requests_waiting")
 
 
+def slots_held() -> float:
+    return prometheus_client.REGISTRY.get_sample_value("teacher_request_threads_busy")
+
+
 def app_with(threads: RequestThreads) -> SimpleNamespace:
     """What `run_in_request_thread` and the routes read of the application."""
     return SimpleNamespace(state=SimpleNamespace(request_threads=threads))
 
 
-def gatherer_test(verb_name: str, batch_verb, max_items: int = 1024, threads: int = 1, receive=still_there):
-    """Run `body(gatherer, ask)` on a Gatherer over `batch_verb`, done in a writer thread of its own;
-    `ask(item)` is a single request's answer."""
+def gatherer_test(verb_name: str, batch_verb=None, max_items: int = 1024, threads: int = 1, receive=still_there,
+                  start: Callable[[list], Future] | None = None):
+    """Run `body(gatherer, ask)` on a Gatherer over `batch_verb`, done in a writer thread of its own (or over `start`);
+    `ask(item)` is a single request's answer. Every slot is given back at the end, once."""
 
     def run(body):
         async def main():
             pool = RequestThreads(threads)
-            writer, start = writer_for(batch_verb)
-            gatherer = Gatherer(pool, verb_name, start, max_items)
+            writer, own_start = writer_for(batch_verb)
+            gatherer = Gatherer(pool, verb_name, start or own_start, max_items)
+            held = slots_held()
             try:  # a request left hanging fails the test rather than stalling it
-                return await asyncio.wait_for(body(gatherer, lambda item: gatherer.call(
+                answers = await asyncio.wait_for(body(gatherer, lambda item: gatherer.call(
                     Request({"type": "http", "app": app_with(pool)}, receive), item)), 20)
             finally:
                 pool.close()
                 writer.shutdown()
+            assert slots_held() == held and not pool.slots.locked()
+            return answers
 
         return asyncio.run(main())
 
@@ -204,7 +213,7 @@ def test_groups_hold_at_most_max_items_and_a_cancelled_request_is_not_run():
 
     async def body(gatherer, ask):
         first = asyncio.create_task(ask(0))
-        while not groups:  # the first group holds the only thread
+        while not groups:  # the first group holds the only slot
             await asyncio.sleep(0.01)
         waiting = [asyncio.create_task(ask(item)) for item in range(1, 11)]
         await asyncio.sleep(0.05)
@@ -271,9 +280,8 @@ def test_requests_waiting_when_the_writer_is_closed_get_an_error(tmp_path):
     committer.close()
 
     async def body(gatherer, ask):
-        gatherer.start = lambda items: committer.submit(lambda tx: items)  # as TeacherHub.proposing would
         return await asyncio.gather(ask(1), ask(2), return_exceptions=True)
 
-    answers = gatherer_test("closed", lambda items: items)(body)
+    answers = gatherer_test("closed", start=lambda items: committer.submit(lambda tx: items))(body)
     assert all(isinstance(a, RuntimeError) and "closed" in str(a) for a in answers), answers
 

@@ -76,12 +76,25 @@ def test_a_job_awaited_in_asyncio_whose_caller_is_cancelled_still_commits_with_i
     hub.close()
 
 
+def test_a_job_that_raises_stop_iteration_fails_its_awaiting_request_instead_of_stalling_it(tmp_path):
+    # asyncio refuses StopIteration as a future's exception: awaited as it was raised, the request (and a gathered
+    # group's turn with it) would wait for ever. A teacher's propose_many returning too few decisions raises it.
+    hub = sqlite_hub(tmp_path)
+
+    async def awaited():
+        return await asyncio.wait_for(asyncio.wrap_future(hub.submit(lambda tx: next(iter([])), list)), 10)
+
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        asyncio.run(awaited())
+    hub.close()
+
+
 def test_reports_whose_batch_request_is_cancelled_are_still_counted_and_wake_the_updater(tmp_path):
     """The batch route awaits `TeacherHub.reporting` in the event loop; what follows the commit (counting the reports,
     waking the updater for the batch they numbered) runs in the writer thread, not in the request that may be gone."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2: two reports number a batch
-    proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)])
+    proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)]).result()
     counted = lambda: REGISTRY.get_sample_value("teacher_reports_total", {"curriculum": "cur"}) or 0.0  # noqa: E731
     before = counted()
     gate = hold_the_writer(hub)
@@ -241,9 +254,9 @@ def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.updater.notify = lambda curriculum_id: None  # this process "dies" before applying anything
-    proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(6)])
-    acks = hub.report_batch([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
-                                           signals=Signals(grad_norm_mean=1.0)) for p in proposals])
+    proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(6)]).result()
+    acks = hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                        signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
     assert [a.teacher_version for a in acks] == [0, 1, 1, 2, 2, 3]
     assert hub.get_curriculum("cur").teacher_version == 0
     hub.committer.close()
@@ -267,9 +280,9 @@ def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored
             "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}}, "reward_signal": "episode_return"}
     hub.create_curriculum(CurriculumCreate(**spec))
     for k in range(70):  # one at a time: ALP-GMM learns from every report
-        (proposal,) = hub.propose_batch([ProposeRequest(curriculum="alp", student_id="s")])
-        hub.report_batch([ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
-                                        signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))])
+        (proposal,) = hub.proposing([ProposeRequest(curriculum="alp", student_id="s")]).result()
+        hub.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
+                                     signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))]).result()
     hub.close()
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         ((version, state),) = db.execute("select teacher_version, teacher_state from curricula").fetchall()
@@ -296,9 +309,9 @@ def test_a_proposal_for_a_curriculum_that_another_process_deleted_is_a_404(tmp_p
     """This process still has the curriculum's teacher in its cache."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
-    hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+    hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
     delete_elsewhere(tmp_path, "cur")
-    (result,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+    (result,) = hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
     assert result.status_code == 404 and "cur" in result.detail
     hub.close()
 
@@ -308,10 +321,10 @@ def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path):
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": "gone"}))
-    hub.propose_batch([ProposeRequest(curriculum="gone", student_id="s")])
+    hub.proposing([ProposeRequest(curriculum="gone", student_id="s")]).result()
     delete_elsewhere(tmp_path, "gone")
     requests = [ProposeRequest(curriculum=name, student_id=f"s{i}") for i, name in enumerate(["cur", "gone", "cur"])]
-    first, second, third = hub.propose_batch(requests)
+    first, second, third = hub.proposing(requests).result()
     assert second.status_code == 404 and "gone" in second.detail
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         stored = {row[0] for row in db.execute("SELECT proposal_id FROM proposals")}
@@ -344,7 +357,7 @@ def test_another_replica_deleting_a_curriculum_while_a_job_proposes_waits_for_it
 
     monkeypatch.setattr(hub, "_decide", decide_while_another_replica_deletes)
     try:
-        (proposal,) = hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])
+        (proposal,) = hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
         assert proposal.curriculum == "cur" and proposal.proposal_id
         deleting.join(10)
         assert not deleting.is_alive()
@@ -368,7 +381,7 @@ def test_proposals_do_not_wait_for_a_report_lock_that_another_replica_holds(tmp_
     try:
         other_replica.execute(hub.driver.sql["lock_curriculum"], {"curriculum_id": 1})  # a report's lock, held
         proposing = threading.Thread(target=lambda: proposed.extend(
-            hub.propose_batch([ProposeRequest(curriculum="cur", student_id="s")])))
+            hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()))
         proposing.start()
         proposing.join(10)
         assert not proposing.is_alive() and proposed[0].curriculum == "cur"
@@ -414,20 +427,20 @@ def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch)
 
     def reports(count: int) -> None:
         for k in range(count):
-            (proposal,) = writer.propose_batch([ProposeRequest(curriculum="alp", student_id="s")])
-            writer.report_batch([ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
-                                               signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))])
+            (proposal,) = writer.proposing([ProposeRequest(curriculum="alp", student_id="s")]).result()
+            writer.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id="s",
+                                            signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))]).result()
         writer.updater.settle()
 
     reports(52)
-    reader.propose_batch([ProposeRequest(curriculum="alp", student_id="r")])  # its cache: checkpoint 50 + 2 replayed
+    reader.proposing([ProposeRequest(curriculum="alp", student_id="r")]).result()  # its cache: checkpoint 50 + 2 replayed
     cached = reader.runtime_by_id(None, 1)
     assert cached.version == 52
     reports(3)
     replayed = []
     update = cached.teacher.update
     monkeypatch.setattr(cached.teacher, "update", lambda batch: replayed.append(batch) or update(batch))
-    reader.propose_batch([ProposeRequest(curriculum="alp", student_id="r")])
+    reader.proposing([ProposeRequest(curriculum="alp", student_id="r")]).result()
     assert len(replayed) == 3 and cached.version == 55
     with writer.sessions() as session:
         live = writer.runtime(writer.curriculum_row(session, "alp")).teacher
@@ -442,12 +455,12 @@ def test_batch_counts_kept_in_memory_follow_a_rolled_back_group(tmp_path):
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
     hub.updater.notify = lambda curriculum_id: None  # only the numbering is looked at
-    proposals = hub.propose_batch([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(5)])
+    proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(5)]).result()
     acks = []
 
     def report(p) -> threading.Thread:
-        thread = threading.Thread(target=lambda: acks.extend(hub.report_batch([ReportRequest(
-            proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=1.0))])))
+        thread = threading.Thread(target=lambda: acks.extend(hub.reporting([ReportRequest(
+            proposal_id=p.proposal_id, student_id=p.student_id, signals=Signals(grad_norm_mean=1.0))]).result()))
         thread.start()
         return thread
 

@@ -26,9 +26,9 @@ async def get_hub(request: Request) -> TeacherHub:
 
 @dataclass
 class RequestThreads:
-    """The threads that run the hub's blocking work for the students' routes, and a slot per thread, which a student's
-    request holds while its work runs: the single and batch verbs take one too, though the writer thread does their
-    work (`run_in_writer`, Gatherer), so that the writer's queue holds at most `count` requests' work.
+    """The threads that run the hub's blocking work for the students' routes, and a slot per thread, which students'
+    work holds while it runs: a batch or a group of single requests takes one too, though the writer thread does its
+    work (`run_in_writer`, Gatherer), so that the writer's queue stays as short as when threads did that work.
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
     use, cost the event loop about 30 us more per request (README "Scale")."""
@@ -229,7 +229,7 @@ class Gatherer:
         for waiting in taken:
             waiting.taken = True
             metrics.REQUESTS_WAITING.dec()
-        self._answer_all(group + taken, RuntimeError("the service stopped before the request ran"))
+        self._answer_all(group + taken, RuntimeError("the service stopped before the request was answered"))
 
     def _end_turn(self) -> None:
         """Give the slot back; the next group, if anyone waits, takes one in turn with the other routes."""
@@ -253,5 +253,8 @@ async def run_each_alone_on_fault(start: Callable[[list], Future], items: list) 
     except Exception as exc:
         if len(items) == 1 or database_unavailable(exc):
             raise
-        alone = await asyncio.gather(*(asyncio.wrap_future(start([item])) for item in items), return_exceptions=True)
-        return [answer if isinstance(answer, BaseException) else answer[0] for answer in alone]
+        results: list = []
+        for answer in await asyncio.gather(*(asyncio.wrap_future(start([item])) for item in items),
+                                           return_exceptions=True):
+            results.extend([answer] if isinstance(answer, BaseException) else answer)
+        return results  # the caller checks that there is one per item

@@ -18,9 +18,8 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 router = APIRouter(tags=["students"], dependencies=[Depends(require_student)], route_class=OrjsonRoute)
 
-# The routes are async and hand the hub's blocking work to a request thread themselves (the batch verbs to the writer:
-# run_batch): FastAPI would also validate a sync route's response in the thread pool, a second wait in its queue per
-# request.
+# The routes are async and hand the hub's work to the writer thread themselves (/evaluations to a request thread):
+# FastAPI would also validate a sync route's response in the thread pool, a second wait in its queue per request.
 # The two single verbs, the service's busiest routes, go through their gatherers (api/deps.py), taken from the
 # app rather than as a dependency: each dependency costs FastAPI's event loop a few microseconds a request.
 

@@ -19,8 +19,9 @@ PROPOSALS = Counter("teacher_proposals", "Proposals made", ["curriculum"])
 REPORTS = Counter("teacher_reports", "Reports accepted (resends not counted)", ["curriculum"])
 UPDATES = Counter("teacher_updates", "Teacher updates", ["curriculum"])
 ACTIVE_STUDENTS = Gauge("teacher_active_students", "Students seen in the last 5 minutes", ["curriculum"])
-REQUEST_THREADS_BUSY = Gauge("teacher_request_threads_busy", "Students' requests running, in a request thread or the "
-                             "writer thread (at most TEACHER_REQUEST_THREADS: api/deps.py RequestThreads)")
+REQUEST_THREADS_BUSY = Gauge("teacher_request_threads_busy", "Slots held by students' work (an evaluation, a batch or a "
+                             "group of single requests), in a request thread or the writer: at most "
+                             "TEACHER_REQUEST_THREADS (api/deps.py RequestThreads)")
 REQUESTS_WAITING = Gauge("teacher_requests_waiting", "Single /propose or /report requests waiting for their group "
                          "(api/deps.py Gatherer)")
 GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report requests that waited together and "
