@@ -6,7 +6,9 @@
    A closed loop at saturation has latency = connections / throughput, for the empty endpoint too.
 2. Students at their own pace: 256 simulated students, each proposing, "training" for a random
    episode time (5 s on average: a 300-step episode of a CPU student at 60 steps/s) and reporting,
-   as real students do: latency and errors at a realistic request rate.
+   as real students do: latency and errors at a realistic request rate. They start once the teacher has
+   applied the updates that part 1 numbered: under saturation the updates lag (the line "teacher under
+   saturation" says by how much), and a catch-up would otherwise run during part 2.
 3. Vectorized learners: loops of `POST /propose/batch` then `POST /report/batch` with 64 items each
    (one env each), on SQLite and then on a PostgreSQL server the bench starts (tests/servers.py): student
    episodes/s. Their curriculum updates its teacher every 640 episodes (128 trajectories of 5), a batch
@@ -61,6 +63,31 @@ def wait_up(url: str, process: subprocess.Popen) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     sys.exit(f"{url} did not come up")
+
+
+def bench_counts(url: str) -> tuple[float, float]:
+    """The bench curriculum's reports and applied teacher updates so far, from /metrics (which, unlike the
+    curriculum's own route, does not wait for the updater)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+
+    def value(name: str) -> float:
+        found = re.search(rf'^{name}{{curriculum="bench"}} (\S+)$', text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("teacher_reports_total"), value("teacher_updates_total")
+
+
+def teacher_caught_up(url: str, timeout_s: float = 600) -> float:
+    """Seconds until the teacher applies no more updates (none in a second) once the load has stopped."""
+    start = time.monotonic()
+    last = bench_counts(url)[1]
+    while time.monotonic() - start < timeout_s:
+        time.sleep(1)
+        now = bench_counts(url)[1]
+        if now == last:
+            break
+        last = now
+    return time.monotonic() - start
 
 
 def wrk(url: str, script: str, connections: int, seconds: int, *args: str) -> dict:
@@ -258,8 +285,12 @@ def main() -> None:
         empty_stats = wrk(f"{empty_url}/empty", "empty.lua", args.connections, args.seconds)
         wrk(service_url, "propose_report.lua", args.connections, args.warmup, "bench")
         time.sleep(2)  # let the service drain what the warm-up left in flight
+        reports_before, updates_before = bench_counts(service_url)
         loop_stats = wrk(service_url, "propose_report.lua", args.connections, args.seconds, "bench")
-        time.sleep(5)  # let the service drain what wrk left in flight
+        reports_after, updates_after = bench_counts(service_url)
+        time.sleep(2)  # let the service drain what wrk left in flight
+        catch_up_s = teacher_caught_up(service_url)
+        caught_up = bench_counts(service_url)[1]
         paced_stats = asyncio.run(paced_students(service_url, args.connections, args.seconds, args.episode_s))
         teacher = httpx.get(f"{service_url}/curricula/bench", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     finally:
@@ -296,6 +327,9 @@ def main() -> None:
     print(f"one teacher update (gradnorm-reinforce defaults, 10 episodes), CPU in process: update {cost['update']:.0f} us, "
           f"checkpoint write {cost['checkpoint']:.0f} us ({cost['bytes'] / 1024:.0f} KiB), load into the spare copy "
           f"{cost['load']:.0f} us")
+    print(f"teacher under saturation (part 1): {(updates_after - updates_before) / args.seconds:.1f} updates/s applied "
+          f"while {(reports_after - reports_before) / args.seconds / 10:.1f}/s were numbered (a batch of 10 reports each); "
+          f"after the loops it applied {caught_up - updates_after:.0f} more in {catch_up_s:.0f} s, before part 2")
     if loop_stats["errors"]:
         print(f"errors of the /propose + /report loops: {loop_stats['error_kinds']}")
     ratio = loop_stats["rps"] / empty_stats["rps"]
