@@ -61,10 +61,10 @@ class EnvAdapter:
     """
 
     def __init__(self, env_id: str, **make_kwargs: Any) -> None:
-        family(env_id)  # a supported id, or ValueError before the env is made
+        own = family(env_id)  # a supported id, or ValueError before the env is made
         self.env_id = env_id
         self.env = gym.make(env_id, **make_kwargs)
-        if family(env_id) is maze:
+        if own is maze:
             maze.remove_model_file(self.env.unwrapped)
         self.action_space = self.env.action_space
         self.obs_dim = int(self._flatten(self.env.observation_space.sample()).shape[0])
