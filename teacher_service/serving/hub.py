@@ -68,9 +68,10 @@ class Runtime:
     teacher: Teacher
     version: int = -1  # -1: state not loaded yet, or in doubt
     lock: FifoLock = field(default_factory=FifoLock)
-    # The updater's copy, which learns while `teacher` goes on proposing (see updater.py); its version.
-    learner: Teacher | None = None
+    # The version of the update worker's copy of the teacher, which learns while `teacher` goes on proposing, and a
+    # spare teacher that the updater loads each new version into before swapping it in (updater.py).
     learner_version: int = -1
+    spare: Teacher | None = None
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """Teacher updates off the request path: one thread applies each curriculum's closed batches, in order.
 
 A report that completes a batch numbers it (the teacher version that will have learned from it, stored
-as the batch's `consumed_version`) in its own transaction and is answered; this thread then applies batch
-N = stored version + 1: it reads the batch's committed rows, updates a copy of the teacher (proposals go on
-from the teacher meanwhile: a propose changes nothing but the generator, as checkpoints already assume),
-and stores version N, the checkpoint and the `teacher_updates` row in one transaction that only succeeds if
-the stored version is still N - 1; then the copy becomes the teacher. So each batch is applied exactly once and in order,
-across replicas too: of two replicas applying the same batch, one stores it and the other reloads it.
+as the batch's `consumed_version`) in its own transaction and is answered; this thread then applies the batches
+numbered after the stored version N, N + 1 to N + k, in a round: it reads their committed rows, has a copy of the
+teacher in the update worker (update_worker.py: a process of its own) learn from each in turn (proposals go on from
+the teacher meanwhile: a propose changes nothing but the generator, as checkpoints already assume), loads the new
+checkpoint into a spare teacher, and stores version N + k, the checkpoint and the `teacher_updates` rows in one
+transaction that only succeeds if the stored version is still N; then the spare becomes the teacher. So each batch
+is applied exactly once and in order, across replicas too: of two replicas applying the same batches, one stores
+them and the other reloads them. A round is one update unless batches were numbered faster than they were applied.
 Nothing lives only in memory: after a crash or restart, the batches numbered but not applied are found in
 the committed rows (`pending_curricula`) and applied.
 """
@@ -24,8 +26,11 @@ from teacher_service.serving.group_commit import GroupCommitter, Tx
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.store.statements import CurriculumRow, Driver
 from teacher_service.serving.store.tables import utcnow
+from teacher_service.serving.update_worker import Blueprint, StaleLearner, UpdateJob, UpdateWorker
 
 log = logging.getLogger("teacher_service")
+
+MAX_ROUND = 16  # the most batches that one round applies and stores
 
 
 class Host(Protocol):
@@ -65,6 +70,7 @@ class Updater:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.worker = UpdateWorker()
 
     def start(self) -> None:
         with self._cond:
@@ -104,8 +110,13 @@ class Updater:
             thread = self._thread
         if thread is not None:
             thread.join()
+        self.worker.close()
 
     def _run(self) -> None:
+        try:
+            self.worker.start()  # now rather than at the first update, which would wait for its imports
+        except Exception:  # noqa: BLE001 - the first update tries again
+            log.exception("starting the teacher update worker failed")
         next_poll, final_poll_done = 0.0, False
         while True:
             with self._cond:
@@ -154,51 +165,72 @@ class Updater:
                 if raw is None:
                     return  # deleted
                 row = CurriculumRow(*raw)
-                version = row.teacher_version + 1
-                batch = read_batch(driver, cursor, curriculum_id, version)
-                if not batch:
-                    return
                 runtime = hub.runtime_by_id(cursor, curriculum_id)
+                job = self._next_round(cursor, runtime, row.teacher_version)
+                if job is None:
+                    return
                 with runtime.lock:
                     hub.sync(cursor, runtime, row.teacher_version)
                     if runtime.version != row.teacher_version:
-                        continue  # another replica stored this version since `row` was read
-                    if runtime.learner_version != runtime.version:
-                        _, runtime.learner = hub.build(runtime.spec)
-                        runtime.learner.load_state_bytes(runtime.teacher.state_bytes())
-                        runtime.learner_version = runtime.version
-            # The copy learns without the teacher's lock: proposals go on from the teacher meanwhile.
-            learner, runtime.learner_version = runtime.learner, -1  # in doubt until swapped in below
-            stats = learner.update(batch)
-            # A teacher may checkpoint every few updates: the ones since are replayed on load (hub.sync).
-            state = learner.state_bytes() if version % learner.checkpoint_every == 0 else None
+                        continue  # another replica stored a version since `row` was read
+                    if runtime.learner_version != runtime.version:  # the worker's copy starts from the teacher
+                        job.base = (self._blueprint(runtime), runtime.teacher.state_bytes())
+            # The worker's copy learns while the teacher goes on proposing.
+            runtime.learner_version = -1  # in doubt until stored below
+            try:
+                result = self.worker.update(job)
+            except StaleLearner:
+                continue  # the worker was restarted: the next round sends it the teacher
+            if runtime.spare is None:
+                _, runtime.spare = hub.build(runtime.spec)
+            runtime.spare.load_state_bytes(result.state)  # before the lock: proposals need not wait for it
 
             def store(tx: Tx) -> bool:
-                ids = {"curriculum_id": curriculum_id, "version": version}
-                if state is None:
+                ids = {"curriculum_id": curriculum_id, "version": job.last, "updates": len(job.batches)}
+                if result.checkpoint is None:
                     changed = driver.execute(tx.cursor, "store_update_without_checkpoint", ids).rowcount
                 else:
-                    changed = driver.execute(tx.cursor, "store_update", {**ids, "state": state}).rowcount
+                    changed = driver.execute(tx.cursor, "store_update", {**ids, "state": result.checkpoint}).rowcount
                 if changed != 1:
-                    return False  # another replica stored this version first
-                driver.execute(tx.cursor, "insert_update",
-                               {**ids, "stats": driver.json(stats), "created_at": driver.time(utcnow())})
+                    return False  # another replica stored these versions first
+                created_at = driver.time(utcnow())
+                driver.many(tx.cursor, "insert_update", [
+                    {"curriculum_id": curriculum_id, "version": version, "stats": driver.json(stats),
+                     "created_at": created_at} for version, stats in enumerate(result.stats, start=job.first)])
                 return True
 
             if not hub.committer.call(store, alone=True):  # alone: see TeacherHub._propose_job
                 continue  # the next round reloads the stored teacher
-            metrics.UPDATES.labels(row.name).inc()
-            with runtime.lock:  # stored: the updated copy becomes the teacher that proposes
-                if runtime.version >= version:
-                    # A request saw version N stored first and loaded it: the copy, at N too, stays the copy.
-                    runtime.learner, runtime.learner_version = learner, version
-                    continue
-                previous, runtime.teacher = runtime.teacher, learner
-                hub.reseed(runtime, version)  # not the copy's stream, which repeats the previous one's draws
-                runtime.version = version
-            # The previous teacher becomes the next copy: bring it to this version.
-            if state is not None:
-                previous.load_state_bytes(state)
-            else:
-                previous.update(batch)
-            runtime.learner, runtime.learner_version = previous, version
+            metrics.UPDATES.labels(row.name).inc(len(job.batches))
+            with runtime.lock:  # stored: the spare, at the new version, becomes the teacher that proposes
+                runtime.learner_version = job.last
+                if runtime.version >= job.last:
+                    continue  # a request saw the new version stored first and loaded it into the teacher
+                runtime.teacher, runtime.spare = runtime.spare, runtime.teacher
+                hub.reseed(runtime, job.last)  # not the worker copy's stream, which repeats the previous one's draws
+                runtime.version = job.last
+
+    def _next_round(self, cursor: Any, runtime: Any, stored: int) -> UpdateJob | None:
+        """The batches numbered after version `stored`, up to MAX_ROUND of them: a saturated service numbers them
+        faster than it could store them one transaction each (README "Scale"). None if there are none."""
+        driver = self.hub.driver
+        (numbered,) = driver.one(cursor, "last_scheduled", {"curriculum_id": runtime.curriculum_id})
+        batches = []
+        for version in range(stored + 1, min(numbered or 0, stored + MAX_ROUND) + 1):
+            batch = read_batch(driver, cursor, runtime.curriculum_id, version)
+            if not batch:
+                break
+            batches.append(batch)
+        if not batches:
+            return None
+        # The checkpoint stored is the one at the last multiple of checkpoint_every: hub.sync replays from there.
+        every = runtime.teacher.checkpoint_every
+        last = stored + len(batches)
+        checkpoint_version = last // every * every
+        return UpdateJob(runtime.curriculum_id, stored + 1, batches,
+                         checkpoint_version=checkpoint_version if checkpoint_version > stored else None)
+
+    @staticmethod
+    def _blueprint(runtime: Any) -> Blueprint:
+        spec = runtime.spec
+        return Blueprint(spec.teacher.algorithm, runtime.space, spec.teacher.params, spec.seed)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import pytest
 
 from teacher_service.learning.task_spaces import build_task_space, resolve_target
@@ -60,3 +63,20 @@ def test_discrete_targets_are_reset_options_of_its_tasks():
     for options in ({"task": "hard"}, {"level": [3, {"walls": 3}]}, {"task": "easy", "x": 1}):
         with pytest.raises(ValueError, match="tasks\\[0\\]: not the reset_options of any task"):
             resolve(spec, tasks=[options])
+
+
+@pytest.mark.parametrize("spec", [
+    PresetTaskSpace(env_id=MEDIUM),
+    PresetTaskSpace(env_id="AdroitHandRelocate-v1"),
+    DiscreteTaskSpace(tasks=[{"name": "a", "values": [1.0]}, {"name": "b", "values": [2.0]}]),
+    BoxTaskSpace(low=[0, -1], high=[1, 1], option_key="goal"),
+], ids=lambda spec: spec.kind)
+def test_every_kind_of_task_space_pickles_as_the_update_worker_receives_it(spec):
+    space = build_task_space(spec)
+    copy = pickle.loads(pickle.dumps(space))
+    point = space.from_unit(np.array([0.5] * space.dim)) if space.kind == "box" else None
+    if point is None:
+        assert copy.options == space.options and (copy.features(1) == space.features(1)).all()
+    else:
+        assert copy.reset_options(point) == space.reset_options(point)
+        assert list(copy.values_of_options(space.reset_options(point))) == list(point)

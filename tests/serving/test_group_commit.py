@@ -4,9 +4,12 @@ batches numbered by reports are applied once, in order, and after a crash."""
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 import signal
 import sqlite3
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,6 +23,7 @@ from teacher_service.learning.teachers import build_teacher
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store.tables import Evaluation, create_tables, make_engine
+from teacher_service.serving.updater import MAX_ROUND, read_batch
 from teacher_service.wire import CurriculumCreate, DiscreteTaskSpace, ProposeRequest, ReportRequest, Signals
 from tests.servers import ServiceProcess, wait_until
 
@@ -209,6 +213,28 @@ def test_the_writer_keeps_its_connection_on_sqlite_only_and_takes_another_after_
     engine.dispose()
 
 
+def descendants(pid: int) -> set[int]:
+    """The processes below `pid` (the update worker, the fork server it came from, multiprocessing's tracker)."""
+    found, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = {int(child) for child in (task / "children").read_text().split()}
+            except OSError:  # ended meanwhile
+                continue
+            todo += children - found
+            found |= children
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (nobody may reap an orphan in a container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batches(tmp_path, backend, request):
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
@@ -221,8 +247,11 @@ def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batc
                                                  signals=Signals(grad_norm_mean=float(k)))
                                    for k, p in enumerate(proposals)])
         assert sum(a.teacher_updated for a in acks) == 8 and acks[-1].teacher_version == 8
+        wait_until(lambda: len(descendants(service.process.pid)) >= 2, 30, "the update worker and its fork server")
+        helpers = descendants(service.process.pid)
         service.process.send_signal(signal.SIGKILL)  # no shutdown: updates may still be pending
         service.process.wait()
+        wait_until(lambda: not any(running(pid) for pid in helpers), 30, "the killed service's helper processes to end")
         service.start()
         client = TeacherClient(service.url, service.student_token)
         wait_until(lambda: client.get_curriculum("cur").teacher_version == 8, 30, "the pending updates")
@@ -270,6 +299,68 @@ def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
         assert db.execute("select consumed_version, count(*) from proposals group by 1").fetchall() == [
             (1, 2), (2, 2), (3, 2)]
 
+
+
+def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_by_one_in_process(tmp_path):
+    """Batches numbered faster than they are applied (a saturated service) are applied in rounds of up to MAX_ROUND,
+    one transaction each; the worker's teacher is the one that learns from each batch in turn here, and each round
+    stores the checkpoint at the last multiple of checkpoint_every, from which a restart replays the rest."""
+    hub = sqlite_hub(tmp_path)
+    spec = CurriculumCreate(**{"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
+                               "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
+                               "reward_signal": "episode_return"})
+    hub.create_curriculum(spec)
+    notify, hub.updater.notify = hub.updater.notify, lambda curriculum_id: None  # the backlog builds up
+    for k in range(60):  # ALP-GMM learns from every report: 60 batches
+        (proposal,) = hub.proposing([ProposeRequest(curriculum="alp", student_id=f"s{k % 3}")]).result()
+        hub.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id=proposal.student_id,
+                                     signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))]).result()
+    groups = hub.committer.groups
+    notify(1)
+    hub.updater.settle()
+    assert hub.committer.groups - groups == math.ceil(60 / MAX_ROUND)  # 16, 16, 16, 12: a transaction each
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select version from teacher_updates order by id").fetchall() == [(v,) for v in range(1, 61)]
+        ((version, state),) = db.execute("select teacher_version, teacher_state from curricula").fetchall()
+    stored = build_teacher("alp-gmm", build_task_space(spec.task_space), {"fit_rate": 20}, 0)
+    stored.load_state_bytes(state)
+    assert (version, stored.updates) == (60, 50)  # the round of 49 to 60 stored the checkpoint of 50
+
+    reference = build_teacher("alp-gmm", build_task_space(spec.task_space), {"fit_rate": 20}, 0)
+    with hub.reading() as cursor:
+        for v in range(1, 61):
+            reference.update(read_batch(hub.driver, cursor, 1, v))
+    with hub.sessions() as session:
+        live = hub.runtime(hub.curriculum_row(session, "alp")).teacher
+        assert live.describe() == reference.describe() and live.updates == 60 and live.fits == 3
+    restarted = TeacherHub(hub.settings, hub.engine)
+    with restarted.sessions() as session, restarted.current_teacher(session, restarted.curriculum_row(session, "alp")) as teacher:
+        assert teacher.describe() == reference.describe() and teacher.updates == 60
+    hub.close()
+
+
+def test_a_killed_update_worker_is_replaced_and_its_update_applied(tmp_path, caplog):
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
+
+    def report_two() -> None:
+        proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)]).result()
+        hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                     signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
+
+    report_two()
+    hub.updater.settle()
+    assert hub.get_curriculum("cur").teacher_version == 1
+    first = hub.updater.worker.pid
+    os.kill(first, signal.SIGKILL)
+    report_two()  # its update meets the dead worker, is logged and tried again with a new one
+    wait_until(lambda: hub.get_curriculum("cur").teacher_version == 2, 30, "the update after the worker died")
+    assert hub.updater.worker.pid not in (None, first)
+    assert "the teacher update worker stopped" in caplog.text
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select version from teacher_updates order by id").fetchall() == [(1,), (2,)]
+    hub.close()
+    assert hub.updater.worker.pid is None
 
 
 def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored_reports(tmp_path):

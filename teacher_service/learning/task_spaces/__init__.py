@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -50,8 +51,18 @@ def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
         if len(names) != len(spec.low):
             raise ValueError("names must have one entry per dimension")
         key = spec.option_key
-        return BoxSpace(spec.low, spec.high, names, lambda v: {key: [float(x) for x in v]}, lambda o: o[key])
+        return BoxSpace(spec.low, spec.high, names, partial(options_under, key), partial(values_under, key))
     raise ValueError(f"unknown task space {spec!r}")
+
+
+# A box's point as reset options {option_key: [values]}: functions, not lambdas, so that a space pickles (the
+# teacher update worker gets the service's spaces, serving/update_worker.py).
+def options_under(key: str, values: np.ndarray) -> dict[str, Any]:
+    return {key: [float(x) for x in values]}
+
+
+def values_under(key: str, options: dict[str, Any]) -> Any:
+    return options[key]
 
 
 def resolve_target(spec: TaskSpaceSpec, space: TaskSpace, target: TargetSpec) -> list[dict[str, Any]]:

@@ -69,11 +69,11 @@ SQL = {
     "WHERE curriculum_id = :curriculum_id AND consumed_version = :version",
     "pending_curricula": "SELECT c.id FROM curricula c WHERE EXISTS (SELECT 1 FROM proposals p "
     "WHERE p.curriculum_id = c.id AND p.consumed_version > c.teacher_version)",
-    # Conditional: of two replicas applying the same batch, one stores it.
-    "store_update": "UPDATE curricula SET teacher_version = :version, teacher_updates = teacher_updates + 1, "
-    "teacher_state = :state WHERE id = :curriculum_id AND teacher_version = :version - 1",
+    # A round of :updates updates, conditional: of two replicas applying the same batches, one stores them.
+    "store_update": "UPDATE curricula SET teacher_version = :version, teacher_updates = teacher_updates + :updates, "
+    "teacher_state = :state WHERE id = :curriculum_id AND teacher_version = :version - :updates",
     "store_update_without_checkpoint": "UPDATE curricula SET teacher_version = :version, "
-    "teacher_updates = teacher_updates + 1 WHERE id = :curriculum_id AND teacher_version = :version - 1",
+    "teacher_updates = teacher_updates + :updates WHERE id = :curriculum_id AND teacher_version = :version - :updates",
     "insert_update": "INSERT INTO teacher_updates (curriculum_id, version, stats, created_at) "
     "VALUES (:curriculum_id, :version, :stats, :created_at)",
 }

@@ -1,0 +1,176 @@
+"""Teacher updates in a process of their own, off the service process's GIL.
+
+The service's threads (event loop, writer, updater) share one GIL. Under saturation the event loop and the
+writer held it, and a REINFORCE update (8 ms of CPU) took 80 to 100 ms: the updater applied 5 to 8 updates/s
+while the students numbered 60 (README "Scale"). Here the worker keeps its own copy of each curriculum's teacher
+(the learner), updates it and sends the new checkpoint back; the updater (updater.py) loads that into a spare
+teacher (1.4 ms for REINFORCE) and swaps it in. The worker is forked from a server process that imported torch
+and the teachers once (4 s here); it ends when the updater closes it, or when the service dies (its pipe closes).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import signal
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the learning core is imported by the fork server (below), not by whoever imports this module
+    from teacher_service.learning.task_spaces import TaskSpace
+    from teacher_service.learning.teachers import Experience, Teacher
+
+# fork would copy the service's threads' locks mid-use; spawn would import torch again for every worker.
+_CONTEXT = multiprocessing.get_context("forkserver")
+# torch._dynamo: making an optimizer imports it (1.2 s here), which every worker's first update would wait for.
+_CONTEXT.set_forkserver_preload(["teacher_service.learning.teachers", "torch._dynamo", __name__])
+
+
+def start_fork_server() -> None:
+    """Start the server that workers are forked from, if it is not running: its imports (seconds) then run beside
+    the caller's, and the first worker starts without waiting for them."""
+    multiprocessing.forkserver.ensure_running()
+
+
+class StaleLearner(Exception):
+    """The worker has no copy of the teacher at the version an update starts from (say, it was restarted)."""
+
+
+@dataclass
+class Blueprint:
+    """What the worker builds a curriculum's teacher from (the service's task space: no environment is made)."""
+
+    algorithm: str
+    space: TaskSpace
+    params: dict[str, Any]
+    seed: int
+
+    def build(self) -> Teacher:
+        from teacher_service.learning.teachers import build_teacher
+
+        return build_teacher(self.algorithm, self.space, self.params, self.seed)
+
+
+@dataclass
+class UpdateJob:
+    """Updates with consecutive batches, the first making version `first`."""
+
+    curriculum_id: int
+    first: int
+    batches: list[list[Experience]]
+    # The version whose checkpoint the service stores, if the round reaches one (Teacher.checkpoint_every).
+    checkpoint_version: int | None = None
+    # The teacher at version first - 1, sent when the worker's copy is not at that version.
+    base: tuple[Blueprint, bytes] | None = None
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.batches) - 1
+
+
+@dataclass
+class UpdateResult:
+    stats: list[dict[str, Any]]  # one per update
+    state: bytes  # the checkpoint at the round's last version
+    checkpoint: bytes | None  # the checkpoint at `checkpoint_version`
+
+
+def learn(learners: dict[int, tuple[int, Teacher]], job: UpdateJob) -> UpdateResult:
+    """Update the worker's copy of the job's teacher with each batch in turn."""
+    if job.base is not None:
+        blueprint, state = job.base
+        teacher = blueprint.build()
+        teacher.load_state_bytes(state)
+        learners[job.curriculum_id] = (job.first - 1, teacher)
+    # Taken out while it learns: an update that fails half-way leaves no copy behind.
+    version, teacher = learners.pop(job.curriculum_id, (None, None))
+    if version != job.first - 1:
+        raise StaleLearner(f"no copy of curriculum {job.curriculum_id}'s teacher at version {job.first - 1}")
+    stats, checkpoint = [], None
+    for version, batch in enumerate(job.batches, start=job.first):
+        stats.append(teacher.update(batch))
+        if version == job.checkpoint_version:
+            checkpoint = teacher.state_bytes()
+    learners[job.curriculum_id] = (job.last, teacher)
+    state = checkpoint if job.checkpoint_version == job.last else teacher.state_bytes()
+    return UpdateResult(stats, state, checkpoint)
+
+
+def serve(conn: Connection) -> None:
+    """The worker's loop: a job in, ("ok", result), ("stale", message) or ("error", traceback) out."""
+    import torch
+
+    torch.set_num_threads(1)  # as the service: tiny networks
+    # A Ctrl-C in a terminal reaches the whole process group: the service applies what is pending, then closes us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    learners: dict[int, tuple[int, Teacher]] = {}
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the service is gone
+            return
+        if job is None:
+            return
+        try:
+            conn.send(("ok", learn(learners, job)))
+        except StaleLearner as exc:
+            conn.send(("stale", str(exc)))
+        except Exception:  # noqa: BLE001 - the service logs it and tries the batch again
+            conn.send(("error", traceback.format_exc()))
+
+
+class UpdateWorker:
+    """The service's side of the worker; used by the updater thread only."""
+
+    def __init__(self) -> None:
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    def start(self) -> None:
+        """Start the worker if it is not running (the first start in a process waits for the imports)."""
+        if self._process is not None:
+            return
+        ours, theirs = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
+        process.start()
+        theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
+        self._process, self._conn = process, ours
+
+    def update(self, job: UpdateJob) -> UpdateResult:
+        """`learn` in the worker. Raises StaleLearner, or RuntimeError if the update failed or the worker died
+        (the next call starts another)."""
+        self.start()
+        try:
+            self._conn.send(job)
+            kind, result = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            code = self.close()
+            raise RuntimeError(f"the teacher update worker stopped (exit code {code})") from exc
+        if kind == "stale":
+            raise StaleLearner(result)
+        if kind == "error":
+            raise RuntimeError(f"the teacher update failed in the update worker:\n{result}")
+        return result
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def close(self) -> int | None:
+        """Stop the worker; its exit code."""
+        process, conn = self._process, self._conn
+        if process is None:
+            return None
+        self._process = self._conn = None
+        try:
+            conn.send(None)
+        except OSError:
+            pass  # already gone
+        conn.close()
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        return process.exitcode
