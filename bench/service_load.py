@@ -13,8 +13,9 @@
    (one env each), on SQLite and then on a PostgreSQL server the bench starts (tests/servers.py): student
    episodes/s. Their curriculum updates its teacher every 640 episodes (128 trajectories of 5), a batch
    size for a learner that finishes thousands of episodes a second.
-4. What one update of part 1's teacher costs the service process, in process (CPU): the update itself, writing
-   its checkpoint and loading that into the updater's spare copy (serving/updater.py).
+4. What one update of part 1's teacher costs, in process (CPU): the update itself and writing its checkpoint, which
+   the update worker does (serving/update_worker.py), and loading that into the spare teacher, which the service
+   process does (serving/updater.py).
 
 The last line is for tools: `service: single_ratio=0.NN errors=N batch64_episodes_per_s=NNNNN` (SQLite).
 Needs wrk (`apt-get install wrk`) and, for part 3 on PostgreSQL, initdb/pg_ctl (skipped with a note if absent).
@@ -193,9 +194,9 @@ async def batch_learners(url: str, loops: int, size: int, seconds: float) -> dic
 
 
 def teacher_update_cost(rounds: int = 200) -> dict:
-    """CPU us of what one update of the saturated part's teacher (`gradnorm-reinforce`, its defaults) costs the
-    service process, in process: the update on a batch of 10 episodes, writing its checkpoint, loading it
-    into the updater's spare copy (updater.py). Medians of `rounds`."""
+    """CPU us of what one update of the saturated part's teacher (`gradnorm-reinforce`, its defaults) costs, in
+    process: the update on a batch of 10 episodes and writing its checkpoint (the update worker's work), loading it
+    into the spare teacher (the service process's). Medians of `rounds`."""
     import torch
 
     from teacher_service import wire
@@ -324,9 +325,9 @@ def main() -> None:
         print(f"{args.batch_loops} learners x 64 envs, batch verbs, {backend}: {s['episodes_per_s']:,.0f} episodes/s "
               f"(a propose and a report each), p50 {s['p50']:.1f} ms per propose+report pair, errors {s['errors']}")
     cost = teacher_update_cost()
-    print(f"one teacher update (gradnorm-reinforce defaults, 10 episodes), CPU in process: update {cost['update']:.0f} us, "
-          f"checkpoint write {cost['checkpoint']:.0f} us ({cost['bytes'] / 1024:.0f} KiB), load into the spare copy "
-          f"{cost['load']:.0f} us")
+    print(f"one teacher update (gradnorm-reinforce defaults, 10 episodes), CPU in process: update {cost['update']:.0f} us "
+          f"and checkpoint write {cost['checkpoint']:.0f} us ({cost['bytes'] / 1024:.0f} KiB) in the update worker, load "
+          f"into the spare teacher {cost['load']:.0f} us in the service")
     print(f"teacher under saturation (part 1): {(updates_after - updates_before) / args.seconds:.1f} updates/s applied "
           f"while {(reports_after - reports_before) / args.seconds / 10:.1f}/s were numbered (a batch of 10 reports each); "
           f"after the loops it applied {caught_up - updates_after:.0f} more in {catch_up_s:.0f} s, before part 2")

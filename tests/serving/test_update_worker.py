@@ -1,0 +1,70 @@
+"""The update worker: the process where teachers learn. Its copies, what it does with a failing update, and that
+it learns what the same teacher learns in this process."""
+
+from __future__ import annotations
+
+import pytest
+
+from teacher_service.learning.task_spaces import build_task_space
+from teacher_service.learning.teachers import Context, Experience, build_teacher
+from teacher_service.serving.update_worker import Blueprint, StaleLearner, UpdateJob, UpdateWorker, learn
+from teacher_service.wire import DiscreteTaskSpace
+
+SPACE = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(4)]))
+PARAMS = {"batch_size": 4, "horizon": 2}
+
+
+def teacher():
+    return build_teacher("gradnorm-reinforce", SPACE, PARAMS, 3)
+
+
+def batches(count: int) -> list[list[Experience]]:
+    """Batches of two students' trajectories of two episodes, drawn by a teacher like the one that learns."""
+    drawing, seq, out = teacher(), 0, []
+    for b in range(count):
+        batch = []
+        for k, decision in enumerate(drawing.propose_many([Context()] * 4)):
+            seq += 1
+            batch.append(Experience(seq=seq, student_id=f"s{k // 2}", trajectory=seq - k % 2, task_index=decision.task_index,
+                                    task_values=None, teacher_input=decision.teacher_input, reward=float(b + k)))
+        out.append(batch)
+    return out
+
+
+def base():
+    return Blueprint("gradnorm-reinforce", SPACE, PARAMS, 3), teacher().state_bytes()
+
+
+def test_the_worker_copy_learns_what_the_teacher_learns_here_and_needs_a_base_it_does_not_have():
+    data, learners = batches(5), {}
+    with pytest.raises(StaleLearner):
+        learn(learners, UpdateJob(7, first=1, batches=data[:1]))
+    first = learn(learners, UpdateJob(7, first=1, batches=data[:2], checkpoint_version=2, base=base()))
+    rest = learn(learners, UpdateJob(7, first=3, batches=data[2:], checkpoint_version=4))  # from its own copy
+    with pytest.raises(StaleLearner):  # a version it is not at
+        learn(learners, UpdateJob(7, first=3, batches=data[2:3]))
+
+    here = teacher()
+    stats = [here.update(batch) for batch in data]
+    assert first.stats + rest.stats == stats
+    assert first.checkpoint == first.state  # the round ends at its checkpoint's version
+    checkpoint_4, final = teacher(), teacher()
+    checkpoint_4.load_state_bytes(rest.checkpoint)
+    final.load_state_bytes(rest.state)
+    assert checkpoint_4.updates == 4 and final.updates == 5
+    assert final.describe() == here.describe()
+
+
+def test_a_failing_update_in_the_worker_process_is_reported_with_its_traceback_and_leaves_no_copy():
+    worker = UpdateWorker()
+    try:
+        broken = batches(1)
+        broken[0][0].teacher_input = {}  # no "obs": the update raises KeyError
+        with pytest.raises(RuntimeError, match="the teacher update failed in the update worker(.|\n)*KeyError"):
+            worker.update(UpdateJob(1, first=1, batches=broken, base=base()))
+        with pytest.raises(StaleLearner):  # the copy that failed half-way is gone
+            worker.update(UpdateJob(1, first=1, batches=batches(1)))
+        result = worker.update(UpdateJob(1, first=1, batches=batches(1), checkpoint_version=1, base=base()))
+        assert len(result.stats) == 1 and result.checkpoint == result.state
+    finally:
+        assert worker.close() == 0  # it ended on its own when asked
