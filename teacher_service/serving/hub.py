@@ -147,10 +147,10 @@ class TeacherHub:
         """Run `job(tx)` in the next group transaction (or `alone`: GroupCommitter.submit); its result once committed."""
         return self.committer.call(job, alone)
 
-    def submit(self, job: Callable[[Tx], T], answer: Callable[[T], Any]) -> Future:
-        """Run `job(tx)` in the next group transaction without waiting: the future of `answer(its result)`, which runs
-        in the writer thread once committed, whether or not anyone still waits (so a cancelled request's reports are
-        counted and wake the updater all the same)."""
+    def submit(self, job: Callable[[Tx], T], answer: Callable[[T], Any], alone: bool = False) -> Future:
+        """Run `job(tx)` in the next group transaction (or `alone`) without waiting: the future of `answer(its
+        result)`, which runs in the writer thread once committed and before its next group, whether or not anyone
+        still waits (so a cancelled request's reports are counted and wake the updater all the same)."""
         answered: Future = Future()
         answered.set_running_or_notify_cancel()  # cannot be cancelled: see GroupCommitter.submit
 
@@ -162,7 +162,7 @@ class TeacherHub:
             except BaseException as exc:  # noqa: BLE001 - the caller's to see
                 answered.set_exception(exc)
 
-        self.committer.submit(job).add_done_callback(finish)
+        self.committer.submit(job, alone).add_done_callback(finish)
         return answered
 
     @contextlib.contextmanager

@@ -10,10 +10,13 @@ and the teachers once (4 s here); it ends when the updater closes it, or when th
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import signal
+import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -89,9 +92,9 @@ def learn(learners: dict[int, tuple[int, Teacher]], job: UpdateJob) -> UpdateRes
     if version != job.first - 1:
         raise StaleLearner(f"no copy of curriculum {job.curriculum_id}'s teacher at version {job.first - 1}")
     stats, checkpoint = [], None
-    for version, batch in enumerate(job.batches, start=job.first):
+    for updated, batch in enumerate(job.batches, start=job.first):
         stats.append(teacher.update(batch))
-        if version == job.checkpoint_version:
+        if updated == job.checkpoint_version:
             checkpoint = teacher.state_bytes()
     learners[job.curriculum_id] = (job.last, teacher)
     state = checkpoint if job.checkpoint_version == job.last else teacher.state_bytes()
@@ -103,22 +106,41 @@ def serve(conn: Connection) -> None:
     import torch
 
     torch.set_num_threads(1)  # as the service: tiny networks
-    # A Ctrl-C in a terminal reaches the whole process group: the service applies what is pending, then closes us.
+    # A Ctrl-C in a terminal, or a stop sent to the whole process group (systemd's default), reaches us too: the
+    # service applies what is pending, then closes us; if it dies instead, our pipe closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     learners: dict[int, tuple[int, Teacher]] = {}
     while True:
         try:
             job = conn.recv()
-        except EOFError:  # the service is gone
+            if job is None:
+                return
+            try:
+                answer = ("ok", learn(learners, job))
+            except StaleLearner as exc:
+                answer = ("stale", str(exc))
+            except Exception:  # noqa: BLE001 - the service logs it and tries the batch again
+                answer = ("error", traceback.format_exc())
+            conn.send(answer)
+        except (EOFError, OSError):  # the service is gone
             return
-        if job is None:
-            return
-        try:
-            conn.send(("ok", learn(learners, job)))
-        except StaleLearner as exc:
-            conn.send(("stale", str(exc)))
-        except Exception:  # noqa: BLE001 - the service logs it and tries the batch again
-            conn.send(("error", traceback.format_exc()))
+
+
+@contextlib.contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """multiprocessing runs the caller's main module again in a new process (as __mp_main__) when it knows where
+    it is. The worker needs nothing of it, and a script without an `if __name__ == "__main__":` guard that starts the
+    service would start it again in the worker, each time the worker starts."""
+    main = sys.modules["__main__"]
+    spec, file = main.__spec__, main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__spec__ = spec
+        if file is not None:
+            main.__file__ = file
 
 
 class UpdateWorker:
@@ -134,7 +156,8 @@ class UpdateWorker:
             return
         ours, theirs = _CONTEXT.Pipe()
         process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
-        process.start()
+        with main_module_hidden():
+            process.start()
         theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
         self._process, self._conn = process, ours
 

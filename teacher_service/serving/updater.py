@@ -40,6 +40,7 @@ class Host(Protocol):
     committer: GroupCommitter
 
     def reading(self) -> AbstractContextManager[Any]: ...
+    def submit(self, job: Any, answer: Any, alone: bool = False) -> Any: ...
     def runtime_by_id(self, cursor: Any, curriculum_id: int) -> Any: ...
     def sync(self, cursor: Any, runtime: Any, stored_version: int) -> None: ...
     def build(self, spec: Any) -> tuple[Any, Any]: ...
@@ -199,16 +200,22 @@ class Updater:
                      "created_at": created_at} for version, stats in enumerate(result.stats, start=job.first)])
                 return True
 
-            if not hub.committer.call(store, alone=True):  # alone: see TeacherHub._propose_job
+            def swap(stored: bool) -> bool:
+                """In the writer thread, once the round is committed and before the next group: the spare, at the new
+                version, becomes the teacher that proposes, before a propose job could see the version and replay the
+                round into the teacher itself (up to MAX_ROUND updates, GMM fits among them, with every write waiting)."""
+                if stored:
+                    with runtime.lock:
+                        runtime.learner_version = job.last
+                        if runtime.version < job.last:  # else a request loaded the new version first
+                            runtime.teacher, runtime.spare = runtime.spare, runtime.teacher
+                            hub.reseed(runtime, job.last)  # not the worker copy's stream, a repeat of the last one's
+                            runtime.version = job.last
+                return stored
+
+            if not hub.submit(store, swap, alone=True).result():  # alone: see TeacherHub._propose_job
                 continue  # the next round reloads the stored teacher
             metrics.UPDATES.labels(row.name).inc(len(job.batches))
-            with runtime.lock:  # stored: the spare, at the new version, becomes the teacher that proposes
-                runtime.learner_version = job.last
-                if runtime.version >= job.last:
-                    continue  # a request saw the new version stored first and loaded it into the teacher
-                runtime.teacher, runtime.spare = runtime.spare, runtime.teacher
-                hub.reseed(runtime, job.last)  # not the worker copy's stream, which repeats the previous one's draws
-                runtime.version = job.last
 
     def _next_round(self, cursor: Any, runtime: Any, stored: int) -> UpdateJob | None:
         """The batches numbered after version `stored`, up to MAX_ROUND of them: a saturated service numbers them

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from student_client.client import TeacherClient
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import build_teacher
+from teacher_service.serving import hub as hub_module
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store.tables import Evaluation, create_tables, make_engine
@@ -247,7 +248,8 @@ def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batc
                                                  signals=Signals(grad_norm_mean=float(k)))
                                    for k, p in enumerate(proposals)])
         assert sum(a.teacher_updated for a in acks) == 8 and acks[-1].teacher_version == 8
-        wait_until(lambda: len(descendants(service.process.pid)) >= 2, 30, "the update worker and its fork server")
+        # The update worker, the fork server it came from and multiprocessing's resource tracker.
+        wait_until(lambda: len(descendants(service.process.pid)) >= 3, 30, "the update worker")
         helpers = descendants(service.process.pid)
         service.process.send_signal(signal.SIGKILL)  # no shutdown: updates may still be pending
         service.process.wait()
@@ -301,10 +303,11 @@ def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
 
 
 
-def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_by_one_in_process(tmp_path):
+def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_by_one_in_process(tmp_path, monkeypatch):
     """Batches numbered faster than they are applied (a saturated service) are applied in rounds of up to MAX_ROUND,
     one transaction each; the worker's teacher is the one that learns from each batch in turn here, and each round
-    stores the checkpoint at the last multiple of checkpoint_every, from which a restart replays the rest."""
+    stores the checkpoint at the last multiple of checkpoint_every, from which a restart replays the rest. Proposals
+    made meanwhile never replay a round into the teacher (the new one is swapped in before the writer goes on)."""
     hub = sqlite_hub(tmp_path)
     spec = CurriculumCreate(**{"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
                                "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
@@ -315,12 +318,26 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
         (proposal,) = hub.proposing([ProposeRequest(curriculum="alp", student_id=f"s{k % 3}")]).result()
         hub.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id=proposal.student_id,
                                      signals=Signals(episode_return=sum(proposal.task.values) + 0.1 * k))]).result()
-    groups = hub.committer.groups
+    replayed = []
+    monkeypatch.setattr(hub_module, "read_batch", lambda *args: replayed.append(args) or read_batch(*args))
+    done = threading.Event()
+
+    def propose_meanwhile() -> None:
+        while not done.is_set():
+            hub.proposing([ProposeRequest(curriculum="alp", student_id="meanwhile")]).result()
+
+    proposer = threading.Thread(target=propose_meanwhile)
+    proposer.start()
     notify(1)
-    hub.updater.settle()
-    assert hub.committer.groups - groups == math.ceil(60 / MAX_ROUND)  # 16, 16, 16, 12: a transaction each
+    wait_until(lambda: hub.get_curriculum("alp").teacher_version == 60, 120, "the backlog")
+    done.set()
+    proposer.join()
+    assert replayed == []
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         assert db.execute("select version from teacher_updates order by id").fetchall() == [(v,) for v in range(1, 61)]
+        # 16, 16, 16, 12: a transaction each, its rows with one time
+        assert db.execute("select count(distinct created_at) from teacher_updates").fetchall() == [
+            (math.ceil(60 / MAX_ROUND),)]
         ((version, state),) = db.execute("select teacher_version, teacher_state from curricula").fetchall()
     stored = build_teacher("alp-gmm", build_task_space(spec.task_space), {"fit_rate": 20}, 0)
     stored.load_state_bytes(state)
@@ -339,26 +356,36 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
     hub.close()
 
 
-def test_a_killed_update_worker_is_replaced_and_its_update_applied(tmp_path, caplog):
+def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, caplog):
+    """The next update meets the dead worker, fails, is logged and tried again with a new worker; the new worker
+    has no copy of another curriculum's teacher either, and is sent one."""
     hub = sqlite_hub(tmp_path)
-    hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
+    for name in ("cur", "other"):
+        hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": name}))  # batch_size 2
 
-    def report_two() -> None:
-        proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)]).result()
+    def report_two(curriculum: str) -> None:
+        proposals = hub.proposing([ProposeRequest(curriculum=curriculum, student_id=f"s{k}") for k in range(2)]).result()
         hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                      signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
 
-    report_two()
-    hub.updater.settle()
-    assert hub.get_curriculum("cur").teacher_version == 1
+    def versions() -> list[int]:
+        return [hub.get_curriculum(name).teacher_version for name in ("cur", "other")]
+
+    report_two("cur")
+    report_two("other")
+    wait_until(lambda: versions() == [1, 1], 60, "the first updates")
     first = hub.updater.worker.pid
     os.kill(first, signal.SIGKILL)
-    report_two()  # its update meets the dead worker, is logged and tried again with a new one
-    wait_until(lambda: hub.get_curriculum("cur").teacher_version == 2, 30, "the update after the worker died")
+    report_two("cur")
+    wait_until(lambda: versions() == [2, 1], 60, "the update after the worker died")
+    report_two("other")
+    wait_until(lambda: versions() == [2, 2], 60, "the other curriculum's update in the new worker")
     assert hub.updater.worker.pid not in (None, first)
-    assert "the teacher update worker stopped" in caplog.text
+    (failed,) = [record for record in caplog.records if record.exc_info]  # the one update that met the dead worker
+    assert "curriculum 1 failed" in failed.getMessage() and "worker stopped (exit code -9)" in str(failed.exc_info[1])
     with sqlite3.connect(tmp_path / "teacher.db") as db:
-        assert db.execute("select version from teacher_updates order by id").fetchall() == [(1,), (2,)]
+        assert db.execute("select curriculum_id, version from teacher_updates order by id").fetchall() == [
+            (1, 1), (2, 1), (1, 2), (2, 2)]
     hub.close()
     assert hub.updater.worker.pid is None
 

@@ -3,12 +3,17 @@ it learns what the same teacher learns in this process."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import Context, Experience, build_teacher
 from teacher_service.serving.update_worker import Blueprint, StaleLearner, UpdateJob, UpdateWorker, learn
 from teacher_service.wire import DiscreteTaskSpace
+from tests.servers import REPO
 
 SPACE = build_task_space(DiscreteTaskSpace(tasks=[{"name": f"t{i}"} for i in range(4)]))
 PARAMS = {"batch_size": 4, "horizon": 2}
@@ -66,5 +71,31 @@ def test_a_failing_update_in_the_worker_process_is_reported_with_its_traceback_a
             worker.update(UpdateJob(1, first=1, batches=batches(1)))
         result = worker.update(UpdateJob(1, first=1, batches=batches(1), checkpoint_version=1, base=base()))
         assert len(result.stats) == 1 and result.checkpoint == result.state
-    finally:
-        assert worker.close() == 0  # it ended on its own when asked
+    except BaseException:
+        worker.close()
+        raise
+    assert worker.close() == 0  # it ended on its own when asked
+
+
+def test_a_script_without_a_main_guard_runs_once_and_its_teacher_learns(tmp_path):
+    """multiprocessing would run the caller's main module again in the worker: a script that starts a hub at its top
+    level would start another one there, each time the worker starts."""
+    script = tmp_path / "embedded.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        print("script body", flush=True)
+        from tests.serving.test_group_commit import SPEC, sqlite_hub
+        from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportRequest, Signals
+        hub = sqlite_hub({str(tmp_path)!r})
+        hub.create_curriculum(CurriculumCreate(**SPEC))
+        proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{{k}}") for k in range(2)]).result()
+        hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                     signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
+        hub.updater.settle(timeout_s=120)
+        print("version", hub.get_curriculum("cur").teacher_version, flush=True)
+        hub.close()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["script body", "version 1"]
