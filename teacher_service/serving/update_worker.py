@@ -1,11 +1,12 @@
 """Teacher updates in a process of their own, off the service process's GIL.
 
 The service's threads (event loop, writer, updater) share one GIL. Under saturation the event loop and the
-writer held it, and a REINFORCE update (8 ms of CPU) took 80 to 100 ms: the updater applied 5 to 8 updates/s
+writer held it, and a REINFORCE update (5 to 8 ms of CPU) took 80 to 100 ms: the updater applied 5 to 8 updates/s
 while the students numbered 60 (README "Scale"). Here the worker keeps its own copy of each curriculum's teacher
-(the learner), updates it and sends the new checkpoint back; the updater (updater.py) loads that into a spare
-teacher (1.4 ms for REINFORCE) and swaps it in. The worker is forked from a server process that imported torch
-and the teachers once (4 s here); it ends when the updater closes it, or when the service dies (its pipe closes).
+(the learner), updates it with a round of batches and sends the new checkpoint back; the updater (updater.py)
+loads that into a spare teacher (0.7 to 1.4 ms of CPU for REINFORCE) and swaps it in. The worker is forked from a
+server process that imported torch and the teachers once (4 s here); it ends when the updater closes it, or when
+the service dies (its pipe closes).
 """
 
 from __future__ import annotations
