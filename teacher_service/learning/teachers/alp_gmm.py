@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from sklearn.mixture import GaussianMixture
-from threadpoolctl import threadpool_limits
 
 from teacher_service.learning.task_spaces import DiscreteSpace
 from teacher_service.learning.teachers.base import Context, Decision, Experience, Teacher, TeacherParams
@@ -142,6 +140,11 @@ class ALPGMMTeacher(Teacher):
         # from stored reports (see checkpoint_every) fits exactly what the original did.
         seed = self.fits
         best, best_aic = None, np.inf
+        # Imported here: scikit-learn takes about 2 s to import, which every service process and update worker
+        # would pay at start-up, most of them for curricula without ALP-GMM.
+        from sklearn.mixture import GaussianMixture
+        from threadpoolctl import threadpool_limits
+
         # A few hundred points: thread pools only add overhead (100x on a busy machine), so use one thread.
         with threadpool_limits(1):
             for k in range(2, min(self.params.max_components, len(data)) + 1):
