@@ -43,7 +43,6 @@ class Host(Protocol):
     def submit(self, job: Any, answer: Any, alone: bool = False) -> Any: ...
     def runtime_by_id(self, cursor: Any, curriculum_id: int) -> Any: ...
     def sync(self, cursor: Any, runtime: Any, stored_version: int) -> None: ...
-    def build(self, spec: Any) -> tuple[Any, Any]: ...
     def reseed(self, runtime: Any, version: int) -> None: ...
 
 
@@ -183,7 +182,7 @@ class Updater:
             except StaleLearner:
                 continue  # the worker was restarted: the next round sends it the teacher
             if runtime.spare is None:
-                _, runtime.spare = hub.build(runtime.spec)
+                runtime.spare = self._blueprint(runtime).build()
             runtime.spare.load_state_bytes(result.state)  # before the lock: proposals need not wait for it
 
             def store(tx: Tx) -> bool:
@@ -239,5 +238,6 @@ class Updater:
 
     @staticmethod
     def _blueprint(runtime: Any) -> Blueprint:
+        """How to build the curriculum's teacher anew, from the cached task space: the worker's copy, and the spare."""
         spec = runtime.spec
         return Blueprint(spec.teacher.algorithm, runtime.space, spec.teacher.params, spec.seed)
