@@ -96,6 +96,13 @@ def _report_batches(reports: Sequence[ReportRequest], size: int) -> Iterator[Rep
         yield ReportBatchRequest(items=items[start : start + size])
 
 
+def _created_before(info: CurriculumInfo, spec: CurriculumCreate) -> bool:
+    """Whether an existing curriculum is the one `spec` asks for: a retry of a create whose answer was lost (a
+    timeout) finds it created, as does a script run again."""
+    fields = set(CurriculumCreate.model_fields)
+    return info.model_dump(mode="json", include=fields) == spec.model_dump(mode="json", include=fields)
+
+
 def _item_results(response: ProposeBatchResponse | ReportBatchResponse, key: str) -> list[Any]:
     """Each item's result, or a TeacherError with the status and detail the service gave that item."""
     return [TeacherError(item.error.status, item.error.detail) if item.error else getattr(item, key)
@@ -164,8 +171,14 @@ class TeacherClient(_Base):
         return self._request("POST", "/evaluations", evaluation, EvaluationAck)
 
     def create_curriculum(self, spec: CurriculumCreate) -> CurriculumInfo:
-        """Create a curriculum (needs the admin token)."""
-        return self._request("POST", "/curricula", spec, CurriculumInfo)
+        """Create a curriculum (needs the admin token); one that exists with this very spec is returned (say, the
+        first attempt's answer was lost), one by that name with another spec is a `TeacherError` 409."""
+        try:
+            return self._request("POST", "/curricula", spec, CurriculumInfo)
+        except TeacherError as exc:
+            if exc.status_code != 409 or not _created_before(existing := self.get_curriculum(spec.name), spec):
+                raise
+            return existing
 
     def get_curriculum(self, name: str) -> CurriculumInfo:
         return self._request("GET", f"/curricula/{name}", model=CurriculumInfo)
@@ -247,7 +260,13 @@ class AsyncTeacherClient(_Base):
         return await self._request("POST", "/evaluations", evaluation, EvaluationAck)
 
     async def create_curriculum(self, spec: CurriculumCreate) -> CurriculumInfo:
-        return await self._request("POST", "/curricula", spec, CurriculumInfo)
+        """As `TeacherClient.create_curriculum`."""
+        try:
+            return await self._request("POST", "/curricula", spec, CurriculumInfo)
+        except TeacherError as exc:
+            if exc.status_code != 409 or not _created_before(existing := await self.get_curriculum(spec.name), spec):
+                raise
+            return existing
 
     async def get_curriculum(self, name: str) -> CurriculumInfo:
         return await self._request("GET", f"/curricula/{name}", model=CurriculumInfo)

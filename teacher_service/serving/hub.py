@@ -130,7 +130,7 @@ class TeacherHub:
         # Every write of this process goes through one writer thread, so SQLite's single writer is never
         # contended here; on PostgreSQL one commit serves many requests too.
         self.committer = GroupCommitter(writer_engine(engine))
-        self.updater = Updater(self)
+        self.updater = Updater(self, timeout_s=settings.update_timeout_s)
         self._runtimes: dict[int, Runtime] = {}
         self._runtimes_lock = threading.Lock()
 
@@ -254,6 +254,7 @@ class TeacherHub:
         curriculum_id = self.write(delete_row)
         with self._runtimes_lock:
             self._runtimes.pop(curriculum_id, None)
+        self.updater.forget(curriculum_id)
 
     def curriculum_row(self, session: Session | Connection, name: str) -> Row:
         """The curriculum's columns except its checkpoint, once the teacher updates that this process

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=86_400,
         description="PostgreSQL: the server ends a session of this service that holds a transaction this many seconds "
                     "without a statement (a replica frozen while it holds a curriculum's lock), so that the others go on.")
+    update_timeout_s: float = Field(
+        default=300.0, gt=0,
+        description="A round of teacher updates that runs longer is stopped (its worker killed) and tried again: a hung "
+                    "update would hold up the curriculum's later ones, and the service's shutdown.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
     max_batch_items: int = Field(default=1024, ge=1, le=10_000, description="Most items in one batch call.")
     max_batch_body_bytes: int = Field(

@@ -18,8 +18,10 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the learning core is imported by the fork server (below), not by whoever imports this module
@@ -68,6 +70,8 @@ class UpdateJob:
     checkpoint_version: int | None = None
     # The teacher at version first - 1, sent when the worker's copy is not at that version.
     base: tuple[Blueprint, bytes] | None = None
+    # Curricula deleted since the last job, whose copies the worker drops first.
+    forget: list[int] = field(default_factory=list)
 
     @property
     def last(self) -> int:
@@ -83,6 +87,8 @@ class UpdateResult:
 
 def learn(learners: dict[int, tuple[int, Teacher]], job: UpdateJob) -> UpdateResult:
     """Update the worker's copy of the job's teacher with each batch in turn."""
+    for deleted in job.forget:
+        learners.pop(deleted, None)
     if job.base is not None:
         blueprint, state = job.base
         teacher = blueprint.build()
@@ -150,6 +156,7 @@ class UpdateWorker:
     def __init__(self) -> None:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="teacher-update-send")
 
     def start(self) -> None:
         """Start the worker if it is not running (the first start in a process waits for the imports)."""
@@ -162,16 +169,25 @@ class UpdateWorker:
         theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
         self._process, self._conn = process, ours
 
-    def update(self, job: UpdateJob) -> UpdateResult:
-        """`learn` in the worker. Raises StaleLearner, or RuntimeError if the update failed or the worker died
-        (the next call starts another)."""
+    def update(self, job: UpdateJob, timeout_s: float | None = None) -> UpdateResult:
+        """`learn` in the worker. Raises StaleLearner, or RuntimeError if the update failed, the worker died or it
+        did not answer within `timeout_s` (then it is killed: a hung update would hold up every later one, and the
+        service's shutdown); the next call starts another worker."""
         self.start()
+        conn = self._conn
+        # Sent from another thread: a send larger than the pipe's buffer to a frozen worker (SIGSTOP, a paused
+        # container) would block here for ever; killing the worker ends it. Pickled here, where errors are ours.
+        self._sender.submit(conn.send_bytes, ForkingPickler.dumps(job))
         try:
-            self._conn.send(job)
-            kind, result = self._conn.recv()
+            answered = conn.poll(timeout_s)
+            if answered:
+                kind, result = conn.recv()
         except (EOFError, OSError) as exc:
             code = self.close()
             raise RuntimeError(f"the teacher update worker stopped (exit code {code})") from exc
+        if not answered:
+            self.close(kill=True)
+            raise RuntimeError(f"the teacher update took more than {timeout_s:g} s; its worker was stopped")
         if kind == "stale":
             raise StaleLearner(result)
         if kind == "error":
@@ -182,16 +198,19 @@ class UpdateWorker:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def close(self) -> int | None:
-        """Stop the worker; its exit code."""
+    def close(self, kill: bool = False) -> int | None:
+        """Stop the worker (`kill`: at once, not once its update ends); its exit code."""
         process, conn = self._process, self._conn
         if process is None:
             return None
         self._process = self._conn = None
-        try:
-            conn.send(None)
-        except OSError:
-            pass  # already gone
+        if kill:
+            process.kill()
+        else:
+            try:
+                conn.send(None)
+            except OSError:
+                pass  # already gone
         conn.close()
         process.join(10)
         if process.is_alive():

@@ -62,10 +62,12 @@ def read_batch(driver: Driver, cursor: Any, curriculum_id: int, version: int) ->
 
 
 class Updater:
-    def __init__(self, hub: Host, poll_s: float = 1.0) -> None:
+    def __init__(self, hub: Host, poll_s: float = 1.0, timeout_s: float | None = None) -> None:
         self.hub = hub
         self.poll_s = poll_s  # how often it looks for batches that another replica numbered
+        self.timeout_s = timeout_s  # the longest a round may take in the worker
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
+        self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
         self._busy: int | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -84,6 +86,11 @@ class Updater:
         with self._cond:
             self._dirty.add(curriculum_id)
             self._cond.notify_all()
+
+    def forget(self, curriculum_id: int) -> None:
+        """A curriculum was deleted: the worker drops its copy of the teacher."""
+        with self._cond:
+            self._deleted.add(curriculum_id)
 
     def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
         """Wait until the batches that this process knows of (of one curriculum, or of all) are applied;
@@ -177,8 +184,10 @@ class Updater:
                         job.base = (self._blueprint(runtime), runtime.teacher.state_bytes())
             # The worker's copy learns while the teacher goes on proposing.
             runtime.learner_version = -1  # in doubt until stored below
+            with self._cond:
+                job.forget, self._deleted = list(self._deleted), set()
             try:
-                result = self.worker.update(job)
+                result = self.worker.update(job, self.timeout_s)
             except StaleLearner:
                 continue  # the worker was restarted: the next round sends it the teacher
             if runtime.spare is None:

@@ -24,6 +24,7 @@ from teacher_service.serving import hub as hub_module
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.settings import Settings
 from teacher_service.serving.store.tables import Evaluation, create_tables, make_engine
+from teacher_service.serving.update_worker import StaleLearner, UpdateJob
 from teacher_service.serving.updater import MAX_ROUND, read_batch
 from teacher_service.wire import CurriculumCreate, DiscreteTaskSpace, ProposeRequest, ReportRequest, Signals
 from tests.servers import ServiceProcess, wait_until
@@ -33,9 +34,9 @@ SPEC = {"name": "cur", "task_space": TASKS,
         "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
 
 
-def sqlite_hub(data_dir) -> TeacherHub:
+def sqlite_hub(data_dir, **settings) -> TeacherHub:
     """A hub in this process on a fresh SQLite file in `data_dir` (its threads start on first use)."""
-    settings = Settings(data_dir=data_dir)
+    settings = Settings(data_dir=data_dir, **settings)
     engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
     return TeacherHub(settings, engine)
@@ -356,6 +357,13 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
     hub.close()
 
 
+def report_two(hub: TeacherHub, curriculum: str) -> None:
+    """Two episodes: a batch of the SPEC's teacher."""
+    proposals = hub.proposing([ProposeRequest(curriculum=curriculum, student_id=f"s{k}") for k in range(2)]).result()
+    hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                 signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
+
+
 def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, caplog):
     """The next update meets the dead worker, fails, is logged and tried again with a new worker; the new worker
     has no copy of another curriculum's teacher either, and is sent one."""
@@ -363,22 +371,17 @@ def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, ca
     for name in ("cur", "other"):
         hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": name}))  # batch_size 2
 
-    def report_two(curriculum: str) -> None:
-        proposals = hub.proposing([ProposeRequest(curriculum=curriculum, student_id=f"s{k}") for k in range(2)]).result()
-        hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
-                                     signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
-
     def versions() -> list[int]:
         return [hub.get_curriculum(name).teacher_version for name in ("cur", "other")]
 
-    report_two("cur")
-    report_two("other")
+    report_two(hub, "cur")
+    report_two(hub, "other")
     wait_until(lambda: versions() == [1, 1], 60, "the first updates")
     first = hub.updater.worker.pid
     os.kill(first, signal.SIGKILL)
-    report_two("cur")
+    report_two(hub, "cur")
     wait_until(lambda: versions() == [2, 1], 60, "the update after the worker died")
-    report_two("other")
+    report_two(hub, "other")
     wait_until(lambda: versions() == [2, 2], 60, "the other curriculum's update in the new worker")
     assert hub.updater.worker.pid not in (None, first)
     (failed,) = [record for record in caplog.records if record.exc_info]  # the one update that met the dead worker
@@ -388,6 +391,34 @@ def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, ca
             (1, 1), (2, 1), (1, 2), (2, 2)]
     hub.close()
     assert hub.updater.worker.pid is None
+
+
+def test_a_frozen_update_worker_is_replaced_after_the_time_limit_and_deleted_curricula_leave_it(tmp_path, caplog):
+    hub = sqlite_hub(tmp_path, update_timeout_s=5)
+    for name in ("cur", "other"):
+        hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": name}))  # batch_size 2; ids 1 and 2
+    for name in ("cur", "other"):
+        report_two(hub, name)
+    wait_until(lambda: [hub.get_curriculum(name).teacher_version for name in ("cur", "other")] == [1, 1], 60,
+               "the first updates")
+    hub.delete_curriculum("other")
+    report_two(hub, "cur")  # its round tells the worker to drop the deleted curriculum's copy (at version 1)
+    wait_until(lambda: hub.get_curriculum("cur").teacher_version == 2, 60, "the second update")
+    assert hub.updater.settle(timeout_s=10) is False  # the updater is idle: the worker is ours for a moment
+    with pytest.raises(StaleLearner):
+        hub.updater.worker.update(UpdateJob(2, first=2, batches=[[]]), timeout_s=60)
+
+    frozen = hub.updater.worker.pid
+    os.kill(frozen, signal.SIGSTOP)
+    report_two(hub, "cur")
+    wait_until(lambda: hub.get_curriculum("cur").teacher_version == 3, 60, "the update after the time limit")
+    assert not running(frozen) and hub.updater.worker.pid not in (None, frozen)
+    (failed,) = [record for record in caplog.records if record.exc_info]
+    assert "the teacher update took more than 5 s; its worker was stopped" in str(failed.exc_info[1])
+    with sqlite3.connect(tmp_path / "teacher.db") as db:
+        assert db.execute("select version from teacher_updates where curriculum_id = 1 order by id").fetchall() == [
+            (1,), (2,), (3,)]
+    hub.close()
 
 
 def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored_reports(tmp_path):

@@ -3,9 +3,12 @@ it learns what the same teacher learns in this process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -75,6 +78,44 @@ def test_a_failing_update_in_the_worker_process_is_reported_with_its_traceback_a
         worker.close()
         raise
     assert worker.close() == 0  # it ended on its own when asked
+
+
+def test_a_worker_that_does_not_answer_in_time_is_killed_even_while_a_large_job_is_being_sent():
+    """A frozen worker (SIGSTOP, a paused container) reads nothing: a job larger than the socket's buffers would
+    block its send for ever, and the update's answer never comes."""
+    worker = UpdateWorker()
+    try:
+        first = worker.update(UpdateJob(1, first=1, batches=batches(1), base=base()))
+        frozen = worker.pid
+        os.kill(frozen, signal.SIGSTOP)
+        large = batches(1)
+        large[0][0].teacher_input = {"padding": "x" * 4_000_000}  # never read: the worker is frozen
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="the teacher update took more than 2 s; its worker was stopped"):
+            worker.update(UpdateJob(1, first=2, batches=large), timeout_s=2)
+        assert 2 <= time.monotonic() - started < 30
+        assert worker.pid is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(frozen, 0)  # killed and reaped
+        with pytest.raises(StaleLearner):  # a new worker, without the copy
+            worker.update(UpdateJob(1, first=2, batches=batches(1)), timeout_s=60)
+        again = teacher()
+        again.load_state_bytes(first.state)
+        result = worker.update(UpdateJob(1, first=2, batches=batches(1), base=(base()[0], again.state_bytes())), 60)
+        assert len(result.stats) == 1 and worker.pid not in (None, frozen)
+    finally:
+        worker.close()
+
+
+def test_the_worker_drops_the_copies_of_deleted_curricula_with_its_next_job():
+    learners = {}
+    learn(learners, UpdateJob(1, first=1, batches=batches(1), base=base()))
+    learn(learners, UpdateJob(2, first=1, batches=batches(1), base=base()))
+    learn(learners, UpdateJob(2, first=2, batches=batches(1), forget=[1, 5]))
+    assert sorted(learners) == [2] and learners[2][0] == 2
+    # A curriculum created again under a deleted one's id (SQLite files from before the second session) starts anew.
+    learn(learners, UpdateJob(2, first=1, batches=batches(1), base=base(), forget=[2]))
+    assert learners[2][0] == 1
 
 
 def test_a_script_without_a_main_guard_runs_once_and_its_teacher_learns(tmp_path):

@@ -5,7 +5,7 @@ import asyncio
 import httpx
 import pytest
 
-from teacher_service.wire import EvaluationRequest, Signals
+from teacher_service.wire import CurriculumCreate, EvaluationRequest, PresetTaskSpace, Signals
 
 from student_client import AsyncTeacherClient, TeacherClient, TeacherError, TeacherUnavailableError
 from tests.servers import free_port
@@ -45,6 +45,28 @@ def test_token_from_environment_and_admin_calls(service, monkeypatch):
         with pytest.raises(TeacherError) as err:
             admin.get_curriculum("tmp")
         assert err.value.status_code == 404
+
+
+def test_creating_a_curriculum_again_with_its_spec_returns_it_and_with_another_is_a_conflict(service):
+    """What a retry meets when the first attempt created the curriculum but its answer was lost (a timeout under
+    load), or a script run again; both clients."""
+    spec = CurriculumCreate(name="again", task_space=PresetTaskSpace(env_id="PointMaze_UMaze-v3"), seed=3)
+    other = spec.model_copy(update={"seed": 4})
+    with TeacherClient(service.url, service.admin_token) as admin:
+        first = admin.create_curriculum(spec)
+        assert admin.create_curriculum(spec) == first
+        with pytest.raises(TeacherError) as err:
+            admin.create_curriculum(other)
+        assert err.value.status_code == 409 and "already exists" in err.value.detail
+
+    async def main():
+        async with AsyncTeacherClient(service.url, service.admin_token) as admin:
+            assert await admin.create_curriculum(spec) == first
+            with pytest.raises(TeacherError) as err:
+                await admin.create_curriculum(other)
+            assert err.value.status_code == 409
+
+    asyncio.run(main())
 
 
 def test_unreachable_teacher_raises_after_retries():
