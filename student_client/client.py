@@ -176,9 +176,16 @@ class TeacherClient(_Base):
         try:
             return self._request("POST", "/curricula", spec, CurriculumInfo)
         except TeacherError as exc:
-            if exc.status_code != 409 or not _created_before(existing := self.get_curriculum(spec.name), spec):
+            if exc.status_code != 409:
                 raise
-            return existing
+            conflict = exc
+        try:
+            existing = self.get_curriculum(spec.name)
+        except TeacherError:
+            raise conflict from None
+        if not _created_before(existing, spec):
+            raise conflict
+        return existing
 
     def get_curriculum(self, name: str) -> CurriculumInfo:
         return self._request("GET", f"/curricula/{name}", model=CurriculumInfo)
@@ -264,9 +271,16 @@ class AsyncTeacherClient(_Base):
         try:
             return await self._request("POST", "/curricula", spec, CurriculumInfo)
         except TeacherError as exc:
-            if exc.status_code != 409 or not _created_before(existing := await self.get_curriculum(spec.name), spec):
+            if exc.status_code != 409:
                 raise
-            return existing
+            conflict = exc
+        try:
+            existing = await self.get_curriculum(spec.name)
+        except TeacherError:
+            raise conflict from None
+        if not _created_before(existing, spec):
+            raise conflict
+        return existing
 
     async def get_curriculum(self, name: str) -> CurriculumInfo:
         return await self._request("GET", f"/curricula/{name}", model=CurriculumInfo)

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
         description="PostgreSQL: the server ends a session of this service that holds a transaction this many seconds "
                     "without a statement (a replica frozen while it holds a curriculum's lock), so that the others go on.")
     update_timeout_s: float = Field(
-        default=300.0, gt=0,
+        default=300.0, gt=0, le=86_400, allow_inf_nan=False,
         description="A round of teacher updates that runs longer is stopped (its worker killed) and tried again: a hung "
                     "update would hold up the curriculum's later ones, and the service's shutdown.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")

@@ -17,8 +17,8 @@ import multiprocessing.forkserver
 import signal
 import sys
 import traceback
+import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
@@ -134,6 +134,13 @@ def serve(conn: Connection) -> None:
             return
 
 
+def _send(conn: Connection, payload: bytes) -> None:
+    try:
+        conn.send_bytes(payload)
+    except OSError:
+        pass  # the worker is gone: waiting for its answer finds that out
+
+
 @contextlib.contextmanager
 def main_module_hidden() -> Iterator[None]:
     """multiprocessing runs the caller's main module again in a new process (as __mp_main__) when it knows where
@@ -156,7 +163,7 @@ class UpdateWorker:
     def __init__(self) -> None:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
-        self._sender = ThreadPoolExecutor(1, thread_name_prefix="teacher-update-send")
+        self._sending: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the worker if it is not running (the first start in a process waits for the imports)."""
@@ -175,9 +182,11 @@ class UpdateWorker:
         service's shutdown); the next call starts another worker."""
         self.start()
         conn = self._conn
-        # Sent from another thread: a send larger than the pipe's buffer to a frozen worker (SIGSTOP, a paused
+        # Sent from a thread of its own: a send larger than the pipe's buffer to a frozen worker (SIGSTOP, a paused
         # container) would block here for ever; killing the worker ends it. Pickled here, where errors are ours.
-        self._sender.submit(conn.send_bytes, ForkingPickler.dumps(job))
+        self._sending = threading.Thread(target=_send, args=(conn, ForkingPickler.dumps(job)),
+                                         name="teacher-update-send", daemon=True)
+        self._sending.start()
         try:
             answered = conn.poll(timeout_s)
             if answered:
@@ -185,6 +194,9 @@ class UpdateWorker:
         except (EOFError, OSError) as exc:
             code = self.close()
             raise RuntimeError(f"the teacher update worker stopped (exit code {code})") from exc
+        except BaseException:
+            self.close(kill=True)  # its answer, still to come, would be read as the next job's
+            raise
         if not answered:
             self.close(kill=True)
             raise RuntimeError(f"the teacher update took more than {timeout_s:g} s; its worker was stopped")
@@ -200,10 +212,10 @@ class UpdateWorker:
 
     def close(self, kill: bool = False) -> int | None:
         """Stop the worker (`kill`: at once, not once its update ends); its exit code."""
-        process, conn = self._process, self._conn
+        process, conn, sending = self._process, self._conn, self._sending
         if process is None:
             return None
-        self._process = self._conn = None
+        self._process = self._conn = self._sending = None
         if kill:
             process.kill()
         else:
@@ -211,9 +223,11 @@ class UpdateWorker:
                 conn.send(None)
             except OSError:
                 pass  # already gone
-        conn.close()
         process.join(10)
         if process.is_alive():
             process.kill()
             process.join()
+        if sending is not None:
+            sending.join()  # a send to a worker that is gone fails at once; only then may its pipe end be closed
+        conn.close()
         return process.exitcode

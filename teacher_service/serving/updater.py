@@ -170,7 +170,8 @@ class Updater:
             with hub.reading() as cursor:
                 raw = driver.one(cursor, "curriculum_by_id", {"curriculum_id": curriculum_id})
                 if raw is None:
-                    return  # deleted
+                    self.forget(curriculum_id)  # deleted, perhaps by another replica
+                    return
                 row = CurriculumRow(*raw)
                 runtime = hub.runtime_by_id(cursor, curriculum_id)
                 job = self._next_round(cursor, runtime, row.teacher_version)
@@ -185,7 +186,9 @@ class Updater:
             # The worker's copy learns while the teacher goes on proposing.
             runtime.learner_version = -1  # in doubt until stored below
             with self._cond:
-                job.forget, self._deleted = list(self._deleted), set()
+                # This curriculum's own deletion, if it came meanwhile, waits for the next job: this one rebuilds it.
+                job.forget = sorted(self._deleted - {curriculum_id})
+                self._deleted.intersection_update({curriculum_id})
             try:
                 result = self.worker.update(job, self.timeout_s)
             except StaleLearner:

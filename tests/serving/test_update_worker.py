@@ -10,10 +10,12 @@ import sys
 import textwrap
 import time
 
+import pydantic
 import pytest
 
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import Context, Experience, build_teacher
+from teacher_service.serving.settings import Settings
 from teacher_service.serving.update_worker import Blueprint, StaleLearner, UpdateJob, UpdateWorker, learn
 from teacher_service.wire import DiscreteTaskSpace
 from tests.servers import REPO
@@ -105,6 +107,13 @@ def test_a_worker_that_does_not_answer_in_time_is_killed_even_while_a_large_job_
         assert len(result.stats) == 1 and worker.pid not in (None, frozen)
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("seconds", ["inf", "nan", "0", "1e10"])
+def test_an_update_time_limit_that_poll_cannot_wait_is_refused_at_start_up(seconds, monkeypatch):
+    monkeypatch.setenv("TEACHER_UPDATE_TIMEOUT_S", seconds)
+    with pytest.raises(pydantic.ValidationError, match="update_timeout_s"):
+        Settings()
 
 
 def test_the_worker_drops_the_copies_of_deleted_curricula_with_its_next_job():
