@@ -10,7 +10,6 @@ import sys
 import uvicorn
 
 from teacher_service.serving.settings import Settings
-from teacher_service.serving.update_worker import start_fork_server
 
 
 def settings_help() -> str:
@@ -46,7 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     settings = Settings(**overrides)
-    start_fork_server()  # the teacher update worker's imports, beside ours (serving/update_worker.py)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch

@@ -384,9 +384,9 @@ class TeacherHub:
 
         return decide_and_insert
 
-    @staticmethod
-    def _count_proposals(results: list[wire.Proposal | ApiError]) -> list[wire.Proposal | ApiError]:
+    def _count_proposals(self, results: list[wire.Proposal | ApiError]) -> list[wire.Proposal | ApiError]:
         metrics.count_per_curriculum(metrics.PROPOSALS, (r.curriculum for r in results if not isinstance(r, ApiError)))
+        self.updater.expect_updates()
         return results
 
     def _decide(self, cursor: Any, name: str, requests: list[wire.ProposeRequest],

@@ -5,15 +5,14 @@ writer held it, and a REINFORCE update (5 to 8 ms of CPU) took 80 to 100 ms: the
 while the students numbered 60 (README "Scale"). Here the worker keeps its own copy of each curriculum's teacher
 (the learner), updates it with a round of batches and sends the new checkpoint back; the updater (updater.py)
 loads that into a spare teacher (0.7 to 1.4 ms of CPU for REINFORCE) and swaps it in. The worker is forked from a
-server process that imported torch and the teachers once (4 s here); it ends when the updater closes it, or when
-the service dies (its pipe closes).
+server process that imported torch and the teachers once (3 s of CPU here), started when students first propose
+(Updater.expect_updates); it ends when the updater closes it, or when the service dies (its pipe closes).
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import multiprocessing.forkserver
 import signal
 import sys
 import traceback
@@ -32,12 +31,6 @@ if TYPE_CHECKING:  # the learning core is imported by the fork server (below), n
 _CONTEXT = multiprocessing.get_context("forkserver")
 # torch._dynamo: making an optimizer imports it (1.2 s here), which every worker's first update would wait for.
 _CONTEXT.set_forkserver_preload(["teacher_service.learning.teachers", "torch._dynamo", __name__])
-
-
-def start_fork_server() -> None:
-    """Start the server that workers are forked from, if it is not running: its imports (seconds) then run beside
-    the caller's, and the first worker starts without waiting for them."""
-    multiprocessing.forkserver.ensure_running()
 
 
 class StaleLearner(Exception):

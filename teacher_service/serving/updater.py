@@ -68,6 +68,7 @@ class Updater:
         self.timeout_s = timeout_s  # the longest a round may take in the worker
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
         self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
+        self._worker_wanted = False  # students propose: start the worker before the first update needs it
         self._busy: int | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -85,6 +86,17 @@ class Updater:
         self.start()
         with self._cond:
             self._dirty.add(curriculum_id)
+            self._cond.notify_all()
+
+    def expect_updates(self) -> None:
+        """Students are proposing, their reports will follow: start the update worker now (its imports take seconds),
+        an episode before the first update needs it. Not at start-up: a service that is only asked questions, or
+        stopped soon, never pays for it (3 s of CPU, as much as the rest of a start-up, here)."""
+        if self._worker_wanted:
+            return
+        self.start()
+        with self._cond:
+            self._worker_wanted = True
             self._cond.notify_all()
 
     def forget(self, curriculum_id: int) -> None:
@@ -120,16 +132,20 @@ class Updater:
         self.worker.close()
 
     def _run(self) -> None:
-        try:
-            self.worker.start()  # now rather than at the first update, which would wait for its imports
-        except Exception:  # noqa: BLE001 - the first update tries again
-            log.exception("starting the teacher update worker failed")
-        next_poll, final_poll_done = 0.0, False
+        next_poll, final_poll_done, worker_started = 0.0, False, False
         while True:
             with self._cond:
-                if not self._dirty and not self._closing:
+                start_worker = self._worker_wanted and not worker_started
+                if not self._dirty and not self._closing and not start_worker:
                     self._cond.wait(max(0.0, next_poll - time.monotonic()))
+                    start_worker = self._worker_wanted and not worker_started
                 closing = self._closing
+            if start_worker:
+                worker_started = True
+                try:
+                    self.worker.start()
+                except Exception:  # noqa: BLE001 - the first update tries again
+                    log.exception("starting the teacher update worker failed")
             if (time.monotonic() >= next_poll and not closing) or (closing and not final_poll_done):
                 found = self._pending()  # outside the lock: reports notify meanwhile
                 next_poll, final_poll_done = time.monotonic() + self.poll_s, closing

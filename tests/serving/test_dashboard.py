@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from teacher_service import wire
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, wait_until
 from tests.serving.test_api import MAZE, create, propose
 from tests.serving.test_inspection import ADROIT
 
@@ -72,6 +72,13 @@ def shots(tmp_path) -> Path:
     return Path(os.environ.get("DASHBOARD_SCREENSHOTS") or tmp_path)
 
 
+def applied(client, curriculum: str, version: int) -> None:
+    """Wait for the updates of reports made just now. Made within a second of the first proposal, they wait for the
+    update worker to start (3 s here), and a page's first refresh, which would wait for them too, would space the
+    next one by 20 times that (a minute)."""
+    wait_until(lambda: client.get(f"/curricula/{curriculum}").json()["teacher_version"] == version, 60, "the updates")
+
+
 def refreshed(page, times: int = 1) -> None:
     page.wait_for_function(f"Number(document.body.dataset.refreshes || 0) >= {times}", timeout=20_000)
 
@@ -116,6 +123,7 @@ def test_compare_view_and_maze_curriculum(service, open_page, shots):
         for student in ("s1", "s2", "s3"):
             train(client, name, student, 12, skill, finish=student == "s3")
             evaluate(client, name, student, skill + {"s1": 0.0, "s2": 0.1, "s3": -0.1}[student])
+    applied(client, "umaze-gradnorm", 9)
 
     page, errors = open_page(f"{service.url}/?refresh=1&curriculum=umaze-gradnorm#token={service.student_token}")
     refreshed(page)
@@ -266,6 +274,7 @@ def test_refreshes_are_spaced_by_what_they_cost(service, open_page):
     client = service.client()
     create(client, "spaced", MAZE)
     train(client, "spaced", "s1", 6, 0.5)
+    applied(client, "spaced", 1)
     page, errors = open_page(f"{service.url}/?refresh=0.01&curriculum=spaced#token={service.student_token}")
     refreshed(page, 2)
     data = lambda: page.evaluate("({...document.body.dataset})")  # noqa: E731

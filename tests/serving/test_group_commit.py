@@ -314,7 +314,9 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
                                "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
                                "reward_signal": "episode_return"})
     hub.create_curriculum(spec)
-    notify, hub.updater.notify = hub.updater.notify, lambda curriculum_id: None  # the backlog builds up
+    # No updater thread yet, nothing to wake it: the backlog builds up.
+    start, hub.updater.start = hub.updater.start, lambda: None
+    notify, hub.updater.notify = hub.updater.notify, lambda curriculum_id: None
     for k in range(60):  # ALP-GMM learns from every report: 60 batches
         (proposal,) = hub.proposing([ProposeRequest(curriculum="alp", student_id=f"s{k % 3}")]).result()
         hub.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id=proposal.student_id,
@@ -329,6 +331,7 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
 
     proposer = threading.Thread(target=propose_meanwhile)
     proposer.start()
+    hub.updater.start = start
     notify(1)
     wait_until(lambda: hub.get_curriculum("alp").teacher_version == 60, 120, "the backlog")
     done.set()
@@ -572,6 +575,8 @@ def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch)
                                "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
                                "reward_signal": "episode_return"})
     writer, reader = sqlite_hub(tmp_path), sqlite_hub(tmp_path)  # two replicas on one database
+    # The reader applies no batch itself (a replica may, racing the writer; not what is tested here): it replays.
+    monkeypatch.setattr(reader.updater, "start", lambda: None)
     writer.start()
     writer.create_curriculum(spec)
 
