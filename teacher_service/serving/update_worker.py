@@ -15,8 +15,8 @@ import contextlib
 import multiprocessing
 import signal
 import sys
-import traceback
 import threading
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
