@@ -31,6 +31,9 @@ from teacher_service.serving.update_worker import Blueprint, StaleLearner, Updat
 log = logging.getLogger("teacher_service")
 
 MAX_ROUND = 16  # the most batches that one round applies and stores
+# How long a read that settles may wait for the update worker's start, on top of its own timeout: the imports take
+# 3 s here, 8 to 14 s with three busy processes beside it, and the first updates wait for them.
+START_WAIT_S = 60.0
 
 
 class Host(Protocol):
@@ -69,6 +72,7 @@ class Updater:
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
         self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
         self._worker_wanted = False  # students propose: start the worker before the first update needs it
+        self._worker_starting = False
         self._busy: int | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -96,7 +100,7 @@ class Updater:
             return
         self.start()
         with self._cond:
-            self._worker_wanted = True
+            self._worker_wanted = self._worker_starting = True
             self._cond.notify_all()
 
     def forget(self, curriculum_id: int) -> None:
@@ -106,7 +110,8 @@ class Updater:
 
     def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
         """Wait until the batches that this process knows of (of one curriculum, or of all) are applied;
-        whether there were any."""
+        whether there were any. A worker that is starting is waited for first (up to START_WAIT_S): on a busy
+        machine its start alone can take longer than `timeout_s`, and a read would miss the first updates."""
 
         def settled() -> bool:
             if self._thread is None:
@@ -118,6 +123,7 @@ class Updater:
         with self._cond:
             if settled():
                 return False
+            self._cond.wait_for(lambda: settled() or not self._worker_starting, START_WAIT_S)
             self._cond.wait_for(settled, timeout_s)
             return True
 
@@ -146,6 +152,9 @@ class Updater:
                     self.worker.start()
                 except Exception:  # noqa: BLE001 - the first update tries again
                     log.exception("starting the teacher update worker failed")
+                with self._cond:
+                    self._worker_starting = False
+                    self._cond.notify_all()
             if (time.monotonic() >= next_poll and not closing) or (closing and not final_poll_done):
                 found = self._pending()  # outside the lock: reports notify meanwhile
                 next_poll, final_poll_done = time.monotonic() + self.poll_s, closing

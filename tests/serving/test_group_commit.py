@@ -9,6 +9,8 @@ import os
 import signal
 import sqlite3
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -422,6 +424,24 @@ def test_a_frozen_update_worker_is_replaced_after_the_time_limit_and_deleted_cur
     with sqlite3.connect(tmp_path / "teacher.db") as db:
         assert db.execute("select version from teacher_updates where curriculum_id = 1 order by id").fetchall() == [
             (1,), (2,), (3,)]
+    hub.close()
+
+
+def test_a_read_after_reports_waits_for_the_update_worker_to_start_beyond_its_own_timeout(tmp_path, monkeypatch):
+    """The first updates wait for the worker's imports (3 s here, 8 to 14 s on a busy machine): a read that settles
+    (GET /curricula/{name}) would otherwise miss them once its own timeout (10 s) was out."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
+    started, start = threading.Event(), hub.updater.worker.start
+    monkeypatch.setattr(hub.updater.worker, "start", lambda: started.wait(60) and start())  # a slow start
+    report_two(hub, "cur")
+    with ThreadPoolExecutor(1) as reader:
+        settling = reader.submit(hub.updater.settle, 1, 0.2)
+        time.sleep(2)  # ten times its timeout
+        assert not settling.done()
+        started.set()
+        assert settling.result(60) is True
+    assert hub.get_curriculum("cur").teacher_version == 1
     hub.close()
 
 
