@@ -151,23 +151,26 @@ def main_module_hidden() -> Iterator[None]:
 
 
 class UpdateWorker:
-    """The service's side of the worker; used by the updater thread only."""
+    """The service's side of the worker; used by the updater thread only, except for its first start."""
 
     def __init__(self) -> None:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._sending: threading.Thread | None = None
+        self._starting = threading.Lock()
 
     def start(self) -> None:
-        """Start the worker if it is not running (the first start in a process waits for the imports)."""
-        if self._process is not None:
-            return
-        ours, theirs = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
-        with main_module_hidden():
-            process.start()
-        theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
-        self._process, self._conn = process, ours
+        """Start the worker if it is not running (the first start in a process waits for the imports). A start
+        under way in another thread (Updater.expect_updates) is waited for."""
+        with self._starting:
+            if self._process is not None:
+                return
+            ours, theirs = _CONTEXT.Pipe()
+            process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
+            with main_module_hidden():
+                process.start()
+            theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
+            self._process, self._conn = process, ours
 
     def update(self, job: UpdateJob, timeout_s: float | None = None) -> UpdateResult:
         """`learn` in the worker. Raises StaleLearner, or RuntimeError if the update failed, the worker died or it

@@ -73,6 +73,7 @@ class Updater:
         self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
         self._worker_wanted = False  # students propose: start the worker before the first update needs it
         self._worker_starting = False
+        self._closed = False  # closed: the worker, once started, is stopped at once
         self._busy: int | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -95,13 +96,28 @@ class Updater:
     def expect_updates(self) -> None:
         """Students are proposing, their reports will follow: start the update worker now (its imports take seconds),
         an episode before the first update needs it. Not at start-up: a service that is only asked questions, or
-        stopped soon, never pays for it (3 s of CPU, as much as the rest of a start-up, here)."""
-        if self._worker_wanted:
+        stopped soon, never pays for it (3 s of CPU, as much as the rest of a start-up, here). In a thread of its
+        own, which a service stopped meanwhile does not wait for."""
+        if self._worker_wanted:  # every propose after the first, without the lock
             return
-        self.start()
         with self._cond:
+            if self._worker_wanted or self._closing:
+                return
             self._worker_wanted = self._worker_starting = True
+        self.start()
+        threading.Thread(target=self._start_worker, name="teacher-update-worker-start", daemon=True).start()
+
+    def _start_worker(self) -> None:
+        try:
+            self.worker.start()
+        except Exception:  # noqa: BLE001 - the first update tries again
+            log.exception("starting the teacher update worker failed")
+        with self._cond:
+            self._worker_starting = False
+            stop_it = self._closed  # the updater closed while it started
             self._cond.notify_all()
+        if stop_it:
+            self.worker.close()
 
     def forget(self, curriculum_id: int) -> None:
         """A curriculum was deleted: the worker drops its copy of the teacher."""
@@ -135,26 +151,19 @@ class Updater:
             thread = self._thread
         if thread is not None:
             thread.join()
-        self.worker.close()
+        with self._cond:
+            self._closed = True
+            starting = self._worker_starting
+        if not starting:  # else the thread that starts it stops it once started
+            self.worker.close()
 
     def _run(self) -> None:
-        next_poll, final_poll_done, worker_started = 0.0, False, False
+        next_poll, final_poll_done = 0.0, False
         while True:
             with self._cond:
-                start_worker = self._worker_wanted and not worker_started
-                if not self._dirty and not self._closing and not start_worker:
+                if not self._dirty and not self._closing:
                     self._cond.wait(max(0.0, next_poll - time.monotonic()))
-                    start_worker = self._worker_wanted and not worker_started
                 closing = self._closing
-            if start_worker:
-                worker_started = True
-                try:
-                    self.worker.start()
-                except Exception:  # noqa: BLE001 - the first update tries again
-                    log.exception("starting the teacher update worker failed")
-                with self._cond:
-                    self._worker_starting = False
-                    self._cond.notify_all()
             if (time.monotonic() >= next_poll and not closing) or (closing and not final_poll_done):
                 found = self._pending()  # outside the lock: reports notify meanwhile
                 next_poll, final_poll_done = time.monotonic() + self.poll_s, closing

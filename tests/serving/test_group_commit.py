@@ -445,6 +445,28 @@ def test_a_read_after_reports_waits_for_the_update_worker_to_start_beyond_its_ow
     hub.close()
 
 
+def test_a_hub_closed_while_its_update_worker_starts_does_not_wait_for_it_and_stops_it_once_started(
+        tmp_path, monkeypatch):
+    """The worker starts at the first proposal, which takes seconds: a service stopped meanwhile with nothing to
+    apply (a test, a Ctrl-C) stops at once, and the worker is stopped as soon as it has started."""
+    hub = sqlite_hub(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))
+    started, start, pids = threading.Event(), hub.updater.worker.start, []
+
+    def slow_start() -> None:
+        started.wait(60)
+        start()
+        pids.append(hub.updater.worker.pid)
+
+    monkeypatch.setattr(hub.updater.worker, "start", slow_start)
+    hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
+    with ThreadPoolExecutor(1) as closer:
+        assert closer.submit(hub.close).result(20) is None  # while the start is held
+    started.set()
+    wait_until(lambda: pids and hub.updater.worker.pid is None, 60, "the worker's start and stop")
+    wait_until(lambda: not running(pids[0]), 20, "the worker's exit")
+
+
 def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored_reports(tmp_path):
     """ALP-GMM's checkpoint holds its history: stored every 50 updates, the updates since are replayed."""
     hub = sqlite_hub(tmp_path)
