@@ -4,9 +4,10 @@ The service's threads (event loop, writer, updater) share one GIL. Under saturat
 writer held it, and a REINFORCE update (5 to 8 ms of CPU) took 80 to 100 ms: the updater applied 5 to 8 updates/s
 while the students numbered 60 (README "Scale"). Here the worker keeps its own copy of each curriculum's teacher
 (the learner), updates it with a round of batches and sends the new checkpoint back; the updater (updater.py)
-loads that into a spare teacher (0.7 to 1.4 ms of CPU for REINFORCE) and swaps it in. The worker is forked from a
-server process that imported torch and the teachers once (3 s of CPU here), started when students first propose
-(Updater.expect_updates); it ends when the updater closes it, or when the service dies (its pipe closes).
+loads that into a spare teacher (0.7 to 1.4 ms of CPU for REINFORCE) and swaps it in. The worker is a spawned
+process that imports torch and the teachers itself (3 s of CPU here, 8 to 14 s of wall time on a busy machine),
+started when students first propose (Updater.expect_updates); the service goes on meanwhile, and its first job
+waits in the pipe. It ends when the updater closes it, or when the service dies (its pipe closes).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the learning core is imported by the fork server (below), not by whoever imports this module
+if TYPE_CHECKING:  # the learning core is imported by the worker (serve), not by whoever imports this module
     from teacher_service.learning.task_spaces import TaskSpace
     from teacher_service.learning.teachers import Experience, Teacher
 
-# fork would copy the service's threads' locks mid-use; spawn would import torch again for every worker.
-_CONTEXT = multiprocessing.get_context("forkserver")
-# torch._dynamo: making an optimizer imports it (1.2 s here), which every worker's first update would wait for.
-_CONTEXT.set_forkserver_preload(["teacher_service.learning.teachers", "torch._dynamo", __name__])
+# fork would copy the service's threads' locks mid-use; spawned, each worker imports torch and the teachers itself
+# (3 s of CPU), which only one that replaces a dead or stopped worker does a second time.
+_CONTEXT = multiprocessing.get_context("spawn")
 
 
 class StaleLearner(Exception):
@@ -103,13 +103,17 @@ def learn(learners: dict[int, tuple[int, Teacher]], job: UpdateJob) -> UpdateRes
 
 def serve(conn: Connection) -> None:
     """The worker's loop: a job in, ("ok", result), ("stale", message) or ("error", traceback) out."""
-    import torch
-
-    torch.set_num_threads(1)  # as the service: tiny networks
     # A Ctrl-C in a terminal, or a stop sent to the whole process group (systemd's default), reaches us too: the
-    # service applies what is pending, then closes us; if it dies instead, our pipe closes.
+    # service applies what is pending, then closes us; if it dies instead, our pipe closes. Before the imports: they
+    # take seconds.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import torch
+    import torch._dynamo  # noqa: F401 - making an optimizer imports it (1.2 s here): now, not in the first update
+
+    import teacher_service.learning.teachers  # noqa: F401 - now, not in the first update
+
+    torch.set_num_threads(1)  # as the service: tiny networks
     learners: dict[int, tuple[int, Teacher]] = {}
     while True:
         try:
@@ -151,26 +155,29 @@ def main_module_hidden() -> Iterator[None]:
 
 
 class UpdateWorker:
-    """The service's side of the worker; used by the updater thread only, except for its first start."""
+    """The service's side of the worker; used by the updater thread only."""
 
     def __init__(self) -> None:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._sending: threading.Thread | None = None
-        self._starting = threading.Lock()
+        self._answered = False  # whether this worker answered a job: before that it may be importing still
 
     def start(self) -> None:
-        """Start the worker if it is not running (the first start in a process waits for the imports). A start
-        under way in another thread (Updater.expect_updates) is waited for."""
-        with self._starting:
-            if self._process is not None:
-                return
-            ours, theirs = _CONTEXT.Pipe()
-            process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
-            with main_module_hidden():
-                process.start()
-            theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
-            self._process, self._conn = process, ours
+        """Start the worker if it is not running; at once: it imports what it needs before reading its first job."""
+        if self._process is not None:
+            return
+        ours, theirs = _CONTEXT.Pipe()
+        process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
+        with main_module_hidden():
+            process.start()
+        theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
+        self._process, self._conn, self._answered = process, ours, False
+
+    @property
+    def warming(self) -> bool:
+        """Started and no job answered yet: its first update waits for its imports (seconds)."""
+        return self._process is not None and not self._answered
 
     def update(self, job: UpdateJob, timeout_s: float | None = None) -> UpdateResult:
         """`learn` in the worker. Raises StaleLearner, or RuntimeError if the update failed, the worker died or it
@@ -187,6 +194,7 @@ class UpdateWorker:
             answered = conn.poll(timeout_s)
             if answered:
                 kind, result = conn.recv()
+                self._answered = True
         except (EOFError, OSError) as exc:
             code = self.close()
             raise RuntimeError(f"the teacher update worker stopped (exit code {code})") from exc
@@ -207,12 +215,14 @@ class UpdateWorker:
         return self._process.pid if self._process is not None else None
 
     def close(self, kill: bool = False) -> int | None:
-        """Stop the worker (`kill`: at once, not once its update ends); its exit code."""
+        """Stop the worker (`kill`: at once, not once its update ends); its exit code. One that has answered no job
+        holds nothing and may be importing still: it is killed, not waited for (a service stopped soon after its
+        first proposal)."""
         process, conn, sending = self._process, self._conn, self._sending
         if process is None:
             return None
         self._process = self._conn = self._sending = None
-        if kill:
+        if kill or not self._answered:
             process.kill()
         else:
             try:

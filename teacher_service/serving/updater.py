@@ -31,8 +31,8 @@ from teacher_service.serving.update_worker import Blueprint, StaleLearner, Updat
 log = logging.getLogger("teacher_service")
 
 MAX_ROUND = 16  # the most batches that one round applies and stores
-# How long a read that settles may wait for the update worker's start, on top of its own timeout: the imports take
-# 3 s here, 8 to 14 s with three busy processes beside it, and the first updates wait for them.
+# How long a read that settles may wait for a new update worker's imports, on top of its own timeout: 3 s here, 8 to
+# 14 s with three busy processes beside it, and its first update waits for them.
 START_WAIT_S = 60.0
 
 
@@ -72,8 +72,6 @@ class Updater:
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
         self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
         self._worker_wanted = False  # students propose: start the worker before the first update needs it
-        self._worker_starting = False
-        self._closed = False  # closed: the worker, once started, is stopped at once
         self._busy: int | None = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -94,30 +92,15 @@ class Updater:
             self._cond.notify_all()
 
     def expect_updates(self) -> None:
-        """Students are proposing, their reports will follow: start the update worker now (its imports take seconds),
-        an episode before the first update needs it. Not at start-up: a service that is only asked questions, or
-        stopped soon, never pays for it (3 s of CPU, as much as the rest of a start-up, here). In a thread of its
-        own, which a service stopped meanwhile does not wait for."""
-        if self._worker_wanted:  # every propose after the first, without the lock
+        """Students are proposing, their reports will follow: start the update worker now, an episode before the first
+        update needs it (it imports what it needs: 3 s of CPU here, as much as the rest of a start-up). Not at
+        start-up: a service that is only asked questions never pays for it."""
+        if self._worker_wanted:
             return
-        with self._cond:
-            if self._worker_wanted or self._closing:
-                return
-            self._worker_wanted = self._worker_starting = True
         self.start()
-        threading.Thread(target=self._start_worker, name="teacher-update-worker-start", daemon=True).start()
-
-    def _start_worker(self) -> None:
-        try:
-            self.worker.start()
-        except Exception:  # noqa: BLE001 - the first update tries again
-            log.exception("starting the teacher update worker failed")
         with self._cond:
-            self._worker_starting = False
-            stop_it = self._closed  # the updater closed while it started
+            self._worker_wanted = True
             self._cond.notify_all()
-        if stop_it:
-            self.worker.close()
 
     def forget(self, curriculum_id: int) -> None:
         """A curriculum was deleted: the worker drops its copy of the teacher."""
@@ -126,8 +109,8 @@ class Updater:
 
     def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
         """Wait until the batches that this process knows of (of one curriculum, or of all) are applied;
-        whether there were any. A worker that is starting is waited for first (up to START_WAIT_S): on a busy
-        machine its start alone can take longer than `timeout_s`, and a read would miss the first updates."""
+        whether there were any. A new worker's imports are waited for first (up to START_WAIT_S): on a busy machine
+        they alone can take longer than `timeout_s`, and a read would miss the first updates."""
 
         def settled() -> bool:
             if self._thread is None:
@@ -139,7 +122,7 @@ class Updater:
         with self._cond:
             if settled():
                 return False
-            self._cond.wait_for(lambda: settled() or not self._worker_starting, START_WAIT_S)
+            self._cond.wait_for(lambda: settled() or not self.worker.warming, START_WAIT_S)
             self._cond.wait_for(settled, timeout_s)
             return True
 
@@ -151,19 +134,23 @@ class Updater:
             thread = self._thread
         if thread is not None:
             thread.join()
-        with self._cond:
-            self._closed = True
-            starting = self._worker_starting
-        if not starting:  # else the thread that starts it stops it once started
-            self.worker.close()
+        self.worker.close()
 
     def _run(self) -> None:
-        next_poll, final_poll_done = 0.0, False
+        next_poll, final_poll_done, worker_started = 0.0, False, False
         while True:
             with self._cond:
-                if not self._dirty and not self._closing:
+                start_worker = self._worker_wanted and not worker_started
+                if not self._dirty and not self._closing and not start_worker:
                     self._cond.wait(max(0.0, next_poll - time.monotonic()))
+                    start_worker = self._worker_wanted and not worker_started
                 closing = self._closing
+            if start_worker:
+                worker_started = True
+                try:
+                    self.worker.start()
+                except Exception:  # noqa: BLE001 - the first update tries again
+                    log.exception("starting the teacher update worker failed")
             if (time.monotonic() >= next_poll and not closing) or (closing and not final_poll_done):
                 found = self._pending()  # outside the lock: reports notify meanwhile
                 next_poll, final_poll_done = time.monotonic() + self.poll_s, closing
