@@ -12,11 +12,13 @@ waits in the pipe. It ends when the updater closes it, or when the service dies 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,9 @@ if TYPE_CHECKING:  # the learning core is imported by the worker (serve), not by
 # fork would copy the service's threads' locks mid-use; spawned, each worker imports torch and the teachers itself
 # (3 s of CPU), which only one that replaces a dead or stopped worker does a second time.
 _CONTEXT = multiprocessing.get_context("spawn")
+# The longest a new worker may take to import what it needs (3 s of CPU here, 8 to 14 s of wall time with three busy
+# processes beside it); not counted in an update's time limit, and reads that settle wait for it (updater.py).
+IMPORT_LIMIT_S = 60.0
 
 
 class StaleLearner(Exception):
@@ -114,6 +119,7 @@ def serve(conn: Connection) -> None:
     import teacher_service.learning.teachers  # noqa: F401 - now, not in the first update
 
     torch.set_num_threads(1)  # as the service: tiny networks
+    conn.send(("ready", None))
     learners: dict[int, tuple[int, Teacher]] = {}
     while True:
         try:
@@ -155,16 +161,17 @@ def main_module_hidden() -> Iterator[None]:
 
 
 class UpdateWorker:
-    """The service's side of the worker; used by the updater thread only."""
+    """The service's side of the worker; used by the updater thread only (and `warming_since` by reads that settle)."""
 
     def __init__(self) -> None:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: Connection | None = None
         self._sending: threading.Thread | None = None
-        self._answered = False  # whether this worker answered a job: before that it may be importing still
+        self._started_at: float | None = None  # while the worker imports: when it was started
+        self._exit_hooked = False
 
     def start(self) -> None:
-        """Start the worker if it is not running; at once: it imports what it needs before reading its first job."""
+        """Start the worker if it is not running; at once: it imports what it needs, then says it is ready."""
         if self._process is not None:
             return
         ours, theirs = _CONTEXT.Pipe()
@@ -172,57 +179,71 @@ class UpdateWorker:
         with main_module_hidden():
             process.start()
         theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
-        self._process, self._conn, self._answered = process, ours, False
+        self._started_at = time.monotonic()
+        self._process, self._conn = process, ours
+        if not self._exit_hooked:
+            # A process that exits without closing us (a script, a failed test) would wait for the worker for ever:
+            # multiprocessing's own exit handler, which runs after this one, stops it with SIGTERM, which it ignores.
+            atexit.register(self.close, kill=True)
+            self._exit_hooked = True
 
     @property
-    def warming(self) -> bool:
-        """Started and no job answered yet: its first update waits for its imports (seconds)."""
-        return self._process is not None and not self._answered
+    def warming_since(self) -> float | None:
+        """When the worker was started (time.monotonic()), while it may still be importing; else None."""
+        return self._started_at if self._process is not None else None
 
     def update(self, job: UpdateJob, timeout_s: float | None = None) -> UpdateResult:
         """`learn` in the worker. Raises StaleLearner, or RuntimeError if the update failed, the worker died or it
         did not answer within `timeout_s` (then it is killed: a hung update would hold up every later one, and the
-        service's shutdown); the next call starts another worker."""
+        service's shutdown), not counting a new worker's imports (up to IMPORT_LIMIT_S); the next call starts
+        another worker."""
         self.start()
         conn = self._conn
+        if self._started_at is not None:
+            self._receive(conn, IMPORT_LIMIT_S, "the teacher update worker's start")
+            self._started_at = None
         # Sent from a thread of its own: a send larger than the pipe's buffer to a frozen worker (SIGSTOP, a paused
         # container) would block here for ever; killing the worker ends it. Pickled here, where errors are ours.
         self._sending = threading.Thread(target=_send, args=(conn, ForkingPickler.dumps(job)),
                                          name="teacher-update-send", daemon=True)
         self._sending.start()
-        try:
-            answered = conn.poll(timeout_s)
-            if answered:
-                kind, result = conn.recv()
-                self._answered = True
-        except (EOFError, OSError) as exc:
-            code = self.close()
-            raise RuntimeError(f"the teacher update worker stopped (exit code {code})") from exc
-        except BaseException:
-            self.close(kill=True)  # its answer, still to come, would be read as the next job's
-            raise
-        if not answered:
-            self.close(kill=True)
-            raise RuntimeError(f"the teacher update took more than {timeout_s:g} s; its worker was stopped")
+        kind, result = self._receive(conn, timeout_s, "the teacher update")
         if kind == "stale":
             raise StaleLearner(result)
         if kind == "error":
             raise RuntimeError(f"the teacher update failed in the update worker:\n{result}")
         return result
 
+    def _receive(self, conn: Connection, timeout_s: float | None, waiting_for: str) -> tuple[str, Any]:
+        """The worker's next message. If the worker stops, or sends none within `timeout_s`, RuntimeError; then
+        (and on any other failure) the worker is closed: a late answer would be read as the next job's."""
+        process = self._process
+        try:
+            if conn.poll(timeout_s):
+                return conn.recv()
+        except (EOFError, OSError) as exc:
+            process.join(5)  # it is ending: its own exit code, not close's kill
+            code = self.close()
+            raise RuntimeError(f"the teacher update worker stopped (exit code {code})") from exc
+        except BaseException:
+            self.close(kill=True)
+            raise
+        self.close(kill=True)
+        raise RuntimeError(f"{waiting_for} took more than {timeout_s:g} s; its worker was stopped")
+
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
     def close(self, kill: bool = False) -> int | None:
-        """Stop the worker (`kill`: at once, not once its update ends); its exit code. One that has answered no job
-        holds nothing and may be importing still: it is killed, not waited for (a service stopped soon after its
-        first proposal)."""
+        """Stop the worker (`kill`: at once, not once its update ends); its exit code. One that has not said it is
+        ready holds nothing and may be importing still: it is killed, not waited for (a service stopped soon after
+        its first proposal)."""
         process, conn, sending = self._process, self._conn, self._sending
         if process is None:
             return None
         self._process = self._conn = self._sending = None
-        if kill or not self._answered:
+        if kill or self._started_at is not None:
             process.kill()
         else:
             try:

@@ -26,14 +26,11 @@ from teacher_service.serving.group_commit import GroupCommitter, Tx
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.store.statements import CurriculumRow, Driver
 from teacher_service.serving.store.tables import utcnow
-from teacher_service.serving.update_worker import Blueprint, StaleLearner, UpdateJob, UpdateWorker
+from teacher_service.serving.update_worker import IMPORT_LIMIT_S, Blueprint, StaleLearner, UpdateJob, UpdateWorker
 
 log = logging.getLogger("teacher_service")
 
 MAX_ROUND = 16  # the most batches that one round applies and stores
-# How long a read that settles may wait for a new update worker's imports, on top of its own timeout: 3 s here, 8 to
-# 14 s with three busy processes beside it, and its first update waits for them.
-START_WAIT_S = 60.0
 
 
 class Host(Protocol):
@@ -109,8 +106,9 @@ class Updater:
 
     def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
         """Wait until the batches that this process knows of (of one curriculum, or of all) are applied;
-        whether there were any. A new worker's imports are waited for first (up to START_WAIT_S): on a busy machine
-        they alone can take longer than `timeout_s`, and a read would miss the first updates."""
+        whether there were any. A new worker's imports, which its first update waits for, are not counted in
+        `timeout_s` (up to IMPORT_LIMIT_S from its start): on a busy machine they alone can take longer, and a read
+        would miss the first updates."""
 
         def settled() -> bool:
             if self._thread is None:
@@ -122,8 +120,15 @@ class Updater:
         with self._cond:
             if settled():
                 return False
-            self._cond.wait_for(lambda: settled() or not self.worker.warming, START_WAIT_S)
-            self._cond.wait_for(settled, timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while not settled():
+                started = self.worker.warming_since
+                if started is not None:
+                    deadline = max(deadline, started + IMPORT_LIMIT_S)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             return True
 
     def close(self) -> None:

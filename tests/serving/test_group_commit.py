@@ -428,8 +428,8 @@ def test_a_frozen_update_worker_is_replaced_after_the_time_limit_and_deleted_cur
 
 
 def warming_worker(hub: TeacherHub) -> int:
-    """Propose, which starts the update worker, and freeze it before it answers anything: a worker still importing
-    (3 s here, 8 to 14 s on a busy machine); its pid."""
+    """Propose, which starts the update worker, and freeze it at once: a worker still importing what it needs (3 s
+    here, 8 to 14 s on a busy machine); its pid."""
     hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
     wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
     pid = hub.updater.worker.pid
@@ -454,9 +454,32 @@ def test_a_read_after_reports_waits_for_the_update_workers_imports_beyond_its_ow
     hub.close()
 
 
+def test_a_read_after_a_restart_waits_for_the_imports_of_the_worker_that_its_reports_start(tmp_path):
+    """After a restart, reports of proposals made before it start the worker with their update, not with a proposal:
+    a read made before the worker started waits for its imports too."""
+    before = sqlite_hub(tmp_path)
+    before.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
+    proposals = before.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)]).result()
+    before.close()
+    hub = sqlite_hub(tmp_path)
+    hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                 signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
+    with ThreadPoolExecutor(1) as reader:
+        settling = reader.submit(hub.updater.settle, 1, 2.0)
+        wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
+        pid = hub.updater.worker.pid
+        os.kill(pid, signal.SIGSTOP)  # still importing
+        time.sleep(4)  # twice the read's timeout
+        assert not settling.done()
+        os.kill(pid, signal.SIGCONT)
+        assert settling.result(60) is True
+    assert hub.get_curriculum("cur").teacher_version == 1
+    hub.close()
+
+
 def test_a_service_stopped_while_its_update_worker_imports_kills_it_instead_of_waiting(tmp_path):
-    """A worker that has answered nothing holds nothing: a service stopped soon after its first proposal (a test, a
-    Ctrl-C) stops at once, where waiting for the worker's imports took 2.5 s here and up to 12 s in the suite."""
+    """A worker that is not ready holds nothing: a service stopped soon after its first proposal (a test, a Ctrl-C)
+    stops at once, where waiting for the worker's imports took 2.5 s here and up to 12 s in the suite."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     pid = warming_worker(hub)
