@@ -427,14 +427,20 @@ def test_a_frozen_update_worker_is_replaced_after_the_time_limit_and_deleted_cur
     hub.close()
 
 
-def warming_worker(hub: TeacherHub) -> int:
-    """Propose, which starts the update worker, and freeze it at once: a worker still importing what it needs (3 s
-    here, 8 to 14 s on a busy machine); its pid."""
-    hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
-    wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
-    pid = hub.updater.worker.pid
-    os.kill(pid, signal.SIGSTOP)
-    return pid
+def read_while_the_worker_imports(hub: TeacherHub, timeout_s: float) -> None:
+    """A read that settles, made as the update worker starts: with the worker frozen while it imports (3 s here, 8 to
+    14 s on a busy machine), the read still waits after twice its timeout; once the worker goes on, the read sees
+    the update (a version 1 to apply)."""
+    with ThreadPoolExecutor(1) as reader:
+        settling = reader.submit(hub.updater.settle, 1, timeout_s)
+        wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
+        pid = hub.updater.worker.pid
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(2 * timeout_s)
+        assert not settling.done()
+        os.kill(pid, signal.SIGCONT)
+        assert settling.result(60) is True
+    assert hub.get_curriculum("cur").teacher_version == 1
 
 
 def test_a_read_after_reports_waits_for_the_update_workers_imports_beyond_its_own_timeout(tmp_path):
@@ -442,15 +448,8 @@ def test_a_read_after_reports_waits_for_the_update_workers_imports_beyond_its_ow
     miss them once its own timeout (10 s) was out."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
-    pid = warming_worker(hub)
-    report_two(hub, "cur")
-    with ThreadPoolExecutor(1) as reader:
-        settling = reader.submit(hub.updater.settle, 1, 0.2)
-        time.sleep(2)  # ten times its timeout
-        assert not settling.done()
-        os.kill(pid, signal.SIGCONT)
-        assert settling.result(60) is True
-    assert hub.get_curriculum("cur").teacher_version == 1
+    report_two(hub, "cur")  # its first proposal starts the worker
+    read_while_the_worker_imports(hub, 1.0)
     hub.close()
 
 
@@ -464,16 +463,7 @@ def test_a_read_after_a_restart_waits_for_the_imports_of_the_worker_that_its_rep
     hub = sqlite_hub(tmp_path)
     hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                  signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
-    with ThreadPoolExecutor(1) as reader:
-        settling = reader.submit(hub.updater.settle, 1, 2.0)
-        wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
-        pid = hub.updater.worker.pid
-        os.kill(pid, signal.SIGSTOP)  # still importing
-        time.sleep(4)  # twice the read's timeout
-        assert not settling.done()
-        os.kill(pid, signal.SIGCONT)
-        assert settling.result(60) is True
-    assert hub.get_curriculum("cur").teacher_version == 1
+    read_while_the_worker_imports(hub, 2.0)
     hub.close()
 
 
@@ -482,7 +472,10 @@ def test_a_service_stopped_while_its_update_worker_imports_kills_it_instead_of_w
     stops at once, where waiting for the worker's imports took 2.5 s here and up to 12 s in the suite."""
     hub = sqlite_hub(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
-    pid = warming_worker(hub)
+    hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()  # starts the worker
+    wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
+    pid = hub.updater.worker.pid
+    os.kill(pid, signal.SIGSTOP)  # still importing
     with ThreadPoolExecutor(1) as closer:
         assert closer.submit(hub.close).result(5) is None  # a frozen worker asked to stop would be waited for 10 s
     assert not running(pid)
