@@ -6,8 +6,9 @@ while the students numbered 60 (README "Scale"). Here the worker keeps its own c
 (the learner), updates it with a round of batches and sends the new checkpoint back; the updater (updater.py)
 loads that into a spare teacher (0.7 to 1.4 ms of CPU for REINFORCE) and swaps it in. The worker is a spawned
 process that imports torch and the teachers itself (3 s of CPU here, 8 to 14 s of wall time on a busy machine),
-started when students first propose (Updater.expect_updates); the service goes on meanwhile, and its first job
-waits in the pipe. It ends when the updater closes it, or when the service dies (its pipe closes).
+started when students first propose (Updater.expect_updates); the service goes on meanwhile, and its first update
+waits until the worker says it is ready. It ends when the updater closes it, or when the service dies (its pipe
+closes).
 """
 
 from __future__ import annotations
