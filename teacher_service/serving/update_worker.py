@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ _CONTEXT = multiprocessing.get_context("spawn")
 # The longest a new worker may take to import what it needs (3 s of CPU here, 8 to 14 s of wall time with three busy
 # processes beside it); not counted in an update's time limit, and reads that settle wait for it (updater.py).
 IMPORT_LIMIT_S = 60.0
+# What a terminal's Ctrl-C or a stop of the whole process group sends the worker too (see `serve`).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class StaleLearner(Exception):
@@ -114,6 +117,7 @@ def serve(conn: Connection) -> None:
     # take seconds.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by `start` until they were ignored
     import torch
     import torch._dynamo  # noqa: F401 - making an optimizer imports it (1.2 s here): now, not in the first update
 
@@ -177,8 +181,16 @@ class UpdateWorker:
             return
         ours, theirs = _CONTEXT.Pipe()
         process = _CONTEXT.Process(target=serve, args=(theirs,), name="teacher-update-worker", daemon=True)
-        with main_module_hidden():
-            process.start()
+        # Blocked in this thread, so in the new process until `serve` ignores them: a Ctrl-C in its first tens of
+        # milliseconds (Python's start-up, multiprocessing's bootstrap) would end it. The resource tracker, which a
+        # start starts first if it is not running, unblocks them after its own start: started before the block.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            with main_module_hidden():
+                process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         theirs.close()  # the worker's end lives in the worker only, so that it reads EOF when we are gone
         self._started_at = time.monotonic()
         self._process, self._conn = process, ours

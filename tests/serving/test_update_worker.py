@@ -109,6 +109,22 @@ def test_a_worker_that_does_not_answer_in_time_is_killed_even_while_a_large_job_
         worker.close()
 
 
+def test_a_stop_signal_in_a_new_workers_first_moments_does_not_end_it():
+    """A Ctrl-C in a terminal reaches the worker too; the service decides when it stops. Sent while the new process
+    is still starting Python, before its own code could ignore it, it ended the worker (with a KeyboardInterrupt
+    traceback once Python was up)."""
+    worker = UpdateWorker()
+    try:
+        worker.start()
+        os.kill(worker.pid, signal.SIGINT)
+        os.kill(worker.pid, signal.SIGTERM)
+        result = worker.update(UpdateJob(1, first=1, batches=batches(1), base=base()), timeout_s=60)
+        assert len(result.stats) == 1
+    finally:
+        code = worker.close()
+    assert code == 0  # it ended when asked
+
+
 @pytest.mark.parametrize("seconds", ["inf", "nan", "0", "1e10"])
 def test_an_update_time_limit_that_poll_cannot_wait_is_refused_at_start_up(seconds, monkeypatch):
     monkeypatch.setenv("TEACHER_UPDATE_TIMEOUT_S", seconds)
