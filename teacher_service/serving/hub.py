@@ -449,8 +449,8 @@ class TeacherHub:
         return outcomes
 
     def _contexts(self, cursor: Any, runtime: Runtime, requests: list[wire.ProposeRequest]) -> list[Context | ApiError]:
-        """Each student's last episode: from the request if it says, else from its last report here (one
-        query for all of them); empty for a teacher that does not look at it. A bad context is refused
+        """Each student's last episode: from the request if it says, else from its last report here of a completed
+        episode (one query for all of them); empty for a teacher that does not look at it. A bad context is refused
         whatever the teacher."""
         space = runtime.space
         contexts: list[Context | ApiError | None] = []

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 
 from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
-from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportAck, ReportRequest, Signals
+from teacher_service.wire import CurriculumCreate, Proposal, ProposeRequest, ReportAck, ReportRequest, Signals
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.errors import ApiError, BadRequest
 from teacher_service.serving.settings import Settings
@@ -139,6 +139,42 @@ def test_a_batch_gives_each_student_the_context_of_its_own_last_report(tmp_path)
                 [math.log1p(5.0), 1.0, 0.0]]
     for proposal, obs in zip(proposals, expected):
         assert observation[proposal.proposal_id] == pytest.approx(obs), proposal.student_id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_without_a_context_the_teacher_sees_the_last_completed_episode_not_a_stopped_or_abandoned_one(
+        tmp_path, request, backend):
+    """As a student's own context (student_client/session.py): a cut episode's return is not a finished one's, and an
+    abandoned proposal was never trained on."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    settings = Settings(data_dir=tmp_path, database_url=url)
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
+    create_tables(engine)
+    hub = TeacherHub(settings, engine)
+    tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
+    hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
+
+    def propose() -> Proposal:
+        (proposal,) = hub.proposing([ProposeRequest(curriculum="cur", student_id="a")]).result()
+        return proposal
+
+    def report(proposal: Proposal, outcome: str, **signals: float) -> None:
+        hub.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id="a", signals=Signals(**signals),
+                                     outcome=outcome)]).result()
+
+    completed = propose()
+    report(completed, "completed", episode_return=10.0)
+    cut, dropped = propose(), propose()
+    report(cut, "stopped", episode_return=99.0)
+    report(dropped, "abandoned")
+    after = propose()
+    with engine.connect() as conn:
+        observation = conn.execute(text("select teacher_input from proposals where proposal_id = :p"),
+                                   {"p": after.proposal_id}).scalar_one()
+    hub.close()
+    engine.dispose()
+    observation = (json.loads(observation) if isinstance(observation, str) else observation)["obs"]
+    assert observation == pytest.approx([math.log1p(10.0), 1.0, completed.task.index / 5 * 2 - 1])
 
 
 def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):

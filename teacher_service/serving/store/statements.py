@@ -35,11 +35,12 @@ SQL = {
     # checkpoints every :every updates stores it at the versions that are multiples of :every).
     "checkpoint_if_newer": "SELECT teacher_version, CASE WHEN :cached < teacher_version / :every * :every "
     "THEN teacher_state END FROM curricula WHERE id = :curriculum_id",
-    # The last report of each of a list of students, one statement for a batch's contexts; per student
-    # an index scan from its newest proposal, as for one (a max() over its rows would read its history).
+    # The last completed episode of each of a list of students (not stopped or abandoned: no `outcome` in its
+    # signals), as a student's own context says (student_client/session.py); one statement for a batch's contexts;
+    # per student an index scan from its newest proposal, as for one (a max() over its rows would read its history).
     "last_reports_of_students": "SELECT p.student_id, p.task_index, p.task_values, p.signals FROM {students} "
     "JOIN proposals p ON p.seq = (SELECT seq FROM proposals WHERE curriculum_id = :curriculum_id "
-    "AND student_id = s.value AND reported_at IS NOT NULL ORDER BY seq DESC LIMIT 1)",
+    "AND student_id = s.value AND reported_at IS NOT NULL AND {outcome} IS NULL ORDER BY seq DESC LIMIT 1)",
     "insert_proposal": "INSERT INTO proposals (proposal_id, curriculum_id, student_id, task_index, task_values, "
     "reset_options, teacher_version, teacher_input, created_at, expires_at) VALUES (:proposal_id, :curriculum_id, "
     ":student_id, :task_index, :task_values, :reset_options, :teacher_version, :teacher_input, :created_at, "
@@ -100,7 +101,8 @@ class Driver:
             name: text.format(report_lock=" FOR NO KEY UPDATE" if self.postgres else "",
                               propose_lock=" FOR KEY SHARE" if self.postgres else "",
                               students=as_table("student_ids", "s"), ids=as_table("proposal_ids", "i"),
-                              open_index="" if self.postgres else " INDEXED BY ix_proposals_open")
+                              open_index="" if self.postgres else " INDEXED BY ix_proposals_open",
+                              outcome="signals ->> 'outcome'" if self.postgres else "json_extract(signals, '$.outcome')")
             for name, text in SQL.items()
         }
         # sqlite3 takes :name; psycopg takes %(name)s.
@@ -117,7 +119,8 @@ class Driver:
         return self.execute(cursor, name, params).fetchall()
 
     def last_reports(self, cursor, curriculum_id: int, student_ids: list[str]) -> list[tuple]:
-        """(student_id, task_index, task_values, signals) of each student's last report, for those with one."""
+        """(student_id, task_index, task_values, signals) of each student's last report of a completed episode, for
+        those with one."""
         return self.all(cursor, "last_reports_of_students",
                         {"curriculum_id": curriculum_id, "student_ids": self.list_param(student_ids)})
 
