@@ -321,9 +321,11 @@ class ItemError(WireModel):
 
 class ProposeBatchRequest(WireModel):
     """Many proposals in one call, e.g. one per environment of a vectorized learner. Each item is what
-    `POST /propose` takes; an item that is not valid gets its own 422 entry (the body must be valid JSON)."""
+    `POST /propose` takes; an item that is not valid (not an object too) gets its own 422 entry, as `/propose` would
+    answer it (the body must be valid JSON)."""
 
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+    # Any item is taken, so that one that is not an object fails alone; the schema says what a valid one is.
+    items: list[Any] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, json_schema_extra={"items": {"type": "object"}})
 
 
 class ProposeBatchItem(WireModel):
@@ -339,9 +341,11 @@ class ProposeBatchResponse(WireModel):
 
 class ReportBatchRequest(WireModel):
     """Many reports in one call, stored in one transaction. Each item is what `POST /report` takes and is
-    idempotent as it is; an item that is not valid gets its own 422 entry (the body must be valid JSON)."""
+    idempotent as it is; an item that is not valid (not an object too) gets its own 422 entry, as `/report` would
+    answer it (the body must be valid JSON)."""
 
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+    # Any item is taken, so that one that is not an object fails alone; the schema says what a valid one is.
+    items: list[Any] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, json_schema_extra={"items": {"type": "object"}})
 
 
 class ReportBatchItem(WireModel):

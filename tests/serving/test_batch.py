@@ -58,9 +58,12 @@ def test_a_bad_item_gets_its_own_error_and_the_others_are_stored(service):
             {"curriculum": "nope", "student_id": "b"},  # no such curriculum
             {"curriculum": "cur"},  # not a valid item
             {"curriculum": "cur", "student_id": "c"},
+            None, 5,  # not objects: refused one by one too
         ]}).raise_for_status().json()["results"]
-        assert [r["error"]["status"] if r["error"] else 200 for r in answer] == [200, 404, 422, 200]
-        assert answer[2]["error"]["detail"][0]["loc"] == ["student_id"]  # as /propose's 422 would say
+        assert [r["error"]["status"] if r["error"] else 200 for r in answer] == [200, 404, 422, 200, 422, 422]
+        single = http.post("/propose", json={"curriculum": "cur"})
+        assert single.status_code == 422 and answer[2]["error"]["detail"] == single.json()["detail"]  # as /propose says
+        assert [r["error"]["detail"][0]["loc"] for r in answer[4:]] == [["body"], ["body"]]
         good = [r["proposal"] for r in answer if r["proposal"]]
         items = [
             {"proposal_id": good[0]["proposal_id"], "student_id": "a", "signals": {"grad_norm_mean": 1.0}},
@@ -68,9 +71,10 @@ def test_a_bad_item_gets_its_own_error_and_the_others_are_stored(service):
             {"proposal_id": "f" * 32, "student_id": "a", "signals": {}},  # 404
             {"proposal_id": good[1]["proposal_id"], "student_id": "c", "signals": {"grad_norm_mean": float("1e300")}},
             {"proposal_id": good[1]["proposal_id"], "student_id": "c", "signals": {"grad_norm_mean": 2.0}},
+            [good[0]["proposal_id"]],  # not an object
         ]
         answer = http.post("/report/batch", json={"items": items}).raise_for_status().json()["results"]
-    assert [r["error"]["status"] if r["error"] else 200 for r in answer] == [200, 409, 404, 422, 200]
+    assert [r["error"]["status"] if r["error"] else 200 for r in answer] == [200, 409, 404, 422, 200, 422]
     assert [r["ack"]["reward"] for r in answer if r["ack"]] == [1.0, 2.0]
     assert rows(service, "select student_id, reward from proposals order by seq") == [("a", 1.0), ("c", 2.0)]
 
@@ -82,6 +86,7 @@ def test_batch_limits_are_clear_errors_that_change_nothing(tmp_path):
         with service.client(service.student_token) as http:
             too_many = http.post("/propose/batch", json={"items": [{"curriculum": "cur", "student_id": "a"}] * 9})
             assert too_many.status_code == 422 and "at most 8 items" in too_many.text
+            assert too_many.json()["detail"][0]["loc"] == ["body", "items"]  # where FastAPI puts its own limit's
             assert http.post("/propose/batch", json={"items": []}).status_code == 422
             big = {"items": [{"proposal_id": "a" * 32, "student_id": "s", "signals": {"extra": {"x" * 60: 1.0}}}] * 1000}
             assert http.post("/report/batch", json=big).status_code == 413

@@ -37,17 +37,18 @@ async def report(request: Request, body: wire.ReportRequest) -> wire.ReportAck:
     return await request.app.state.gatherers["report"].call(request, body)
 
 
-def parse_items(hub: TeacherHub, items: list[dict[str, Any]], model: type[M]) -> list[M | wire.ItemError]:
-    """Each item of a batch validated on its own: the model, or the item's 422 entry."""
+def parse_items(hub: TeacherHub, items: list[Any], model: type[M]) -> list[M | wire.ItemError]:
+    """Each item of a batch validated on its own: the model, or the item's 422 entry, located as the single verb
+    locates its body's problems."""
     limit = hub.settings.max_batch_items
     if len(items) > limit:
-        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("items",))
+        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("body", "items"))
     parsed: list[M | wire.ItemError] = []
     for item in items:
         try:
             parsed.append(model.model_validate(item))
         except pydantic.ValidationError as exc:
-            problems = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+            problems = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
             parsed.append(wire.ItemError(status=422, detail=problems))
     return parsed
 
@@ -64,7 +65,7 @@ def item_results(parsed: list[Any], answers: list[Any]) -> list[tuple[Any, wire.
     ]
 
 
-async def run_batch(request: Request, items: list[dict[str, Any]], model: type[M],
+async def run_batch(request: Request, items: list[Any], model: type[M],
                     start: Callable[[list[M]], Future]) -> list[tuple[Any, wire.ItemError | None]]:
     """A batch verb: its items validated one by one, the valid ones through the hub's batch work (`start`), which the
     writer thread does whole, deciding proposals included, so the event loop hands it over and awaits it
