@@ -29,11 +29,15 @@ log = logging.getLogger("teacher_service")
 STATIC = Path(__file__).parent / "static"
 
 
-def error_message(err: dict) -> str:
+def error_message(err: dict, content_type: str | None) -> str:
     """A validation error's message; a body that is not JSON gets the parser's reason too
-    ("JSON decode error: Expecting ',' delimiter")."""
-    reason = err.get("ctx", {}).get("error") if err["type"] == "json_invalid" else None
-    return f"{err['msg']}: {reason}" if reason else err["msg"]
+    ("JSON decode error: Expecting ',' delimiter"), and one not sent as JSON the content type it needs: FastAPI reads a
+    body as JSON only with that type, and curl's -d sends a form's."""
+    if err["type"] == "json_invalid" and err.get("ctx", {}).get("error"):
+        return f"{err['msg']}: {err['ctx']['error']}"
+    if err["type"] == "model_attributes_type" and list(err["loc"]) == ["body"] and "json" not in (content_type or ""):
+        return f"{err['msg']}: send the body as JSON, with Content-Type: application/json (not {content_type or 'none'})"
+    return err["msg"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -80,9 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(exc.body(), status_code=exc.status_code)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Only location and message: echoing the input back could contain NaN, which is not JSON.
-        errors = [{"loc": list(err["loc"]), "msg": error_message(err), "type": err["type"]} for err in exc.errors()]
+        content_type = request.headers.get("content-type")
+        errors = [{"loc": list(err["loc"]), "msg": error_message(err, content_type), "type": err["type"]}
+                  for err in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -187,6 +187,12 @@ def test_bad_reports_are_rejected_and_change_nothing(service):
         response = client.post("/report", content=body, headers={"content-type": "application/json"})
         assert_rejected(service, response, 422, "finite number")
     assert_rejected(service, client.post("/report", content=b"{not json", headers={"content-type": "application/json"}), 422, "JSON")
+    # Valid JSON sent as curl's -d sends it, or with no type: FastAPI does not read it as JSON, and the answer says why.
+    valid = json.dumps({"proposal_id": other["proposal_id"], "student_id": "s1", "signals": {}}).encode()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert_rejected(service, client.post("/report", content=valid, headers=form), 422,
+                    "send the body as JSON, with Content-Type: application/json (not application/x-www-form-urlencoded)")
+    assert_rejected(service, client.post("/report", content=valid), 422, "with Content-Type: application/json (not none)")
     # What orjson refuses to parse (a lone surrogate) is parsed by the json module, as before: the field refuses it.
     body = b'{"proposal_id": "%s", "student_id": "\\ud800", "signals": {}}' % other["proposal_id"].encode()
     response = client.post("/report", content=body, headers={"content-type": "application/json"})
