@@ -67,10 +67,13 @@ def informativeness(
     window = window or max(11, n // 10)
     trend = moving_mean(values, window)
     residuals = values - trend
+    # Variation below a billionth of the values' size is the rounding of the sums above (a constant signal left
+    # residuals of 1e-17 whose task shares were noise): none.
+    negligible = n * (1e-9 * float(np.abs(values).max())) ** 2
     total = float(np.sum((residuals - residuals.mean()) ** 2))
     raw_total = float(np.sum((values - values.mean()) ** 2))
-    result["trend_r2"] = 1 - float(np.sum(residuals**2)) / raw_total if raw_total > 0 else 0.0
-    if total <= 0:  # nothing left once the trend is removed
+    result["trend_r2"] = 1 - float(np.sum(residuals**2)) / raw_total if raw_total > negligible else 0.0
+    if total <= negligible:  # nothing left once the trend is removed
         result.update(r2=0.0, adjusted_r2=0.0, p_value=1.0)
         return result
     r2 = _between_share(residuals, labels, k, total)

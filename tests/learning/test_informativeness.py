@@ -33,6 +33,18 @@ def test_a_signal_that_only_drifts_tells_nothing_about_tasks():
     assert abs(result["adjusted_r2"]) < 0.01 and result["p_value"] > 0.05
 
 
+@pytest.mark.parametrize("value", [0.1, 1e6 + 0.1])
+def test_a_constant_signal_explains_nothing_not_its_rounding(value):
+    """The moving mean's sums leave residuals of about 1e-17 of a constant: their task shares were noise (r2 0.0036,
+    p 0.72 for 0.1 on three tasks), not the nothing that an exactly zero residual gives."""
+    result = informativeness([k % 3 for k in range(200)], [value] * 200)
+    assert (result["r2"], result["adjusted_r2"], result["p_value"], result["trend_r2"]) == (0.0, 0.0, 1.0, 0.0)
+    # A real variation a millionth of the values' size is still measured.
+    rng = np.random.default_rng(2)
+    small = informativeness([k % 3 for k in range(200)], value + 1e-6 * value * rng.standard_normal(200))
+    assert 0 < small["r2"] < 0.1 and small["p_value"] > 0.05
+
+
 def test_too_few_reports_or_one_task_give_no_figures():
     assert informativeness([0, 1] * 4, np.arange(8.0))["r2"] is None
     assert informativeness([3] * 50, np.arange(50.0))["r2"] is None
