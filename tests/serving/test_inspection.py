@@ -35,7 +35,8 @@ def send(client, curriculum: str, student: str, i: int | None) -> dict:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def data(request, tmp_path_factory):
     """A service with: `maze` (two students, 10 reports, one open proposal, evaluations),
-    `hand` (Adroit, gradnorm teacher, 8 reports) and `hand-random` (Adroit, random teacher)."""
+    `hand` (Adroit, gradnorm teacher, 8 reports), `hand-random` (Adroit, random teacher) and `cut` (an episode, a
+    stopped one, an abandoned proposal)."""
     url = None
     if request.param == "postgresql":
         url = request.getfixturevalue("postgres").create_database(f"inspection_{id(request)}")
@@ -52,6 +53,12 @@ def data(request, tmp_path_factory):
         send(client, "hand", "s1", i)
     for i in range(5):
         send(client, "hand-random", "s1", i)
+    create(client, "cut", MAZE)  # an episode, a stopped one (it ran) and an abandoned proposal (never trained on)
+    send(client, "cut", "s1", 1)
+    for outcome, signals in (("stopped", {"env_steps": 40, "episode_return": 7.0}), ("abandoned", {})):
+        body = {"proposal_id": propose(client, "cut", "s1")["proposal_id"], "student_id": "s1", "signals": signals,
+                "outcome": outcome}
+        assert client.post("/report", json=body).status_code == 200
     for student, steps, success in (("s1", 500, 0.2), ("s1", 1000, 0.6), ("s2", 500, 0.4)):
         evaluation = {"curriculum": "maze", "student_id": student, "env_steps": steps, "episodes": 5,
                       "success_rate": success, "mean_return": 10 * success}
@@ -138,6 +145,15 @@ def test_students(data):
     assert s2["last_evaluation"]["env_steps"] == 500 and s2["active"]
     assert s1["last_target_evaluation"]["success_rate"] == 0.25 and s2["last_target_evaluation"] is None
     assert client.get("/curricula/maze/students", params={"active_within_s": 0.001}).json()["active"] == 0
+
+
+def test_an_abandoned_proposal_is_no_episode(data):
+    _, client = data
+    (s1,) = client.get("/curricula/cut/students").json()["students"]
+    assert (s1["proposals"], s1["episodes"], s1["env_steps"]) == (3, 2, 101 + 40)
+    assert client.get("/curricula/cut/signals").json()["episodes"] == 2
+    informativeness = client.get("/curricula/cut/informativeness", params={"last": 10}).json()
+    assert informativeness["episodes"] == 2
 
 
 def test_teacher(data):
