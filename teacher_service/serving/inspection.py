@@ -423,7 +423,7 @@ class Inspector:
         series = {n: {"mean": [], "min": [], "max": [], "count": []} for n in names}
         windows = []
         for w, count, first_at, last_at, *values in rows:
-            windows.append({"first_episode": w * every, "episodes": count, "first_at": iso(first_at),
+            windows.append({"first_episode": int(w) * every, "episodes": count, "first_at": iso(first_at),
                             "last_at": iso(last_at)})
             for i, n in enumerate(names):
                 mean, low, high, n_values = values[4 * i : 4 * i + 4]

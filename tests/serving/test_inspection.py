@@ -171,6 +171,8 @@ def test_signals_in_windows(data):
     _, client = data
     body = client.get("/curricula/maze/signals", params={"every": 4}).json()
     assert body["episodes"] == 10 and [w["episodes"] for w in body["windows"]] == [4, 4, 2]
+    starts = [w["first_episode"] for w in body["windows"]]
+    assert starts == [0, 4, 8] and all(type(start) is int for start in starts)  # PostgreSQL's division gave 0.0
     assert body["series"]["reward"]["mean"] == [1.5, 5.5, 8.5]
     assert body["series"]["episode_return"]["min"] == [-3.0, -7.0, -9.0]
     assert body["series"]["success"]["mean"] == [0.5, 0.5, 0.5]
