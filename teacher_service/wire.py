@@ -310,6 +310,10 @@ class CurriculumInfo(CurriculumCreate):
 
 # The most items a batch may hold on the wire; a service may set a lower limit (TEACHER_MAX_BATCH_ITEMS).
 MAX_BATCH_ITEMS = 10_000
+# Any item is taken, so that one that is not an object fails alone (api/episodes.py validates each); the schema says
+# what a valid one is.
+BatchItems = Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH_ITEMS,
+                                        json_schema_extra={"items": {"type": "object"}})]
 
 
 class ItemError(WireModel):
@@ -324,8 +328,7 @@ class ProposeBatchRequest(WireModel):
     `POST /propose` takes; an item that is not valid (not an object too) gets its own 422 entry, as `/propose` would
     answer it (the body must be valid JSON)."""
 
-    # Any item is taken, so that one that is not an object fails alone; the schema says what a valid one is.
-    items: list[Any] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, json_schema_extra={"items": {"type": "object"}})
+    items: BatchItems
 
 
 class ProposeBatchItem(WireModel):
@@ -344,8 +347,7 @@ class ReportBatchRequest(WireModel):
     idempotent as it is; an item that is not valid (not an object too) gets its own 422 entry, as `/report` would
     answer it (the body must be valid JSON)."""
 
-    # Any item is taken, so that one that is not an object fails alone; the schema says what a valid one is.
-    items: list[Any] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, json_schema_extra={"items": {"type": "object"}})
+    items: BatchItems
 
 
 class ReportBatchItem(WireModel):

@@ -16,12 +16,9 @@ from sqlalchemy import text
 
 from student_client.client import AsyncTeacherClient, TeacherClient, TeacherError
 from teacher_service.wire import CurriculumCreate, Proposal, ProposeRequest, ReportAck, ReportRequest, Signals
-from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra.errors import ApiError, BadRequest
-from teacher_service.serving.settings import Settings
-from teacher_service.serving.store.tables import create_tables, make_engine
 from tests.servers import ServiceProcess
-from tests.serving.test_group_commit import sqlite_hub
+from tests.serving.test_group_commit import hub_in_process
 from tests.serving.test_api import create
 
 DATABASES = itertools.count()
@@ -125,7 +122,7 @@ def test_openapi_documents_the_batch_verbs(service):
 
 def test_a_batch_gives_each_student_the_context_of_its_own_last_report(tmp_path):
     """One query finds the last reports of a batch's students: each item's teacher input is its own."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
     hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
     a, b = hub.proposing([ProposeRequest(curriculum="cur", student_id=s) for s in ("a", "b")]).result()
@@ -152,10 +149,7 @@ def test_without_a_context_the_teacher_sees_the_last_completed_episode_not_a_sto
     """As a student's own context (student_client/session.py): a cut episode's return is not a finished one's, and an
     abandoned proposal was never trained on."""
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
-    settings = Settings(data_dir=tmp_path, database_url=url)
-    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
-    create_tables(engine)
-    hub = TeacherHub(settings, engine)
+    hub = hub_in_process(tmp_path, database_url=url)
     tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
     hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
 
@@ -173,11 +167,11 @@ def test_without_a_context_the_teacher_sees_the_last_completed_episode_not_a_sto
     report(cut, "stopped", episode_return=99.0)
     report(dropped, "abandoned")
     after = propose()
-    with engine.connect() as conn:
+    with hub.engine.connect() as conn:
         observation = conn.execute(text("select teacher_input from proposals where proposal_id = :p"),
                                    {"p": after.proposal_id}).scalar_one()
     hub.close()
-    engine.dispose()
+    hub.engine.dispose()
     observation = (json.loads(observation) if isinstance(observation, str) else observation)["obs"]
     assert observation == pytest.approx([math.log1p(10.0), 1.0, completed.task.index / 5 * 2 - 1])
 
@@ -185,7 +179,7 @@ def test_without_a_context_the_teacher_sees_the_last_completed_episode_not_a_sto
 def test_a_wrong_length_last_task_fails_its_item_only(tmp_path):
     """A batch item whose context.last_task has the wrong length is a 422 for that item; the others are
     proposed, and a batch of only such items stores nothing (no teacher call over zero rows)."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     tasks = {"kind": "discrete", "tasks": [{"name": f"t{i}", "values": [float(i)]} for i in range(6)]}
     hub.create_curriculum(CurriculumCreate(name="cur", task_space=tasks, teacher={"algorithm": "gradnorm-reinforce"}))
     bad = ProposeRequest(curriculum="cur", student_id="a", context={"last_return": 1.0, "last_task": [1.0, 2.0]})
@@ -253,9 +247,8 @@ def test_a_batch_of_reports_stores_what_the_same_reports_one_at_a_time_store(req
             url = f"sqlite:///{tmp_path / f'{way}.db'}"
         else:
             url = request.getfixturevalue("postgres").create_database(f"batch_{next(DATABASES)}")
-        engine = make_engine(url, request_threads=4)
-        create_tables(engine)
-        hub = TeacherHub(Settings(data_dir=tmp_path), engine)
+        hub = hub_in_process(tmp_path, database_url=url)
+        engine = hub.engine
         for spec in specs:
             hub.create_curriculum(spec)
         with engine.connect() as conn:
@@ -294,7 +287,7 @@ def test_proposal_ids_follow_their_creation_so_inserts_stay_at_the_indexs_edge(t
     """Random ids put each insert on a random page of the unique index (a page written per proposal); ids
     that begin with their creation time in nanoseconds land at its right edge: in order across calls, one
     prefix within a batch, unique by their 64 random bits."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     try:
         hub.create_curriculum(CurriculumCreate.model_validate(
             {"name": "cur", "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]}}))

@@ -151,9 +151,9 @@ def test_a_script_without_a_main_guard_runs_once_and_its_teacher_learns(tmp_path
         import sys
         sys.path.insert(0, {str(REPO)!r})
         print("script body", flush=True)
-        from tests.serving.test_group_commit import SPEC, sqlite_hub
+        from tests.serving.test_group_commit import SPEC, hub_in_process
         from teacher_service.wire import CurriculumCreate, ProposeRequest, ReportRequest, Signals
-        hub = sqlite_hub({str(tmp_path)!r})
+        hub = hub_in_process({str(tmp_path)!r})
         hub.create_curriculum(CurriculumCreate(**SPEC))
         proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{{k}}") for k in range(2)]).result()
         hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
