@@ -36,8 +36,9 @@ SPEC = {"name": "cur", "task_space": TASKS,
         "teacher": {"algorithm": "gradnorm-reinforce", "params": {"batch_size": 2, "horizon": 1}}}
 
 
-def sqlite_hub(data_dir, **settings) -> TeacherHub:
-    """A hub in this process on a fresh SQLite file in `data_dir` (its threads start on first use)."""
+def hub_in_process(data_dir, **settings) -> TeacherHub:
+    """A hub in this process on a fresh SQLite file in `data_dir`, or on `database_url` (its threads start on first
+    use)."""
     settings = Settings(data_dir=data_dir, **settings)
     engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)
@@ -55,7 +56,7 @@ def hold_the_writer(hub: TeacherHub) -> threading.Event:
 def test_a_job_awaited_in_asyncio_whose_caller_is_cancelled_still_commits_with_its_group(tmp_path):
     # The batch report route awaits its job so; cancelling the future of a job that the writer is about to run
     # (or is running) would leave the writer unable to answer it, and with it the rest of its group.
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
 
     def evaluation(student: str):
@@ -87,7 +88,7 @@ def test_a_job_awaited_in_asyncio_whose_caller_is_cancelled_still_commits_with_i
 def test_a_job_that_raises_stop_iteration_fails_its_awaiting_request_instead_of_stalling_it(tmp_path):
     # asyncio refuses StopIteration as a future's exception: awaited as it was raised, the request (and a gathered
     # group's turn with it) would wait for ever. A teacher's propose_many returning too few decisions raises it.
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
 
     async def awaited():
         return await asyncio.wait_for(asyncio.wrap_future(hub.submit(lambda tx: next(iter([])), list)), 10)
@@ -100,7 +101,7 @@ def test_a_job_that_raises_stop_iteration_fails_its_awaiting_request_instead_of_
 def test_reports_whose_batch_request_is_cancelled_are_still_counted_and_wake_the_updater(tmp_path):
     """The batch route awaits `TeacherHub.reporting` in the event loop; what follows the commit (counting the reports,
     waking the updater for the batch they numbered) runs in the writer thread, not in the request that may be gone."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2: two reports number a batch
     proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)]).result()
     counted = lambda: REGISTRY.get_sample_value("teacher_reports_total", {"curriculum": "cur"}) or 0.0  # noqa: E731
@@ -124,7 +125,7 @@ def test_reports_whose_batch_request_is_cancelled_are_still_counted_and_wake_the
 
 
 def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_path):
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     curriculum_id = 1  # the first curriculum of a fresh database
 
@@ -163,7 +164,7 @@ def test_queued_writes_share_one_transaction_and_a_failing_one_fails_alone(tmp_p
 
 def test_a_group_that_finds_the_database_unavailable_fails_at_once(tmp_path):
     """Each job retried alone would meet the outage again (on PostgreSQL, a connect timeout each)."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     gate = hold_the_writer(hub)
     groups = hub.committer.groups
     runs: list[str] = []
@@ -285,9 +286,11 @@ def test_a_killed_service_loses_no_acknowledged_report_and_applies_numbered_batc
 
 def test_a_restarted_hub_applies_what_was_numbered_but_not_applied(tmp_path):
     """Reports number batches in their own transaction; the updates run later, from the committed rows."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
-    hub.updater.notify = lambda curriculum_id: None  # this process "dies" before applying anything
+    # This process "dies" before applying anything: no updater thread (a notify-less one still polled every second,
+    # and on a loaded machine applied the batches before the check below).
+    hub.updater.start = lambda: None
     proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(6)]).result()
     acks = hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                         signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
@@ -311,7 +314,7 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
     one transaction each; the worker's teacher is the one that learns from each batch in turn here, and each round
     stores the checkpoint at the last multiple of checkpoint_every, from which a restart replays the rest. Proposals
     made meanwhile never replay a round into the teacher (the new one is swapped in before the writer goes on)."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     spec = CurriculumCreate(**{"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
                                "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
                                "reward_signal": "episode_return"})
@@ -372,7 +375,7 @@ def report_two(hub: TeacherHub, curriculum: str) -> None:
 def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, caplog):
     """The next update meets the dead worker, fails, is logged and tried again with a new worker; the new worker
     has no copy of another curriculum's teacher either, and is sent one."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     for name in ("cur", "other"):
         hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": name}))  # batch_size 2
 
@@ -399,7 +402,7 @@ def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, ca
 
 
 def test_a_frozen_update_worker_is_replaced_after_the_time_limit_and_deleted_curricula_leave_it(tmp_path, caplog):
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     for name in ("cur", "other"):
         hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": name}))  # batch_size 2; ids 1 and 2
     for name in ("cur", "other"):
@@ -446,7 +449,7 @@ def read_while_the_worker_imports(hub: TeacherHub, timeout_s: float) -> None:
 def test_a_read_after_reports_waits_for_the_update_workers_imports_beyond_its_own_timeout(tmp_path):
     """The first updates wait for the worker's imports: a read that settles (GET /curricula/{name}) would otherwise
     miss them once its own timeout (10 s) was out."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
     report_two(hub, "cur")  # its first proposal starts the worker
     read_while_the_worker_imports(hub, 1.0)
@@ -456,11 +459,11 @@ def test_a_read_after_reports_waits_for_the_update_workers_imports_beyond_its_ow
 def test_a_read_after_a_restart_waits_for_the_imports_of_the_worker_that_its_reports_start(tmp_path):
     """After a restart, reports of proposals made before it start the worker with their update, not with a proposal:
     a read made before the worker started waits for its imports too."""
-    before = sqlite_hub(tmp_path)
+    before = hub_in_process(tmp_path)
     before.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
     proposals = before.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(2)]).result()
     before.close()
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                  signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
     read_while_the_worker_imports(hub, 2.0)
@@ -470,7 +473,7 @@ def test_a_read_after_a_restart_waits_for_the_imports_of_the_worker_that_its_rep
 def test_a_service_stopped_while_its_update_worker_imports_kills_it_instead_of_waiting(tmp_path):
     """A worker that is not ready holds nothing: a service stopped soon after its first proposal (a test, a Ctrl-C)
     stops at once, where waiting for the worker's imports took 2.5 s here and up to 12 s in the suite."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()  # starts the worker
     wait_until(lambda: hub.updater.worker.pid is not None, 20, "the worker's start")
@@ -483,7 +486,7 @@ def test_a_service_stopped_while_its_update_worker_imports_kills_it_instead_of_w
 
 def test_a_teacher_checkpointed_every_few_updates_is_rebuilt_exactly_from_stored_reports(tmp_path):
     """ALP-GMM's checkpoint holds its history: stored every 50 updates, the updates since are replayed."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.start()
     spec = {"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
             "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}}, "reward_signal": "episode_return"}
@@ -516,7 +519,7 @@ def delete_elsewhere(tmp_path, name: str) -> None:
 
 def test_a_proposal_for_a_curriculum_that_another_process_deleted_is_a_404(tmp_path):
     """This process still has the curriculum's teacher in its cache."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.proposing([ProposeRequest(curriculum="cur", student_id="s")]).result()
     delete_elsewhere(tmp_path, "cur")
@@ -527,7 +530,7 @@ def test_a_proposal_for_a_curriculum_that_another_process_deleted_is_a_404(tmp_p
 
 def test_a_batch_with_a_deleted_curriculum_stores_the_other_proposals(tmp_path):
     """Only the items of the deleted curriculum get 404; the rest of the batch is stored and answered."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     hub.create_curriculum(CurriculumCreate(**{**SPEC, "name": "gone"}))
     hub.proposing([ProposeRequest(curriculum="gone", student_id="s")]).result()
@@ -603,7 +606,7 @@ def test_proposals_do_not_wait_for_a_report_lock_that_another_replica_holds(tmp_
 def test_a_job_alone_gets_a_transaction_of_its_own(tmp_path):
     """The updater stores a new teacher version alone, so that no propose job in its group loads that version into
     the cached teacher before it is committed (a rollback would leave the cache ahead of the database)."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))
     gate = hold_the_writer(hub)
     groups = hub.committer.groups
@@ -630,7 +633,7 @@ def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch)
     spec = CurriculumCreate(**{"name": "alp", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 2]},
                                "teacher": {"algorithm": "alp-gmm", "params": {"fit_rate": 20}},
                                "reward_signal": "episode_return"})
-    writer, reader = sqlite_hub(tmp_path), sqlite_hub(tmp_path)  # two replicas on one database
+    writer, reader = hub_in_process(tmp_path), hub_in_process(tmp_path)  # two replicas on one database
     # The reader applies no batch itself (a replica may, racing the writer; not what is tested here): it replays.
     monkeypatch.setattr(reader.updater, "start", lambda: None)
     writer.start()
@@ -663,7 +666,7 @@ def test_a_stale_cache_replays_only_the_updates_it_misses(tmp_path, monkeypatch)
 def test_batch_counts_kept_in_memory_follow_a_rolled_back_group(tmp_path):
     """Reports count the episodes ready for a batch in memory within their transaction: when their group
     rolls back (another job fails) and each is run again alone, batches are numbered from what is stored."""
-    hub = sqlite_hub(tmp_path)
+    hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
     hub.updater.notify = lambda curriculum_id: None  # only the numbering is looked at
     proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(5)]).result()
