@@ -12,7 +12,9 @@
 3. Vectorized learners: loops of `POST /propose/batch` then `POST /report/batch` with 64 items each
    (one env each), on SQLite and then on a PostgreSQL server the bench starts (tests/servers.py): student
    episodes/s. Their curriculum updates its teacher every 640 episodes (128 trajectories of 5), a batch
-   size for a learner that finishes thousands of episodes a second.
+   size for a learner that finishes thousands of episodes a second. And where the CPU went, per episode: the
+   service process (its threads share one GIL, so it cannot use much more than one core: 1e6 / its us per
+   episode bounds its episodes/s), its update worker, the PostgreSQL server's processes, and this client.
 4. What one update of part 1's teacher costs, in process (CPU): the update itself and writing its checkpoint, which
    the update worker does (serving/update_worker.py), and loading that into the spare teacher, which the service
    process does (serving/updater.py).
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -159,6 +162,33 @@ async def paced_students(url: str, students: int, seconds: float, episode_s: flo
     }
 
 
+def children(pid: int) -> list[int]:
+    """A process's living children, whichever of its threads started them (from /proc: Linux)."""
+    return [int(child) for thread in Path(f"/proc/{pid}/task").iterdir() for child in (thread / "children").read_text().split()]
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """CPU time (user + system) of a process, and with `tree` of its living descendants too."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return own + (sum(cpu_seconds(child, tree) for child in children(pid)) if tree else 0.0)
+    except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+        return 0.0
+
+
+def cpu_per_episode(pids: dict[str, tuple[int, bool]], run: Callable[[], dict]) -> dict:
+    """`run()`'s result with the CPU of each of `pids` (name: pid, whether with its descendants) and of this process,
+    in us per episode and in cores."""
+    before = {name: cpu_seconds(*pid) for name, pid in pids.items()}
+    ours, started = time.process_time(), time.monotonic()
+    result = run()
+    wall, ours = time.monotonic() - started, time.process_time() - ours
+    used = {name: cpu_seconds(*pid) - before[name] for name, pid in pids.items()} | {"client (this bench)": ours}
+    episodes = result["episodes_per_s"] * wall
+    return result | {"cpu": {name: (1e6 * seconds / max(episodes, 1), seconds / wall) for name, seconds in used.items()}}
+
+
 async def batch_learners(url: str, loops: int, size: int, seconds: float) -> dict:
     """`loops` learners, each with `size` envs: propose a batch, report it, repeat. Episodes/s and errors."""
     episodes, errors, latencies = 0, 0, []
@@ -243,14 +273,19 @@ def start_service(env: dict, database_url: str | None = None) -> tuple[subproces
     return process, url
 
 
-def batch_run(env: dict, args: argparse.Namespace, database_url: str | None = None) -> dict:
-    """Part 3 on a fresh service process (on `database_url`, else SQLite in its data dir)."""
+def batch_run(env: dict, args: argparse.Namespace, database_url: str | None = None, server_pid: int | None = None) -> dict:
+    """Part 3 on a fresh service process (on `database_url`, else SQLite in its data dir); `server_pid`: the
+    PostgreSQL server's, whose processes' CPU is counted too."""
     process, url = start_service(env, database_url)
     try:
         httpx.post(f"{url}/curricula", json=VECTOR_CURRICULUM,
                    headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120).raise_for_status()
-        asyncio.run(batch_learners(url, args.batch_loops, 64, args.warmup))
-        return asyncio.run(batch_learners(url, args.batch_loops, 64, args.seconds))
+        asyncio.run(batch_learners(url, args.batch_loops, 64, args.warmup))  # the update worker starts here
+        pids = {"service process": (process.pid, False)}
+        pids |= {"update worker": (child, False) for child in children(process.pid)  # not multiprocessing's tracker
+                 if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()}
+        pids |= {"PostgreSQL server": (server_pid, True)} if server_pid else {}  # the server and its backends
+        return cpu_per_episode(pids, lambda: asyncio.run(batch_learners(url, args.batch_loops, 64, args.seconds)))
     finally:
         process.terminate()
         process.wait()
@@ -306,7 +341,8 @@ def main() -> None:
 
         postgres = PostgresServer().start()
         try:
-            batch["PostgreSQL"] = batch_run(env, args, postgres.create_database("bench"))
+            server_pid = int((postgres.dir / "data" / "postmaster.pid").read_text().split()[0])
+            batch["PostgreSQL"] = batch_run(env, args, postgres.create_database("bench"), server_pid)
         finally:
             postgres.stop()
     else:
@@ -324,6 +360,8 @@ def main() -> None:
     for backend, s in batch.items():
         print(f"{args.batch_loops} learners x 64 envs, batch verbs, {backend}: {s['episodes_per_s']:,.0f} episodes/s "
               f"(a propose and a report each), p50 {s['p50']:.1f} ms per propose+report pair, errors {s['errors']}")
+        print("  CPU per episode: " + ", ".join(f"{name} {us:.0f} us ({cores:.2f} core)"
+                                                for name, (us, cores) in s["cpu"].items()))
     cost = teacher_update_cost()
     print(f"one teacher update (gradnorm-reinforce defaults, 10 episodes), CPU in process: update {cost['update']:.0f} us "
           f"and checkpoint write {cost['checkpoint']:.0f} us ({cost['bytes'] / 1024:.0f} KiB) in the update worker, load "
