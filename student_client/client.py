@@ -8,6 +8,7 @@ retried: it raises `TeacherError` with the status code and the server's ``detail
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ import tenacity
 from pydantic import BaseModel, TypeAdapter
 
 from teacher_service.wire import (
+    CURRICULUM_NAME,
     CurriculumCreate,
     CurriculumInfo,
     EvaluationAck,
@@ -109,13 +111,41 @@ def _item_results(response: ProposeBatchResponse | ReportBatchResponse, key: str
             for item in response.results]
 
 
+def _checked_url(url: str) -> str:
+    """The service's URL, refused at once if no request could ever reach it: httpx would say so on every call,
+    as a transport error, which students take for an outage and train the whole run without their teacher."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"teacher URL {url!r} is not a URL: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"teacher URL {url!r} must start with http:// or https:// and name a host, e.g. {DEFAULT_URL}")
+    return url.rstrip("/")
+
+
+def _checked_token(token: str) -> str:
+    """The token, refused at once if it cannot be sent or can never match (the service's are printable ASCII)."""
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise ValueError("the teacher token holds a space, a control character (a newline read with it from a file?) "
+                         "or a non-ASCII character: tokens are printable ASCII")
+    return token
+
+
+def _curriculum_path(name: str, *rest: str) -> str:
+    """A curriculum's path, for a name that a curriculum can have: '../healthz' went to /healthz, and 'cl?x=1' to
+    curriculum 'cl'."""
+    if not isinstance(name, str) or not re.fullmatch(CURRICULUM_NAME, name):
+        raise ValueError(f"{name!r} is not a curriculum name (letters, digits, '_', '-' and '.')")
+    return "/".join(("/curricula", name, *rest))
+
+
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
                  max_backoff_s: float, batch_items: int) -> None:
         self.batch_items = batch_items  # items per batch call; at most the service's TEACHER_MAX_BATCH_ITEMS
-        self.url = (url or os.environ.get("TEACHER_URL") or DEFAULT_URL).rstrip("/")
+        self.url = _checked_url(url or os.environ.get("TEACHER_URL") or DEFAULT_URL)
         token = token if token is not None else os.environ.get("TEACHER_TOKEN")
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Authorization": f"Bearer {_checked_token(token)}"} if token else {}
         self._timeout = httpx.Timeout(timeout_s)
         self._retry = _retry_options(attempts, max_backoff_s)
 
@@ -188,7 +218,7 @@ class TeacherClient(_Base):
         return existing
 
     def get_curriculum(self, name: str) -> CurriculumInfo:
-        return self._request("GET", f"/curricula/{name}", model=CurriculumInfo)
+        return self._request("GET", _curriculum_path(name), model=CurriculumInfo)
 
     def list_curricula(self) -> list[CurriculumInfo]:
         return self._request("GET", "/curricula", model=list[CurriculumInfo])
@@ -196,14 +226,14 @@ class TeacherClient(_Base):
     def target(self, curriculum: str) -> TargetTasks | None:
         """The curriculum's target tasks (what its students evaluate on); None if it names none (404)."""
         try:
-            return self._request("GET", f"/curricula/{curriculum}/target", model=TargetTasks)
+            return self._request("GET", _curriculum_path(curriculum, "target"), model=TargetTasks)
         except TeacherError as exc:
             if exc.status_code == 404:
                 return None
             raise
 
     def delete_curriculum(self, name: str) -> None:
-        self._request("DELETE", f"/curricula/{name}")
+        self._request("DELETE", _curriculum_path(name))
 
     def health(self) -> bool:
         """Whether the service answers ``/healthz`` (one attempt, no retry)."""
@@ -283,21 +313,21 @@ class AsyncTeacherClient(_Base):
         return existing
 
     async def get_curriculum(self, name: str) -> CurriculumInfo:
-        return await self._request("GET", f"/curricula/{name}", model=CurriculumInfo)
+        return await self._request("GET", _curriculum_path(name), model=CurriculumInfo)
 
     async def list_curricula(self) -> list[CurriculumInfo]:
         return await self._request("GET", "/curricula", model=list[CurriculumInfo])
 
     async def target(self, curriculum: str) -> TargetTasks | None:
         try:
-            return await self._request("GET", f"/curricula/{curriculum}/target", model=TargetTasks)
+            return await self._request("GET", _curriculum_path(curriculum, "target"), model=TargetTasks)
         except TeacherError as exc:
             if exc.status_code == 404:
                 return None
             raise
 
     async def delete_curriculum(self, name: str) -> None:
-        await self._request("DELETE", f"/curricula/{name}")
+        await self._request("DELETE", _curriculum_path(name))
 
     async def health(self) -> bool:
         try:

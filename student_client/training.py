@@ -36,7 +36,10 @@ def sac_config(args: argparse.Namespace) -> SACConfig:
 
 def make_client(args: argparse.Namespace) -> TeacherClient:
     """One client for the process's students."""
-    return TeacherClient(args.teacher, args.token, timeout_s=args.timeout, attempts=3, max_backoff_s=1.0)
+    try:
+        return TeacherClient(args.teacher, args.token, timeout_s=args.timeout, attempts=3, max_backoff_s=1.0)
+    except ValueError as exc:  # a URL or token that can never work: the reason, not a traceback
+        raise SystemExit(f"student-worker: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,10 @@ class Proposal(WireModel):
     curriculum: str
     student_id: str
     task: Task | None = Field(description="None when the environment picks its own start (env-default).")
-    reset_options: dict[str, Any] = Field(description="Pass exactly this to env.reset(options=...).")
+    reset_options: dict[str, Any] = Field(description=(
+        "Where the episode starts, for env.reset(options=...), as JSON has it (lists, not arrays). Pass it through "
+        "student_client.envs.reset_options(env, reset_options): a raw gymnasium-robotics Adroit env needs numpy "
+        "arrays (README, Students)."))
     teacher_version: int
     expires_at: datetime
 

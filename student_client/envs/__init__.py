@@ -1,7 +1,8 @@
 """Environment families, one module each (`maze`, `adroit`); `reset_options` turns a proposal's
 ``reset_options`` into what ``env.reset(options=...)`` accepts, `make_env` builds the worker's adapter."""
 
-from student_client.envs.adapter import EnvAdapter, family, make_env, reset_options, step_all, verify_reset
+# base first: it silences gymnasium-robotics' import notice, which the adapter's own import of it would print.
 from student_client.envs.base import TaskMismatchError
+from student_client.envs.adapter import EnvAdapter, family, make_env, reset_options, step_all, verify_reset
 
 __all__ = ["EnvAdapter", "TaskMismatchError", "family", "make_env", "reset_options", "step_all", "verify_reset"]

@@ -1,6 +1,7 @@
 """TeacherClient and AsyncTeacherClient against a real service process."""
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -75,6 +76,34 @@ def test_unreachable_teacher_raises_after_retries():
         with pytest.raises(TeacherUnavailableError) as err:
             client.propose("cl", "s-1")
         assert err.value.status_code is None
+
+
+@pytest.mark.parametrize("client_class", [TeacherClient, AsyncTeacherClient])
+@pytest.mark.parametrize("url, token, says", [
+    ("127.0.0.1:8000", "t", "must start with http:// or https://"),  # no scheme: httpx's UnsupportedProtocol
+    ("http://", "t", "must start with http:// or https://"),
+    ("http://[::1", "t", "is not a URL"),
+    ("http://127.0.0.1:8000", "token\n", "a newline read with it from a file?"),
+    ("http://127.0.0.1:8000", "tökén", "non-ASCII"),
+    ("http://127.0.0.1:8000", "two words", "a space"),
+])
+def test_a_url_or_token_that_can_never_work_is_refused_at_once(client_class, url, token, says):
+    """Not at the first call as a transport error after the retries, which a student takes for an outage and then
+    trains its whole run on default tasks (an outsider's probe: student-worker exited 0 after such a run)."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        client_class(url, token)
+
+
+def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
+    """Before, '../healthz' reached /healthz (and failed parsing its answer), and 'cl?x=1' returned curriculum 'cl'."""
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.admin_token) as admin:
+        for name in ("../healthz", "cl?x=1", "cl/target", "cl#x", "..", ""):
+            for call in (admin.get_curriculum, admin.delete_curriculum, admin.target):
+                with pytest.raises(ValueError, match="is not a curriculum name"):
+                    call(name)
+        assert [c.name for c in admin.list_curricula()] == ["cl"]  # nothing was deleted
+        assert admin.get_curriculum("cl").name == "cl" and admin.target("cl") is None
 
 
 def test_async_client(service):

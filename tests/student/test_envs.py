@@ -1,6 +1,8 @@
 """Env adapters start where the teacher said, refuse malformed options, and step PointMazes together as
 each would step alone."""
 
+import subprocess
+import sys
 import tempfile
 
 import gymnasium as gym
@@ -240,3 +242,11 @@ def test_stepping_together_keeps_the_wrappers_checks():
     first = ant.reset(seed=0)
     obs, rewards, terminated, truncated, success = step_all([ant], [np.zeros(ant.act_dim, np.float32)])
     assert obs.shape == (1, first.shape[0]) and obs.dtype == np.float32 and rewards.dtype == np.float64
+
+
+def test_importing_the_env_helpers_prints_no_gymnasium_robotics_notice():
+    """The Adroit reward notice went to stderr on every import (and in every worker's log): the adapter imported
+    gymnasium-robotics before the module that silences it."""
+    for module in ("student_client.envs", "student_client.envs.adapter", "student_client.integrations.gym_wrapper"):
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, check=True)
+        assert "reward functions were updated" not in done.stderr, module
