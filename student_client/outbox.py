@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,12 +22,17 @@ class Outbox:
     resumes on the next ``flush``. A message the service rejects with a 4xx (e.g. 410: the
     proposal expired during a long outage) can never be delivered; it is moved to ``rejected``,
     kept in the file for the record, and logged.
+
+    A file has one outbox at a time, across processes: two that shared one (say, the sub-environments of a vector
+    env given the same ``outbox=``) overwrote each other's messages. The second raises ValueError; the claim ends
+    with ``close`` or with the process.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.pending: list[dict] = []
         self.rejected: list[dict] = []
+        self._claim = None if path is None else _claim(path)
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
             self.pending, self.rejected = saved["pending"], saved["rejected"]
@@ -84,6 +90,12 @@ class Outbox:
                 box.pending.pop(0)
             box._save()
 
+    def close(self) -> None:
+        """Give up the file: another outbox may use it now (this one still keeps messages in memory)."""
+        if self._claim is not None:
+            self._claim.close()  # which releases its lock
+            self._claim = None
+
     def _put(self, message: dict) -> None:
         self.pending.append(message)
         self._save()
@@ -97,3 +109,15 @@ class Outbox:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+def _claim(path: Path):
+    """An open lock file beside ``path``, locked (flock: held until it is closed, or the process ends)."""
+    lock = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ValueError(f"the outbox {path} is in use by another student, in this process or another: give each "
+                         "student (each sub-environment of a vector env) an outbox file of its own") from None
+    return lock

@@ -223,8 +223,10 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self._reset_episode()
 
     def close(self) -> None:
-        """Report the ended episode, stop the running one, deliver the outbox, then close the env."""
+        """Report the ended episode, stop the running one, deliver the outbox (and give up its file), then close the
+        env."""
         self.flush()
         self._stop()
         self.session.drain(self.drain_timeout)
+        self.session.outbox.close()
         super().close()

@@ -1,6 +1,7 @@
 """TeacherClient and AsyncTeacherClient against a real service process."""
 
 import asyncio
+import json
 import re
 
 import httpx
@@ -106,6 +107,32 @@ def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
         assert admin.get_curriculum("cl").name == "cl" and admin.target("cl") is None
 
 
+def test_an_outbox_file_has_one_outbox_at_a_time_across_processes(tmp_path):
+    """Two outboxes on one file (the sub-environments of a vector env given the same `outbox=`) overwrote each
+    other's messages: an outsider's probe found 2 of 6 pending reports on disk. The second is refused, in this process
+    and in another, until the first is closed; a process's end releases its claim."""
+    import subprocess
+    import sys
+
+    from student_client.outbox import Outbox
+
+    path = tmp_path / "outbox.json"
+    first = Outbox(path)
+    with pytest.raises(ValueError, match="in use by another student"):
+        Outbox(path)
+    other_process = [sys.executable, "-c", f"from pathlib import Path; from student_client.outbox import Outbox; "
+                     f"Outbox(Path({str(path)!r}))"]
+    refused = subprocess.run(other_process, capture_output=True, text=True)
+    assert refused.returncode != 0 and "in use by another student" in refused.stderr
+    first.put_evaluation(EvaluationRequest(curriculum="cl", student_id="s", env_steps=1, episodes=1, success_rate=0.0,
+                                           mean_return=0.0))
+    first.close()
+    first.close()  # twice: nothing more to give up
+    subprocess.run(other_process, check=True)  # its claim ends with it
+    assert [m["kind"] for m in Outbox(path).pending] == ["evaluation"]
+    assert Outbox(tmp_path / "another.json").pending == []  # other files are free
+
+
 def test_async_client(service):
     create_curriculum(service, "acl")
 
@@ -142,8 +169,8 @@ def test_outboxes_deliver_their_leading_reports_in_one_batch(service, tmp_path):
         assert reports.pending == [] and reports.rejected == []
         assert [m["kind"] for m in evaluation.pending] == ["evaluation"]
         assert (tmp_path / "b.json").stat().st_ino == inode  # untouched: nothing of it was sent
-        assert Outbox(tmp_path / "a.json").pending == []  # what was delivered is off the file too
-        assert evaluation.flush(client) == 1 and Outbox(tmp_path / "b.json").pending == []
+        assert json.loads((tmp_path / "a.json").read_text())["pending"] == []  # what was delivered is off the file too
+        assert evaluation.flush(client) == 1 and json.loads((tmp_path / "b.json").read_text())["pending"] == []
     headers = {"Authorization": f"Bearer {service.student_token}"}
     history = httpx.get(f"{service.url}/curricula/cl/history", headers=headers).json()["items"]
     assert [item["reported_at"] is not None for item in history] == [True, True]

@@ -90,6 +90,8 @@ def test_wrapper_trains_through_a_teacher_outage_and_delivers_later(service, tmp
     create_curriculum(service, "outage")
     outbox = tmp_path / "outbox.json"
     env = wrapper(service, "outage", "w-0", 10, outbox=outbox, retry_every=0.2)
+    with pytest.raises(ValueError, match="in use by another student"):  # another sub-environment given the same file
+        wrapper(service, "outage", "w-1", 10, outbox=outbox)
     learner = Learner([env.tracker])
     assert all("proposal_id" in info for info in run_episodes(env, 2, learner))
     env.reset()
@@ -102,6 +104,7 @@ def test_wrapper_trains_through_a_teacher_outage_and_delivers_later(service, tmp
     run_episodes(env, 2, learner)  # delivered at the next try, once retry_every has passed
     env.close()
     assert json.loads(outbox.read_text())["pending"] == []
+    wrapper(service, "outage", "w-0", 10, outbox=outbox).close()  # closed, the first gave up its file
     items = history(service, "outage")
     assert len(items) == 5 and all(item["signals"] is not None for item in items)
     assert [item["signals"]["grad_updates"] for item in items] == [10] * 5
