@@ -223,7 +223,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=10000, help="env steps between checkpoints")
     p.add_argument("--tensorboard", default=None,
                    help="write TensorBoard scalars to this directory (several students: DIR/s<seed> each)")
-    p.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout in seconds")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="HTTP timeout in seconds: a teacher that does not answer holds a call for 3 of them")
     p.add_argument("--retry-every", type=float, default=5.0, help="seconds between tries while the teacher is down")
     p.add_argument("--drain-timeout", type=float, default=60.0, help="seconds to deliver the outbox at exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
