@@ -7,6 +7,7 @@ retried: it raises `TeacherError` with the status code and the server's ``detail
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -82,20 +83,35 @@ def _body(model: BaseModel | None) -> dict | None:
     return None if model is None else model.model_dump(mode="json", exclude_none=True)
 
 
+def _batches(items: list[dict], size: int, max_bytes: int) -> Iterator[list[dict]]:
+    """Consecutive runs of `items`, each at most `size` items and `max_bytes` of JSON: the service answers 413 to a
+    larger body, failing the whole call (1,024 reports with many `extra` signals made 5.6 MB)."""
+    batch: list[dict] = []
+    used = len('{"items":[]}')
+    for item in items:
+        length = len(json.dumps(item)) + 1  # spaces and escapes the compact encoding of the request may not have
+        if batch and (len(batch) == size or used + length > max_bytes):
+            yield batch
+            batch, used = [], len('{"items":[]}')
+        batch.append(item)
+        used += length
+    if batch:
+        yield batch
+
+
 def _propose_batches(curriculum: str, student_ids: Sequence[str], contexts: Sequence[StudentContext | None] | None,
-                     size: int) -> Iterator[ProposeBatchRequest]:
+                     size: int, max_bytes: int) -> Iterator[ProposeBatchRequest]:
     if contexts is not None and len(contexts) != len(student_ids):
         raise ValueError(f"{len(contexts)} contexts for {len(student_ids)} students")
     items = [_body(ProposeRequest(curriculum=curriculum, student_id=student, context=contexts[k] if contexts else None))
              for k, student in enumerate(student_ids)]
-    for start in range(0, len(items), size):
-        yield ProposeBatchRequest(items=items[start : start + size])
+    for batch in _batches(items, size, max_bytes):
+        yield ProposeBatchRequest(items=batch)
 
 
-def _report_batches(reports: Sequence[ReportRequest], size: int) -> Iterator[ReportBatchRequest]:
-    items = [_body(report) for report in reports]
-    for start in range(0, len(items), size):
-        yield ReportBatchRequest(items=items[start : start + size])
+def _report_batches(reports: Sequence[ReportRequest], size: int, max_bytes: int) -> Iterator[ReportBatchRequest]:
+    for batch in _batches([_body(report) for report in reports], size, max_bytes):
+        yield ReportBatchRequest(items=batch)
 
 
 def _created_before(info: CurriculumInfo, spec: CurriculumCreate) -> bool:
@@ -141,8 +157,9 @@ def _curriculum_path(name: str, *rest: str) -> str:
 
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
-                 max_backoff_s: float, batch_items: int) -> None:
+                 max_backoff_s: float, batch_items: int, batch_bytes: int) -> None:
         self.batch_items = batch_items  # items per batch call; at most the service's TEACHER_MAX_BATCH_ITEMS
+        self.batch_bytes = batch_bytes  # JSON bytes per batch call; at most its TEACHER_MAX_BATCH_BODY_BYTES
         self.url = _checked_url(url or os.environ.get("TEACHER_URL") or DEFAULT_URL)
         token = token if token is not None else os.environ.get("TEACHER_TOKEN")
         self._headers = {"Authorization": f"Bearer {_checked_token(token)}"} if token else {}
@@ -154,8 +171,9 @@ class TeacherClient(_Base):
     """Synchronous client; token from the argument or ``TEACHER_TOKEN``, URL from ``TEACHER_URL``."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0,
-                 attempts: int = 5, max_backoff_s: float = 5.0, batch_items: int = 1024) -> None:
-        super().__init__(url, token, timeout_s, attempts, max_backoff_s, batch_items)
+                 attempts: int = 5, max_backoff_s: float = 5.0, batch_items: int = 1024,
+                 batch_bytes: int = 4 * 1024 * 1024) -> None:
+        super().__init__(url, token, timeout_s, attempts, max_backoff_s, batch_items, batch_bytes)
         self._http = httpx.Client(base_url=self.url, headers=self._headers, timeout=self._timeout)
 
     def _request(self, method: str, path: str, body: BaseModel | None = None, model: Any = None) -> Any:
@@ -184,7 +202,7 @@ class TeacherClient(_Base):
         """One proposal per student id (e.g. one per environment of a vectorized learner), through
         ``POST /propose/batch``; an item the service refused is a `TeacherError` in its place."""
         results: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items):
+        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items, self.batch_bytes):
             results += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
         return results
 
@@ -192,7 +210,7 @@ class TeacherClient(_Base):
         """Many reports through ``POST /report/batch`` (idempotent per proposal, so retries are safe); an item
         the service refused is a `TeacherError` in its place."""
         results: list[ReportAck | TeacherError] = []
-        for batch in _report_batches(reports, self.batch_items):
+        for batch in _report_batches(reports, self.batch_items, self.batch_bytes):
             results += _item_results(self._request("POST", "/report/batch", batch, ReportBatchResponse), "ack")
         return results
 
@@ -256,8 +274,9 @@ class AsyncTeacherClient(_Base):
     """Asynchronous client with the same methods as `TeacherClient`, awaitable."""
 
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0,
-                 attempts: int = 5, max_backoff_s: float = 5.0, batch_items: int = 1024) -> None:
-        super().__init__(url, token, timeout_s, attempts, max_backoff_s, batch_items)
+                 attempts: int = 5, max_backoff_s: float = 5.0, batch_items: int = 1024,
+                 batch_bytes: int = 4 * 1024 * 1024) -> None:
+        super().__init__(url, token, timeout_s, attempts, max_backoff_s, batch_items, batch_bytes)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=self._timeout)
 
     async def _request(self, method: str, path: str, body: BaseModel | None = None, model: Any = None) -> Any:
@@ -282,14 +301,14 @@ class AsyncTeacherClient(_Base):
     async def propose_many(self, curriculum: str, student_ids: Sequence[str],
                            contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
         results: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items):
+        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items, self.batch_bytes):
             response = await self._request("POST", "/propose/batch", batch, ProposeBatchResponse)
             results += _item_results(response, "proposal")
         return results
 
     async def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         results: list[ReportAck | TeacherError] = []
-        for batch in _report_batches(reports, self.batch_items):
+        for batch in _report_batches(reports, self.batch_items, self.batch_bytes):
             results += _item_results(await self._request("POST", "/report/batch", batch, ReportBatchResponse), "ack")
         return results
 

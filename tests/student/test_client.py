@@ -133,6 +133,38 @@ def test_an_outbox_file_has_one_outbox_at_a_time_across_processes(tmp_path):
     assert Outbox(tmp_path / "another.json").pending == []  # other files are free
 
 
+def test_batches_are_split_by_size_as_well_as_by_count(tmp_path):
+    """1,024 reports with many `extra` signals made a 5.6 MB body, and the whole call failed with 413 (an outsider's
+    probe). Against a service that takes 4 KiB a batch, 30 reports of ~400 bytes go in several calls and every one is
+    acknowledged, by both clients; without the split, the same reports fail."""
+    from teacher_service.wire import ReportRequest
+    from tests.servers import ServiceProcess
+
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_MAX_BATCH_BODY_BYTES": "4096"}).start()
+    try:
+        create_curriculum(service, "big")
+        signals = Signals(grad_norm_mean=1.0, extra={f"probe.signal_{k}": 1.0 + k for k in range(12)})
+        with TeacherClient(service.url, service.student_token, batch_bytes=4096) as client:
+            proposals = client.propose_many("big", [f"s-{k}" for k in range(60)])
+            reports = [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id, signals=signals)
+                       for p in proposals]
+            assert len(json.dumps([r.model_dump(mode="json") for r in reports[30:]])) > 3 * 4096
+            with TeacherClient(service.url, service.student_token, batch_bytes=10**7) as unsplit:
+                with pytest.raises(TeacherError) as err:
+                    unsplit.report_many(reports[:30])
+                assert err.value.status_code == 413
+            acks = client.report_many(reports[:30])
+            assert [a.proposal_id for a in acks] == [p.proposal_id for p in proposals[:30]]
+
+        async def main():
+            async with AsyncTeacherClient(service.url, service.student_token, batch_bytes=4096) as client:
+                return await client.report_many(reports[30:])
+
+        assert [a.proposal_id for a in asyncio.run(main())] == [p.proposal_id for p in proposals[30:]]
+    finally:
+        service.stop()
+
+
 def test_async_client(service):
     create_curriculum(service, "acl")
 
