@@ -32,8 +32,10 @@ def env_options(env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
             value = np.asarray(state[key], dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise TaskMismatchError(f"initial_state_dict[{key!r}] is not numeric") from exc
-        if value.shape != (size,) or not np.all(np.isfinite(value)):
-            raise TaskMismatchError(f"initial_state_dict[{key!r}] must be {size} finite numbers, got shape {value.shape}")
+        if value.shape != (size,):
+            raise TaskMismatchError(f"initial_state_dict[{key!r}] must be {size} numbers, got shape {value.shape}")
+        if not np.all(np.isfinite(value)):
+            raise TaskMismatchError(f"initial_state_dict[{key!r}] holds NaN or infinite values")
         arrays[key] = value
     return {"initial_state_dict": arrays}
 

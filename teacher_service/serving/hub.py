@@ -592,7 +592,7 @@ class TeacherHub:
         if proposal.ack is not None:
             if proposal.signals == signals:
                 return wire.ReportAck.model_validate(proposal.ack), row, False  # a resend: the first answer
-            raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals")
+            raise Conflict(f"proposal {request.proposal_id!r} was already reported with other signals or another outcome")
         now = utcnow()
         if now > proposal.expires_at:
             raise Gone(f"proposal {request.proposal_id!r} expired at {proposal.expires_at.isoformat()}")

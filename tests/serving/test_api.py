@@ -203,6 +203,9 @@ def test_bad_reports_are_rejected_and_change_nothing(service):
     again = report(client, proposal, 2.0)
     assert again.status_code == 200 and again.json() == first.json()
     assert_rejected(service, report(client, proposal, 3.0), 409, "already reported with other signals")
+    stopped = {"proposal_id": proposal["proposal_id"], "student_id": "s1", "signals": {"grad_norm_mean": 2.0},
+               "outcome": "stopped"}  # the same signals: the message named only those
+    assert_rejected(service, client.post("/report", json=stopped), 409, "or another outcome")
     assert counts(service) == before
 
 

@@ -1,6 +1,7 @@
 """Env adapters start where the teacher said, refuse malformed options, and step PointMazes together as
 each would step alone."""
 
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,8 +119,11 @@ def test_adroit_rejects_bad_options(adroit):
         {"initial_state_dict": {**d, "qpos": d["qpos"][:30]}},  # wrong shape
         {"initial_state_dict": {**d, "target_pos": [0.0, float("nan"), 0.2]}},
     ]
-    for options in bad:
-        with pytest.raises(TaskMismatchError):
+    says = ["must be exactly ['initial_state_dict']", "exactly the keys", "exactly the keys",
+            "must be 3 numbers, got shape (2,)", "must be 36 numbers, got shape (30,)",
+            "holds NaN or infinite values"]  # not "must be 3 finite numbers, got shape (3,)" for a NaN
+    for options, message in zip(bad, says, strict=True):
+        with pytest.raises(TaskMismatchError, match=re.escape(message)):
             adroit.reset(options)
 
 
