@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
 from student_client.client import TeacherError
@@ -32,7 +33,7 @@ from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import PRESETS, SAC, make_buffer
 from student_client.sac.device import resolve_device
 from student_client.training import CHECKPOINT, Episode, StudentFiles, StudentSpec, make_client, sac_config
-from teacher_service.wire import Proposal
+from teacher_service.wire import CurriculumName, Proposal, StudentId
 
 log = logging.getLogger("student_client.worker")
 
@@ -187,6 +188,19 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _wire_value(annotation: Any, what: str):
+    """An argparse type that checks a value as the service will (a name it would refuse: a usage error, at once)."""
+    adapter = TypeAdapter(annotation)
+
+    def check(text: str) -> str:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}: {exc.errors()[0]['msg']}") from None
+
+    return check
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with ``args.students``: one `StudentSpec` per student of the process."""
     p = argparse.ArgumentParser(prog="student-worker", description=__doc__.split("\n\n")[0],
@@ -194,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", default=os.environ.get("TEACHER_URL", "http://127.0.0.1:8000"),
                    help="teacher service URL (env TEACHER_URL)")
     p.add_argument("--token", default=None, help="bearer token (default: env TEACHER_TOKEN)")
-    p.add_argument("--curriculum", required=True, nargs="+",
+    p.add_argument("--curriculum", required=True, nargs="+", type=_wire_value(CurriculumName, "curriculum name"),
                    help="curriculum name on the teacher: one for all students, or one per student")
     p.add_argument("--env", required=True, help="environment id, e.g. PointMaze_UMaze-v3")
     p.add_argument("--env-kwargs", type=_json_object, default={}, metavar="JSON",
@@ -212,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device of the networks and replay buffers: cpu, cuda")
     p.add_argument("--learning-starts", type=int, default=None, help="override the preset's first update step")
     p.add_argument("--random-steps", type=int, default=None, help="override the preset's random-action steps")
-    p.add_argument("--student-id", nargs="+", default=None,
+    p.add_argument("--student-id", nargs="+", default=None, type=_wire_value(StudentId, "student id"),
                    help="one per student (default: <hostname>-s<seed>, or the checkpoint's)")
     p.add_argument("--eval-every", type=int, default=5000, help="env steps between evaluations (0: never)")
     p.add_argument("--eval-episodes", type=int, default=10,

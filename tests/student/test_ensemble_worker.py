@@ -277,7 +277,9 @@ def test_the_command_line_gives_each_student_its_own_seed_id_curriculum_and_file
                 ["--curriculum", "a", "--env-kwargs", "[1]"], ["--curriculum", "a", "--device", "gpu0"],
                 ["--curriculum", "a", "--seeds", "1", "2", "--checkpoint-dir", "d", "./d"],
                 ["--curriculum", "a", "--checkpoint-every", "0"], ["--curriculum", "a", "--eval-every", "-1"],
-                ["--curriculum", "a", "--seed", "3", "--seeds", "1", "2"]):  # which seeds? not silently one
+                ["--curriculum", "a", "--seed", "3", "--seeds", "1", "2"],  # which seeds? not silently one
+                # names the service refuses: a usage error, not a traceback once the worker asks the teacher
+                ["--curriculum", "a/b"], ["--curriculum", "a", "--student-id", "my student"]):
         with pytest.raises(SystemExit):
             parse_args([*base, *bad])
     if not torch.cuda.is_available():  # a clear error, not a crash at the first update
