@@ -20,6 +20,7 @@ delivered to its wrapper (`GradMailbox`) when the wrapper would have popped them
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,9 @@ class TeacherCurriculumWrapper(gym.Wrapper):
             self.tracker.groups = stats
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        """Ask the teacher for a task and reset on it (``options`` from the caller are replaced)."""
+        """Ask the teacher for a task and reset on it (``options`` from the caller are replaced, with a warning)."""
+        if options:
+            warnings.warn("TeacherCurriculumWrapper.reset: the teacher's task replaces the options passed", stacklevel=2)
         if self._ended is not None and self._updates() > self._updates_at_end:
             self.flush()  # next-step reset: the update after the last step is in
             self._skip_updates = True

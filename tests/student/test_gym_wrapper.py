@@ -143,7 +143,8 @@ def test_stopped_and_abandoned_episodes_reward_no_teacher(shared):
     env.reset()
     steps(env, 4, learner)
     env.reset()  # in mid-episode: the 4 steps are reported as stopped, their updates go with them
-    env.reset()  # no step on the last proposal: released
+    with pytest.warns(UserWarning, match="the teacher's task replaces the options passed"):
+        env.reset(options={"reset_cell": [1, 1]})  # no step on the last proposal: released
     steps(env, 10, learner)  # completed
     env.reset()
     env.close()  # a proposal never stepped on: released
