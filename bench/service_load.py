@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -164,7 +165,11 @@ async def paced_students(url: str, students: int, seconds: float, episode_s: flo
 
 def children(pid: int) -> list[int]:
     """A process's living children, whichever of its threads started them (from /proc: Linux)."""
-    return [int(child) for thread in Path(f"/proc/{pid}/task").iterdir() for child in (thread / "children").read_text().split()]
+    found = []
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            found += [int(child) for child in (thread / "children").read_text().split()]
+    return found
 
 
 def cpu_seconds(pid: int, tree: bool = False) -> float:
@@ -185,8 +190,8 @@ def cpu_per_episode(pids: dict[str, tuple[int, bool]], run: Callable[[], dict]) 
     result = run()
     wall, ours = time.monotonic() - started, time.process_time() - ours
     used = {name: cpu_seconds(*pid) - before[name] for name, pid in pids.items()} | {"client (this bench)": ours}
-    episodes = result["episodes_per_s"] * wall
-    return result | {"cpu": {name: (1e6 * seconds / max(episodes, 1), seconds / wall) for name, seconds in used.items()}}
+    episodes = max(result["episodes"], 1)
+    return result | {"cpu": {name: (1e6 * seconds / episodes, seconds / wall) for name, seconds in used.items()}}
 
 
 async def batch_learners(url: str, loops: int, size: int, seconds: float) -> dict:
@@ -219,7 +224,7 @@ async def batch_learners(url: str, loops: int, size: int, seconds: float) -> dic
         await asyncio.gather(*(learner(client, k) for k in range(loops)))
         elapsed = time.monotonic() - started
     latencies.sort()
-    return {"episodes_per_s": episodes / elapsed, "errors": errors,
+    return {"episodes": episodes, "episodes_per_s": episodes / elapsed, "errors": errors,
             "p50": 1e3 * latencies[len(latencies) // 2] if latencies else float("nan")}
 
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import httpx
 import tenacity
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from teacher_service.wire import (
-    CURRICULUM_NAME,
+    CurriculumName,
     CurriculumCreate,
     CurriculumInfo,
     EvaluationAck,
@@ -37,6 +36,7 @@ from teacher_service.wire import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+_CURRICULUM_NAME = TypeAdapter(CurriculumName)
 M = TypeVar("M")
 
 
@@ -130,34 +130,42 @@ def _item_results(response: ProposeBatchResponse | ReportBatchResponse, key: str
 def _checked_url(url: str) -> str:
     """The service's URL, refused at once if no request could ever reach it: httpx would say so on every call,
     as a transport error, which students take for an outage and train the whole run without their teacher."""
+    url = url.strip()
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise ValueError(f"teacher URL {url!r} is not a URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise ValueError(f"teacher URL {url!r} must start with http:// or https:// and name a host, e.g. {DEFAULT_URL}")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"teacher URL {url!r} has no valid port (1 to 65535)")
     return url.rstrip("/")
 
 
 def _checked_token(token: str) -> str:
-    """The token, refused at once if it cannot be sent or can never match (the service's are printable ASCII)."""
-    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
-        raise ValueError("the teacher token holds a space, a control character (a newline read with it from a file?) "
-                         "or a non-ASCII character: tokens are printable ASCII")
+    """The token, refused at once if it cannot be sent in a header: httpx would fail every call."""
+    if not (token.isascii() and token.isprintable()):
+        raise ValueError("the teacher token holds a control character (a newline read with it from a file?) or a "
+                         "non-ASCII character: it cannot be sent")
     return token
 
 
 def _curriculum_path(name: str, *rest: str) -> str:
     """A curriculum's path, for a name that a curriculum can have: '../healthz' went to /healthz, and 'cl?x=1' to
     curriculum 'cl'."""
-    if not isinstance(name, str) or not re.fullmatch(CURRICULUM_NAME, name):
-        raise ValueError(f"{name!r} is not a curriculum name (letters, digits, '_', '-' and '.')")
+    try:
+        _CURRICULUM_NAME.validate_python(name)
+    except ValidationError as exc:
+        raise ValueError(f"{name!r} is not a curriculum name: {exc.errors()[0]['msg']}") from None
     return "/".join(("/curricula", name, *rest))
 
 
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
                  max_backoff_s: float, batch_items: int, batch_bytes: int) -> None:
+        if batch_items < 1 or batch_bytes < 1024:
+            raise ValueError(f"batch_items must be at least 1 and batch_bytes at least 1024, not {batch_items} and "
+                             f"{batch_bytes}")
         self.batch_items = batch_items  # items per batch call; at most the service's TEACHER_MAX_BATCH_ITEMS
         self.batch_bytes = batch_bytes  # JSON bytes per batch call; at most its TEACHER_MAX_BATCH_BODY_BYTES
         self.url = _checked_url(url or os.environ.get("TEACHER_URL") or DEFAULT_URL)

@@ -6,8 +6,10 @@ import fcntl
 import json
 import logging
 import os
+import weakref
 from itertools import takewhile
 from pathlib import Path
+from typing import TextIO
 
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
 from teacher_service.wire import EvaluationRequest, ReportRequest
@@ -25,7 +27,7 @@ class Outbox:
 
     A file has one outbox at a time, across processes: two that shared one (say, the sub-environments of a vector
     env given the same ``outbox=``) overwrote each other's messages. The second raises ValueError; the claim ends
-    with ``close`` or with the process.
+    with ``close`` or with the process. A forked child's copy gives the file up, as ``close`` does.
     """
 
     def __init__(self, path: Path | None) -> None:
@@ -33,6 +35,7 @@ class Outbox:
         self.pending: list[dict] = []
         self.rejected: list[dict] = []
         self._claim = None if path is None else _claim(path)
+        _OPEN.add(self)
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
             self.pending, self.rejected = saved["pending"], saved["rejected"]
@@ -91,9 +94,10 @@ class Outbox:
             box._save()
 
     def close(self) -> None:
-        """Give up the file: another outbox may use it now (this one still keeps messages in memory)."""
+        """Give up the file: another outbox may use it now. Messages put after this are kept in memory only."""
+        self.path = None  # no more writes to a file that another outbox may own
         if self._claim is not None:
-            self._claim.close()  # which releases its lock
+            self._claim.close()  # the lock goes with the last descriptor of it
             self._claim = None
 
     def _put(self, message: dict) -> None:
@@ -111,8 +115,9 @@ class Outbox:
         os.replace(tmp, self.path)
 
 
-def _claim(path: Path):
-    """An open lock file beside ``path``, locked (flock: held until it is closed, or the process ends)."""
+def _claim(path: Path) -> TextIO | None:
+    """An open lock file beside ``path``, locked (flock: held until it is closed, or the process ends); None on a
+    filesystem without locks, where the claim is not possible."""
     lock = open(path.with_name(path.name + ".lock"), "a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -120,4 +125,14 @@ def _claim(path: Path):
         lock.close()
         raise ValueError(f"the outbox {path} is in use by another student, in this process or another: give each "
                          "student (each sub-environment of a vector env) an outbox file of its own") from None
+    except OSError as exc:  # ENOLCK, ENOSYS: some network filesystems
+        lock.close()
+        log.warning("the outbox %s cannot be locked (%s): make sure no other student uses it", path, exc)
+        return None
     return lock
+
+
+# A forked child holds copies of its parent's lock files, which would keep the parent's claims after it closes them:
+# the child's outboxes close (their files stay the parent's).
+_OPEN: weakref.WeakSet[Outbox] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [outbox.close() for outbox in list(_OPEN)])
