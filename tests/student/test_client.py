@@ -150,6 +150,25 @@ def test_an_outbox_file_has_one_outbox_at_a_time_across_processes(tmp_path):
     assert Outbox(tmp_path / "another.json").pending == []  # other files are free
 
 
+def test_an_outbox_on_a_filesystem_without_locks_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Some network mounts refuse flock (ENOLCK): the student still runs, and the log says to keep the file to one
+    student. The filesystem's refusal is injected: this machine's filesystems all lock."""
+    import errno
+    import fcntl
+
+    from student_client.outbox import Outbox
+    from teacher_service.wire import ReportRequest
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    outbox = Outbox(tmp_path / "outbox.json")
+    outbox.put_report(ReportRequest(proposal_id="p", student_id="s", signals=Signals()))
+    assert len(json.loads((tmp_path / "outbox.json").read_text())["pending"]) == 1
+    assert "cannot be locked" in caplog.text and "No locks available" in caplog.text
+
+
 def test_batches_are_split_by_size_as_well_as_by_count(tmp_path):
     """1,024 reports with many `extra` signals made a 5.6 MB body, and the whole call failed with 413 (an outsider's
     probe). Against a service that takes 4 KiB a batch, 30 reports of ~400 bytes go in several calls and every one is
