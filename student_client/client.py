@@ -17,9 +17,9 @@ import tenacity
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from teacher_service.wire import (
-    CurriculumName,
     CurriculumCreate,
     CurriculumInfo,
+    CurriculumName,
     EvaluationAck,
     EvaluationRequest,
     Proposal,
