@@ -83,6 +83,14 @@ def refreshed(page, times: int = 1) -> None:
     page.wait_for_function(f"Number(document.body.dataset.refreshes || 0) >= {times}", timeout=20_000)
 
 
+def refreshed_again(page, count: int = 2) -> None:
+    """Wait for `count` more refreshes, the last of them begun after this call, within the spacing the page announces
+    (20 times what its last refresh took: on a loaded machine more than a fixed 20 s, where a CI run failed)."""
+    data = page.evaluate("({...document.body.dataset})")
+    timeout = 20_000 + (count + 1) * int(data["nextPollMs"])
+    page.wait_for_function(f"Number(document.body.dataset.refreshes) >= {int(data['refreshes']) + count}", timeout=timeout)
+
+
 def train(client, curriculum: str, student: str, episodes: int, skill: float, finish: bool = False) -> None:
     """Reports that look like a student learning: return and success rising with `skill`, gradients falling."""
     for i in range(episodes):
@@ -170,8 +178,9 @@ def test_compare_view_and_maze_curriculum(service, open_page, shots):
 
     # Live: new proposals appear without reloading; the slider steps back through time.
     train(client, "umaze-gradnorm", "s4", 4, 0.2)
-    page.wait_for_function("document.querySelector('#maze').dataset.total === '40'", timeout=20_000)
-    page.wait_for_function("document.querySelectorAll('#students tbody tr').length === 4", timeout=20_000)
+    refreshed_again(page)
+    assert page.get_attribute("#maze", "data-total") == "40"
+    assert page.locator("#students tbody tr").count() == 4
     page.eval_on_selector("#time-slider", "s => { s.value = 0; s.dispatchEvent(new Event('input')); }")
     first = client.get("/curricula/umaze-gradnorm/distribution",
                        params={"source": "proposals", "buckets": 40}).json()["buckets"][0]
