@@ -6,6 +6,11 @@ must be storage the cluster shares, so that a rerun on another node resumes from
 reruns the task (up to --max-retries) when its node or its process dies, and when the worker is killed
 by a signal (OOM killer, preemption, kill -9): a worker that exits with an error is not rerun, since the
 same arguments would fail again.
+
+Stopping (Ctrl-C in acl-run): the launcher writes a stop file in each run directory, which the task watches, and
+cancels the task, which raises KeyboardInterrupt in it. Either makes the task stop its worker cleanly. The file is
+the one that cannot be lost: a cancel raced with the task once in our tests and never arrived, and the worker
+trained on until it was killed, two minutes later, without its last checkpoint (Ray's issue 32954 is alike).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ _DIE_WITH_PARENT = (
 
 
 STOP_TIMEOUT = 120  # seconds a stopped worker has to end its episode and checkpoint, as acl-run gives it
+STOP_FILE = "stop-requested"  # in the run directory: written by RayLauncher.stop, removed by its start
 
 
 class WorkerKilled(RuntimeError):
@@ -53,24 +59,36 @@ def run_worker(worker_args: list[str], workdir: str, env: dict[str, str]) -> int
     if not workdir.is_dir():  # not retried: another node would not see it either
         raise FileNotFoundError(f"{workdir} does not exist on node {ray.util.get_node_ip_address()}: "
                                 "--shared-dir must be storage that every node mounts at the same path")
+    stop_file = workdir / STOP_FILE
+    if stop_file.exists():  # stopped before it started
+        return -signal.SIGINT
     with open(workdir / "worker.log", "a") as log:
         child = subprocess.Popen(worker_command(worker_args), stdout=log, stderr=subprocess.STDOUT,
                                  env={**os.environ, **env}, start_new_session=True)
     try:
         while child.poll() is None:  # short sleeps: ray.cancel's KeyboardInterrupt lands between them
+            if stop_file.exists():
+                stop_worker(child)
+                return -signal.SIGINT
             time.sleep(0.2)
     except KeyboardInterrupt:
-        # Stopped by the launcher: as Ctrl-C locally, the worker ends its episode and checkpoints. SIGTERM,
-        # since Ray's worker processes ignore SIGINT and the child inherits that until it sets its handler.
-        child.terminate()
-        try:
-            child.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            child.kill()
+        stop_worker(child)
         raise
     if child.returncode < 0:
         raise WorkerKilled(f"student-worker was killed by {signal.Signals(-child.returncode).name}")
     return child.returncode
+
+
+def stop_worker(child: subprocess.Popen) -> None:
+    """As Ctrl-C locally: the worker ends its episode and checkpoints; killed if it has not within STOP_TIMEOUT.
+    SIGTERM, since Ray's worker processes ignore SIGINT and the child inherits that until it sets its handler."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        child.kill()
+    except KeyboardInterrupt:  # the launcher's cancel, arriving while the stop file's stop is under way
+        child.wait()  # bounded: the launcher kills the task itself after its own timeout
 
 
 class RayWorker:
@@ -116,13 +134,17 @@ class RayLauncher(Launcher):
             retry_exceptions=[WorkerKilled], name="student-worker")
 
     def start(self, worker_args: list[str], workdir: Path, env: dict[str, str]) -> WorkerHandle:
+        (workdir / STOP_FILE).unlink(missing_ok=True)  # a previous run's stop
         ref = self.task.remote(worker_args, str(workdir), env)
         return RayWorker(ref, workdir)
 
     def stop(self, handles: list[WorkerHandle], timeout: float) -> None:
-        running = [h.ref for h in handles if h.poll() is None]
-        for ref in running:
-            ray.cancel(ref)  # a KeyboardInterrupt in the task, which stops its worker cleanly
+        running = [h for h in handles if h.poll() is None]
+        for handle in running:
+            (handle.workdir / STOP_FILE).touch()  # the task stops its worker cleanly
+        for handle in running:
+            ray.cancel(handle.ref)  # and so does the KeyboardInterrupt this raises in it; a pending task is dropped
+        running = [h.ref for h in running]
         _, late = ray.wait(running, num_returns=len(running), timeout=timeout) if running else ([], [])
         for ref in late:
             ray.cancel(ref, force=True)  # kills the task's process, and with it the worker

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ import torch
 import yaml
 
 from tests.servers import REPO, free_port, wait_until
-from tests.student_helpers import TINY, episode_log
+from tests.student_helpers import TINY, create_curriculum, episode_log
 from tests.test_architecture import imports_of, project_modules
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
@@ -49,6 +50,27 @@ def test_a_run_dir_the_node_does_not_see_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="--shared-dir must be storage that every node mounts"):
         run_worker(["--help"], str(tmp_path / "elsewhere"), {})
     assert not (tmp_path / "elsewhere").exists()  # nothing started, nothing created
+
+
+@needs_ray
+def test_the_stop_file_stops_the_tasks_worker_cleanly_without_a_cancel(tmp_path, service):
+    """The launcher's stop file alone (no ray.cancel, whose KeyboardInterrupt was once lost) stops the worker as
+    Ctrl-C does locally: it ends its episode, reports it and checkpoints; the task says it was stopped."""
+    from teacher_service.launch.ray_launcher import STOP_FILE, run_worker  # the task's body, here without a cluster
+
+    create_curriculum(service, "stopfile", algorithm="random")
+    args = ["--teacher", service.url, "--curriculum", "stopfile", "--env", "PointMaze_UMaze-v3", "--student-id", "s0",
+            "--steps", "50000", "--checkpoint-dir", str(tmp_path), *TINY, "--eval-every", "0"]
+    with ThreadPoolExecutor(1) as pool:
+        task = pool.submit(run_worker, args, str(tmp_path), {"TEACHER_TOKEN": service.student_token})
+        wait_until(lambda: task.done() or len(episode_log(tmp_path)) >= 1, 300, "a first episode")
+        assert not task.done(), (tmp_path / "worker.log").read_text()[-3000:]
+        (tmp_path / STOP_FILE).touch()
+        assert task.result(timeout=200) == -signal.SIGINT
+    assert checkpoint_step(tmp_path) == episode_log(tmp_path)[-1]["step"] > 0  # ended its episode, then saved
+    assert "signal 15" in (tmp_path / "worker.log").read_text()
+    assert run_worker(args, str(tmp_path), {}) == -signal.SIGINT  # a task that starts after the stop: no worker
+    assert checkpoint_step(tmp_path) == episode_log(tmp_path)[-1]["step"]
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +226,8 @@ def test_a_killed_worker_is_rerun_by_ray_and_resumes(tmp_path, ray_address):
 
 @needs_ray
 def test_acl_run_on_ray_stops_its_workers_cleanly(tmp_path, ray_address):
-    """Ctrl-C: Ray cancels the task, whose worker ends its episode, reports it and checkpoints, as locally."""
+    """Ctrl-C: the launcher stops the task (stop file, cancel), whose worker ends its episode, reports it and
+    checkpoints, as locally."""
     spec = {"name": "onray", "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"},
             "teacher": {"algorithm": "random"}}
     (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
