@@ -171,8 +171,13 @@ class _Base:
         self.url = _checked_url(url or os.environ.get("TEACHER_URL") or DEFAULT_URL)
         token = token if token is not None else os.environ.get("TEACHER_TOKEN")
         self._headers = {"Authorization": f"Bearer {_checked_token(token)}"} if token else {}
+        self.timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._retry = _retry_options(attempts, max_backoff_s)
+
+    def _within(self, timeout_s: float | None) -> httpx.Timeout:
+        """The client's timeout, or ``timeout_s`` where that is shorter."""
+        return self._timeout if timeout_s is None else httpx.Timeout(min(timeout_s, self.timeout_s))
 
 
 class TeacherClient(_Base):
@@ -261,10 +266,11 @@ class TeacherClient(_Base):
     def delete_curriculum(self, name: str) -> None:
         self._request("DELETE", _curriculum_path(name))
 
-    def health(self) -> bool:
-        """Whether the service answers ``/healthz`` (one attempt, no retry)."""
+    def health(self, timeout_s: float | None = None) -> bool:
+        """Whether the service answers ``/healthz`` (one attempt, no retry), within the client's timeout or
+        ``timeout_s`` if shorter."""
         try:
-            return self._http.get("/healthz").is_success
+            return self._http.get("/healthz", timeout=self._within(timeout_s)).is_success
         except httpx.TransportError:
             return False
 
@@ -356,9 +362,9 @@ class AsyncTeacherClient(_Base):
     async def delete_curriculum(self, name: str) -> None:
         await self._request("DELETE", _curriculum_path(name))
 
-    async def health(self) -> bool:
+    async def health(self, timeout_s: float | None = None) -> bool:
         try:
-            return (await self._http.get("/healthz")).is_success
+            return (await self._http.get("/healthz", timeout=self._within(timeout_s))).is_success
         except httpx.TransportError:
             return False
 

@@ -4,7 +4,10 @@ Used by `student-worker` and by `TeacherCurriculumWrapper`, so both survive the 
 the teacher is unreachable (and for ``retry_every`` seconds after each failed try) `propose` returns
 None, meaning "train on the environment's default task", and reports and evaluations wait in a
 durable `Outbox` until the teacher is back. A 4xx answer to a proposal (wrong curriculum or token)
-is raised: retrying cannot help.
+is raised: retrying cannot help. A try after a failed one first asks ``/healthz`` once, within
+``PROBE_TIMEOUT_S``: a teacher that is frozen rather than stopped (a paused container, a network that drops
+packets) holds a call for all its retries (about 52 s with the client's defaults), which every try would
+otherwise cost again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Sig
 log = logging.getLogger(__name__)
 
 Outcome = Literal["completed", "stopped", "abandoned"]
+PROBE_TIMEOUT_S = 2.0
 
 
 class TeacherSession:
@@ -39,19 +43,20 @@ class TeacherSession:
         self.student_id = student_id
         self.outbox = Outbox(Path(outbox) if outbox is not None else None)
         self.retry_every = retry_every
-        self.down_until = 0.0
+        self.down_until: float | None = None  # None: up; else no try before this time (monotonic)
         self.last_return: float | None = None
         self.last_task: list[float] | None = None
         self._target: TargetTasks | None = None
         self._target_known = False
 
     def reachable(self) -> bool:
-        """Whether to try the teacher now (False for ``retry_every`` seconds after a failed try)."""
-        return time.monotonic() >= self.down_until
+        """Whether to try the teacher now: False for ``retry_every`` seconds after a failed try, then until it
+        answers ``/healthz`` (asked once per ``retry_every``)."""
+        return reachable([self])[0]
 
     def mark_down(self) -> None:
         """The teacher did not answer: train on env-default tasks for ``retry_every`` seconds."""
-        if self.reachable():
+        if self.down_until is None:
             log.warning("teacher unreachable; training on env-default tasks, reports kept in the outbox")
         self.down_until = time.monotonic() + self.retry_every
 
@@ -115,7 +120,8 @@ class TeacherSession:
         """At exit: keep delivering the outbox for up to ``timeout`` seconds (or until ``stop()``)."""
         deadline = time.monotonic() + timeout
         while self.outbox.pending and time.monotonic() < deadline and not stop():
-            self.outbox.flush(self.client)
+            if self.client.health(timeout_s=PROBE_TIMEOUT_S):  # a frozen teacher would hold a flush for its retries
+                self.outbox.flush(self.client)
             if self.outbox.pending:
                 time.sleep(min(self.retry_every, max(deadline - time.monotonic(), 0)))
         if self.outbox.pending:
@@ -126,10 +132,27 @@ class TeacherSession:
 # ---------------------------------------------------------------- several students, one client
 
 
+def reachable(sessions: Sequence[TeacherSession]) -> list[bool]:
+    """Whether to try the teacher now, for each session (`TeacherSession.reachable`); one ``/healthz`` per client
+    for the sessions whose wait is over (sessions sharing a client: one frozen teacher, one probe's wait)."""
+    now = time.monotonic()
+    healthy: dict[int, bool] = {}
+    for session in sessions:
+        if session.down_until is not None and now >= session.down_until:
+            client = session.client
+            if id(client) not in healthy:
+                healthy[id(client)] = client.health(timeout_s=PROBE_TIMEOUT_S)
+            if healthy[id(client)]:
+                session.down_until = None
+            else:
+                session.mark_down()
+    return [s.down_until is None for s in sessions]
+
+
 def flush_many(sessions: Sequence[TeacherSession]) -> None:
     """Deliver several students' outboxes (sessions sharing one client): their leading reports in one
     ``POST /report/batch``, then whatever is left (evaluations) one message at a time."""
-    live = [s for s in sessions if s.outbox.pending and s.reachable()]
+    live = [s for s, up in zip(sessions, reachable(sessions)) if s.outbox.pending and up]
     if not live:
         return
     try:
@@ -151,8 +174,8 @@ def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
     flush_many(sessions)
     proposals: list[Proposal | None] = [None] * len(sessions)
     groups: dict[str, list[int]] = {}
-    for i, session in enumerate(sessions):
-        if session.reachable():
+    for i, (session, up) in enumerate(zip(sessions, reachable(sessions))):
+        if up:
             groups.setdefault(session.curriculum, []).append(i)
     for curriculum, members in groups.items():
         group = [sessions[i] for i in members]

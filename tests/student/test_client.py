@@ -244,3 +244,45 @@ def test_outboxes_deliver_their_leading_reports_in_one_batch(service, tmp_path):
     assert [item["reported_at"] is not None for item in history] == [True, True]
     evaluations = httpx.get(f"{service.url}/curricula/cl/evaluations", headers=headers).json()["items"]
     assert [(e["student_id"], e["success_rate"]) for e in evaluations] == [("b", 1.0)]
+
+
+def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_try(service):
+    """A frozen teacher (SIGSTOP: it accepts connections and never answers) holds the first try for all the client's
+    retries; after that, each try, for one session or several sharing the client, costs one /healthz of at most
+    PROBE_TIMEOUT_S instead of those retries again, and the teacher is used again once it answers."""
+    import signal
+
+    from student_client.session import PROBE_TIMEOUT_S, TeacherSession, propose_many
+
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.student_token, timeout_s=4, attempts=3) as client:
+        sessions = [TeacherSession(client, "cl", f"s{i}", retry_every=0.2) for i in range(3)]
+        before = propose_many(sessions)
+        assert all(p is not None for p in before)
+        service.process.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            assert propose_many(sessions) == [None, None, None]
+            first = time.monotonic() - start  # three attempts of 4 s
+            time.sleep(0.3)
+            start = time.monotonic()
+            assert propose_many(sessions) == [None, None, None]  # one probe for the three
+            again = time.monotonic() - start
+            time.sleep(0.3)
+            start = time.monotonic()
+            assert sessions[0].propose() is None
+            alone = time.monotonic() - start
+            sessions[0].finish(before[0], Signals(grad_norm_mean=1.0), deliver=False)
+            start = time.monotonic()
+            sessions[0].drain(timeout=1)  # probes, never a flush that would hold it for the retries
+            drained = time.monotonic() - start
+            assert len(sessions[0].outbox.pending) == 1
+        finally:
+            service.process.send_signal(signal.SIGCONT)
+        assert first >= 3 * 4
+        assert max(again, alone, drained) < first / 2 and min(again, alone) >= PROBE_TIMEOUT_S, (first, again, alone,
+                                                                                                 drained)
+        time.sleep(0.3)
+        assert all(p is not None for p in propose_many(sessions[1:]))  # the teacher answers again: used at once
+        sessions[0].drain(timeout=10)
+        assert sessions[0].outbox.pending == []
