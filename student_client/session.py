@@ -52,7 +52,7 @@ class TeacherSession:
     def reachable(self) -> bool:
         """Whether to try the teacher now: False for ``retry_every`` seconds after a failed try, then until it
         answers ``/healthz`` (asked once per ``retry_every``)."""
-        return reachable([self])[0]
+        return which_reachable([self])[0]
 
     def mark_down(self) -> None:
         """The teacher did not answer: train on env-default tasks for ``retry_every`` seconds."""
@@ -132,7 +132,7 @@ class TeacherSession:
 # ---------------------------------------------------------------- several students, one client
 
 
-def reachable(sessions: Sequence[TeacherSession]) -> list[bool]:
+def which_reachable(sessions: Sequence[TeacherSession]) -> list[bool]:
     """Whether to try the teacher now, for each session (`TeacherSession.reachable`); one ``/healthz`` per client
     for the sessions whose wait is over (sessions sharing a client: one frozen teacher, one probe's wait)."""
     now = time.monotonic()
@@ -152,7 +152,7 @@ def reachable(sessions: Sequence[TeacherSession]) -> list[bool]:
 def flush_many(sessions: Sequence[TeacherSession]) -> None:
     """Deliver several students' outboxes (sessions sharing one client): their leading reports in one
     ``POST /report/batch``, then whatever is left (evaluations) one message at a time."""
-    live = [s for s, up in zip(sessions, reachable(sessions)) if s.outbox.pending and up]
+    live = [s for s, up in zip(sessions, which_reachable(sessions)) if s.outbox.pending and up]
     if not live:
         return
     try:
@@ -174,7 +174,7 @@ def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
     flush_many(sessions)
     proposals: list[Proposal | None] = [None] * len(sessions)
     groups: dict[str, list[int]] = {}
-    for i, (session, up) in enumerate(zip(sessions, reachable(sessions))):
+    for i, (session, up) in enumerate(zip(sessions, which_reachable(sessions))):
         if up:
             groups.setdefault(session.curriculum, []).append(i)
     for curriculum, members in groups.items():
