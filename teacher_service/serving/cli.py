@@ -57,10 +57,19 @@ def main(argv: list[str] | None = None) -> None:
     from teacher_service.serving.app import create_app  # after logging is set up, so start-up messages show
     from teacher_service.serving.curricula_file import CurriculaFileError
 
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
     try:
         app = create_app(settings)
     except CurriculaFileError as exc:
         raise SystemExit(f"teacher-service: {exc}") from None
+    except OSError as exc:  # the data dir or the SQLite file cannot be created or opened for writing
+        raise SystemExit(f"teacher-service: cannot use {exc.filename or settings.data_dir}: {exc.strerror or exc} "
+                         "(it must be writable by this user; see --data-dir)") from None
+    except OperationalError as exc:  # the database refuses or cannot be reached (a read-only file, a server down)
+        url = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)
+        raise SystemExit(f"teacher-service: cannot use the database {url}: {str(exc.orig).strip()}") from None
     # The cyclic garbage collector ran a full collection about once a second under batch load, each ~170 ms with
     # the GIL held: it scans every object (torch, sklearn and the rest: ~470,000), and its young collections, every
     # 700 allocations, promoted the objects of the requests in flight until the old ones had grown by a quarter.

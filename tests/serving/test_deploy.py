@@ -28,7 +28,7 @@ from teacher_service.serving.settings import Settings
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import build_teacher
 from teacher_service.wire import DiscreteTaskSpace
-from tests.servers import REPO, ServiceProcess
+from tests.servers import REPO, ServiceProcess, free_port
 from tests.student_helpers import TINY, episode_log, wait_exit
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -139,6 +139,27 @@ def test_service_refuses_to_start_with_a_bad_curricula_file(tmp_path):
     assert result.returncode != 0
     assert f"teacher-service: curricula file {path}: curriculum 'a': task_space" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where, says", [
+    ("data-dir-under-a-file", "teacher-service: cannot use {data.parent}: File exists (it must be writable by this user"),
+    ("server-down", "teacher-service: cannot use the database postgresql+psycopg://u:***@127.0.0.1:{port}/x: "
+                    "connection failed"),
+])
+def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_path, where, says):
+    """An operator's mistake at start-up (a data dir it cannot create, a database it cannot reach or write) is one
+    line that names it (without the password), not a traceback."""
+    (tmp_path / "file").write_text("")
+    port = free_port()
+    data, env = tmp_path / "file" / "data", {**os.environ}
+    if where == "server-down":
+        data = tmp_path / "data"
+        env["TEACHER_DATABASE_URL"] = f"postgresql+psycopg://u:secret@127.0.0.1:{port}/x"  # nothing listens there
+    result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert says.format(data=data, port=port) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
 
 
 # ---------------------------------------------------------------- the compose topology as processes
