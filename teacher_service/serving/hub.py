@@ -521,8 +521,12 @@ class TeacherHub:
         they numbered."""
         # Counted once committed; a resend is answered again but not counted again.
         metrics.count_per_curriculum(metrics.REPORTS, (row.name for _, row, fresh in outcomes if fresh))
-        for curriculum_id in {row.id for ack, row, fresh in outcomes if fresh and ack.teacher_updated}:
-            self.updater.notify(curriculum_id)
+        numbered: dict[int, int] = {}  # per curriculum, the last version its new reports numbered a batch for
+        for ack, row, fresh in outcomes:
+            if fresh and ack.teacher_updated:
+                numbered[row.id] = max(numbered.get(row.id, 0), ack.teacher_version)
+        for curriculum_id, version in numbered.items():
+            self.updater.notify(curriculum_id, version)
         return [ack for ack, _, _ in outcomes]
 
     def _lock(self, cursor: Any, locked: dict[int, Batching], curriculum_id: int) -> Batching:

@@ -67,6 +67,10 @@ class Updater:
         self.poll_s = poll_s  # how often it looks for batches that another replica numbered
         self.timeout_s = timeout_s  # the longest a round may take in the worker
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
+        # Per curriculum, the last version that this process's reports numbered, and the last seen stored: what a
+        # read waits for (`settle`).
+        self._numbered: dict[int, int] = {}
+        self._stored: dict[int, int] = {}
         self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
         self._worker_wanted = False  # students propose: start the worker before the first update needs it
         self._busy: int | None = None
@@ -81,12 +85,19 @@ class Updater:
                 self._thread = threading.Thread(target=self._run, name="teacher-updater", daemon=True)
                 self._thread.start()
 
-    def notify(self, curriculum_id: int) -> None:
-        """A batch of this curriculum was numbered: apply it soon."""
+    def notify(self, curriculum_id: int, version: int) -> None:
+        """Batches of this curriculum were numbered, up to `version`: apply them soon."""
         self.start()
         with self._cond:
             self._dirty.add(curriculum_id)
+            self._numbered[curriculum_id] = max(self._numbered.get(curriculum_id, 0), version)
             self._cond.notify_all()
+
+    def _saw_stored(self, curriculum_id: int, version: int) -> None:
+        with self._cond:
+            if version > self._stored.get(curriculum_id, -1):
+                self._stored[curriculum_id] = version
+                self._cond.notify_all()
 
     def expect_updates(self) -> None:
         """Students are proposing, their reports will follow: start the update worker now, an episode before the first
@@ -103,21 +114,27 @@ class Updater:
         """A curriculum was deleted: the worker drops its copy of the teacher."""
         with self._cond:
             self._deleted.add(curriculum_id)
+            self._numbered.pop(curriculum_id, None)
+            self._stored.pop(curriculum_id, None)
 
     def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
-        """Wait until the batches that this process knows of (of one curriculum, or of all) are applied;
-        whether there were any. A new worker's imports, which its first update waits for, are not counted in
-        `timeout_s` (up to IMPORT_LIMIT_S from its start): on a busy machine they alone can take longer, and a read
-        would miss the first updates."""
+        """Wait until the batches that this process knows of when called (of one curriculum, or of all) are applied:
+        up to the version its reports had numbered then, or, for batches found in the database (another replica's,
+        a crash's), until none is pending. Not for batches numbered meanwhile: under sustained reporting the updater
+        is never idle, and a read waited its whole timeout, every time. Whether there were any. A new worker's
+        imports, which its first update waits for, are not counted in `timeout_s` (up to IMPORT_LIMIT_S from its
+        start): on a busy machine they alone can take longer, and a read would miss the first updates."""
 
         def settled() -> bool:
             if self._thread is None:
                 return True
-            if curriculum_id is None:
-                return not self._dirty and self._busy is None
-            return curriculum_id not in self._dirty and self._busy != curriculum_id
+            pending = self._dirty | ({self._busy} if self._busy is not None else set())
+            if curriculum_id is not None:
+                pending &= {curriculum_id}
+            return all(cid in numbered and self._stored.get(cid, -1) >= numbered[cid] for cid in pending)
 
         with self._cond:
+            numbered = dict(self._numbered)
             if settled():
                 return False
             deadline = time.monotonic() + timeout_s
@@ -199,6 +216,7 @@ class Updater:
                     self.forget(curriculum_id)  # deleted, perhaps by another replica
                     return
                 row = CurriculumRow(*raw)
+                self._saw_stored(curriculum_id, row.teacher_version)  # by this updater or another replica's
                 runtime = hub.runtime_by_id(cursor, curriculum_id)
                 job = self._next_round(cursor, runtime, row.teacher_version)
                 if job is None:
@@ -252,6 +270,7 @@ class Updater:
 
             if not hub.submit(store, swap, alone=True).result():  # alone: see TeacherHub._propose_job
                 continue  # the next round reloads the stored teacher
+            self._saw_stored(curriculum_id, job.last)
             metrics.UPDATES.labels(row.name).inc(len(job.batches))
 
     def _next_round(self, cursor: Any, runtime: Any, stored: int) -> UpdateJob | None:

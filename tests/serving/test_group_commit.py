@@ -321,7 +321,7 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
     hub.create_curriculum(spec)
     # No updater thread yet, nothing to wake it: the backlog builds up.
     start, hub.updater.start = hub.updater.start, lambda: None
-    notify, hub.updater.notify = hub.updater.notify, lambda curriculum_id: None
+    notify, hub.updater.notify = hub.updater.notify, lambda curriculum_id, version: None
     for k in range(60):  # ALP-GMM learns from every report: 60 batches
         (proposal,) = hub.proposing([ProposeRequest(curriculum="alp", student_id=f"s{k % 3}")]).result()
         hub.reporting([ReportRequest(proposal_id=proposal.proposal_id, student_id=proposal.student_id,
@@ -337,7 +337,7 @@ def test_a_backlog_of_batches_is_applied_in_rounds_by_the_update_worker_as_one_b
     proposer = threading.Thread(target=propose_meanwhile)
     proposer.start()
     hub.updater.start = start
-    notify(1)
+    notify(1, 60)
     wait_until(lambda: hub.get_curriculum("alp").teacher_version == 60, 120, "the backlog")
     done.set()
     proposer.join()
@@ -370,6 +370,45 @@ def report_two(hub: TeacherHub, curriculum: str) -> None:
     proposals = hub.proposing([ProposeRequest(curriculum=curriculum, student_id=f"s{k}") for k in range(2)]).result()
     hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                  signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
+
+
+def test_a_read_under_sustained_reporting_waits_for_the_updates_numbered_before_it_not_for_an_idle_updater(tmp_path):
+    """Students report without a pause, as fast as the updater keeps up (a backlog of at most two rounds): it is
+    never idle, since each round finds new batches. A read that settles waits for the batches numbered before it,
+    and not, as it did, for its whole timeout (10 s, every read)."""
+    hub = hub_in_process(tmp_path)
+    hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2: a report of 8 numbers 4 batches
+    numbered, stop = [0], threading.Event()
+
+    def stored() -> int:
+        with sqlite3.connect(tmp_path / "teacher.db") as db:
+            return db.execute("select teacher_version from curricula").fetchone()[0]
+
+    def report_without_a_pause() -> None:
+        while not stop.is_set():
+            if numbered[0] - stored() > 2 * MAX_ROUND:  # more than the updater applies: its backlog would grow
+                time.sleep(0.005)
+                continue
+            proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(8)]).result()
+            acks = hub.reporting([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                                signals=Signals(grad_norm_mean=1.0)) for p in proposals]).result()
+            numbered[0] = max(a.teacher_version for a in acks)
+
+    with ThreadPoolExecutor(1) as students:
+        reporting = students.submit(report_without_a_pause)
+        try:
+            wait_until(lambda: hub.get_curriculum("cur").teacher_version >= 8, 120, "the first updates")  # worker warm
+            for _ in range(3):
+                before, start = numbered[0], time.monotonic()
+                assert hub.updater.settle(1, timeout_s=30) is True
+                waited = time.monotonic() - start
+                assert hub.get_curriculum("cur").teacher_version >= before
+                assert waited < 15, waited  # far from the timeout
+                assert not reporting.done()  # the reports went on throughout
+        finally:
+            stop.set()
+        reporting.result()
+    hub.close()
 
 
 def test_a_killed_update_worker_is_replaced_and_its_updates_applied(tmp_path, caplog):
@@ -668,7 +707,7 @@ def test_batch_counts_kept_in_memory_follow_a_rolled_back_group(tmp_path):
     rolls back (another job fails) and each is run again alone, batches are numbered from what is stored."""
     hub = hub_in_process(tmp_path)
     hub.create_curriculum(CurriculumCreate(**SPEC))  # batch_size 2
-    hub.updater.notify = lambda curriculum_id: None  # only the numbering is looked at
+    hub.updater.notify = lambda curriculum_id, version: None  # only the numbering is looked at
     proposals = hub.proposing([ProposeRequest(curriculum="cur", student_id=f"s{k}") for k in range(5)]).result()
     acks = []
 
