@@ -160,6 +160,14 @@ def _curriculum_path(name: str, *rest: str) -> str:
     return "/".join(("/curricula", name, *rest))
 
 
+def _healthy(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
+
+
+def _answering(status: int | None) -> bool:
+    return status is not None and status not in (502, 503, 504)
+
+
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
                  max_backoff_s: float, batch_items: int, batch_bytes: int) -> None:
@@ -267,12 +275,20 @@ class TeacherClient(_Base):
         self._request("DELETE", _curriculum_path(name))
 
     def health(self, timeout_s: float | None = None) -> bool:
-        """Whether the service answers ``/healthz`` (one attempt, no retry), within the client's timeout or
-        ``timeout_s`` if shorter."""
+        """Whether the service answers ``/healthz`` with success (one attempt, no retry), within the client's timeout
+        or ``timeout_s`` if shorter."""
+        return _healthy(self._healthz(timeout_s))
+
+    def answers(self, timeout_s: float | None = None) -> bool:
+        """Whether the service answers at all, as `health` asks: any answer but 502-504 (what a proxy says for a
+        service behind it that is down), so that a proxy that does not route ``/healthz`` (a 404) counts."""
+        return _answering(self._healthz(timeout_s))
+
+    def _healthz(self, timeout_s: float | None) -> int | None:
         try:
-            return self._http.get("/healthz", timeout=self._within(timeout_s)).is_success
+            return self._http.get("/healthz", timeout=self._within(timeout_s)).status_code
         except httpx.TransportError:
-            return False
+            return None
 
     def close(self) -> None:
         self._http.close()
@@ -363,10 +379,16 @@ class AsyncTeacherClient(_Base):
         await self._request("DELETE", _curriculum_path(name))
 
     async def health(self, timeout_s: float | None = None) -> bool:
+        return _healthy(await self._healthz(timeout_s))
+
+    async def answers(self, timeout_s: float | None = None) -> bool:
+        return _answering(await self._healthz(timeout_s))
+
+    async def _healthz(self, timeout_s: float | None) -> int | None:
         try:
-            return (await self._http.get("/healthz", timeout=self._within(timeout_s))).is_success
+            return (await self._http.get("/healthz", timeout=self._within(timeout_s))).status_code
         except httpx.TransportError:
-            return False
+            return None
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -5,7 +5,7 @@ the teacher is unreachable (and for ``retry_every`` seconds after each failed tr
 None, meaning "train on the environment's default task", and reports and evaluations wait in a
 durable `Outbox` until the teacher is back. A 4xx answer to a proposal (wrong curriculum or token)
 is raised: retrying cannot help. A try after a failed one first asks ``/healthz`` once, within
-``PROBE_TIMEOUT_S``: a teacher that is frozen rather than stopped (a paused container, a network that drops
+``PROBE_TIMEOUT_S`` (any answer but 502-504 will do: `TeacherClient.answers`): a teacher that is frozen rather than stopped (a paused container, a network that drops
 packets) holds a call for all its retries (about 52 s with the client's defaults), which every try would
 otherwise cost again.
 """
@@ -120,7 +120,7 @@ class TeacherSession:
         """At exit: keep delivering the outbox for up to ``timeout`` seconds (or until ``stop()``)."""
         deadline = time.monotonic() + timeout
         while self.outbox.pending and time.monotonic() < deadline and not stop():
-            if self.client.health(timeout_s=PROBE_TIMEOUT_S):  # a frozen teacher would hold a flush for its retries
+            if self.client.answers(timeout_s=PROBE_TIMEOUT_S):  # a frozen teacher would hold a flush for its retries
                 self.outbox.flush(self.client)
             if self.outbox.pending:
                 time.sleep(min(self.retry_every, max(deadline - time.monotonic(), 0)))
@@ -141,7 +141,7 @@ def which_reachable(sessions: Sequence[TeacherSession]) -> list[bool]:
         if session.down_until is not None and now >= session.down_until:
             client = session.client
             if id(client) not in healthy:
-                healthy[id(client)] = client.health(timeout_s=PROBE_TIMEOUT_S)
+                healthy[id(client)] = client.answers(timeout_s=PROBE_TIMEOUT_S)
             if healthy[id(client)]:
                 session.down_until = None
             else:

@@ -141,7 +141,10 @@ class RayLauncher(Launcher):
     def stop(self, handles: list[WorkerHandle], timeout: float) -> None:
         running = [h for h in handles if h.poll() is None]
         for handle in running:
-            (handle.workdir / STOP_FILE).touch()  # the task stops its worker cleanly
+            try:
+                (handle.workdir / STOP_FILE).touch()  # the task stops its worker cleanly
+            except OSError as exc:  # the cancel below still stops it, and the stop goes on
+                print(f"could not write the stop file in {handle.workdir}: {exc}", file=sys.stderr)
         for handle in running:
             ray.cancel(handle.ref)  # and so does the KeyboardInterrupt this raises in it; a pending task is dropped
         running = [h.ref for h in running]

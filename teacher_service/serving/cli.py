@@ -58,16 +58,19 @@ def main(argv: list[str] | None = None) -> None:
     from teacher_service.serving.curricula_file import CurriculaFileError
 
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DatabaseError
 
     try:
         app = create_app(settings)
     except CurriculaFileError as exc:
         raise SystemExit(f"teacher-service: {exc}") from None
     except OSError as exc:  # the data dir or the SQLite file cannot be created or opened for writing
-        raise SystemExit(f"teacher-service: cannot use {exc.filename or settings.data_dir}: {exc.strerror or exc} "
-                         "(it must be writable by this user; see --data-dir)") from None
-    except OperationalError as exc:  # the database refuses or cannot be reached (a read-only file, a server down)
+        if exc.filename is None:
+            raise
+        raise SystemExit(f"teacher-service: cannot use {exc.filename}: {exc.strerror} (it must be writable by this "
+                         "user)") from None
+    except DatabaseError as exc:  # the database refuses or cannot be reached (a read-only file, a server down, a file
+        # that is not a database)
         url = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)
         raise SystemExit(f"teacher-service: cannot use the database {url}: {str(exc.orig).strip()}") from None
     # The cyclic garbage collector ran a full collection about once a second under batch load, each ~170 ms with

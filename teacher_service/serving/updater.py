@@ -67,8 +67,8 @@ class Updater:
         self.poll_s = poll_s  # how often it looks for batches that another replica numbered
         self.timeout_s = timeout_s  # the longest a round may take in the worker
         self._dirty: set[int] = set()  # curricula that may have a batch to apply
-        # Per curriculum, the last version that this process's reports numbered, and the last seen stored: what a
-        # read waits for (`settle`).
+        # Per curriculum, the last version numbered that this process knows of (its reports', or found in the database:
+        # another replica's, a crash's), and the last seen stored: what a read waits for (`settle`).
         self._numbered: dict[int, int] = {}
         self._stored: dict[int, int] = {}
         self._deleted: set[int] = set()  # curricula whose copies the worker is to drop with its next job
@@ -89,9 +89,13 @@ class Updater:
         """Batches of this curriculum were numbered, up to `version`: apply them soon."""
         self.start()
         with self._cond:
-            self._dirty.add(curriculum_id)
-            self._numbered[curriculum_id] = max(self._numbered.get(curriculum_id, 0), version)
+            self._numbered_up_to(curriculum_id, version)
             self._cond.notify_all()
+
+    def _numbered_up_to(self, curriculum_id: int, version: int) -> None:
+        """(Holding the lock.)"""
+        self._dirty.add(curriculum_id)
+        self._numbered[curriculum_id] = max(self._numbered.get(curriculum_id, 0), version)
 
     def _saw_stored(self, curriculum_id: int, version: int) -> None:
         with self._cond:
@@ -119,9 +123,9 @@ class Updater:
 
     def settle(self, curriculum_id: int | None = None, timeout_s: float = 10.0) -> bool:
         """Wait until the batches that this process knows of when called (of one curriculum, or of all) are applied:
-        up to the version its reports had numbered then, or, for batches found in the database (another replica's,
-        a crash's), until none is pending. Not for batches numbered meanwhile: under sustained reporting the updater
-        is never idle, and a read waited its whole timeout, every time. Whether there were any. A new worker's
+        up to the last version numbered then (by its reports, or found in the database: another replica's, a
+        crash's). Not for batches numbered meanwhile: under sustained reporting the updater is never idle, and a read
+        that waited for it to be took its whole timeout, every time. Whether there were any. A new worker's
         imports, which its first update waits for, are not counted in `timeout_s` (up to IMPORT_LIMIT_S from its
         start): on a busy machine they alone can take longer, and a read would miss the first updates."""
 
@@ -134,7 +138,10 @@ class Updater:
             return all(cid in numbered and self._stored.get(cid, -1) >= numbered[cid] for cid in pending)
 
         with self._cond:
-            numbered = dict(self._numbered)
+            if curriculum_id is None:
+                numbered = dict(self._numbered)
+            else:
+                numbered = {curriculum_id: self._numbered[curriculum_id]} if curriculum_id in self._numbered else {}
             if settled():
                 return False
             deadline = time.monotonic() + timeout_s
@@ -177,7 +184,8 @@ class Updater:
                 found = self._pending()  # outside the lock: reports notify meanwhile
                 next_poll, final_poll_done = time.monotonic() + self.poll_s, closing
                 with self._cond:
-                    self._dirty.update(found)
+                    for curriculum_id, version in found:
+                        self._numbered_up_to(curriculum_id, version)
             with self._cond:
                 if not self._dirty:
                     if closing:
@@ -198,14 +206,15 @@ class Updater:
                 self._busy = None
                 self._cond.notify_all()
 
-    def _pending(self) -> set[int]:
+    def _pending(self) -> list[tuple[int, int]]:
+        """(curriculum id, last version numbered) of the curricula with batches to apply."""
         hub = self.hub
         try:
             with hub.reading() as cursor:
-                return {cid for (cid,) in hub.driver.all(cursor, "pending_curricula")}
+                return hub.driver.all(cursor, "pending_curricula")
         except Exception:  # noqa: BLE001 - the database may be briefly unreachable; poll again later
             log.exception("looking for pending teacher updates failed")
-            return set()
+            return []
 
     def _apply_pending(self, curriculum_id: int) -> None:
         hub, driver = self.hub, self.hub.driver

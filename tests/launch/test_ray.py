@@ -63,9 +63,11 @@ def test_the_stop_file_stops_the_tasks_worker_cleanly_without_a_cancel(tmp_path,
             "--steps", "50000", "--checkpoint-dir", str(tmp_path), *TINY, "--eval-every", "0"]
     with ThreadPoolExecutor(1) as pool:
         task = pool.submit(run_worker, args, str(tmp_path), {"TEACHER_TOKEN": service.student_token})
-        wait_until(lambda: task.done() or len(episode_log(tmp_path)) >= 1, 300, "a first episode")
-        assert not task.done(), (tmp_path / "worker.log").read_text()[-3000:]
-        (tmp_path / STOP_FILE).touch()
+        try:
+            wait_until(lambda: task.done() or len(episode_log(tmp_path)) >= 1, 300, "a first episode")
+            assert not task.done(), (tmp_path / "worker.log").read_text()[-3000:]
+        finally:
+            (tmp_path / STOP_FILE).touch()  # also if the test failed: the pool waits for the task
         assert task.result(timeout=200) == -signal.SIGINT
     assert checkpoint_step(tmp_path) == episode_log(tmp_path)[-1]["step"] > 0  # ended its episode, then saved
     assert "signal 15" in (tmp_path / "worker.log").read_text()

@@ -12,7 +12,7 @@ import pytest
 from teacher_service.wire import CurriculumCreate, EvaluationRequest, PresetTaskSpace, Signals
 
 from student_client import AsyncTeacherClient, TeacherClient, TeacherError, TeacherUnavailableError
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 from tests.student_helpers import create_curriculum
 
 
@@ -282,6 +282,7 @@ def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_t
         assert first >= 3 * 4
         assert max(again, alone, drained) < first / 2 and min(again, alone) >= PROBE_TIMEOUT_S, (first, again, alone,
                                                                                                  drained)
+        wait_until(client.health, 60, "the teacher's answers after SIGCONT")  # it first answers what queued
         time.sleep(0.3)
         assert all(p is not None for p in propose_many(sessions[1:]))  # the teacher answers again: used at once
         sessions[0].drain(timeout=10)

@@ -68,7 +68,9 @@ SQL = {
     # curriculum's whole history on every teacher update (10 to 20 ms at 80,000 episodes, growing), not its batch.
     "batch": "SELECT seq, student_id, trajectory, task_index, task_values, teacher_input, reward FROM proposals "
     "WHERE curriculum_id = :curriculum_id AND consumed_version = :version",
-    "pending_curricula": "SELECT c.id FROM curricula c WHERE EXISTS (SELECT 1 FROM proposals p "
+    # Curricula with batches numbered and not applied, and the last numbered (the batch index has it at its end).
+    "pending_curricula": "SELECT c.id, (SELECT max(consumed_version) FROM proposals p WHERE p.curriculum_id = c.id) "
+    "FROM curricula c WHERE EXISTS (SELECT 1 FROM proposals p "
     "WHERE p.curriculum_id = c.id AND p.consumed_version > c.teacher_version)",
     # A round of :updates updates, conditional: of two replicas applying the same batches, one stores them.
     "store_update": "UPDATE curricula SET teacher_version = :version, teacher_updates = teacher_updates + :updates, "
