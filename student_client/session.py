@@ -5,9 +5,9 @@ the teacher is unreachable (and for ``retry_every`` seconds after each failed tr
 None, meaning "train on the environment's default task", and reports and evaluations wait in a
 durable `Outbox` until the teacher is back. A 4xx answer to a proposal (wrong curriculum or token)
 is raised: retrying cannot help. A try after a failed one first asks ``/healthz`` once, within
-``PROBE_TIMEOUT_S`` (any answer but 502-504 will do: `TeacherClient.answers`): a teacher that is frozen rather than stopped (a paused container, a network that drops
-packets) holds a call for all its retries (about 52 s with the client's defaults), which every try would
-otherwise cost again.
+``PROBE_TIMEOUT_S`` (any answer but 502-504 will do: `TeacherClient.answers`): a teacher that is frozen
+rather than stopped (a paused container, a network that drops packets) holds a call for all its retries
+(about 52 s with the client's defaults), which every try would otherwise cost again.
 """
 
 from __future__ import annotations

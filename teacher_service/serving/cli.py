@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     # A request thread that gives up the GIL for a database call gets it back sooner: shorter waits
     # while it holds the database's write lock.
     sys.setswitchinterval(0.0005)
-    from teacher_service.serving.app import create_app  # after logging is set up, so start-up messages show
-    from teacher_service.serving.curricula_file import CurriculaFileError
-
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import DatabaseError
+
+    from teacher_service.serving.app import create_app  # after logging is set up, so start-up messages show
+    from teacher_service.serving.curricula_file import CurriculaFileError
 
     try:
         app = create_app(settings)
