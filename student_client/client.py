@@ -1,6 +1,7 @@
 """HTTP client of the teacher service, sync (`TeacherClient`) and async (`AsyncTeacherClient`).
 
-Connection errors and 5xx answers are retried with exponential backoff (tenacity); a retried report
+Connection errors and 5xx answers are retried with exponential backoff (tenacity), waiting at least what a
+503's `Retry-After` asks (an overloaded service sheds requests so; capped by the backoff's maximum); a retried report
 is safe because the service answers a repeated report with its first answer. A 4xx answer is not
 retried: it raises `TeacherError` with the status code and the server's ``detail``.
 """
@@ -52,6 +53,10 @@ class TeacherError(Exception):
 class TeacherUnavailableError(TeacherError):
     """Connection failure, timeout or 5xx answer that persisted through the retries."""
 
+    def __init__(self, status_code: int | None, detail: Any, retry_after_s: float = 0.0) -> None:
+        super().__init__(status_code, detail)
+        self.retry_after_s = retry_after_s  # what the answer's Retry-After asked for (seconds), else 0
+
 
 def _raise_for_status(response: httpx.Response) -> None:
     if response.is_success:
@@ -60,14 +65,31 @@ def _raise_for_status(response: httpx.Response) -> None:
         detail = response.json().get("detail", response.text)
     except (ValueError, AttributeError):
         detail = response.text
-    error = TeacherUnavailableError if response.status_code >= 500 else TeacherError
-    raise error(response.status_code, detail)
+    if response.status_code >= 500:
+        raise TeacherUnavailableError(response.status_code, detail, _retry_after_s(response))
+    raise TeacherError(response.status_code, detail)
+
+
+def _retry_after_s(response: httpx.Response) -> float:
+    """A `Retry-After` in seconds; 0 for none, or for the HTTP-date form, which the service does not send."""
+    try:
+        seconds = float(response.headers.get("retry-after", 0))
+    except ValueError:
+        return 0.0
+    return seconds if 0 <= seconds < float("inf") else 0.0
 
 
 def _retry_options(attempts: int, max_backoff_s: float) -> dict[str, Any]:
+    backoff = tenacity.wait_exponential(multiplier=0.1, max=max_backoff_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        # Retrying an overloaded service sooner than it asks would meet the same queue.
+        asked = getattr(state.outcome.exception(), "retry_after_s", 0.0) if state.outcome else 0.0
+        return max(backoff(state), min(asked, max_backoff_s))
+
     return dict(
         retry=tenacity.retry_if_exception_type((httpx.TransportError, TeacherUnavailableError)),
-        wait=tenacity.wait_exponential(multiplier=0.1, max=max_backoff_s),
+        wait=wait,
         stop=tenacity.stop_after_attempt(attempts),
         reraise=True,
     )

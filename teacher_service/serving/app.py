@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # routes run in anyio's pool. With one database writer at a time, a few threads serve more requests than
         # anyio's default 40, which mostly wait on each other for the GIL.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
-        app.state.request_threads = threads = RequestThreads(settings.request_threads)
+        app.state.request_threads = threads = RequestThreads(settings.request_threads, settings.max_queue_wait_s)
         hub = app.state.hub
         app.state.gatherers = {
             "propose": Gatherer(threads, "propose", hub.proposing, settings.max_batch_items),
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

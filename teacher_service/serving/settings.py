@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
     proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
     request_threads: int = Field(default=4, ge=1, le=256, description="Students' work running at once (an evaluation, a batch, or a group of single proposes or reports, at most one group per verb at a time): evaluations in threads of their own, the rest in the writer thread; as many threads again for the other routes (more for a remote PostgreSQL).")
+    max_queue_wait_s: float = Field(
+        default=5.0, gt=0, le=3600, allow_inf_nan=False,
+        description="Load shedding: a student's propose, report or evaluation that has waited this many seconds for its "
+                    "turn (a request thread's slot, or its group) is not run but answered 503 with Retry-After, which the "
+                    "students' clients retry with backoff. Below the clients' timeout (10 s by default), so that an "
+                    "overloaded service answers them rather than leaving them to time out and resend.")
     database_idle_transaction_s: float = Field(
         default=60.0, gt=0, le=86_400,
         description="PostgreSQL: the server ends a session of this service that holds a transaction this many seconds "

@@ -54,7 +54,8 @@ def held_back(service, requests: list[tuple[str, dict]]) -> list:
 
 
 def test_waiting_single_requests_run_as_one_batch_each_with_its_own_answer(tmp_path):
-    service = ServiceProcess(tmp_path, extra_env={"TEACHER_REQUEST_THREADS": "1"}).start()
+    # The requests are held back until all of them wait: not shed however long that takes on a busy machine.
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_REQUEST_THREADS": "1", "TEACHER_MAX_QUEUE_WAIT_S": "600"}).start()
     try:
         client = service.client()
         # The teacher's defaults: an update every 10 rewarded episodes.

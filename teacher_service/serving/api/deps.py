@@ -5,6 +5,9 @@ import collections
 import contextvars
 import functools
 import inspect
+import logging
+import math
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,9 +17,10 @@ from fastapi import Request
 
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
-from teacher_service.serving.infra.errors import ClientClosedRequest, database_unavailable
+from teacher_service.serving.infra.errors import ClientClosedRequest, Overloaded, database_unavailable
 
 T = TypeVar("T")
+log = logging.getLogger("teacher_service")
 
 
 async def get_hub(request: Request) -> TeacherHub:
@@ -31,11 +35,17 @@ class RequestThreads:
     work (`run_in_writer`, Gatherer), so that the writer's queue stays as short as when threads did that work.
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
-    use, cost the event loop about 30 us more per request (README "Scale")."""
+    use, cost the event loop about 30 us more per request (README "Scale").
+
+    Load shedding: a request that has waited `max_wait_s` for its turn (TEACHER_MAX_QUEUE_WAIT_S) is answered 503
+    (`Overloaded`) without being run. The queue of a saturated service otherwise grows with its clients, and with it
+    everyone's wait: 600 clients looping batches waited 12.5 s (median) for answers, past the students' timeout."""
 
     count: int
+    max_wait_s: float = math.inf
     executor: ThreadPoolExecutor = field(init=False)
     slots: asyncio.Semaphore = field(init=False)
+    _warned_at: float = field(init=False, default=-math.inf)
 
     def __post_init__(self) -> None:
         self.executor = ThreadPoolExecutor(self.count, thread_name_prefix="request")
@@ -47,9 +57,25 @@ class RequestThreads:
         call = functools.partial(contextvars.copy_context().run, work, *args)
         return asyncio.get_running_loop().run_in_executor(self.executor, call)
 
-    async def take_slot(self) -> None:
-        await self.slots.acquire()
+    async def take_slot(self, shed_as: str | None = None) -> None:
+        """Wait for a slot. With `shed_as` (the request's route), give up after `max_wait_s`: Overloaded."""
+        if shed_as is not None and self.slots.locked():  # only a wait needs a timer (a task, for wait_for)
+            try:
+                await asyncio.wait_for(self.slots.acquire(), self.max_wait_s)
+            except TimeoutError:
+                raise self.overloaded(shed_as, self.max_wait_s) from None
+        else:
+            await self.slots.acquire()
         metrics.REQUEST_THREADS_BUSY.inc()
+
+    def overloaded(self, route: str, waited_s: float) -> Overloaded:
+        """The error of a request shed after waiting `waited_s`: counted, and logged at most once a minute."""
+        metrics.SHED.labels(route).inc()
+        if time.monotonic() - self._warned_at > 60:
+            self._warned_at = time.monotonic()
+            log.warning("overloaded: requests that waited %.1f s for their turn are answered 503 "
+                        "(TEACHER_MAX_QUEUE_WAIT_S; teacher_requests_shed in /metrics counts them)", waited_s)
+        return Overloaded(waited_s)
 
     def give_slot(self) -> None:
         metrics.REQUEST_THREADS_BUSY.dec()
@@ -86,7 +112,7 @@ async def start_holding_a_slot(request: Request, start: Callable[[RequestThreads
     """Take a request thread's slot, then start the work (`start(threads)`), unless the client hung up while waiting
     for the slot; the slot goes back if nothing started. The caller gives it back when the work ends."""
     threads: RequestThreads = request.app.state.request_threads
-    await threads.take_slot()
+    await threads.take_slot(shed_as=request.scope.get("path", ""))  # a students' route: no ids in it
     try:
         if client_gone(request):
             raise ClientClosedRequest(CLIENT_LEFT)
@@ -131,6 +157,7 @@ class Waiting:
     request: Request
     item: Any
     answer: asyncio.Future
+    since: float  # the event loop's time when it came
     taken: bool = False  # into a group, or answered without one
 
 
@@ -157,7 +184,8 @@ class Gatherer:
         self.group_task: asyncio.Task | None = None
 
     async def call(self, request: Request, item: Any) -> Any:
-        mine = Waiting(request, item, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        mine = Waiting(request, item, loop.create_future(), loop.time())
         self.queue.append(mine)
         metrics.REQUESTS_WAITING.inc()
         if not self.running:
@@ -191,13 +219,17 @@ class Gatherer:
         self._end_turn()
 
     def _take(self, group: list[Waiting]) -> None:
-        """Move the next group from the queue into `group` (the caller's, so that nothing taken goes unanswered)."""
+        """Move the next group from the queue into `group` (the caller's, so that nothing taken goes unanswered). A
+        request that waited past TEACHER_MAX_QUEUE_WAIT_S is shed (503) instead, as one waiting for a slot is."""
+        now = asyncio.get_running_loop().time()
         while self.queue and len(group) < self.max_items:
             waiting = self.queue.popleft()
             waiting.taken = True
             metrics.REQUESTS_WAITING.dec()
             if client_gone(waiting.request):  # nobody would read its answer
                 waiting.answer.set_exception(ClientClosedRequest(CLIENT_LEFT))
+            elif now - waiting.since > self.threads.max_wait_s:
+                waiting.answer.set_exception(self.threads.overloaded(f"/{self.verb}", now - waiting.since))
             else:
                 group.append(waiting)
         if group:

@@ -7,6 +7,7 @@ message in words.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from typing import Any
 
@@ -42,7 +43,8 @@ ERRORS = {
     410: "The proposal expired",
     413: "Request body too large",
     422: "Invalid values",
-    503: "The database is unreachable or timed out; the request may not have been stored, resending it is safe",
+    503: "The database is unreachable or timed out (the request may not have been stored), or the service is overloaded "
+         "(the request waited TEACHER_MAX_QUEUE_WAIT_S for its turn and was not run): resending it is safe",
 }
 
 # The exceptions that can say the database is unavailable; `database_unavailable` tells which do.
@@ -78,6 +80,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 class ApiError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -119,6 +122,18 @@ class Conflict(ApiError):
 
 class Gone(ApiError):
     status_code = 410
+
+
+class Overloaded(ApiError):
+    """A student's request waited too long for its turn (TEACHER_MAX_QUEUE_WAIT_S) and was not run."""
+
+    status_code = 503
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"the service is overloaded: the request waited {waited_s:.1f} s for its turn and was not run "
+                         "(nothing was stored); resend it later, resending is safe")
+        # A retry soon after meets the same queue; the students' clients back off exponentially anyway.
+        self.headers = {"Retry-After": str(max(1, math.ceil(waited_s / 2)))}
 
 
 class ClientClosedRequest(ApiError):

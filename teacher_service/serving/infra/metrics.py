@@ -24,6 +24,8 @@ REQUEST_THREADS_BUSY = Gauge("teacher_request_threads_busy", "Slots held by stud
                              "TEACHER_REQUEST_THREADS (api/deps.py RequestThreads)")
 REQUESTS_WAITING = Gauge("teacher_requests_waiting", "Single /propose or /report requests waiting for their group "
                          "(api/deps.py Gatherer)")
+SHED = Counter("teacher_requests_shed", "Students' requests answered 503 without being run, after waiting "
+               "TEACHER_MAX_QUEUE_WAIT_S for their turn (api/deps.py)", ["route"])
 GATHERED = Histogram("teacher_gathered_requests", "Single /propose or /report requests that waited together and "
                      "ran as one batch", ["verb"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 10_000))
 
