@@ -33,7 +33,7 @@ from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import make_buffer
 from student_client.sac.buffer import ReplayBuffer
 from student_client.sac.ensemble import EnsembleSAC
-from student_client.session import flush_many, propose_many
+from student_client.session import drain_many, flush_many, propose_many, targets_many
 from student_client.training import Episode, StudentFiles, StudentSpec, make_client, sac_config
 from teacher_service.wire import Proposal, Signals
 
@@ -84,8 +84,7 @@ class EnsembleWorker:
         """Train until ``--steps`` env steps or a stop signal, then checkpoint and drain the outboxes."""
         bar = tqdm(total=self.args.steps, initial=self.step, unit="step", mininterval=1.0, dynamic_ncols=True,
                    disable=self.args.no_progress)
-        for m in self.members:
-            m.session.target()  # asked once at the start (again at the next evaluation if the teacher is down)
+        targets_many([m.session for m in self.members])  # asked once at the start (again at the next evaluation if down)
         try:
             self.start(self.members)
             while self.step < self.args.steps and not self.stop_requested:
@@ -105,8 +104,8 @@ class EnsembleWorker:
         finally:
             bar.close()
             self.save()
+            drain_many([m.session for m in self.members], self.args.drain_timeout, stop=lambda: self.stop_requested)
             for m in self.members:
-                m.session.drain(self.args.drain_timeout, stop=lambda: self.stop_requested)
                 m.files.close()
 
     def start(self, members: list[Member]) -> None:
@@ -154,7 +153,7 @@ class EnsembleWorker:
     def evaluate(self) -> None:
         """Every member's deterministic policy, in lockstep, on its curriculum's target tasks or the env's
         default ones (`evaluation`); seeded by the step, as the single worker's."""
-        targets = [m.session.target() for m in self.members]
+        targets = targets_many([m.session for m in self.members])
         index = self.step // self.args.eval_every
         results = run_episodes([m.eval_env for m in self.members],
                                lambda obs: self.agent.act(obs, deterministic=True),

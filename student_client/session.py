@@ -79,12 +79,7 @@ class TeacherSession:
     def target(self) -> TargetTasks | None:
         """The curriculum's target tasks (None: it names none), asked once; while the teacher is
         unreachable None, and asked again at the next call."""
-        if not self._target_known and self.reachable():
-            try:
-                self._target, self._target_known = self.client.target(self.curriculum), True
-            except TeacherUnavailableError:
-                self.mark_down()
-        return self._target
+        return targets_many([self])[0]
 
     def ended(self, proposal: Proposal | None, episode_return: float) -> None:
         """The environment ended the episode of ``proposal``: its return and task are the next context."""
@@ -118,15 +113,7 @@ class TeacherSession:
 
     def drain(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
         """At exit: keep delivering the outbox for up to ``timeout`` seconds (or until ``stop()``)."""
-        deadline = time.monotonic() + timeout
-        while self.outbox.pending and time.monotonic() < deadline and not stop():
-            if self.client.answers(timeout_s=PROBE_TIMEOUT_S):  # a frozen teacher would hold a flush for its retries
-                self.outbox.flush(self.client)
-            if self.outbox.pending:
-                time.sleep(min(self.retry_every, max(deadline - time.monotonic(), 0)))
-        if self.outbox.pending:
-            where = f"; they are delivered on the next start with {self.outbox.path}" if self.outbox.path else ""
-            log.warning("%d messages left undelivered in the outbox%s", len(self.outbox.pending), where)
+        drain_many([self], timeout, stop)
 
 
 # ---------------------------------------------------------------- several students, one client
@@ -192,3 +179,53 @@ def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
             else:
                 raise result
     return proposals
+
+
+def targets_many(sessions: Sequence[TeacherSession]) -> list[TargetTasks | None]:
+    """Each session's `TeacherSession.target`: one call per client and curriculum for the sessions that do not know
+    theirs yet, none for a client that failed one (sessions sharing a client: a frozen teacher would otherwise hold
+    each student's ask for the client's retries)."""
+    failed: set[int] = set()
+    asked: dict[tuple[int, str], TargetTasks | None] = {}
+    for session, up in zip(sessions, which_reachable(sessions)):
+        key = (id(session.client), session.curriculum)
+        if session._target_known or not up or id(session.client) in failed:
+            continue
+        if key not in asked:
+            try:
+                asked[key] = session.client.target(session.curriculum)
+            except TeacherUnavailableError:
+                failed.add(id(session.client))
+                continue
+        session._target, session._target_known = asked[key], True
+    for session in sessions:
+        if id(session.client) in failed:
+            session.mark_down()
+    return [session._target for session in sessions]
+
+
+def drain_many(sessions: Sequence[TeacherSession], timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
+    """At exit: keep delivering the sessions' outboxes for up to ``timeout`` seconds in all (or until ``stop()``),
+    each client asked ``/healthz`` first in every round (a frozen teacher would hold a flush for its retries) and its
+    sessions then delivered together (`flush_many`); not one drain after another."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop():
+        pending = [session for session in sessions if session.outbox.pending]
+        if not pending:
+            break
+        clients: dict[int, list[TeacherSession]] = {}
+        for session in pending:
+            clients.setdefault(id(session.client), []).append(session)
+        for group in clients.values():
+            if group[0].client.answers(timeout_s=PROBE_TIMEOUT_S):
+                for session in group:
+                    session.down_until = None  # it answers: flush_many tries it now
+                flush_many(group)
+        if any(session.outbox.pending for session in sessions):
+            wait = min(session.retry_every for session in sessions)
+            time.sleep(min(wait, max(deadline - time.monotonic(), 0)))
+    for session in sessions:
+        if session.outbox.pending:
+            path = session.outbox.path
+            where = f"; they are delivered on the next start with {path}" if path else ""
+            log.warning("%d messages left undelivered in the outbox%s", len(session.outbox.pending), where)

@@ -11,10 +11,13 @@ Stopping (Ctrl-C in acl-run): the launcher writes a stop file in each run direct
 cancels the task, which raises KeyboardInterrupt in it. Either makes the task stop its worker cleanly. The file is
 the one that cannot be lost: a cancel raced with the task once in our tests and never arrived, and the worker
 trained on until it was killed, two minutes later, without its last checkpoint (Ray's issue 32954 is alike).
+How the stopped worker ended goes to a file beside it too (a cancelled task's result is lost), so that a worker killed
+because it did not stop in time is reported as failed, not as stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -40,6 +43,7 @@ _DIE_WITH_PARENT = (
 
 STOP_TIMEOUT = 120  # seconds a stopped worker has to end its episode and checkpoint, as acl-run gives it
 STOP_FILE = "stop-requested"  # in the run directory: written by RayLauncher.stop, removed by its start
+STOP_RESULT = "stop-result"  # in the run directory: how a stopped worker ended (`stop_worker`), removed by start
 
 
 class WorkerKilled(RuntimeError):
@@ -68,27 +72,44 @@ def run_worker(worker_args: list[str], workdir: str, env: dict[str, str]) -> int
     try:
         while child.poll() is None:  # short sleeps: ray.cancel's KeyboardInterrupt lands between them
             if stop_file.exists():
-                stop_worker(child)
-                return -signal.SIGINT
+                return stop_worker(child, workdir)
             time.sleep(0.2)
     except KeyboardInterrupt:
-        stop_worker(child)
+        stop_worker(child, workdir)
         raise
     if child.returncode < 0:
         raise WorkerKilled(f"student-worker was killed by {signal.Signals(-child.returncode).name}")
     return child.returncode
 
 
-def stop_worker(child: subprocess.Popen) -> None:
+def stop_worker(child: subprocess.Popen, workdir: Path) -> int:
     """As Ctrl-C locally: the worker ends its episode and checkpoints; killed if it has not within STOP_TIMEOUT.
-    SIGTERM, since Ray's worker processes ignore SIGINT and the child inherits that until it sets its handler."""
+    SIGTERM, since Ray's worker processes ignore SIGINT and the child inherits that until it sets its handler.
+    Returns the task's result, also written to STOP_RESULT: -SIGINT if the worker stopped (it exits 0 once stopped,
+    or dies of the SIGTERM before it set its handler, having trained nothing yet), else its exit status (-SIGKILL:
+    it did not stop in time, and its last episodes since its checkpoint are lost)."""
     child.terminate()
     try:
         child.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         child.kill()
+        child.wait()
+        with contextlib.suppress(OSError), open(workdir / "worker.log", "a") as log:  # where acl-run points
+            log.write(f"\nstudent-worker did not stop within {STOP_TIMEOUT} s of the stop: killed\n")
     except KeyboardInterrupt:  # the launcher's cancel, arriving while the stop file's stop is under way
         child.wait()  # bounded: the launcher kills the task itself after its own timeout
+    result = -signal.SIGINT if child.returncode in (0, -signal.SIGTERM) else child.returncode
+    with contextlib.suppress(OSError):  # unwritten, a cancelled task counts as stopped, as it did before
+        (workdir / STOP_RESULT).write_text(str(result))
+    return result
+
+
+def stop_result(workdir: Path) -> int:
+    """How a cancelled task's worker ended (`stop_worker`); -SIGINT, stopped, for a task that never started one."""
+    try:
+        return int((workdir / STOP_RESULT).read_text())
+    except (OSError, ValueError):
+        return -signal.SIGINT
 
 
 class RayWorker:
@@ -104,7 +125,7 @@ class RayWorker:
             try:
                 self.returncode = ray.get(self.ref)
             except TaskCancelledError:
-                self.returncode = -signal.SIGINT
+                self.returncode = stop_result(self.workdir)
             except RayError as exc:  # retries used up, or an error a rerun cannot fix
                 self.returncode = 1
                 with open(self.workdir / "worker.log", "a") as log:  # where the launchers point the user
@@ -135,6 +156,7 @@ class RayLauncher(Launcher):
 
     def start(self, worker_args: list[str], workdir: Path, env: dict[str, str]) -> WorkerHandle:
         (workdir / STOP_FILE).unlink(missing_ok=True)  # a previous run's stop
+        (workdir / STOP_RESULT).unlink(missing_ok=True)
         ref = self.task.remote(worker_args, str(workdir), env)
         return RayWorker(ref, workdir)
 

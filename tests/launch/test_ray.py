@@ -75,6 +75,29 @@ def test_the_stop_file_stops_the_tasks_worker_cleanly_without_a_cancel(tmp_path,
     assert checkpoint_step(tmp_path) == episode_log(tmp_path)[-1]["step"]
 
 
+def test_a_worker_that_does_not_stop_in_time_is_killed_and_its_task_says_so(tmp_path, monkeypatch):
+    """A worker that does not stop within STOP_TIMEOUT is killed, and the task (and, for a cancelled task, the file
+    that RayWorker.poll reads) says so, so that acl-run reports it failed instead of stopped."""
+    from teacher_service.launch import ray_launcher  # the task's body, here without a cluster
+
+    monkeypatch.setattr(ray_launcher, "STOP_TIMEOUT", 1)
+    # The fault injected: a hung worker that ignores its stop (no student-worker is meant to).
+    hung = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('started', flush=True); time.sleep(300)"
+    monkeypatch.setattr(ray_launcher, "worker_command", lambda _: [sys.executable, "-c", hung])
+    log = tmp_path / "worker.log"
+    with ThreadPoolExecutor(1) as pool:
+        task = pool.submit(ray_launcher.run_worker, [], str(tmp_path), {})
+        try:
+            wait_until(lambda: log.exists() and "started" in log.read_text(), 60, "the worker started")
+        finally:
+            (tmp_path / ray_launcher.STOP_FILE).touch()
+        assert task.result(timeout=60) == -signal.SIGKILL
+    assert ray_launcher.stop_result(tmp_path) == -signal.SIGKILL
+    assert "did not stop within 1 s of the stop: killed" in log.read_text()
+    (tmp_path / ray_launcher.STOP_RESULT).unlink()
+    assert ray_launcher.stop_result(tmp_path) == -signal.SIGINT  # a cancelled task that had started no worker
+
+
 @pytest.fixture(scope="module")
 def ray_address():
     """A one-node cluster on loopback ports, in a temporary directory, stopped afterwards."""

@@ -248,11 +248,12 @@ def test_outboxes_deliver_their_leading_reports_in_one_batch(service, tmp_path):
 
 def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_try(service):
     """A frozen teacher (SIGSTOP: it accepts connections and never answers) holds the first try for all the client's
-    retries; after that, each try, for one session or several sharing the client, costs one /healthz of at most
-    PROBE_TIMEOUT_S instead of those retries again, and the teacher is used again once it answers."""
+    retries, once for sessions sharing the client (an ensemble's members asking their target tasks); after that, each
+    try, for one session or several, costs one /healthz of at most PROBE_TIMEOUT_S instead of those retries again, the
+    exit's drain of several outboxes too, and the teacher is used again once it answers."""
     import signal
 
-    from student_client.session import PROBE_TIMEOUT_S, TeacherSession, propose_many
+    from student_client.session import PROBE_TIMEOUT_S, TeacherSession, drain_many, propose_many, targets_many
 
     create_curriculum(service, "cl")
     with TeacherClient(service.url, service.student_token, timeout_s=4, attempts=3) as client:
@@ -262,7 +263,7 @@ def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_t
         service.process.send_signal(signal.SIGSTOP)
         try:
             start = time.monotonic()
-            assert propose_many(sessions) == [None, None, None]
+            assert targets_many(sessions) == [None, None, None]  # one ask for the three, not one each
             first = time.monotonic() - start  # three attempts of 4 s
             time.sleep(0.3)
             start = time.monotonic()
@@ -272,18 +273,21 @@ def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_t
             start = time.monotonic()
             assert sessions[0].propose() is None
             alone = time.monotonic() - start
-            sessions[0].finish(before[0], Signals(grad_norm_mean=1.0), deliver=False)
+            for session, proposal in zip(sessions, before):
+                session.finish(proposal, Signals(grad_norm_mean=1.0), deliver=False)
             start = time.monotonic()
-            sessions[0].drain(timeout=1)  # probes, never a flush that would hold it for the retries
+            drain_many(sessions, timeout=1)  # probes once a round for the three, never a flush held for the retries
             drained = time.monotonic() - start
-            assert len(sessions[0].outbox.pending) == 1
+            assert [len(session.outbox.pending) for session in sessions] == [1, 1, 1]
         finally:
             service.process.send_signal(signal.SIGCONT)
-        assert first >= 3 * 4
+        assert 3 * 4 <= first < 2 * 3 * 4
+        assert drained < 2 * PROBE_TIMEOUT_S  # one probe's wait, where a drain per session took one each
         assert max(again, alone, drained) < first / 2 and min(again, alone) >= PROBE_TIMEOUT_S, (first, again, alone,
                                                                                                  drained)
         wait_until(client.health, 60, "the teacher's answers after SIGCONT")  # it first answers what queued
         time.sleep(0.3)
         assert all(p is not None for p in propose_many(sessions[1:]))  # the teacher answers again: used at once
-        sessions[0].drain(timeout=10)
-        assert sessions[0].outbox.pending == []
+        assert targets_many(sessions) == [None, None, None]  # known now: the curriculum names no target tasks
+        drain_many(sessions, timeout=10)
+        assert [session.outbox.pending for session in sessions] == [[], [], []]
