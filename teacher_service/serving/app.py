@@ -102,8 +102,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(error, database_error)
 
     # The errors each group of routes can answer with, in the OpenAPI document (one model: errors.py).
-    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 422, 503))
-    app.include_router(episodes.router, responses=responses(400, 401, 404, 409, 410, 413, 422, 503))
+    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
+    app.include_router(episodes.router, responses=responses(400, 401, 404, 409, 410, 413, 415, 422, 503))
     app.include_router(inspection.router, responses=responses(401, 404, 422, 503))
     app.include_router(compare.router, responses=responses(401, 404, 422, 503))
     app.include_router(service.router)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -199,6 +200,10 @@ def test_bad_reports_are_rejected_and_change_nothing(service):
     assert_rejected(service, response, 422, "string_unicode")
     huge = {"proposal_id": other["proposal_id"], "student_id": "s1", "signals": {"extra": {"x": 1}}, "pad": "x" * 70_000}
     assert_rejected(service, client.post("/report", json=huge), 413, "larger than")
+    # A compressed body: refused for its coding (415), not called malformed JSON.
+    gzipped = {"content-type": "application/json", "content-encoding": "gzip"}
+    assert_rejected(service, client.post("/report", content=gzip.compress(valid), headers=gzipped), 415,
+                    "Content-Encoding 'gzip' is not supported: send the body uncompressed")
     # The same report again: the first answer, counted once.
     again = report(client, proposal, 2.0)
     assert again.status_code == 200 and again.json() == first.json()

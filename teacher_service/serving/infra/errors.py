@@ -42,6 +42,7 @@ ERRORS = {
     409: "Conflicts with what is stored",
     410: "The proposal expired",
     413: "Request body too large",
+    415: "Compressed request body (Content-Encoding): send it uncompressed",
     422: "Invalid values",
     503: "The database is unreachable or timed out (the request may not have been stored), or the service is overloaded "
          "(the request waited TEACHER_MAX_QUEUE_WAIT_S for its turn and was not run): resending it is safe",

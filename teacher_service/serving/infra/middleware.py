@@ -1,4 +1,4 @@
-"""A request body limit, enforced before anything parses the body."""
+"""A request body's gate, before anything parses the body: its size limit and its content coding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 class BodySizeLimit:
     """Answers 413 to a body over `max_bytes` (`batch_max_bytes` for paths ending in /batch), whether it
-    announces its length or is chunked."""
+    announces its length or is chunked, and 415 to a compressed one (`Content-Encoding: gzip`), which the JSON
+    parser would otherwise call malformed (400)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, batch_max_bytes: int | None = None) -> None:
         self.app = app
@@ -21,9 +22,18 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.batch_max_bytes if scope["path"].endswith("/batch") else self.max_bytes
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            await self._reject(send, 413 if length.isdigit() else 400, limit, "content-length is not a number")
+        headers = dict(scope["headers"])
+        coding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if coding not in (b"identity", b""):
+            await self._reject(send, 415, limit, f"Content-Encoding {coding.decode('latin-1')!r} is not supported: send "
+                                                 "the body uncompressed")
+            return
+        length = headers.get(b"content-length")
+        if length is not None and not length.isdigit():
+            await self._reject(send, 400, limit, "content-length is not a number")
+            return
+        if length is not None and int(length) > limit:
+            await self._reject(send, 413, limit)
             return
         # Read the body here (it is small by construction) so that a chunked one is limited too.
         chunks, size = [], 0
@@ -52,7 +62,7 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send, status: int, limit: int, reason: str | None = None) -> None:
-        detail = reason if status == 400 else f"request body larger than {limit} bytes"
+        detail = reason or f"request body larger than {limit} bytes"
         payload = json.dumps({"detail": detail}).encode()
         await send(
             {
