@@ -109,7 +109,7 @@ def test_the_students_client_waits_what_a_503_asks_before_it_retries(tmp_path):
                                     json={"items": [{"curriculum": "cur", "student_id": "a"}]})
                 wait_until(lambda: value(scrape(service), "teacher_request_threads_busy") == 1, 30,
                            "the first batch holding the only slot")
-                client = TeacherClient(service.url, service.admin_token, attempts=2)
+                client = TeacherClient(service.url, service.admin_token, attempts=3)
                 started = time.monotonic()
                 release.start()
                 # Shed at 1 s with Retry-After: 1; the lock goes at 1.5 s. A retry after the backoff's 0.1 s would
