@@ -12,6 +12,7 @@ rather than stopped (a paused container, a network that drops packets) holds a c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -187,9 +188,10 @@ def targets_many(sessions: Sequence[TeacherSession]) -> list[TargetTasks | None]
     each student's ask for the client's retries)."""
     failed: set[int] = set()
     asked: dict[tuple[int, str], TargetTasks | None] = {}
-    for session, up in zip(sessions, which_reachable(sessions)):
+    asking = [session for session in sessions if not session._target_known]  # a known target needs no probe
+    for session, up in zip(asking, which_reachable(asking)):
         key = (id(session.client), session.curriculum)
-        if session._target_known or not up or id(session.client) in failed:
+        if not up or id(session.client) in failed:
             continue
         if key not in asked:
             try:
@@ -198,7 +200,7 @@ def targets_many(sessions: Sequence[TeacherSession]) -> list[TargetTasks | None]
                 failed.add(id(session.client))
                 continue
         session._target, session._target_known = asked[key], True
-    for session in sessions:
+    for session in asking:
         if id(session.client) in failed:
             session.mark_down()
     return [session._target for session in sessions]
@@ -207,7 +209,8 @@ def targets_many(sessions: Sequence[TeacherSession]) -> list[TargetTasks | None]
 def drain_many(sessions: Sequence[TeacherSession], timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
     """At exit: keep delivering the sessions' outboxes for up to ``timeout`` seconds in all (or until ``stop()``),
     each client asked ``/healthz`` first in every round (a frozen teacher would hold a flush for its retries) and its
-    sessions then delivered together (`flush_many`); not one drain after another."""
+    sessions' leading reports then sent in one ``POST /report/batch``, the rest one message at a time; not one drain
+    after another."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop():
         pending = [session for session in sessions if session.outbox.pending]
@@ -217,10 +220,12 @@ def drain_many(sessions: Sequence[TeacherSession], timeout: float, stop: Callabl
         for session in pending:
             clients.setdefault(id(session.client), []).append(session)
         for group in clients.values():
-            if group[0].client.answers(timeout_s=PROBE_TIMEOUT_S):
-                for session in group:
-                    session.down_until = None  # it answers: flush_many tries it now
-                flush_many(group)
+            client = group[0].client
+            if client.answers(timeout_s=PROBE_TIMEOUT_S):
+                with contextlib.suppress(TeacherUnavailableError):  # left pending, for the next round
+                    group[0].outbox.flush_reports(client, [session.outbox for session in group[1:]])
+                    for session in group:
+                        session.outbox.flush(client)
         if any(session.outbox.pending for session in sessions):
             wait = min(session.retry_every for session in sessions)
             time.sleep(min(wait, max(deadline - time.monotonic(), 0)))

@@ -44,6 +44,7 @@ _DIE_WITH_PARENT = (
 STOP_TIMEOUT = 120  # seconds a stopped worker has to end its episode and checkpoint, as acl-run gives it
 STOP_FILE = "stop-requested"  # in the run directory: written by RayLauncher.stop, removed by its start
 STOP_RESULT = "stop-result"  # in the run directory: how a stopped worker ended (`stop_worker`), removed by start
+KILL_MARGIN = 15  # seconds the launcher gives a stopped task beyond its worker's time to stop, before it kills it
 
 
 class WorkerKilled(RuntimeError):
@@ -89,15 +90,17 @@ def stop_worker(child: subprocess.Popen, workdir: Path) -> int:
     or dies of the SIGTERM before it set its handler, having trained nothing yet), else its exit status (-SIGKILL:
     it did not stop in time, and its last episodes since its checkpoint are lost)."""
     child.terminate()
-    try:
-        child.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-        with contextlib.suppress(OSError), open(workdir / "worker.log", "a") as log:  # where acl-run points
-            log.write(f"\nstudent-worker did not stop within {STOP_TIMEOUT} s of the stop: killed\n")
-    except KeyboardInterrupt:  # the launcher's cancel, arriving while the stop file's stop is under way
-        child.wait()  # bounded: the launcher kills the task itself after its own timeout
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while child.returncode is None:
+        try:
+            child.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            with contextlib.suppress(OSError), open(workdir / "worker.log", "a") as log:  # where acl-run points
+                log.write(f"\nstudent-worker did not stop within {STOP_TIMEOUT} s of the stop: killed\n")
+        except KeyboardInterrupt:  # the launcher's cancel, arriving while the stop file's stop is under way
+            pass  # the same stop: keep waiting, until the same deadline
     result = -signal.SIGINT if child.returncode in (0, -signal.SIGTERM) else child.returncode
     with contextlib.suppress(OSError):  # unwritten, a cancelled task counts as stopped, as it did before
         (workdir / STOP_RESULT).write_text(str(result))
@@ -169,8 +172,12 @@ class RayLauncher(Launcher):
                 print(f"could not write the stop file in {handle.workdir}: {exc}", file=sys.stderr)
         for handle in running:
             ray.cancel(handle.ref)  # and so does the KeyboardInterrupt this raises in it; a pending task is dropped
-        running = [h.ref for h in running]
-        _, late = ray.wait(running, num_returns=len(running), timeout=timeout) if running else ([], [])
+        refs = [h.ref for h in running]
+        # The tasks' own kill (stop_worker, after STOP_TIMEOUT) first, which records that the worker was killed.
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout + KILL_MARGIN) if refs else ([], [])
+        for handle in (h for h in running if h.ref in late):  # not even that: the force-cancel kills the worker
+            with contextlib.suppress(OSError), open(handle.workdir / STOP_RESULT, "x") as result:
+                result.write(str(-signal.SIGKILL))
         for ref in late:
             ray.cancel(ref, force=True)  # kills the task's process, and with it the worker
         for ref in late:

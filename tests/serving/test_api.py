@@ -204,6 +204,8 @@ def test_bad_reports_are_rejected_and_change_nothing(service):
     gzipped = {"content-type": "application/json", "content-encoding": "gzip"}
     assert_rejected(service, client.post("/report", content=gzip.compress(valid), headers=gzipped), 415,
                     "Content-Encoding 'gzip' is not supported: send the body uncompressed")
+    twice = [("content-type", "application/json"), ("content-encoding", "gzip"), ("content-encoding", "identity")]
+    assert_rejected(service, client.post("/report", content=gzip.compress(valid), headers=twice), 415, "'gzip'")
     # The same report again: the first answer, counted once.
     again = report(client, proposal, 2.0)
     assert again.status_code == 200 and again.json() == first.json()

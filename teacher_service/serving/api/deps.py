@@ -182,12 +182,15 @@ class Gatherer:
         # The task running the current group: kept here, since the event loop holds tasks only weakly, and not the
         # request's own, whose cancellation must not stop the chain.
         self.group_task: asyncio.Task | None = None
+        # Load shedding: one timer for the whole queue, due when its oldest request reaches max_wait_s (`_shed`).
+        self._shedding: asyncio.TimerHandle | None = None
 
     async def call(self, request: Request, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         mine = Waiting(request, item, loop.create_future(), loop.time())
         self.queue.append(mine)
         metrics.REQUESTS_WAITING.inc()
+        self._arm_shedding()
         if not self.running:
             self.running = True
             self._next_turn()
@@ -219,21 +222,35 @@ class Gatherer:
         self._end_turn()
 
     def _take(self, group: list[Waiting]) -> None:
-        """Move the next group from the queue into `group` (the caller's, so that nothing taken goes unanswered). A
-        request that waited past TEACHER_MAX_QUEUE_WAIT_S is shed (503) instead, as one waiting for a slot is."""
-        now = asyncio.get_running_loop().time()
+        """Move the next group from the queue into `group` (the caller's, so that nothing taken goes unanswered)."""
         while self.queue and len(group) < self.max_items:
             waiting = self.queue.popleft()
             waiting.taken = True
             metrics.REQUESTS_WAITING.dec()
             if client_gone(waiting.request):  # nobody would read its answer
                 waiting.answer.set_exception(ClientClosedRequest(CLIENT_LEFT))
-            elif now - waiting.since > self.threads.max_wait_s:
-                waiting.answer.set_exception(self.threads.overloaded(f"/{self.verb}", now - waiting.since))
             else:
                 group.append(waiting)
         if group:
             metrics.GATHERED.labels(self.verb).observe(len(group))
+
+    def _arm_shedding(self) -> None:
+        if self._shedding is None and self.queue and self.threads.max_wait_s < math.inf:
+            due = self.queue[0].since + self.threads.max_wait_s
+            self._shedding = asyncio.get_running_loop().call_at(due, self._shed)
+
+    def _shed(self) -> None:
+        """Answer 503 to the requests that have waited TEACHER_MAX_QUEUE_WAIT_S without being taken into a group, as
+        one waiting for a slot is: neither their group's wait for a slot nor a group that runs long (a stalled
+        database) holds them past it. They are the queue's oldest, at its head."""
+        self._shedding = None
+        now, limit = asyncio.get_running_loop().time(), self.threads.max_wait_s
+        while self.queue and now - self.queue[0].since >= limit - 0.001:  # the loop may run a timer a little early
+            waiting = self.queue.popleft()
+            waiting.taken = True
+            metrics.REQUESTS_WAITING.dec()
+            waiting.answer.set_exception(self.threads.overloaded(f"/{self.verb}", now - waiting.since))
+        self._arm_shedding()
 
     def _answer(self, group: list[Waiting], results: list) -> None:
         """Give each request of the group its own result or error (an ApiError: its 4xx)."""
@@ -256,6 +273,9 @@ class Gatherer:
     def _stop(self, group: list[Waiting]) -> None:
         """The service is stopping (this group's task was cancelled): the group and the waiting requests get an error."""
         self.running = False
+        if self._shedding is not None:
+            self._shedding.cancel()
+            self._shedding = None
         taken = list(self.queue)
         self.queue.clear()
         for waiting in taken:

@@ -22,13 +22,13 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.batch_max_bytes if scope["path"].endswith("/batch") else self.max_bytes
-        headers = dict(scope["headers"])
-        coding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if coding not in (b"identity", b""):
+        codings = [value.strip().lower() for name, value in scope["headers"] if name == b"content-encoding"]
+        coding = next((c for c in codings if c not in (b"identity", b"")), None)  # every header, not the last one
+        if coding is not None:
             await self._reject(send, 415, limit, f"Content-Encoding {coding.decode('latin-1')!r} is not supported: send "
                                                  "the body uncompressed")
             return
-        length = headers.get(b"content-length")
+        length = dict(scope["headers"]).get(b"content-length")
         if length is not None and not length.isdigit():
             await self._reject(send, 400, limit, "content-length is not a number")
             return
