@@ -8,10 +8,11 @@ retried: it raises `TeacherError` with the status code and the server's ``detail
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 import tenacity
@@ -204,6 +205,14 @@ class _Base:
         self.timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._retry = _retry_options(attempts, max_backoff_s)
+
+    def once(self) -> Self:
+        """This client with one attempt per call, no retries, on the same connections: for callers that have an outage
+        policy of their own (student_client.session), whose next try after a failed one must not cost all the retries
+        again (a teacher that answers /healthz but not the call, e.g. its database stalled)."""
+        view = copy.copy(self)
+        view._retry = _retry_options(1, 0.0)
+        return view
 
     def _within(self, timeout_s: float | None) -> httpx.Timeout:
         """The client's timeout, or ``timeout_s`` where that is shorter."""

@@ -7,7 +7,9 @@ durable `Outbox` until the teacher is back. A 4xx answer to a proposal (wrong cu
 is raised: retrying cannot help. A try after a failed one first asks ``/healthz`` once, within
 ``PROBE_TIMEOUT_S`` (any answer but 502-504 will do: `TeacherClient.answers`): a teacher that is frozen
 rather than stopped (a paused container, a network that drops packets) holds a call for all its retries
-(about 52 s with the client's defaults), which every try would otherwise cost again.
+(about 52 s with the client's defaults), which every try would otherwise cost again. And from a failed try until
+a call succeeds, each call makes one attempt (`TeacherClient.once`): a teacher that answers ``/healthz`` but not the
+call (its database stalled, or shedding load with 503s) would otherwise hold every try for all the retries too.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ class TeacherSession:
     def __init__(self, client: TeacherClient, curriculum: str, student_id: str, outbox: str | Path | None = None,
                  retry_every: float = 5.0) -> None:
         self.client = client
+        self.one_try = client.once()  # for calls after a failed try (`caller`)
         self.curriculum = curriculum
         self.student_id = student_id
         self.outbox = Outbox(Path(outbox) if outbox is not None else None)
         self.retry_every = retry_every
         self.down_until: float | None = None  # None: up; else no try before this time (monotonic)
+        self.recovering = False  # from a failed try until a call succeeds
         self.last_return: float | None = None
         self.last_task: list[float] | None = None
         self._target: TargetTasks | None = None
@@ -57,9 +61,16 @@ class TeacherSession:
 
     def mark_down(self) -> None:
         """The teacher did not answer: train on env-default tasks for ``retry_every`` seconds."""
-        if self.down_until is None:
+        if not self.recovering:  # once per outage, not at each failed try of it
             log.warning("teacher unreachable; training on env-default tasks, reports kept in the outbox")
         self.down_until = time.monotonic() + self.retry_every
+        self.recovering = True
+
+    @property
+    def caller(self) -> TeacherClient:
+        """The client for this session's next call: after a failed try, one attempt per call until one succeeds (the
+        tries themselves are this session's retries), else the client with its retries."""
+        return self.one_try if self.recovering else self.client
 
     def propose(self) -> Proposal | None:
         """The teacher's next task, or None (env default) while the teacher is unreachable."""
@@ -67,10 +78,12 @@ class TeacherSession:
         if not self.reachable():
             return None
         try:
-            return self.client.propose(self.curriculum, self.student_id, self.context())
+            proposal = self.caller.propose(self.curriculum, self.student_id, self.context())
         except TeacherUnavailableError:
             self.mark_down()
             return None
+        self.recovering = False
+        return proposal
 
     def context(self) -> StudentContext:
         """What the teacher sees of this student: the return and task of its last ended episode."""
@@ -108,9 +121,11 @@ class TeacherSession:
     def flush(self) -> None:
         """Deliver the outbox if the teacher may be reachable."""
         if self.outbox.pending and self.reachable():
-            self.outbox.flush(self.client)
+            self.outbox.flush(self.caller)
             if self.outbox.pending:
                 self.mark_down()
+            else:
+                self.recovering = False
 
     def drain(self, timeout: float, stop: Callable[[], bool] = lambda: False) -> None:
         """At exit: keep delivering the outbox for up to ``timeout`` seconds (or until ``stop()``)."""
@@ -137,6 +152,11 @@ def which_reachable(sessions: Sequence[TeacherSession]) -> list[bool]:
     return [s.down_until is None for s in sessions]
 
 
+def caller_of(sessions: Sequence[TeacherSession]) -> TeacherClient:
+    """`TeacherSession.caller` for one call on behalf of sessions sharing a client: one attempt if any is recovering."""
+    return sessions[0].one_try if any(session.recovering for session in sessions) else sessions[0].client
+
+
 def flush_many(sessions: Sequence[TeacherSession]) -> None:
     """Deliver several students' outboxes (sessions sharing one client): their leading reports in one
     ``POST /report/batch``, then whatever is left (evaluations) one message at a time."""
@@ -144,7 +164,7 @@ def flush_many(sessions: Sequence[TeacherSession]) -> None:
     if not live:
         return
     try:
-        live[0].outbox.flush_reports(live[0].client, [s.outbox for s in live[1:]])
+        live[0].outbox.flush_reports(caller_of(live), [s.outbox for s in live[1:]])
     except TeacherUnavailableError:
         for session in live:
             session.mark_down()
@@ -168,13 +188,14 @@ def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
     for curriculum, members in groups.items():
         group = [sessions[i] for i in members]
         try:
-            results = group[0].client.propose_many(curriculum, [s.student_id for s in group],
-                                                   [s.context() for s in group])
+            results = caller_of(group).propose_many(curriculum, [s.student_id for s in group],
+                                                    [s.context() for s in group])
         except TeacherUnavailableError:
             results = [TeacherUnavailableError(None, "unreachable")] * len(group)
         for i, result in zip(members, results):
             if not isinstance(result, TeacherError):
                 proposals[i] = result
+                sessions[i].recovering = False
             elif result.status_code is None or result.status_code >= 500:
                 sessions[i].mark_down()
             else:
@@ -195,11 +216,12 @@ def targets_many(sessions: Sequence[TeacherSession]) -> list[TargetTasks | None]
             continue
         if key not in asked:
             try:
-                asked[key] = session.client.target(session.curriculum)
+                asked[key] = session.caller.target(session.curriculum)
             except TeacherUnavailableError:
                 failed.add(id(session.client))
                 continue
         session._target, session._target_known = asked[key], True
+        session.recovering = False
     for session in asking:
         if id(session.client) in failed:
             session.mark_down()
@@ -220,7 +242,7 @@ def drain_many(sessions: Sequence[TeacherSession], timeout: float, stop: Callabl
         for session in pending:
             clients.setdefault(id(session.client), []).append(session)
         for group in clients.values():
-            client = group[0].client
+            client = group[0].one_try  # each round is a try: one call each, not the client's retries
             if client.answers(timeout_s=PROBE_TIMEOUT_S):
                 with contextlib.suppress(TeacherUnavailableError):  # left pending, for the next round
                     group[0].outbox.flush_reports(client, [session.outbox for session in group[1:]])

@@ -4,7 +4,9 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from teacher_service.wire import CurriculumCreate, EvaluationRequest, PresetTaskSpace, Signals
 
 from student_client import AsyncTeacherClient, TeacherClient, TeacherError, TeacherUnavailableError
-from tests.servers import free_port, wait_until
+from tests.servers import ServiceProcess, free_port, wait_until
 from tests.student_helpers import create_curriculum
 
 
@@ -291,3 +293,40 @@ def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_t
         assert targets_many(sessions) == [None, None, None]  # known now: the curriculum names no target tasks
         drain_many(sessions, timeout=10)
         assert [session.outbox.pending for session in sessions] == [[], [], []]
+
+
+def test_after_a_failed_try_a_session_tries_once_while_the_teacher_answers_healthz_but_not_the_call(tmp_path, caplog):
+    """A teacher whose database stalls answers /healthz but sheds the students' calls (503 after
+    TEACHER_MAX_QUEUE_WAIT_S): the first try costs the client's attempts, each later try one attempt, until a call
+    succeeds; the outage is logged once, not at every try."""
+    from student_client.session import TeacherSession
+
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_REQUEST_THREADS": "1", "TEACHER_MAX_QUEUE_WAIT_S": "1"}).start()
+    blocker = sqlite3.connect(service.database_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        create_curriculum(service, "cl")
+        with ThreadPoolExecutor(1) as pool, TeacherClient(service.url, service.student_token, attempts=3,
+                                                          max_backoff_s=1) as client:
+            blocker.execute("BEGIN IMMEDIATE")  # the database stalls: the writer waits for its lock, holding the slot
+            held = pool.submit(service.client().post, "/propose", json={"curriculum": "cl", "student_id": "x"})
+            wait_until(lambda: "teacher_request_threads_busy 1.0" in service.client().get("/metrics").text, 30,
+                       "a propose holding the only slot")
+            session = TeacherSession(client, "cl", "s0", retry_every=0.2)
+            with caplog.at_level("WARNING", logger="student_client.session"):
+                start = time.monotonic()
+                assert session.propose() is None  # three attempts, each shed after 1 s
+                first = time.monotonic() - start
+                time.sleep(0.3)
+                start = time.monotonic()
+                assert session.propose() is None  # /healthz answers; one attempt, shed after 1 s
+                again = time.monotonic() - start
+            blocker.execute("ROLLBACK")
+            assert held.result().status_code == 200
+            assert first >= 3 and 1 <= again < first / 2, (first, again)
+            assert sum("teacher unreachable" in r.getMessage() for r in caplog.records) == 1
+            time.sleep(0.3)
+            assert session.propose() is not None  # the teacher serves again: used at once, and the session recovers
+            assert session.caller is client
+    finally:
+        blocker.close()
+        service.stop()
