@@ -209,7 +209,8 @@ class _Base:
     def once(self) -> Self:
         """This client with one attempt per call, no retries, on the same connections: for callers that have an outage
         policy of their own (student_client.session), whose next try after a failed one must not cost all the retries
-        again (a teacher that answers /healthz but not the call, e.g. its database stalled)."""
+        again (a teacher that answers /healthz but not the call, e.g. its database stalled). Close the client, not the
+        copy: they share the connections."""
         view = copy.copy(self)
         view._retry = _retry_options(1, 0.0)
         return view

@@ -170,6 +170,8 @@ def flush_many(sessions: Sequence[TeacherSession]) -> None:
             session.mark_down()
         return
     for session in live:
+        session.recovering = False  # a call succeeded (what follows may leave nothing for `flush` to send)
+    for session in live:
         session.flush()
 
 

@@ -103,7 +103,9 @@ def stop_worker(child: subprocess.Popen, workdir: Path) -> int:
             pass  # the same stop: keep waiting, until the same deadline
     result = -signal.SIGINT if child.returncode in (0, -signal.SIGTERM) else child.returncode
     with contextlib.suppress(OSError):  # unwritten, a cancelled task counts as stopped, as it did before
-        (workdir / STOP_RESULT).write_text(str(result))
+        written = workdir / f"{STOP_RESULT}.{os.getpid()}"
+        written.write_text(str(result))
+        os.replace(written, workdir / STOP_RESULT)  # whole or not at all, should the launcher kill the task meanwhile
     return result
 
 
@@ -174,7 +176,8 @@ class RayLauncher(Launcher):
             ray.cancel(handle.ref)  # and so does the KeyboardInterrupt this raises in it; a pending task is dropped
         refs = [h.ref for h in running]
         # The tasks' own kill (stop_worker, after STOP_TIMEOUT) first, which records that the worker was killed.
-        _, late = ray.wait(refs, num_returns=len(refs), timeout=timeout + KILL_MARGIN) if refs else ([], [])
+        waited = max(timeout, STOP_TIMEOUT) + KILL_MARGIN
+        _, late = ray.wait(refs, num_returns=len(refs), timeout=waited) if refs else ([], [])
         for handle in (h for h in running if h.ref in late):  # not even that: the force-cancel kills the worker
             with contextlib.suppress(OSError), open(handle.workdir / STOP_RESULT, "x") as result:
                 result.write(str(-signal.SIGKILL))
