@@ -38,8 +38,8 @@ class RequestThreads:
     use, cost the event loop about 30 us more per request (README "Scale").
 
     Load shedding: a request that has waited `max_wait_s` for its turn (TEACHER_MAX_QUEUE_WAIT_S) is answered 503
-    (`Overloaded`) without being run. The queue of a saturated service otherwise grows with its clients, and with it
-    everyone's wait: 600 clients looping batches waited 12.5 s (median) for answers, past the students' timeout."""
+    (`Overloaded`) without being run: where the service's queue grows (a stalled database, more students than it
+    serves), its requests would otherwise wait until their clients time out (10 s) and resend into the same queue."""
 
     count: int
     max_wait_s: float = math.inf
