@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 
+import pydantic
 import uvicorn
 
 from teacher_service.serving.settings import Settings
@@ -44,7 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except pydantic.ValidationError as exc:  # an operator's mistake: one line per setting, not a traceback
+        def named(name: str) -> str:  # as an operator may have given it
+            variable = f"TEACHER_{name.upper()}"
+            return f"--{name.replace('_', '-')} / {variable}" if name in vars(args) else variable
+
+        problems = "; ".join(f"{named('_'.join(map(str, err['loc'])))}: {err['msg']}" for err in exc.errors())
+        raise SystemExit(f"teacher-service: invalid settings: {problems}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     # while it holds the database's write lock.
     sys.setswitchinterval(0.0005)
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import DatabaseError
+    from sqlalchemy.exc import ArgumentError, DatabaseError
 
     from teacher_service.serving.app import create_app  # after logging is set up, so start-up messages show
     from teacher_service.serving.curricula_file import CurriculaFileError
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         raise SystemExit(f"teacher-service: cannot use {exc.filename}: {exc.strerror} (it must be writable by this "
                          "user)") from None
+    except ArgumentError as exc:  # a database URL that SQLAlchemy cannot read, or of a database it has no driver for
+        raise SystemExit(f"teacher-service: cannot use the database URL: {exc}") from None
     except DatabaseError as exc:  # the database refuses or cannot be reached (a read-only file, a server down, a file
         # that is not a database)
         url = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Float, Integer, Row, Select, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Integer, Row, Select, Text, and_, case, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from teacher_service import wire
@@ -217,7 +217,9 @@ class Inspector:
                             **space.histograms(state.get("sample"), bins)}
                 values = session.scalars(
                     select(Proposal.task_values)
-                    .where(Proposal.curriculum_id == row.id, Proposal.task_values.is_not(None))
+                    # Not JSON null either: the proposals of a teacher without tasks of its own (env-default).
+                    .where(Proposal.curriculum_id == row.id, Proposal.task_values.is_not(None),
+                           cast(Proposal.task_values, Text) != "null")
                     .order_by(Proposal.seq.desc())
                     .limit(samples)
                 ).all()

@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="Bearer token that manages curricula.")
     student_token: SecretStr | None = Field(default=None, description="Bearer token that may propose and report.")
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
-    proposal_ttl_s: float = Field(default=3600.0, gt=0, description="Seconds before an unreported proposal expires.")
+    proposal_ttl_s: float = Field(
+        default=3600.0, gt=0, le=30 * 24 * 3600, allow_inf_nan=False,
+        description="Seconds before an unreported proposal expires (at most 30 days, as a curriculum's own proposal_ttl_s).")
     request_threads: int = Field(default=4, ge=1, le=256, description="Students' work running at once (an evaluation, a batch, or a group of single proposes or reports, at most one group per verb at a time): evaluations in threads of their own, the rest in the writer thread; as many threads again for the other routes (more for a remote PostgreSQL).")
     max_queue_wait_s: float = Field(
         default=5.0, gt=0, le=3600, allow_inf_nan=False,
@@ -30,7 +32,7 @@ class Settings(BaseSettings):
                     "students' clients retry with backoff. Below the clients' timeout (10 s by default), so that an "
                     "overloaded service answers them rather than leaving them to time out and resend.")
     database_idle_transaction_s: float = Field(
-        default=60.0, gt=0, le=86_400,
+        default=60.0, gt=0, le=86_400, allow_inf_nan=False,
         description="PostgreSQL: the server ends a session of this service that holds a transaction this many seconds "
                     "without a statement (a replica frozen while it holds a curriculum's lock), so that the others go on.")
     update_timeout_s: float = Field(

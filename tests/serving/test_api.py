@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import math
@@ -257,6 +258,7 @@ def test_curricula_listing_deletion_and_docs(service):
     assert client.delete("/curricula/a").status_code == 204
     assert [c["name"] for c in client.get("/curricula").json()] == ["b"]
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.head("/healthz").status_code == 200  # as uptime checkers and load balancers probe
     spec = client.get("/openapi.json").json()
     assert {"/propose", "/report", "/curricula"} <= set(spec["paths"])
     assert "gradnorm-reinforce" in client.get("/teachers").json()
@@ -387,8 +389,33 @@ def test_every_4xx_is_declared_and_sent_in_one_error_model(service):
         ValidationErrorResponse.model_validate_json(response.content, strict=True)
     assert validation[-1].json()["detail"][0]["loc"] == ["query", "signal"]
     assert sorted(r.status_code for r in others) == [400, 401, 403, 404, 409, 413]
+    assert others[0].headers["www-authenticate"] == "Bearer"  # the scheme a 401 asks for
     for response in others:
         ErrorResponse.model_validate_json(response.content, strict=True)
+
+
+def test_a_bug_is_answered_500_in_the_error_model(tmp_path):
+    """A fault that is the service's own bug (injected: no input reaches one that we know of) gets a JSON body with
+    `detail`, as every other error does; it was Starlette's text/plain "Internal Server Error"."""
+    from teacher_service.serving.app import create_app
+    from teacher_service.serving.infra.errors import ErrorResponse
+    from teacher_service.serving.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path, insecure=True))
+
+    @app.get("/bug")
+    def bug() -> None:
+        raise ZeroDivisionError("injected")
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            return await client.get("/bug")
+
+    response = asyncio.run(get())
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    ErrorResponse.model_validate_json(response.content, strict=True)
+    assert "ZeroDivisionError" in response.json()["detail"]
 
 
 def test_data_dir_and_database_are_owner_only(tmp_path):

@@ -162,6 +162,22 @@ def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_pat
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
 
 
+@pytest.mark.parametrize("env, args, says", [
+    # "inf" for "never expire" was accepted, then every propose failed with 500 (an OverflowError).
+    ({"TEACHER_PROPOSAL_TTL_S": "inf"}, [], "invalid settings: TEACHER_PROPOSAL_TTL_S: Input should be a finite number"),
+    ({"TEACHER_PROPOSAL_TTL_S": "1e300"}, [], "TEACHER_PROPOSAL_TTL_S: Input should be less than or equal to 2592000"),
+    ({}, ["--port", "0"], "invalid settings: --port / TEACHER_PORT: Input should be greater than or equal to 1"),
+    ({"TEACHER_DATABASE_URL": "foo://u:secret@h/x"}, [], "cannot use the database URL: Can't load plugin"),
+])
+def test_a_setting_the_service_cannot_use_is_one_clear_line(tmp_path, env, args, says):
+    result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir",
+                             str(tmp_path / "data"), *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, **env})
+    assert result.returncode == 1
+    assert says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
 # ---------------------------------------------------------------- the compose topology as processes
 
 

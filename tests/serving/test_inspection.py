@@ -53,6 +53,14 @@ def data(request, tmp_path_factory):
         send(client, "hand", "s1", i)
     for i in range(5):
         send(client, "hand-random", "s1", i)
+    # Proposals without task values (stored as JSON null), and a box too narrow for 20 bins of distinct floats.
+    body = {"name": "hand-default", "task_space": ADROIT, "teacher": {"algorithm": "env-default"}}
+    assert client.post("/curricula", json=body).status_code == 201
+    send(client, "hand-default", "s1", 1)
+    body = {"name": "narrow", "task_space": {"kind": "box", "low": [1.0], "high": [1.0000000000000002]},
+            "teacher": {"algorithm": "random"}}
+    assert client.post("/curricula", json=body).status_code == 201
+    send(client, "narrow", "s1", 1)
     create(client, "cut", MAZE)  # an episode, a stopped one (it ran) and an abandoned proposal (never trained on)
     send(client, "cut", "s1", 1)
     for outcome, signals in (("stopped", {"env_steps": 40, "episode_return": 7.0}), ("abandoned", {})):
@@ -133,6 +141,14 @@ def test_distribution_now_at_a_version_and_of_proposals(data):
     random_box = client.get("/curricula/hand-random/distribution").json()
     assert random_box["source"] == "proposals" and random_box["samples"] == 5  # no policy: its proposals
     assert client.get("/curricula/hand-random/distribution", params={"source": "teacher"}).status_code == 422
+
+    # Once 500s: env-default's proposals have no values to count; a range that 20 bins cannot split is one bin.
+    default = client.get("/curricula/hand-default/distribution", params={"source": "proposals", "samples": 1})
+    assert default.status_code == 200 and default.json()["samples"] == 0
+    assert all(sum(h["counts"]) == 0 for h in default.json()["histograms"])
+    narrow = client.get("/curricula/narrow/distribution").json()
+    assert narrow["samples"] == 1 and narrow["histograms"][0]["edges"] == [1.0, 1.0000000000000002]
+    assert narrow["histograms"][0]["counts"] == [1]
 
 
 def test_students(data):

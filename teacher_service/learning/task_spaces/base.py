@@ -136,7 +136,10 @@ class BoxSpace:
             return {"samples": 0, "histograms": []}
         histograms = []
         for i, dim in enumerate(self.names):
-            counts, edges = np.histogram(sample[:, i], bins=bins, range=(self.low[i], self.high[i]))
+            edges = np.linspace(self.low[i], self.high[i], bins + 1)
+            if not np.all(np.diff(edges) > 0):  # a range too narrow for that many floats apart: one bin
+                edges = np.array([self.low[i], self.high[i]])
+            counts, _ = np.histogram(sample[:, i], bins=edges)
             histograms.append({"name": dim, "edges": edges.tolist(), "counts": counts.tolist()})
         return {"samples": len(sample), "histograms": histograms}
 

@@ -12,7 +12,8 @@ from teacher_service.serving.inspection import Inspector
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz")
+# HEAD too: uptime checkers and some load balancers probe with it.
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -107,6 +107,7 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status_code = 401
+    headers = {"WWW-Authenticate": "Bearer"}  # the scheme to use, as RFC 9110 has a 401 say
 
 
 class Forbidden(ApiError):
