@@ -166,10 +166,16 @@ def _checked_url(url: str) -> str:
 
 
 def _checked_token(token: str) -> str:
-    """The token, refused at once if it cannot be sent in a header: httpx would fail every call."""
+    """The token without the whitespace around it, refused at once if it cannot be sent in a header: httpx would fail
+    every call. A token read from a file or a variable often ends in a newline or a space, which no header may end
+    in and the service strips from what it is given: it can never be part of a token."""
+    token = token.strip()
+    if not token:
+        raise ValueError("the teacher token is blank (whitespace only): give the service's token, or none at all for "
+                         "a service run with --insecure")
     if not (token.isascii() and token.isprintable()):
-        raise ValueError("the teacher token holds a control character (a newline read with it from a file?) or a "
-                         "non-ASCII character: it cannot be sent")
+        raise ValueError("the teacher token holds a control character (a tab or a line break inside it) or a "
+                         "non-ASCII character: it cannot be sent in a header")
     return token
 
 

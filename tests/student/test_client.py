@@ -89,7 +89,9 @@ def test_unreachable_teacher_raises_after_retries():
     ("http://", "t", "must start with http:// or https://"),
     ("http://[::1", "t", "is not a URL"),
     ("http://127.0.0.1:99999", "t", "no valid port"),
-    ("http://127.0.0.1:8000", "token\n", "a newline read with it from a file?"),
+    ("http://127.0.0.1:8000", "to\nken", "a tab or a line break inside it"),
+    ("http://127.0.0.1:8000", "to\tken", "a tab or a line break inside it"),
+    ("http://127.0.0.1:8000", " \n", "blank (whitespace only)"),
     ("http://127.0.0.1:8000", "tökén", "non-ASCII"),
 ])
 def test_a_url_or_token_that_can_never_work_is_refused_at_once(client_class, url, token, says):
@@ -101,6 +103,28 @@ def test_a_url_or_token_that_can_never_work_is_refused_at_once(client_class, url
     # no port, IPv6, spaces around the URL.
     for url, token in (("http://localhost", "two words"), ("https://[::1]:8000/", "t"), (" http://h:1 ", "t")):
         assert client_class(url, token).url == url.strip().rstrip("/")
+
+
+def test_whitespace_around_a_token_is_not_part_of_it(tmp_path, monkeypatch):
+    """A token read from a file or a variable with its newline or a space after it was taken, then every call failed in
+    h11 ("Illegal header value b'Bearer student-tok '"), which students take for an outage: an outsider's probe. The
+    whitespace around it is dropped; whitespace inside is kept, since a service whose token has some matches it."""
+    service = ServiceProcess(tmp_path)
+    service.student_token = "two  words"
+    service.start()
+    try:
+        create_curriculum(service, "cl")
+        for token in ("two  words ", "\ttwo  words\n", " \r\ntwo  words\r\n"):
+            with TeacherClient(service.url, token, attempts=1) as client:
+                assert client.propose("cl", "s-1").curriculum == "cl"
+        monkeypatch.setenv("TEACHER_TOKEN", "two  words\n")
+        with TeacherClient(service.url, attempts=1) as client:
+            assert client.propose("cl", "s-1").curriculum == "cl"
+        with TeacherClient(service.url, "two words", attempts=1) as client, pytest.raises(TeacherError) as err:
+            client.propose("cl", "s-1")  # inner whitespace is the token's own: one space is another token
+        assert err.value.status_code == 401
+    finally:
+        service.stop()
 
 
 def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
