@@ -162,6 +162,10 @@ def _checked_url(url: str) -> str:
         raise ValueError(f"teacher URL {url!r} must start with http:// or https:// and name a host, e.g. {DEFAULT_URL}")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise ValueError(f"teacher URL {url!r} has no valid port (1 to 65535)")
+    # Each call's path would be joined after the query (http://h:8000?x=1/propose: 405 on every call). A fragment
+    # is never sent: it does no harm.
+    if "?" in url.split("#")[0]:
+        raise ValueError(f"teacher URL {url!r} has a query (?...): give the service's base URL only, e.g. {DEFAULT_URL}")
     return url.rstrip("/")
 
 

@@ -89,6 +89,8 @@ def test_unreachable_teacher_raises_after_retries():
     ("http://", "t", "must start with http:// or https://"),
     ("http://[::1", "t", "is not a URL"),
     ("http://127.0.0.1:99999", "t", "no valid port"),
+    ("http://127.0.0.1:8000?x=1", "t", "has a query (?...)"),  # was 405 on every call: the paths came after it
+    ("http://127.0.0.1:8000/?", "t", "has a query (?...)"),
     ("http://127.0.0.1:8000", "to\nken", "a tab or a line break inside it"),
     ("http://127.0.0.1:8000", "to\tken", "a tab or a line break inside it"),
     ("http://127.0.0.1:8000", " \n", "blank (whitespace only)"),
@@ -125,6 +127,16 @@ def test_whitespace_around_a_token_is_not_part_of_it(tmp_path, monkeypatch):
         assert err.value.status_code == 401
     finally:
         service.stop()
+
+
+def test_a_url_with_a_query_is_refused_and_one_with_a_fragment_works(service):
+    """TeacherClient("http://127.0.0.1:8765?x=1") was taken, and then every call was answered 405 (an outsider's
+    probe): the calls' paths were joined after the query. A fragment is never sent, so such a URL works."""
+    create_curriculum(service, "cl")
+    with pytest.raises(ValueError, match=re.escape("has a query (?...)")):
+        TeacherClient(f"{service.url}?x=1", service.student_token)
+    with TeacherClient(f"{service.url}/#top", service.student_token, attempts=1) as client:
+        assert client.propose("cl", "s-1").curriculum == "cl"
 
 
 def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
