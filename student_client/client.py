@@ -19,6 +19,7 @@ import tenacity
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from teacher_service.wire import (
+    NO_TARGET_TASKS,
     CurriculumCreate,
     CurriculumInfo,
     CurriculumName,
@@ -193,6 +194,11 @@ def _curriculum_path(name: str, *rest: str) -> str:
     return "/".join(("/curricula", name, *rest))
 
 
+def _no_target(error: TeacherError) -> bool:
+    """Whether a target's 404 says the curriculum names no target tasks, not that there is no such curriculum."""
+    return error.status_code == 404 and str(error.detail).endswith(NO_TARGET_TASKS)
+
+
 def _healthy(status: int | None) -> bool:
     return status is not None and 200 <= status < 300
 
@@ -305,11 +311,12 @@ class TeacherClient(_Base):
         return self._request("GET", "/curricula", model=list[CurriculumInfo])
 
     def target(self, curriculum: str) -> TargetTasks | None:
-        """The curriculum's target tasks (what its students evaluate on); None if it names none (404)."""
+        """The curriculum's target tasks (what its students evaluate on); None if it names none, a `TeacherError` 404
+        if there is no such curriculum."""
         try:
             return self._request("GET", _curriculum_path(curriculum, "target"), model=TargetTasks)
         except TeacherError as exc:
-            if exc.status_code == 404:
+            if _no_target(exc):
                 return None
             raise
 
@@ -413,7 +420,7 @@ class AsyncTeacherClient(_Base):
         try:
             return await self._request("GET", _curriculum_path(curriculum, "target"), model=TargetTasks)
         except TeacherError as exc:
-            if exc.status_code == 404:
+            if _no_target(exc):
                 return None
             raise
 

@@ -151,6 +151,31 @@ def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
         assert admin.get_curriculum("cl").name == "cl" and admin.target("cl") is None
 
 
+def test_the_target_of_an_unknown_curriculum_is_not_found_rather_than_none(service):
+    """`target("no-such-curriculum")` returned None, as for a curriculum that names no target tasks: a student then
+    evaluated on the env's own tasks. The service's two 404s differ in their detail (wire.NO_TARGET_TASKS)."""
+    from student_client.session import TeacherSession
+
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.student_token) as client:
+        assert client.target("cl") is None
+        with pytest.raises(TeacherError) as err:
+            client.target("no-such-curriculum")
+        assert err.value.status_code == 404 and "not found" in err.value.detail
+        with pytest.raises(TeacherError) as err:  # a worker asks at its start: it exits with the error, as a propose would
+            TeacherSession(client, "no-such-curriculum", "s-1").target()
+        assert err.value.status_code == 404
+
+    async def main():
+        async with AsyncTeacherClient(service.url, service.student_token) as client:
+            assert await client.target("cl") is None
+            with pytest.raises(TeacherError) as err:
+                await client.target("no-such-curriculum")
+            assert err.value.status_code == 404
+
+    asyncio.run(main())
+
+
 def test_an_outbox_file_has_one_outbox_at_a_time_across_processes(tmp_path):
     """Two outboxes on one file (the sub-environments of a vector env given the same `outbox=`) overwrote each
     other's messages: an outsider's probe found 2 of 6 pending reports on disk. The second is refused, in this process
