@@ -123,14 +123,33 @@ def _batches(items: list[dict], size: int, max_bytes: int) -> Iterator[list[dict
         yield batch
 
 
-def _propose_batches(curriculum: str, student_ids: Sequence[str], contexts: Sequence[StudentContext | None] | None,
-                     size: int, max_bytes: int) -> Iterator[ProposeBatchRequest]:
+def _propose_items(curriculum: str, student_ids: Sequence[str],
+                   contexts: Sequence[StudentContext | None] | None) -> list[dict | TeacherError]:
+    """Each student's `/propose` body, or the `TeacherError` 422 the service gives an invalid item of a batch (an
+    invalid student id fails alone, not the whole call)."""
     if contexts is not None and len(contexts) != len(student_ids):
         raise ValueError(f"{len(contexts)} contexts for {len(student_ids)} students")
-    items = [_body(ProposeRequest(curriculum=curriculum, student_id=student, context=contexts[k] if contexts else None))
-             for k, student in enumerate(student_ids)]
-    for batch in _batches(items, size, max_bytes):
+    items: list[dict | TeacherError] = []
+    for k, student in enumerate(student_ids):
+        try:
+            items.append(_body(ProposeRequest(curriculum=curriculum, student_id=student,
+                                              context=contexts[k] if contexts else None)))
+        except ValidationError as exc:
+            problems = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+            items.append(TeacherError(422, problems))
+    return items
+
+
+def _propose_batches(items: list[dict | TeacherError], size: int, max_bytes: int) -> Iterator[ProposeBatchRequest]:
+    """The valid items' batches."""
+    for batch in _batches([item for item in items if not isinstance(item, TeacherError)], size, max_bytes):
         yield ProposeBatchRequest(items=batch)
+
+
+def _in_place(items: list[dict | TeacherError], answers: list[Any]) -> list[Any]:
+    """The answers to the valid items, in order, with the invalid items' errors in their places."""
+    answered = iter(answers)
+    return [item if isinstance(item, TeacherError) else next(answered) for item in items]
 
 
 def _report_batches(reports: Sequence[ReportRequest], size: int, max_bytes: int) -> Iterator[ReportBatchRequest]:
@@ -269,11 +288,13 @@ class TeacherClient(_Base):
     def propose_many(self, curriculum: str, student_ids: Sequence[str],
                      contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
         """One proposal per student id (e.g. one per environment of a vectorized learner), through
-        ``POST /propose/batch``; an item the service refused is a `TeacherError` in its place."""
-        results: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items, self.batch_bytes):
-            results += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
-        return results
+        ``POST /propose/batch``; an item the service refused, or that is not valid (a `TeacherError` 422, as the
+        service would answer it), is a `TeacherError` in its place."""
+        items = _propose_items(curriculum, student_ids, contexts)
+        answers: list[Proposal | TeacherError] = []
+        for batch in _propose_batches(items, self.batch_items, self.batch_bytes):
+            answers += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
+        return _in_place(items, answers)
 
     def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         """Many reports through ``POST /report/batch`` (idempotent per proposal, so retries are safe); an item
@@ -379,11 +400,12 @@ class AsyncTeacherClient(_Base):
 
     async def propose_many(self, curriculum: str, student_ids: Sequence[str],
                            contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
-        results: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items, self.batch_bytes):
+        items = _propose_items(curriculum, student_ids, contexts)
+        answers: list[Proposal | TeacherError] = []
+        for batch in _propose_batches(items, self.batch_items, self.batch_bytes):
             response = await self._request("POST", "/propose/batch", batch, ProposeBatchResponse)
-            results += _item_results(response, "proposal")
-        return results
+            answers += _item_results(response, "proposal")
+        return _in_place(items, answers)
 
     async def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         results: list[ReportAck | TeacherError] = []

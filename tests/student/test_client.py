@@ -176,6 +176,30 @@ def test_the_target_of_an_unknown_curriculum_is_not_found_rather_than_none(servi
     asyncio.run(main())
 
 
+def test_an_invalid_student_id_in_propose_many_fails_alone_as_the_service_fails_it(service):
+    """propose_many with one invalid student id raised a ValidationError for the whole list; the item now gets in its
+    place the TeacherError 422 that the batch route gives an item it refuses (the same detail), and the others are
+    proposed. A list with no valid item sends nothing."""
+    create_curriculum(service, "cl")
+    headers = {"Authorization": f"Bearer {service.student_token}"}
+    served = httpx.post(f"{service.url}/propose/batch", headers=headers,
+                        json={"items": [{"curriculum": "cl", "student_id": "bad id!"}]}).json()["results"][0]["error"]
+    with TeacherClient(service.url, service.student_token) as client:
+        first, bad, last = client.propose_many("cl", ["s-1", "bad id!", "s-2"])
+        assert (first.student_id, last.student_id) == ("s-1", "s-2")
+        assert isinstance(bad, TeacherError) and (bad.status_code, bad.detail) == (served["status"], served["detail"])
+        assert [e.status_code for e in client.propose_many("cl", ["", "x" * 129])] == [422, 422]
+
+    async def main():
+        async with AsyncTeacherClient(service.url, service.student_token) as client:
+            return await client.propose_many("cl", ["bad id!", "s-3"])
+
+    bad, proposal = asyncio.run(main())
+    assert (bad.status_code, bad.detail, proposal.student_id) == (422, served["detail"], "s-3")
+    history = httpx.get(f"{service.url}/curricula/cl/history", headers=headers).json()["items"]
+    assert len(history) == 3
+
+
 def test_an_outbox_file_has_one_outbox_at_a_time_across_processes(tmp_path):
     """Two outboxes on one file (the sub-environments of a vector env given the same `outbox=`) overwrote each
     other's messages: an outsider's probe found 2 of 6 pending reports on disk. The second is refused, in this process
