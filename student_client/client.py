@@ -19,6 +19,7 @@ import tenacity
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from teacher_service.wire import (
+    NO_TARGET_TASKS,
     CurriculumCreate,
     CurriculumInfo,
     CurriculumName,
@@ -122,14 +123,33 @@ def _batches(items: list[dict], size: int, max_bytes: int) -> Iterator[list[dict
         yield batch
 
 
-def _propose_batches(curriculum: str, student_ids: Sequence[str], contexts: Sequence[StudentContext | None] | None,
-                     size: int, max_bytes: int) -> Iterator[ProposeBatchRequest]:
+def _propose_items(curriculum: str, student_ids: Sequence[str],
+                   contexts: Sequence[StudentContext | None] | None) -> list[dict | TeacherError]:
+    """Each student's `/propose` body, or the `TeacherError` 422 the service gives an invalid item of a batch (an
+    invalid student id fails alone, not the whole call)."""
     if contexts is not None and len(contexts) != len(student_ids):
         raise ValueError(f"{len(contexts)} contexts for {len(student_ids)} students")
-    items = [_body(ProposeRequest(curriculum=curriculum, student_id=student, context=contexts[k] if contexts else None))
-             for k, student in enumerate(student_ids)]
-    for batch in _batches(items, size, max_bytes):
+    items: list[dict | TeacherError] = []
+    for k, student in enumerate(student_ids):
+        try:
+            items.append(_body(ProposeRequest(curriculum=curriculum, student_id=student,
+                                              context=contexts[k] if contexts else None)))
+        except ValidationError as exc:
+            problems = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+            items.append(TeacherError(422, problems))
+    return items
+
+
+def _propose_batches(items: list[dict | TeacherError], size: int, max_bytes: int) -> Iterator[ProposeBatchRequest]:
+    """The valid items' batches."""
+    for batch in _batches([item for item in items if not isinstance(item, TeacherError)], size, max_bytes):
         yield ProposeBatchRequest(items=batch)
+
+
+def _in_place(items: list[dict | TeacherError], answers: list[Any]) -> list[Any]:
+    """The answers to the valid items, in order, with the invalid items' errors in their places."""
+    answered = iter(answers)
+    return [item if isinstance(item, TeacherError) else next(answered) for item in items]
 
 
 def _report_batches(reports: Sequence[ReportRequest], size: int, max_bytes: int) -> Iterator[ReportBatchRequest]:
@@ -162,14 +182,24 @@ def _checked_url(url: str) -> str:
         raise ValueError(f"teacher URL {url!r} must start with http:// or https:// and name a host, e.g. {DEFAULT_URL}")
     if parsed.port is not None and not 0 < parsed.port < 65536:
         raise ValueError(f"teacher URL {url!r} has no valid port (1 to 65535)")
+    # Each call's path would be joined after the query (http://h:8000?x=1/propose: 405 on every call). A fragment
+    # is never sent: it does no harm.
+    if "?" in url.split("#")[0]:
+        raise ValueError(f"teacher URL {url!r} has a query (?...): give the service's base URL only, e.g. {DEFAULT_URL}")
     return url.rstrip("/")
 
 
 def _checked_token(token: str) -> str:
-    """The token, refused at once if it cannot be sent in a header: httpx would fail every call."""
+    """The token without the whitespace around it, refused at once if it cannot be sent in a header: httpx would fail
+    every call. A token read from a file or a variable often ends in a newline or a space, which no header may end
+    in and the service strips from what it is given: it can never be part of a token."""
+    token = token.strip()
+    if not token:
+        raise ValueError("the teacher token is blank (whitespace only): give the service's token, or none at all for "
+                         "a service run with --insecure")
     if not (token.isascii() and token.isprintable()):
-        raise ValueError("the teacher token holds a control character (a newline read with it from a file?) or a "
-                         "non-ASCII character: it cannot be sent")
+        raise ValueError("the teacher token holds a control character (a tab or a line break inside it) or a "
+                         "non-ASCII character: it cannot be sent in a header")
     return token
 
 
@@ -181,6 +211,11 @@ def _curriculum_path(name: str, *rest: str) -> str:
     except ValidationError as exc:
         raise ValueError(f"{name!r} is not a curriculum name: {exc.errors()[0]['msg']}") from None
     return "/".join(("/curricula", name, *rest))
+
+
+def _no_target(error: TeacherError) -> bool:
+    """Whether a target's 404 says the curriculum names no target tasks, not that there is no such curriculum."""
+    return error.status_code == 404 and str(error.detail).endswith(NO_TARGET_TASKS)
 
 
 def _healthy(status: int | None) -> bool:
@@ -253,11 +288,13 @@ class TeacherClient(_Base):
     def propose_many(self, curriculum: str, student_ids: Sequence[str],
                      contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
         """One proposal per student id (e.g. one per environment of a vectorized learner), through
-        ``POST /propose/batch``; an item the service refused is a `TeacherError` in its place."""
-        results: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items, self.batch_bytes):
-            results += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
-        return results
+        ``POST /propose/batch``; an item the service refused, or that is not valid (a `TeacherError` 422, as the
+        service would answer it), is a `TeacherError` in its place."""
+        items = _propose_items(curriculum, student_ids, contexts)
+        answers: list[Proposal | TeacherError] = []
+        for batch in _propose_batches(items, self.batch_items, self.batch_bytes):
+            answers += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
+        return _in_place(items, answers)
 
     def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         """Many reports through ``POST /report/batch`` (idempotent per proposal, so retries are safe); an item
@@ -295,11 +332,12 @@ class TeacherClient(_Base):
         return self._request("GET", "/curricula", model=list[CurriculumInfo])
 
     def target(self, curriculum: str) -> TargetTasks | None:
-        """The curriculum's target tasks (what its students evaluate on); None if it names none (404)."""
+        """The curriculum's target tasks (what its students evaluate on); None if it names none, a `TeacherError` 404
+        if there is no such curriculum."""
         try:
             return self._request("GET", _curriculum_path(curriculum, "target"), model=TargetTasks)
         except TeacherError as exc:
-            if exc.status_code == 404:
+            if _no_target(exc):
                 return None
             raise
 
@@ -362,11 +400,12 @@ class AsyncTeacherClient(_Base):
 
     async def propose_many(self, curriculum: str, student_ids: Sequence[str],
                            contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
-        results: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(curriculum, student_ids, contexts, self.batch_items, self.batch_bytes):
+        items = _propose_items(curriculum, student_ids, contexts)
+        answers: list[Proposal | TeacherError] = []
+        for batch in _propose_batches(items, self.batch_items, self.batch_bytes):
             response = await self._request("POST", "/propose/batch", batch, ProposeBatchResponse)
-            results += _item_results(response, "proposal")
-        return results
+            answers += _item_results(response, "proposal")
+        return _in_place(items, answers)
 
     async def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         results: list[ReportAck | TeacherError] = []
@@ -403,7 +442,7 @@ class AsyncTeacherClient(_Base):
         try:
             return await self._request("GET", _curriculum_path(curriculum, "target"), model=TargetTasks)
         except TeacherError as exc:
-            if exc.status_code == 404:
+            if _no_target(exc):
                 return None
             raise
 

@@ -19,7 +19,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
 from student_client.outbox import Outbox
@@ -29,6 +31,32 @@ log = logging.getLogger(__name__)
 
 Outcome = Literal["completed", "stopped", "abandoned"]
 PROBE_TIMEOUT_S = 2.0
+W = TypeVar("W", bound=BaseModel)
+# How a number can break the schema's bounds (NaN and infinity included): a diverged student's value, not a bug.
+_OUT_OF_BOUNDS = {"finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+_warned: set[tuple[str, str]] = set()  # (value, fault) already logged
+
+
+def reportable(model: type[W], **values: Any) -> W:
+    """``model(**values)``, each number that the schema refuses (NaN, infinite, beyond its bounds: a diverged
+    student's return or gradient) left out, so that the rest of the report goes through rather than the refusal
+    failing the trainer; logged once per value and fault, not each episode. Any other fault (a name or type the
+    schema does not know) is raised."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if any(error["type"] not in _OUT_OF_BOUNDS for error in errors):
+            raise
+    values = dict(values)
+    for error in errors:
+        name = error["loc"][0]
+        values.pop(name, None)  # the whole value where the number is inside one (a task, `extra`)
+        if (name, error["type"]) not in _warned:
+            _warned.add((name, error["type"]))
+            log.warning("%s = %r cannot be sent (%s): sent as absent; such values are not logged again", name,
+                        error["input"], error["msg"])
+    return model(**values)
 
 
 class TeacherSession:
@@ -88,7 +116,7 @@ class TeacherSession:
     def context(self) -> StudentContext:
         """What the teacher sees of this student: the return and task of its last ended episode."""
         task = self.last_task if self.last_task is not None and len(self.last_task) <= 64 else None
-        return StudentContext(last_return=self.last_return, last_task=task)
+        return reportable(StudentContext, last_return=self.last_return, last_task=task)
 
     def target(self) -> TargetTasks | None:
         """The curriculum's target tasks (None: it names none), asked once; while the teacher is

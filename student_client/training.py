@@ -19,7 +19,7 @@ from student_client.episode_signals import LocalSignals
 from student_client.evaluation import evaluation_request
 from student_client.probes import GradStats
 from student_client.sac.agent import PRESETS, SACConfig, preset_for_env
-from student_client.session import TeacherSession
+from student_client.session import TeacherSession, reportable
 from teacher_service.wire import RUN_FINISHED, Proposal, Signals
 
 log = logging.getLogger("student_client.worker")
@@ -87,8 +87,8 @@ class StudentFiles:
                local: LocalSignals, step: int, run_finished: bool, deliver: bool = True) -> None:
         """Report an episode's signals under its own proposal id (``deliver=False``: queue it) and log them."""
         actor, critic = grads
-        signals = Signals(
-            grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
+        signals = reportable(
+            Signals, grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
             critic_grad_norm_mean=critic.mean, critic_grad_norm_episode=critic.episode, **local.as_dict(),
             episode_return=episode.ret, success=episode.success, env_steps=episode.steps, grad_updates=actor.updates,
             # The run's last episode says so: the dashboard shows the student finished, not active.

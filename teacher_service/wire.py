@@ -282,6 +282,11 @@ class TargetSpec(WireModel):
         return self
 
 
+# How the 404 of GET /curricula/{name}/target for a curriculum without target tasks ends its detail; the other 404,
+# for no curriculum by that name, does not say it (a curriculum's name has no spaces).
+NO_TARGET_TASKS = "has no target tasks"
+
+
 class TargetTasks(WireModel):
     """A curriculum's target tasks, resolved: what a student passes to env.reset(options=...) to evaluate."""
 

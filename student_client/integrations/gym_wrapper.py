@@ -30,7 +30,7 @@ import gymnasium as gym
 from student_client.client import TeacherClient
 from student_client.envs import reset_options, verify_reset
 from student_client.probes import GradNormTracker, GradStats
-from student_client.session import Outcome, TeacherSession
+from student_client.session import Outcome, TeacherSession, reportable
 from teacher_service.wire import Proposal, Signals
 
 
@@ -136,7 +136,7 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         # Episode-local signals of an ended episode, given its length; set by the SB3 callback.
         self.local_signals: Callable[[int], dict[str, float | None]] | None = None
         self._proposal: Proposal | None = None  # of the running episode (None: env default)
-        self._ended: tuple[Proposal | None, Signals] | None = None  # report waiting for its last update
+        self._ended: tuple[Proposal | None, dict[str, Any]] | None = None  # report waiting for its last update
         self._updates_at_end = 0
         self._skip_updates = False  # updates before the next step followed no step of any episode
         self._reset_episode()
@@ -186,16 +186,16 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self._success |= bool(info.get("success", False))
         if terminated or truncated:
             self.session.ended(self._proposal, self._return)  # the next proposal's context, report or not
-            self._ended = (self._proposal, self._signals())
+            self._ended = (self._proposal, self._measures())
             self._updates_at_end = self._updates()
             self._proposal = None
             self._reset_episode()
         return obs, reward, terminated, truncated, info
 
-    def _signals(self) -> Signals:
-        return Signals(episode_return=self._return, success=self._success, env_steps=self._steps)
+    def _measures(self) -> dict[str, Any]:
+        return dict(episode_return=self._return, success=self._success, env_steps=self._steps)
 
-    def _finish(self, proposal: Proposal | None, signals: Signals, outcome: Outcome) -> None:
+    def _finish(self, proposal: Proposal | None, measures: dict[str, Any], outcome: Outcome) -> None:
         """Report an episode with the gradient norms of the updates since the last report."""
         stats = self.tracker.pop()
         grads: dict[str, Any] = {}
@@ -203,23 +203,23 @@ class TeacherCurriculumWrapper(gym.Wrapper):
             grads.update(grad_norm_mean=stats["actor"].mean, grad_norm_episode=stats["actor"].episode,
                          grad_updates=stats["actor"].updates)
             if self.local_signals is not None and stats["actor"].updates and proposal is not None:
-                grads.update(self.local_signals(signals.env_steps))
+                grads.update(self.local_signals(measures["env_steps"]))
         if "critic" in stats:
             grads.update(critic_grad_norm_mean=stats["critic"].mean,
                          critic_grad_norm_episode=stats["critic"].episode)
-        self.session.finish(proposal, signals.model_copy(update=grads), outcome)
+        self.session.finish(proposal, reportable(Signals, **measures, **grads), outcome)
 
     def flush(self) -> None:
         """Send the report of the episode that ended, with the gradient norms of its updates."""
         if self._ended is not None:
-            proposal, signals = self._ended
+            proposal, measures = self._ended
             self._ended = None
-            self._finish(proposal, signals, "completed")
+            self._finish(proposal, measures, "completed")
 
     def _stop(self) -> None:
         """Cut the running episode short: report what ran of it as stopped, or release its proposal."""
         if self._steps:
-            self._finish(self._proposal, self._signals(), "stopped")
+            self._finish(self._proposal, self._measures(), "stopped")
         elif self._proposal is not None:
             self.session.release(self._proposal)
         self._proposal = None

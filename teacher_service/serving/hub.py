@@ -241,7 +241,7 @@ class TeacherHub:
         with self.engine.connect() as conn:
             runtime = self.runtime(self._row_by_name(conn, name))
         if runtime.spec.target is None:
-            raise NotFound(f"curriculum {name!r} has no target tasks")
+            raise NotFound(f"curriculum {name!r} {wire.NO_TARGET_TASKS}")
         return wire.TargetTasks(reset_options=resolve_target(runtime.spec.task_space, runtime.space, runtime.spec.target))
 
     def delete_curriculum(self, name: str) -> None:

@@ -89,7 +89,11 @@ def test_unreachable_teacher_raises_after_retries():
     ("http://", "t", "must start with http:// or https://"),
     ("http://[::1", "t", "is not a URL"),
     ("http://127.0.0.1:99999", "t", "no valid port"),
-    ("http://127.0.0.1:8000", "token\n", "a newline read with it from a file?"),
+    ("http://127.0.0.1:8000?x=1", "t", "has a query (?...)"),  # was 405 on every call: the paths came after it
+    ("http://127.0.0.1:8000/?", "t", "has a query (?...)"),
+    ("http://127.0.0.1:8000", "to\nken", "a tab or a line break inside it"),
+    ("http://127.0.0.1:8000", "to\tken", "a tab or a line break inside it"),
+    ("http://127.0.0.1:8000", " \n", "blank (whitespace only)"),
     ("http://127.0.0.1:8000", "tökén", "non-ASCII"),
 ])
 def test_a_url_or_token_that_can_never_work_is_refused_at_once(client_class, url, token, says):
@@ -103,6 +107,38 @@ def test_a_url_or_token_that_can_never_work_is_refused_at_once(client_class, url
         assert client_class(url, token).url == url.strip().rstrip("/")
 
 
+def test_whitespace_around_a_token_is_not_part_of_it(tmp_path, monkeypatch):
+    """A token read from a file or a variable with its newline or a space after it was taken, then every call failed in
+    h11 ("Illegal header value b'Bearer student-tok '"), which students take for an outage: an outsider's probe. The
+    whitespace around it is dropped; whitespace inside is kept, since a service whose token has some matches it."""
+    service = ServiceProcess(tmp_path)
+    service.student_token = "two  words"
+    service.start()
+    try:
+        create_curriculum(service, "cl")
+        for token in ("two  words ", "\ttwo  words\n", " \r\ntwo  words\r\n"):
+            with TeacherClient(service.url, token, attempts=1) as client:
+                assert client.propose("cl", "s-1").curriculum == "cl"
+        monkeypatch.setenv("TEACHER_TOKEN", "two  words\n")
+        with TeacherClient(service.url, attempts=1) as client:
+            assert client.propose("cl", "s-1").curriculum == "cl"
+        with TeacherClient(service.url, "two words", attempts=1) as client, pytest.raises(TeacherError) as err:
+            client.propose("cl", "s-1")  # inner whitespace is the token's own: one space is another token
+        assert err.value.status_code == 401
+    finally:
+        service.stop()
+
+
+def test_a_url_with_a_query_is_refused_and_one_with_a_fragment_works(service):
+    """TeacherClient("http://127.0.0.1:8765?x=1") was taken, and then every call was answered 405 (an outsider's
+    probe): the calls' paths were joined after the query. A fragment is never sent, so such a URL works."""
+    create_curriculum(service, "cl")
+    with pytest.raises(ValueError, match=re.escape("has a query (?...)")):
+        TeacherClient(f"{service.url}?x=1", service.student_token)
+    with TeacherClient(f"{service.url}/#top", service.student_token, attempts=1) as client:
+        assert client.propose("cl", "s-1").curriculum == "cl"
+
+
 def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
     """Before, '../healthz' reached /healthz (and failed parsing its answer), and 'cl?x=1' returned curriculum 'cl'."""
     create_curriculum(service, "cl")
@@ -113,6 +149,55 @@ def test_a_name_no_curriculum_can_have_is_refused_before_any_request(service):
                     call(name)
         assert [c.name for c in admin.list_curricula()] == ["cl"]  # nothing was deleted
         assert admin.get_curriculum("cl").name == "cl" and admin.target("cl") is None
+
+
+def test_the_target_of_an_unknown_curriculum_is_not_found_rather_than_none(service):
+    """`target("no-such-curriculum")` returned None, as for a curriculum that names no target tasks: a student then
+    evaluated on the env's own tasks. The service's two 404s differ in their detail (wire.NO_TARGET_TASKS)."""
+    from student_client.session import TeacherSession
+
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.student_token) as client:
+        assert client.target("cl") is None
+        with pytest.raises(TeacherError) as err:
+            client.target("no-such-curriculum")
+        assert err.value.status_code == 404 and "not found" in err.value.detail
+        with pytest.raises(TeacherError) as err:  # a worker asks at its start: it exits with the error, as a propose would
+            TeacherSession(client, "no-such-curriculum", "s-1").target()
+        assert err.value.status_code == 404
+
+    async def main():
+        async with AsyncTeacherClient(service.url, service.student_token) as client:
+            assert await client.target("cl") is None
+            with pytest.raises(TeacherError) as err:
+                await client.target("no-such-curriculum")
+            assert err.value.status_code == 404
+
+    asyncio.run(main())
+
+
+def test_an_invalid_student_id_in_propose_many_fails_alone_as_the_service_fails_it(service):
+    """propose_many with one invalid student id raised a ValidationError for the whole list; the item now gets in its
+    place the TeacherError 422 that the batch route gives an item it refuses (the same detail), and the others are
+    proposed. A list with no valid item sends nothing."""
+    create_curriculum(service, "cl")
+    headers = {"Authorization": f"Bearer {service.student_token}"}
+    served = httpx.post(f"{service.url}/propose/batch", headers=headers,
+                        json={"items": [{"curriculum": "cl", "student_id": "bad id!"}]}).json()["results"][0]["error"]
+    with TeacherClient(service.url, service.student_token) as client:
+        first, bad, last = client.propose_many("cl", ["s-1", "bad id!", "s-2"])
+        assert (first.student_id, last.student_id) == ("s-1", "s-2")
+        assert isinstance(bad, TeacherError) and (bad.status_code, bad.detail) == (served["status"], served["detail"])
+        assert [e.status_code for e in client.propose_many("cl", ["", "x" * 129])] == [422, 422]
+
+    async def main():
+        async with AsyncTeacherClient(service.url, service.student_token) as client:
+            return await client.propose_many("cl", ["bad id!", "s-3"])
+
+    bad, proposal = asyncio.run(main())
+    assert (bad.status_code, bad.detail, proposal.student_id) == (422, served["detail"], "s-3")
+    history = httpx.get(f"{service.url}/curricula/cl/history", headers=headers).json()["items"]
+    assert len(history) == 3
 
 
 def test_an_outbox_file_has_one_outbox_at_a_time_across_processes(tmp_path):
