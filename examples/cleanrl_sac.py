@@ -27,7 +27,7 @@ from student_client import TeacherClient
 from student_client.envs import reset_options
 from student_client.episode_signals import Transitions, cleanrl_signals
 from student_client.probes import GradNormTracker
-from student_client.session import TeacherSession
+from student_client.session import TeacherSession, reportable
 from teacher_service.wire import Signals
 
 
@@ -151,10 +151,11 @@ def main() -> None:
         if actor_stats.updates:  # episode-local signals: gradients on this episode's own transitions
             local = cleanrl_signals(actor, [qf1, qf2], [qf1_target, qf2_target], alpha, args.gamma,
                                     episode_transitions(start, end), args.batch_size).as_dict()
-        return Signals(grad_norm_mean=actor_stats.mean, grad_norm_episode=actor_stats.episode,
-                       critic_grad_norm_mean=critic_stats.mean, critic_grad_norm_episode=critic_stats.episode,
-                       grad_updates=actor_stats.updates, episode_return=ret, success=success, env_steps=end - start,
-                       **local)
+        # reportable: a value the schema refuses (a diverged NaN) is sent as absent, not raised.
+        return reportable(Signals, grad_norm_mean=actor_stats.mean, grad_norm_episode=actor_stats.episode,
+                          critic_grad_norm_mean=critic_stats.mean, critic_grad_norm_episode=critic_stats.episode,
+                          grad_updates=actor_stats.updates, episode_return=ret, success=success,
+                          env_steps=end - start, **local)
 
     proposal, obs = start_episode(seed=args.seed)
     start, ret, success = 0, 0.0, False

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from student_client.client import TeacherClient
 from student_client.episode_signals import LocalSignals
@@ -112,8 +113,14 @@ class StudentFiles:
                     self.writer.add_scalar(f"episode/{key}", float(value), step)
 
     def evaluated(self, step: int, returns: list[float], successes: list[bool], on_target: bool) -> None:
-        """Post (through the outbox) and log an evaluation."""
-        evaluation = evaluation_request(self.session, step, returns, successes, on_target)
+        """Post (through the outbox) and log an evaluation; one whose mean return cannot be sent (a diverged policy's:
+        NaN, infinite, beyond the schema's bounds) is logged and skipped, not fatal to the run."""
+        try:
+            evaluation = evaluation_request(self.session, step, returns, successes, on_target)
+        except ValidationError as exc:
+            log.warning("%s: evaluation at %d steps not posted: %s", self.session.student_id, step,
+                        "; ".join(f"{'.'.join(map(str, e['loc']))} = {e['input']!r}: {e['msg']}" for e in exc.errors()))
+            return
         log.info("%s: evaluation at %d steps%s: success %.2f, return %.2f", self.session.student_id, step,
                  " on the target" if on_target else "", evaluation.success_rate, evaluation.mean_return)
         if self.writer:

@@ -110,3 +110,19 @@ def test_student_workers_report_gives_a_refused_value_as_absent(service, tmp_pat
     assert files.session.propose() is not None  # its context holds the return: left out too
     assert sorted(r.getMessage().split(" =")[0] for r in warnings_anew.records) == [
         "critic_grad_norm_episode", "episode_return", "grad_norm_local", "grad_norm_mean", "last_return"]
+
+
+def test_an_evaluation_whose_return_cannot_be_sent_is_skipped_not_fatal(service, tmp_path, caplog):
+    """An evaluation's mean return is required: a diverged policy's NaN raised pydantic's ValidationError in
+    student-worker (left by the fix above). It is now logged and not posted; the next evaluation is."""
+    create(service, "toy")
+    client = TeacherClient(service.url, service.student_token, attempts=1)
+    files = StudentFiles(StudentSpec(0, "toy", "s-1", tmp_path), client, retry_every=1.0)
+    caplog.set_level(logging.WARNING, logger="student_client.worker")
+    files.evaluated(100, [math.nan, 1.0], [False, True], on_target=False)
+    files.evaluated(200, [1.0, 3.0], [False, True], on_target=False)
+    assert files.session.outbox.pending == [] and files.session.outbox.rejected == []
+    with service.client() as http:
+        rows = http.get("/curricula/toy/evaluations").json()["items"]
+    assert [(r["env_steps"], r["mean_return"]) for r in rows] == [(200, 2.0)]
+    assert any("evaluation at 100 steps not posted: mean_return = nan" in r.getMessage() for r in caplog.records)
