@@ -148,6 +148,9 @@ def test_bad_curricula_are_rejected_and_change_nothing(service):
         ({"name": "x", "task_space": {"kind": "preset", "env_id": "CartPole-v1"}}, 422, "no preset for 'CartPole-v1'"),
         ({"name": "x", "task_space": {"kind": "preset", "env_id": "PointMaze_Nope-v3"}}, 422, "unknown environment id"),
         ({"name": "x", "task_space": TASKS, "teacher": {"algorithm": "oracle"}}, 422, "unknown teacher algorithm 'oracle'"),
+        # Two tasks that reset the environment alike: a proposal of `a` would train the student on `b`.
+        ({"name": "x", "task_space": {"kind": "discrete", "tasks": [{"name": "a", "reset_options": {"task": "b"}},
+                                                                    {"name": "b"}]}}, 422, "same reset options"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"lr": -1}}}, 422, "teacher.params: lr"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"typo": 1}}}, 422, "typo"),
         ({"name": "x", "task_space": TASKS, "reward_signal": "loss"}, 422, "unknown reward_signal 'loss'"),

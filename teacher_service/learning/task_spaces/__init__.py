@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any
 
@@ -12,7 +13,7 @@ from teacher_service.learning.task_spaces.base import BoxSpace, DiscreteSpace, T
 from teacher_service.learning.task_spaces.maze import farthest_pairs, is_maze, maze_target_task, maze_task_space
 from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace, TargetSpec, TaskSpaceSpec
 
-__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "build_task_space", "resolve_target"]
+__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "build_task_space", "resolve_target", "same_reset_options"]
 
 
 def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
@@ -53,6 +54,20 @@ def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
         key = spec.option_key
         return BoxSpace(spec.low, spec.high, names, partial(options_under, key), partial(values_under, key))
     raise ValueError(f"unknown task space {spec!r}")
+
+
+def same_reset_options(space: TaskSpace) -> tuple[str, str] | None:
+    """Two tasks of a discrete space that reset the environment the same way, if any (`a` given `{"task": "b"}`
+    beside a `b` given none): a proposal of one would train the student on the other. Checked when a curriculum is
+    created, not when a stored one is loaded, which would then fail every request of a curriculum made before."""
+    if not isinstance(space, DiscreteSpace):
+        return None
+    seen: dict[str, str] = {}
+    for name, options in zip(space.names, space.options):
+        first = seen.setdefault(json.dumps(options, sort_keys=True), name)
+        if first != name:
+            return first, name
+    return None
 
 
 # A box's point as reset options {option_key: [values]}: functions, not lambdas, so that a space pickles (the
