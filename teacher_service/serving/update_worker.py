@@ -124,7 +124,10 @@ def serve(conn: Connection) -> None:
     import teacher_service.learning.teachers  # noqa: F401 - now, not in the first update
 
     torch.set_num_threads(1)  # as the service: tiny networks
-    conn.send(("ready", None))
+    try:
+        conn.send(("ready", None))
+    except OSError:  # the service died during our imports (BrokenPipeError): nobody to tell
+        return
     learners: dict[int, tuple[int, Teacher]] = {}
     while True:
         try:
