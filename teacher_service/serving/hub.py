@@ -34,9 +34,9 @@ from teacher_service.learning.rewards import DERIVED_SIGNALS
 from teacher_service.learning.task_spaces import (
     DiscreteSpace,
     TaskSpace,
+    ambiguity,
     build_task_space,
     resolve_target,
-    same_reset_options,
 )
 from teacher_service.learning.teachers import REGISTRY, Context, Teacher, build_teacher
 from teacher_service.learning.trajectories import group_trajectories
@@ -208,9 +208,8 @@ class TeacherHub:
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         space, teacher = self.build(spec)
-        if same := same_reset_options(space):
-            raise BadRequest(f"tasks {same[0]!r} and {same[1]!r} have the same reset options: a proposal of one would "
-                             "reset the environment to the other", loc=("body", "task_space", "tasks"))
+        if problem := ambiguity(space):
+            raise BadRequest(f"task_space: {problem}", loc=("body", "task_space"))
         if spec.target is not None:
             try:
                 resolve_target(spec.task_space, space, spec.target)

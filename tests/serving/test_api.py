@@ -151,6 +151,8 @@ def test_bad_curricula_are_rejected_and_change_nothing(service):
         # Two tasks that reset the environment alike: a proposal of `a` would train the student on `b`.
         ({"name": "x", "task_space": {"kind": "discrete", "tasks": [{"name": "a", "reset_options": {"task": "b"}},
                                                                     {"name": "b"}]}}, 422, "same reset options"),
+        ({"name": "x", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 1], "names": ["x", "x"]}}, 422,
+         "names must be distinct"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"lr": -1}}}, 422, "teacher.params: lr"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"typo": 1}}}, 422, "typo"),
         ({"name": "x", "task_space": TASKS, "reward_signal": "loss"}, 422, "unknown reward_signal 'loss'"),

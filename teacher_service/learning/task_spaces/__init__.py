@@ -13,7 +13,7 @@ from teacher_service.learning.task_spaces.base import BoxSpace, DiscreteSpace, T
 from teacher_service.learning.task_spaces.maze import farthest_pairs, is_maze, maze_target_task, maze_task_space
 from teacher_service.wire import BoxTaskSpace, DiscreteTaskSpace, PresetTaskSpace, TargetSpec, TaskSpaceSpec
 
-__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "build_task_space", "resolve_target", "same_reset_options"]
+__all__ = ["BoxSpace", "DiscreteSpace", "TaskSpace", "ambiguity", "build_task_space", "resolve_target"]
 
 
 def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
@@ -56,17 +56,20 @@ def build_task_space(spec: TaskSpaceSpec) -> TaskSpace:
     raise ValueError(f"unknown task space {spec!r}")
 
 
-def same_reset_options(space: TaskSpace) -> tuple[str, str] | None:
-    """Two tasks of a discrete space that reset the environment the same way, if any (`a` given `{"task": "b"}`
-    beside a `b` given none): a proposal of one would train the student on the other. Checked when a curriculum is
-    created, not when a stored one is loaded, which would then fail every request of a curriculum made before."""
-    if not isinstance(space, DiscreteSpace):
-        return None
+def ambiguity(space: TaskSpace) -> str | None:
+    """Why a new task space would be ambiguous, if it is: two tasks of a discrete space that reset the environment the
+    same way (`a` given `{"task": "b"}` beside a `b` given none: a proposal of one would train the student on the
+    other), or two dimensions of a box by one name. Checked when a curriculum is created, not when a stored one is
+    loaded, which would then fail every request of a curriculum made before."""
     seen: dict[str, str] = {}
-    for name, options in zip(space.names, space.options):
-        first = seen.setdefault(json.dumps(options, sort_keys=True), name)
-        if first != name:
-            return first, name
+    if isinstance(space, DiscreteSpace):
+        for name, options in zip(space.names, space.options):
+            first = seen.setdefault(json.dumps(options, sort_keys=True), name)
+            if first != name:
+                return (f"tasks {first!r} and {name!r} have the same reset options: a proposal of one would reset the "
+                        "environment to the other")
+    elif len(set(space.names)) != len(space.names):
+        return "names must be distinct, one per dimension"
     return None
 
 
