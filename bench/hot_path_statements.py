@@ -2,16 +2,20 @@
 
 The service's writer thread runs every write through one connection, one transaction after another, so on
 PostgreSQL the server's time per episode bounds one process's episodes/s whatever the Python around it does.
-This bench runs the statements that batches of 64 episodes cost (`store/statements.py`: insert the proposals,
-read their seqs, then mark them reported, group trajectories of 5, number a batch every 640 episodes; a
-transaction for the proposals and one for the reports, with the values `gradnorm-reinforce` stores on
-PointMaze), without HTTP, teacher or validation, and prints wall and CPU time per episode: this process (the
-driver's side) and, on PostgreSQL, the server's processes.
+This bench runs the writes that batches of 64 episodes cost (`store/statements.py`: insert the proposals, then
+mark them reported, group trajectories of 5, number a batch every 640 episodes; a transaction for the proposals and
+one for the reports, with the values `gradnorm-reinforce` stores on PointMaze), without HTTP, teacher or
+validation, and prints wall and CPU time per episode: this process (the driver's side) and, on PostgreSQL, the
+server's processes. Not the reads of a batch (its curriculum, lock and counts, its proposals, its students' open
+episodes and last reports), which the service also runs: a lower bound of the database's share. One query stands
+in for how the service knows its new rows' seqs.
 
 Beside it, `insert-only`: a sketch of another layout (not the service's), in which a report is a row of its own
 table instead of updates of its proposal's row (an episode's row is updated 2.8 times today, and on PostgreSQL none
 of those updates can be HOT, so each writes a new version of the row and an entry in each of its 9 indexes), and
-a batch is one row. It says what a redesign of the tables would buy, before anyone builds it.
+a batch is one row, with 2 secondary indexes against today's 9 and none of the reads a redesign would still
+need: an upper bound of what a redesign of the tables would buy, before anyone builds it. Figures move by tens of
+percent from run to run on a shared machine: compare layouts within one run, over `--repeats`.
 
     python bench/hot_path_statements.py [--rounds 300] [--repeats 2] [--sqlite-only]
 """
@@ -74,7 +78,8 @@ def stored_values(driver: Driver) -> dict[str, Any]:
     teacher = build_teacher("gradnorm-reinforce", space, {}, 0)
     decision = teacher.propose_many([Context()])[0]
     ack = {"proposal_id": "0" * 32, "reward": 1.5, "teacher_version": 12, "teacher_updated": False}
-    return {"task_index": decision.task_index, "reset_options": driver.json(space.reset_options(decision.task_index)),
+    return {"task_index": decision.task_index, "task_values": driver.json(space.task(decision.task_index).values),
+            "reset_options": driver.json(space.reset_options(decision.task_index)),
             "teacher_input": driver.json(decision.teacher_input), "signals": driver.json(SIGNALS),
             "ack": driver.json(ack)}
 
@@ -102,7 +107,7 @@ class Run:
     def propose(self, students: list[str], insert: str, seqs: str) -> dict[str, int]:
         now = self.driver.time(datetime.now(timezone.utc))
         rows = [{"proposal_id": f"{time.time_ns():016x}{os.urandom(8).hex()}", "curriculum_id": 1, "student_id": s,
-                 "task_index": self.values["task_index"], "task_values": self.driver.json(None),
+                 "task_index": self.values["task_index"], "task_values": self.values["task_values"],
                  "reset_options": self.values["reset_options"], "teacher_version": self.version,
                  "teacher_input": self.values["teacher_input"], "created_at": now, "expires_at": now}
                 for s in students]
@@ -222,10 +227,10 @@ def main() -> None:
     parser.add_argument("--sqlite-only", action="store_true", help="skip PostgreSQL")
     args = parser.parse_args()
 
-    def report(backend: str, url_of: Callable[[int], str], server_pid: int | None = None) -> None:
+    def report(backend: str, url_of: Callable[[], str], server_pid: int | None = None) -> None:
         for repeat in range(args.repeats):
             for layout in (Today, InsertOnly) if repeat % 2 == 0 else (InsertOnly, Today):
-                figures = measure(layout, url_of(repeat), args.rounds, server_pid)
+                figures = measure(layout, url_of(), args.rounds, server_pid)
                 print(f"{backend:10} {layout.name:20} " + "  ".join(f"{name} {us:6.1f}" for name, us in figures.items())
                       + "  (us per episode)", flush=True)
 
@@ -233,7 +238,7 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="hot-path-"))
     counter = iter(range(1_000_000))
     try:
-        report("SQLite", lambda _: f"sqlite:///{data}/bench{next(counter)}.db")
+        report("SQLite", lambda: f"sqlite:///{data}/bench{next(counter)}.db")
     finally:
         shutil.rmtree(data, ignore_errors=True)
     if args.sqlite_only:
@@ -246,7 +251,7 @@ def main() -> None:
     postgres = PostgresServer().start()
     try:
         server_pid = int((postgres.dir / "data" / "postmaster.pid").read_text().split()[0])
-        report("PostgreSQL", lambda _: postgres.create_database(f"bench{next(counter)}"), server_pid)
+        report("PostgreSQL", lambda: postgres.create_database(f"bench{next(counter)}"), server_pid)
     finally:
         postgres.stop()
 

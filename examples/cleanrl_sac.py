@@ -152,10 +152,10 @@ def main() -> None:
             local = cleanrl_signals(actor, [qf1, qf2], [qf1_target, qf2_target], alpha, args.gamma,
                                     episode_transitions(start, end), args.batch_size).as_dict()
         # reportable: a value the schema refuses (a diverged NaN) is sent as absent, not raised.
-        return reportable(Signals, grad_norm_mean=actor_stats.mean, grad_norm_episode=actor_stats.episode,
-                          critic_grad_norm_mean=critic_stats.mean, critic_grad_norm_episode=critic_stats.episode,
-                          grad_updates=actor_stats.updates, episode_return=ret, success=success,
-                          env_steps=end - start, **local)
+        return reportable(Signals, session.student_id, grad_norm_mean=actor_stats.mean,
+                          grad_norm_episode=actor_stats.episode, critic_grad_norm_mean=critic_stats.mean,
+                          critic_grad_norm_episode=critic_stats.episode, grad_updates=actor_stats.updates,
+                          episode_return=ret, success=success, env_steps=end - start, **local)
 
     proposal, obs = start_episode(seed=args.seed)
     start, ret, success = 0, 0.0, False

@@ -84,8 +84,9 @@ class EnsembleWorker:
         """Train until ``--steps`` env steps or a stop signal, then checkpoint and drain the outboxes."""
         bar = tqdm(total=self.args.steps, initial=self.step, unit="step", mininterval=1.0, dynamic_ncols=True,
                    disable=self.args.no_progress)
-        targets_many([m.session for m in self.members])  # asked once at the start (again at the next evaluation if down)
         try:
+            # Asked once at the start (again at the next evaluation if down); inside the try, as the first propose was.
+            targets_many([m.session for m in self.members])
             self.start(self.members)
             while self.step < self.args.steps and not self.stop_requested:
                 self.env_step()

@@ -25,37 +25,56 @@ from pydantic import BaseModel, ValidationError
 
 from student_client.client import TeacherClient, TeacherError, TeacherUnavailableError
 from student_client.outbox import Outbox
-from teacher_service.wire import EvaluationRequest, Proposal, ReportRequest, Signals, StudentContext, TargetTasks
+from teacher_service.wire import (
+    MAX_MAGNITUDE,
+    EvaluationRequest,
+    Proposal,
+    ReportRequest,
+    Signals,
+    StudentContext,
+    TargetTasks,
+)
 
 log = logging.getLogger(__name__)
 
 Outcome = Literal["completed", "stopped", "abandoned"]
 PROBE_TIMEOUT_S = 2.0
 W = TypeVar("W", bound=BaseModel)
-# How a number can break the schema's bounds (NaN and infinity included): a diverged student's value, not a bug.
-_OUT_OF_BOUNDS = {"finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-_warned: set[tuple[str, str]] = set()  # (value, fault) already logged
+_warned: set[tuple[str, str, str]] = set()  # (student, field, fault) already logged
 
 
-def reportable(model: type[W], **values: Any) -> W:
-    """``model(**values)``, each number that the schema refuses (NaN, infinite, beyond its bounds: a diverged
-    student's return or gradient) left out, so that the rest of the report goes through rather than the refusal
-    failing the trainer; logged once per value and fault, not each episode. Any other fault (a name or type the
-    schema does not know) is raised."""
+def _diverged(error: dict[str, Any]) -> bool:
+    """Whether the schema refused a number that a diverged student measures: not finite, or beyond the schema's
+    magnitude. A sign bound (a negative count or norm) is the caller's bug, and is raised."""
+    if error["type"] == "finite_number":
+        return True
+    bounds = [abs(bound) for bound in error.get("ctx", {}).values() if isinstance(bound, (int, float))]
+    return error["type"] in ("less_than_equal", "greater_than_equal") and bool(bounds) and bounds[0] >= MAX_MAGNITUDE
+
+
+def reportable(model: type[W], student_id: str, /, **values: Any) -> W:
+    """``model(**values)``, each number that the schema refuses because a student diverged (NaN, infinite, beyond its
+    magnitude: a return or gradient) left out, so that the rest of the report goes through rather than the refusal
+    failing the trainer: a field, or one key of a mapping (`extra`); logged once per student, field and fault, not
+    each episode. Any other fault (a negative count, a name or type the schema does not know) is raised."""
     try:
         return model(**values)
     except ValidationError as exc:
         errors = exc.errors()
-        if any(error["type"] not in _OUT_OF_BOUNDS for error in errors):
+        if not all(_diverged(error) for error in errors):
             raise
     values = dict(values)
     for error in errors:
-        name = error["loc"][0]
-        values.pop(name, None)  # the whole value where the number is inside one (a task, `extra`)
-        if (name, error["type"]) not in _warned:
-            _warned.add((name, error["type"]))
-            log.warning("%s = %r cannot be sent (%s): sent as absent; such values are not logged again", name,
-                        error["input"], error["msg"])
+        field, *inside = error["loc"]
+        if inside and isinstance(values.get(field), dict):  # one key of `extra`, not the others
+            values[field] = {key: value for key, value in values[field].items() if key != inside[0]}
+            field = f"{field}.{inside[0]}"
+        else:  # the whole value where the number is inside a list (a task's coordinates)
+            values.pop(field, None)
+        if (student_id, field, error["type"]) not in _warned:
+            _warned.add((student_id, field, error["type"]))
+            log.warning("student %s: %s = %r cannot be sent (%s): sent as absent; not logged again for it", student_id,
+                        field, error["input"], error["msg"])
     return model(**values)
 
 
@@ -116,7 +135,7 @@ class TeacherSession:
     def context(self) -> StudentContext:
         """What the teacher sees of this student: the return and task of its last ended episode."""
         task = self.last_task if self.last_task is not None and len(self.last_task) <= 64 else None
-        return reportable(StudentContext, last_return=self.last_return, last_task=task)
+        return reportable(StudentContext, self.student_id, last_return=self.last_return, last_task=task)
 
     def target(self) -> TargetTasks | None:
         """The curriculum's target tasks (None: it names none), asked once; while the teacher is

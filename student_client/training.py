@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
-from pydantic import ValidationError
 
 from student_client.client import TeacherClient
 from student_client.episode_signals import LocalSignals
@@ -21,7 +22,7 @@ from student_client.evaluation import evaluation_request
 from student_client.probes import GradStats
 from student_client.sac.agent import PRESETS, SACConfig, preset_for_env
 from student_client.session import TeacherSession, reportable
-from teacher_service.wire import RUN_FINISHED, Proposal, Signals
+from teacher_service.wire import MAX_MAGNITUDE, RUN_FINISHED, Proposal, Signals
 
 log = logging.getLogger("student_client.worker")
 CHECKPOINT = "checkpoint.pt"
@@ -89,7 +90,7 @@ class StudentFiles:
         """Report an episode's signals under its own proposal id (``deliver=False``: queue it) and log them."""
         actor, critic = grads
         signals = reportable(
-            Signals, grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
+            Signals, self.session.student_id, grad_norm_mean=actor.mean, grad_norm_episode=actor.episode,
             critic_grad_norm_mean=critic.mean, critic_grad_norm_episode=critic.episode, **local.as_dict(),
             episode_return=episode.ret, success=episode.success, env_steps=episode.steps, grad_updates=actor.updates,
             # The run's last episode says so: the dashboard shows the student finished, not active.
@@ -114,13 +115,13 @@ class StudentFiles:
 
     def evaluated(self, step: int, returns: list[float], successes: list[bool], on_target: bool) -> None:
         """Post (through the outbox) and log an evaluation; one whose mean return cannot be sent (a diverged policy's:
-        NaN, infinite, beyond the schema's bounds) is logged and skipped, not fatal to the run."""
-        try:
-            evaluation = evaluation_request(self.session, step, returns, successes, on_target)
-        except ValidationError as exc:
-            log.warning("%s: evaluation at %d steps not posted: %s", self.session.student_id, step,
-                        "; ".join(f"{'.'.join(map(str, e['loc']))} = {e['input']!r}: {e['msg']}" for e in exc.errors()))
+        NaN, infinite, beyond the schema's magnitude; the wire requires it) is logged and skipped, not fatal to the run."""
+        mean_return = float(np.mean(returns))
+        if not (math.isfinite(mean_return) and abs(mean_return) <= MAX_MAGNITUDE):
+            log.warning("%s: evaluation at %d steps not posted: its mean return %r cannot be sent (success rate %.2f)",
+                        self.session.student_id, step, mean_return, float(np.mean(successes)))
             return
+        evaluation = evaluation_request(self.session, step, returns, successes, on_target)
         log.info("%s: evaluation at %d steps%s: success %.2f, return %.2f", self.session.student_id, step,
                  " on the target" if on_target else "", evaluation.success_rate, evaluation.mean_return)
         if self.writer:

@@ -74,8 +74,10 @@ class Worker:
         bar = tqdm(total=self.args.steps, initial=self.step, unit="step", mininterval=1.0, dynamic_ncols=True,
                    disable=self.args.no_progress)
         start_time, start_step = time.monotonic(), self.step
-        self.session.target()  # asked once at the start (again at the next evaluation if the teacher is down)
         try:
+            # Asked once at the start (again at the next evaluation if the teacher is down); inside the try, so that an
+            # unknown curriculum's 404 still saves, drains and closes.
+            self.session.target()
             while self.step < self.args.steps and not self.stop_requested:
                 proposal = self.session.propose()
                 episode = self.run_episode(proposal, bar)

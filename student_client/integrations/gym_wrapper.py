@@ -207,7 +207,7 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         if "critic" in stats:
             grads.update(critic_grad_norm_mean=stats["critic"].mean,
                          critic_grad_norm_episode=stats["critic"].episode)
-        self.session.finish(proposal, reportable(Signals, **measures, **grads), outcome)
+        self.session.finish(proposal, reportable(Signals, self.session.student_id, **measures, **grads), outcome)
 
     def flush(self) -> None:
         """Send the report of the episode that ended, with the gradient norms of its updates."""

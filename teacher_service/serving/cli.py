@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         raise SystemExit(f"teacher-service: cannot use {exc.filename}: {exc.strerror} (it must be writable by this "
                          "user)") from None
-    except ArgumentError as exc:  # a database URL that SQLAlchemy cannot read, or of a database it has no driver for
+    except ArgumentError as exc:  # a database URL that SQLAlchemy cannot read, or of a database it does not know
         raise SystemExit(f"teacher-service: cannot use the database URL: {exc}") from None
+    except ImportError as exc:  # a database it knows without its driver installed (postgresql+psycopg2, mysql)
+        url = make_url(settings.resolved_database_url())
+        raise SystemExit(f"teacher-service: cannot use the database URL {url.drivername}://...: its driver is not "
+                         f"installed ({exc}); PostgreSQL: postgresql+psycopg://user:password@host/database") from None
     except DatabaseError as exc:  # the database refuses or cannot be reached (a read-only file, a server down, a file
         # that is not a database)
         url = make_url(settings.resolved_database_url()).render_as_string(hide_password=True)

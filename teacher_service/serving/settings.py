@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -49,7 +50,13 @@ class Settings(BaseSettings):
         default_factory=socket.gethostname,
         description="Tells apart service processes sharing one database, so each draws its own proposals.",
     )
-    log_level: str = Field(default="info")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        default="info", description="How much the service logs (uvicorn's levels; any case).")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -266,6 +266,8 @@ def test_curricula_listing_deletion_and_docs(service):
     assert client.head("/healthz").status_code == 200  # as uptime checkers and load balancers probe
     spec = client.get("/openapi.json").json()
     assert {"/propose", "/report", "/curricula"} <= set(spec["paths"])
+    operation_ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(operation_ids) == len(set(operation_ids))  # unique, as OpenAPI requires (code generators rely on it)
     assert "gradnorm-reinforce" in client.get("/teachers").json()
 
 

@@ -168,6 +168,8 @@ def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_pat
     ({"TEACHER_PROPOSAL_TTL_S": "1e300"}, [], "TEACHER_PROPOSAL_TTL_S: Input should be less than or equal to 2592000"),
     ({}, ["--port", "0"], "invalid settings: --port / TEACHER_PORT: Input should be greater than or equal to 1"),
     ({"TEACHER_DATABASE_URL": "foo://u:secret@h/x"}, [], "cannot use the database URL: Can't load plugin"),
+    ({"TEACHER_DATABASE_URL": "postgresql+psycopg2://u:secret@h/x"}, [], "its driver is not installed"),
+    ({"TEACHER_LOG_LEVEL": "verbose"}, [], "TEACHER_LOG_LEVEL: Input should be 'critical', 'error'"),
 ])
 def test_a_setting_the_service_cannot_use_is_one_clear_line(tmp_path, env, args, says):
     result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir",

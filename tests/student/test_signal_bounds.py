@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from teacher_service.wire import MAX_MAGNITUDE, CurriculumCreate, DiscreteTaskSpace, NamedTask
+from pydantic import ValidationError
+from teacher_service.wire import MAX_MAGNITUDE, RUN_FINISHED, CurriculumCreate, DiscreteTaskSpace, NamedTask, Signals
 
 from student_client import TeacherClient, session
 from student_client.episode_signals import LocalSignals
@@ -85,7 +86,8 @@ def test_the_wrapper_reports_a_return_or_gradient_the_schema_refuses_as_absent(s
     logged = [r.getMessage() for r in warnings_anew.records]
     # The return (in the report, and as the next proposal's context) not finite, above and below the bounds; the
     # gradient norms not finite: once each, though NaN came twice and the bounds were passed three times.
-    assert sorted(m.split(" cannot be sent")[0] for m in logged) == [
+    assert all(m.startswith("student s-1: ") for m in logged)
+    assert sorted(m.removeprefix("student s-1: ").split(" cannot be sent")[0] for m in logged) == [
         "episode_return = -10000000000000.0", "episode_return = 10000000000000.0", "episode_return = nan",
         "grad_norm_episode = nan", "grad_norm_mean = nan",
         "last_return = -10000000000000.0", "last_return = 10000000000000.0", "last_return = nan"]
@@ -99,7 +101,7 @@ def test_student_workers_report_gives_a_refused_value_as_absent(service, tmp_pat
     files = StudentFiles(StudentSpec(0, "toy", "s-1", tmp_path), client, retry_every=1.0)
     proposal = files.session.propose()
     files.report(proposal, Episode(steps=5, ret=math.inf, ended=True), (GradStats(math.nan, 2.0, 5),
-                 GradStats(1.0, 10 * MAX_MAGNITUDE, 5)), LocalSignals(grad_norm_local=-1.0), step=5, run_finished=True)
+                 GradStats(1.0, 10 * MAX_MAGNITUDE, 5)), LocalSignals(grad_norm_local=math.nan), step=5, run_finished=True)
     (signals,) = reported(service, "toy")
     assert signals["episode_return"] is None and signals["grad_norm_mean"] is None
     assert signals["critic_grad_norm_episode"] is None and signals["grad_norm_local"] is None
@@ -108,7 +110,7 @@ def test_student_workers_report_gives_a_refused_value_as_absent(service, tmp_pat
     record = json.loads((tmp_path / "episodes.jsonl").read_text())
     assert record["episode_return"] is None and record["grad_norm_episode"] == 2.0
     assert files.session.propose() is not None  # its context holds the return: left out too
-    assert sorted(r.getMessage().split(" =")[0] for r in warnings_anew.records) == [
+    assert sorted(r.getMessage().removeprefix("student s-1: ").split(" =")[0] for r in warnings_anew.records) == [
         "critic_grad_norm_episode", "episode_return", "grad_norm_local", "grad_norm_mean", "last_return"]
 
 
@@ -125,4 +127,15 @@ def test_an_evaluation_whose_return_cannot_be_sent_is_skipped_not_fatal(service,
     with service.client() as http:
         rows = http.get("/curricula/toy/evaluations").json()["items"]
     assert [(r["env_steps"], r["mean_return"]) for r in rows] == [(200, 2.0)]
-    assert any("evaluation at 100 steps not posted: mean_return = nan" in r.getMessage() for r in caplog.records)
+    assert any("evaluation at 100 steps not posted: its mean return nan" in r.getMessage() for r in caplog.records)
+
+
+def test_reportable_drops_one_key_of_extra_and_raises_a_callers_bug(warnings_anew):
+    """A refused number inside `extra` drops that key, not the others (`run_finished`, an `extra.<name>` reward); a
+    negative count or norm, which no diverged student measures, is the caller's bug and raised, not hidden."""
+    signals = session.reportable(Signals, "s-1", extra={RUN_FINISHED: 1.0, "lp": math.nan}, env_steps=5)
+    assert signals.extra == {RUN_FINISHED: 1.0} and signals.env_steps == 5
+    assert [r.getMessage().split(" cannot")[0] for r in warnings_anew.records] == ["student s-1: extra.lp = nan"]
+    for bug in ({"env_steps": -1}, {"grad_norm_mean": -0.5}):
+        with pytest.raises(ValidationError):
+            session.reportable(Signals, "s-1", **bug)

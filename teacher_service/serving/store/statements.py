@@ -150,7 +150,7 @@ class Driver:
         return found
 
     def list_param(self, values: list[str]) -> list[str] | str:
-        """A list of strings as the statements take it (see `as_table`)."""
+        """A list of strings as the statements take it (see `as_table` and `in_list`)."""
         return values if self.postgres else self.json(values)
 
     def many(self, cursor, name: str, rows: list[dict[str, Any]]) -> None:
