@@ -212,6 +212,20 @@ def test_adroit_top_view_and_histograms(service, open_page, shots):
     assert errors == []
 
 
+def test_adroit_without_a_teacher_loads_the_whole_page(service, open_page):
+    """env-default's proposals have no task values: the Adroit view's first request, /distribution of proposals, was a
+    500 and the page stopped there (no students, no curves: an outsider's probe). The whole page now loads."""
+    client = service.client()
+    body = {"name": "hand-default", "task_space": ADROIT, "teacher": {"algorithm": "env-default"}}
+    assert client.post("/curricula", json=body).status_code == 201
+    train(client, "hand-default", "s1", 5, 0.5)
+    page, errors = open_page(f"{service.url}/?curriculum=hand-default#token={service.student_token}")
+    refreshed(page)
+    assert page.is_visible("#topview") and page.get_attribute("#adroit", "data-shown") == "0"
+    assert page.locator('#students tr[data-student="s1"]').count() == 1
+    assert errors == []
+
+
 def test_page_says_where_tokens_are_and_takes_one(service, open_page):
     page, _ = open_page(service.url)  # a fresh page: nothing in localStorage
     page.wait_for_selector("#token-form", state="visible")
