@@ -8,6 +8,7 @@ torch code.
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -199,6 +200,11 @@ class EvaluationRequest(WireModel):
         default=False,
         description="True when the episodes ran on the curriculum's target tasks (GET /curricula/{name}/target); "
         "false for the environment's own start and goal distribution.",
+    )
+    idempotency_key: str = Field(
+        default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Unique to this evaluation (a new one is drawn where it is built): a resend with the same key is "
+        "answered with the first one's id and stores nothing; the same key with other values is a 409.",
     )
 
 

@@ -661,18 +661,28 @@ class TeacherHub:
     # ------------------------------------------------------------------ evaluations
 
     def add_evaluation(self, request: wire.EvaluationRequest) -> wire.EvaluationAck:
+        """Store an evaluation, once per idempotency key: a resend is answered with the first one's id."""
+        values = request.model_dump(exclude={"curriculum"})
+
         def insert_evaluation(tx: Tx) -> int:
             row = self._row_by_name(tx.conn, request.curriculum)
             if request.on_target and not row.spec.get("target"):
                 # It would be counted as success on target tasks that were never named.
                 raise BadRequest(f"curriculum {request.curriculum!r} has no target tasks: post on_target false",
                                  ("body", "on_target"))
-            result = tx.conn.execute(
-                insert(Evaluation.__table__).values(curriculum_id=row.id, **request.model_dump(exclude={"curriculum"}))
-            )
-            return result.inserted_primary_key[0]
+            table = Evaluation.__table__
+            first = tx.conn.execute(select(table).where(table.c.curriculum_id == row.id,
+                                                        table.c.idempotency_key == request.idempotency_key)).first()
+            if first is not None:
+                if any(getattr(first, name) != value for name, value in values.items()):
+                    raise Conflict(f"evaluation {request.idempotency_key!r} was already posted with other values")
+                return first.id
+            return tx.conn.execute(insert(table).values(curriculum_id=row.id, **values)).inserted_primary_key[0]
 
-        return wire.EvaluationAck(evaluation_id=self.write(insert_evaluation))
+        try:
+            return wire.EvaluationAck(evaluation_id=self.write(insert_evaluation))
+        except IntegrityError:  # another replica stored the same key since our check (PostgreSQL): now found
+            return wire.EvaluationAck(evaluation_id=self.write(insert_evaluation))
 
     @contextlib.contextmanager
     def current_teacher(self, session: Session, row: Row) -> Iterator[Teacher]:

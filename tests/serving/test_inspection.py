@@ -213,6 +213,23 @@ def test_evaluations(data):
         assert [e["env_steps"] for e in body["items"]] == steps
 
 
+def test_an_evaluation_resent_with_its_key_is_stored_once(data):
+    """The outbox and the client's retries resend an evaluation whose answer was lost: one row, the first id (it was
+    a second row). The same key with other values is a 409; posts without a key each get a key of their own."""
+    service, client = data
+    create(service.client(), "evals", MAZE)
+    body = {"curriculum": "evals", "student_id": "s1", "env_steps": 100, "episodes": 5, "success_rate": 0.4,
+            "mean_return": 2.5, "idempotency_key": "k-1"}
+    first, again = client.post("/evaluations", json=body), client.post("/evaluations", json=body)
+    assert first.status_code == again.status_code == 201 and first.json() == again.json()
+    conflict = client.post("/evaluations", json={**body, "success_rate": 0.6})
+    assert conflict.status_code == 409 and "other values" in conflict.json()["detail"]
+    keyless = {name: value for name, value in body.items() if name != "idempotency_key"}
+    ids = {client.post("/evaluations", json=keyless).json()["evaluation_id"] for _ in range(2)}
+    rows = client.get("/curricula/evals/evaluations").json()["items"]
+    assert len(ids) == 2 and [r["success_rate"] for r in rows] == [0.4] * 3
+
+
 @pytest.mark.parametrize("path", ["history", "evaluations", "distribution", "students", "teacher", "signals"])
 def test_unknown_curriculum_bad_parameters_and_no_token(data, path):
     service, client = data

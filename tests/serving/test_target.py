@@ -161,7 +161,7 @@ def test_curricula_file_entries_carry_a_target(tmp_path):
         create_curricula(hub, bad)
 
 
-# ---------------------------------------------------------------- a database from before on_target
+# ---------------------------------------------------------------- a database from before on_target and idempotency keys
 
 
 def old_schema_then_upgrade(tmp_path, url, execute):
@@ -171,7 +171,9 @@ def old_schema_then_upgrade(tmp_path, url, execute):
     create_tables(engine)
     TeacherHub(Settings(data_dir=tmp_path), engine).create_curriculum(
         wire.CurriculumCreate.model_validate(curriculum("far", MAZE, {"farthest": 2})))
-    execute("ALTER TABLE evaluations DROP COLUMN on_target")  # the table as the previous schema made it
+    execute("DROP INDEX ix_evaluations_idempotency")  # the table as the previous schemas made it
+    execute("ALTER TABLE evaluations DROP COLUMN idempotency_key")
+    execute("ALTER TABLE evaluations DROP COLUMN on_target")
     execute("DROP INDEX ix_proposals_open")  # and without the index added since
     execute("INSERT INTO evaluations (curriculum_id, student_id, env_steps, episodes, success_rate, mean_return, "
             "created_at) SELECT id, 'old', 50, 5, 0.4, -2.0, '2026-01-01 00:00:00+00:00' FROM curricula")
@@ -183,9 +185,12 @@ def old_schema_then_upgrade(tmp_path, url, execute):
         rows = client.get("/curricula/far/evaluations").json()["items"]
         assert [(r["student_id"], r["on_target"]) for r in rows] == [("old", False), ("new", True)]
         assert [r["env_steps"] for r in client.get("/curricula/far/evaluations", params={"on_target": "true"}).json()["items"]] == [100]
+        resent = evaluation("far", "new", 100, 0.1, True) | {"idempotency_key": "k-1"}  # keys work on the old table
+        assert client.post("/evaluations", json=resent).json() == client.post("/evaluations", json=resent).json()
     finally:
         service.stop()
     assert "ix_proposals_open" in {index["name"] for index in inspect(engine).get_indexes("proposals")}
+    assert "ix_evaluations_idempotency" in {index["name"] for index in inspect(engine).get_indexes("evaluations")}
     create_tables(engine)  # as the next start does: the column is there already
     engine.dispose()
 
@@ -228,6 +233,8 @@ def test_processes_upgrading_one_sqlite_file_at_once_all_start(tmp_path):
     )
     for trial in range(3):
         with sqlite3.connect(tmp_path / "teacher.db") as db:
+            db.execute("DROP INDEX ix_evaluations_idempotency")
+            db.execute("ALTER TABLE evaluations DROP COLUMN idempotency_key")
             db.execute("ALTER TABLE evaluations DROP COLUMN on_target")
             db.execute("DROP INDEX ix_proposals_open")
         go = tmp_path / f"go-{trial}"

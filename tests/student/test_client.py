@@ -416,3 +416,23 @@ def test_after_a_failed_try_a_session_tries_once_while_the_teacher_answers_healt
     finally:
         blocker.close()
         service.stop()
+
+
+def test_an_evaluation_resent_after_a_lost_answer_is_stored_once(service, tmp_path):
+    """An evaluation's idempotency key is drawn when it is built and kept in the outbox's file, so a resend after a
+    lost answer (the client's retry, the outbox's next flush, after a restart) stores nothing more: it was a second row."""
+    from student_client.outbox import Outbox
+
+    create_curriculum(service, "cl")
+    evaluation = EvaluationRequest(curriculum="cl", student_id="b", env_steps=10, episodes=1, success_rate=1.0,
+                                   mean_return=1.0)
+    with TeacherClient(service.url, service.student_token) as client:
+        first = client.evaluate(evaluation)
+        outbox = Outbox(tmp_path / "outbox.json")
+        outbox.put_evaluation(evaluation)  # as if the answer to the post above had been lost
+        outbox.close()
+        assert Outbox(tmp_path / "outbox.json").flush(client) == 1  # delivered from the file, as after a restart
+        assert client.evaluate(evaluation) == first
+    headers = {"Authorization": f"Bearer {service.student_token}"}
+    evaluations = httpx.get(f"{service.url}/curricula/cl/evaluations", headers=headers).json()["items"]
+    assert [e["id"] for e in evaluations] == [first.evaluation_id]

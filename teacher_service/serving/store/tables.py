@@ -143,6 +143,11 @@ class Evaluation(Base):
     created_at: Mapped[datetime] = mapped_column(AwareDateTime, default=utcnow)
     # On the curriculum's target tasks, or on the environment's own distribution (added after the first schema).
     on_target: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The client's key of this evaluation, so that a resend stores nothing (added after the first schema: rows from
+    # before have none, which the unique index allows many times).
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (Index("ix_evaluations_idempotency", "curriculum_id", "idempotency_key", unique=True),)
 
 
 def make_engine(url: str, request_threads: int, idle_transaction_s: float = 60.0) -> Engine:
@@ -209,7 +214,8 @@ def _fill_derived_windows(conn: Connection) -> None:
 
 # Columns added since a table was first released, and what fills them at every start-up (a database created
 # before gets the columns then, and the indexes added since, see create_tables).
-ADDED_COLUMNS = {Evaluation.__table__.c.on_target: None, Proposal.__table__.c.derived_window_at: _fill_derived_windows}
+ADDED_COLUMNS = {Evaluation.__table__.c.on_target: None, Proposal.__table__.c.derived_window_at: _fill_derived_windows,
+                 Evaluation.__table__.c.idempotency_key: None}
 
 
 def create_tables(engine: Engine) -> None:
