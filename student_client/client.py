@@ -36,6 +36,7 @@ from teacher_service.wire import (
     Signals,
     StudentContext,
     TargetTasks,
+    item_problems,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -135,8 +136,7 @@ def _propose_items(curriculum: str, student_ids: Sequence[str],
             items.append(_body(ProposeRequest(curriculum=curriculum, student_id=student,
                                               context=contexts[k] if contexts else None)))
         except ValidationError as exc:
-            problems = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
-            items.append(TeacherError(422, problems))
+            items.append(TeacherError(422, item_problems(exc)))
     return items
 
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Anything larger than this is a unit error or a diverged student, not a gradient norm.
 MAX_MAGNITUDE = 1e12
@@ -335,6 +335,12 @@ class ItemError(WireModel):
 
     status: int
     detail: Any = Field(description="For 422 a list of {loc, msg, type}, for other statuses a message.")
+
+
+def item_problems(exc: ValidationError) -> list[dict[str, Any]]:
+    """A batch item's validation errors as the 422 `detail` the single verb gives its body (located under `body`):
+    the service's answer to an invalid item, and the client's own for an item it will not send."""
+    return [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
 
 
 class ProposeBatchRequest(WireModel):

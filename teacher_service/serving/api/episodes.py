@@ -48,8 +48,7 @@ def parse_items(hub: TeacherHub, items: list[Any], model: type[M]) -> list[M | w
         try:
             parsed.append(model.model_validate(item))
         except pydantic.ValidationError as exc:
-            problems = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
-            parsed.append(wire.ItemError(status=422, detail=problems))
+            parsed.append(wire.ItemError(status=422, detail=wire.item_problems(exc)))
     return parsed
 
 
