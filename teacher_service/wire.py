@@ -305,8 +305,9 @@ class CurriculumCreate(WireModel):
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     reward_signal: SignalName = Field(default="grad_norm_mean", description="A named signal or `extra.<name>`.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    proposal_ttl_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
-        default=None, description="Seconds before an unreported proposal expires; the service default if None."
+    proposal_ttl_s: Annotated[float, Field(ge=1, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
+        default=None, description="Seconds before an unreported proposal expires, 1 s to 30 days (shorter, it would "
+        "expire before its student could act on it); the service default if None."
     )
     target: TargetSpec | None = Field(
         default=None, description="The tasks students evaluate on; None: the environment's default distribution."

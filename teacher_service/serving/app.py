@@ -19,7 +19,13 @@ from teacher_service.serving.curricula_file import create_curricula
 from teacher_service.serving.hub import TeacherHub
 from teacher_service.serving.infra import metrics
 from teacher_service.serving.infra.auth import load_tokens
-from teacher_service.serving.infra.errors import DATABASE_ERRORS, ApiError, database_unavailable, responses
+from teacher_service.serving.infra.errors import (
+    DATABASE_ERRORS,
+    ApiError,
+    DatabaseUnavailable,
+    database_unavailable,
+    responses,
+)
 from teacher_service.serving.infra.middleware import BodySizeLimit
 from teacher_service.serving.infra.private_files import private_dir, private_sqlite_file
 from teacher_service.serving.settings import Settings
@@ -76,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.curricula_file:
         create_curricula(app.state.hub, settings.curricula_file)
     app.state.tokens = load_tokens(settings)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.max_batch_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, batch_max_bytes=settings.max_batch_body_bytes,
+                       idle_s=settings.body_idle_s)
     app.add_middleware(metrics.RequestMetrics)  # added last: outermost, so it also sees 413 answers
 
     @app.exception_handler(ApiError)
@@ -95,8 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not database_unavailable(exc):
             raise exc  # a mistake, not an outage: a 500 with its traceback
         log.error("%s %s: the database is unavailable: %r", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "the database is unavailable; the request may not have been stored, resend "
-                             "it shortly (resending is safe)"}, status_code=503, headers={"Retry-After": "1"})
+        return await api_error(request, DatabaseUnavailable())
 
     for error in DATABASE_ERRORS:
         app.add_exception_handler(error, database_error)
@@ -109,8 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             status_code=500)
 
     # The errors each group of routes can answer with, in the OpenAPI document (one model: errors.py).
-    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 409, 413, 415, 422, 503))
-    app.include_router(episodes.router, responses=responses(400, 401, 404, 409, 410, 413, 415, 422, 503))
+    app.include_router(curricula.router, responses=responses(400, 401, 403, 404, 408, 409, 413, 415, 422, 503))
+    app.include_router(episodes.router, responses=responses(400, 401, 404, 408, 409, 410, 413, 415, 422, 503))
     app.include_router(inspection.router, responses=responses(401, 404, 422, 503))
     app.include_router(compare.router, responses=responses(401, 404, 422, 503))
     app.include_router(service.router)

@@ -113,7 +113,13 @@ class Batching:
 
 
 def validation_message(exc: pydantic.ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in exc.errors())
+    """Each error as `field: message`; a check across fields (no location) says which fields in its message."""
+    parts = []
+    for err in exc.errors():
+        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]  # not "Value error, ..."
+        where = ".".join(map(str, err["loc"]))
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 def check_reward_signal(signal: str) -> None:
@@ -208,6 +214,9 @@ class TeacherHub:
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         space, teacher = self.build(spec)
+        # The parameters given, as the teacher read them ("2" as 2, a list as its tuple): what the curriculum shows.
+        params = teacher.params.model_dump(mode="json", exclude_unset=True)
+        spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"params": params})})
         if problem := ambiguity(space):
             raise BadRequest(f"task_space: {problem}", loc=("body", "task_space"))
         if spec.target is not None:
@@ -468,6 +477,11 @@ class TeacherHub:
                 if len(given.last_task) != space.feature_dim:
                     contexts.append(
                         BadRequest(f"context.last_task must have {space.feature_dim} values for this task space"))
+                    continue
+                try:
+                    space.check_values(given.last_task)  # else the teacher would take the nearest edge's features
+                except ValueError as exc:
+                    contexts.append(BadRequest(f"context.last_task: {exc}"))
                 else:
                     contexts.append(Context(given.last_return, space.features_of_values(given.last_task)))
             elif given is not None and given.last_return is not None:  # the student's word, even without a task

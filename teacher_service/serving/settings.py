@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     student_token: SecretStr | None = Field(default=None, description="Bearer token that may propose and report.")
     insecure: bool = Field(default=False, description="Run without authentication (never the default).")
     proposal_ttl_s: float = Field(
-        default=3600.0, gt=0, le=30 * 24 * 3600, allow_inf_nan=False,
-        description="Seconds before an unreported proposal expires (at most 30 days, as a curriculum's own proposal_ttl_s).")
+        default=3600.0, ge=1, le=30 * 24 * 3600, allow_inf_nan=False,
+        description="Seconds before an unreported proposal expires (1 s to 30 days, as a curriculum's own proposal_ttl_s).")
     request_threads: int = Field(default=4, ge=1, le=256, description="Students' work running at once (an evaluation, a batch, or a group of single proposes or reports, at most one group per verb at a time): evaluations in threads of their own, the rest in the writer thread; as many threads again for the other routes (more for a remote PostgreSQL).")
     max_queue_wait_s: float = Field(
         default=5.0, gt=0, le=3600, allow_inf_nan=False,
@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         description="A round of teacher updates that runs longer is stopped (its worker killed) and tried again: a hung "
                     "update would hold up the curriculum's later ones, and the service's shutdown.")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Larger request bodies get 413.")
+    body_idle_s: float = Field(
+        default=30.0, gt=0, le=3600, allow_inf_nan=False,
+        description="A request body of which nothing more comes for this many seconds gets 408 and its connection closed.")
     max_batch_items: int = Field(default=1024, ge=1, le=10_000, description="Most items in one batch call.")
     max_batch_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Larger bodies of /propose/batch and /report/batch get 413."

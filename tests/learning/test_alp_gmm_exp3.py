@@ -195,10 +195,12 @@ def test_bad_parameters_get_422_with_a_clear_message(service):
     cases = [
         (box, {"algorithm": "exp3"}, "teacher 'exp3': exp3 needs a discrete task space"),
         ({"kind": "discrete", "tasks": [{"name": "only"}]}, {"algorithm": "exp3"}, "exp3 needs at least 2 tasks"),
-        (LINE.model_dump(), {"algorithm": "exp3", "params": {"quantiles": [0.8, 0.2]}}, "quantiles must satisfy"),
+        (LINE.model_dump(), {"algorithm": "exp3", "params": {"quantiles": [0.8, 0.2]}},
+         "teacher.params: quantiles: must satisfy 0 <= low < high <= 1, got [0.8, 0.2]"),
         (LINE.model_dump(), {"algorithm": "exp3", "params": {"gamma": 2}}, "teacher.params: gamma"),
         (box, {"algorithm": "alp-gmm", "params": {"random_share": 1.5}}, "teacher.params: random_share"),
-        (box, {"algorithm": "alp-gmm", "params": {"fit_rate": 5000}}, "history_size (2000) must be at least fit_rate (5000)"),
+        (box, {"algorithm": "alp-gmm", "params": {"fit_rate": 5000}},
+         "teacher.params: history_size (2000) must be at least fit_rate (5000)"),
         (box, {"algorithm": "alp-gmm", "params": {"max_components": 1}}, "teacher.params: max_components"),
     ]
     for space, teacher, message in cases:

@@ -131,6 +131,16 @@ def test_restart_resumes_the_same_teacher(service):
     assert ack["teacher_updated"] is True and ack["teacher_version"] == 4
 
 
+def test_teacher_params_are_stored_as_the_teacher_reads_them(service):
+    """A parameter given as a numeric string is shown (and stored) as the number the teacher uses, not as given."""
+    client = service.client()
+    body = {"name": "cur", "task_space": TASKS, "teacher": {"params": {"batch_size": "4", "lr": "0.01"}}}
+    assert client.post("/curricula", json=body).json()["teacher"]["params"] == {"batch_size": 4, "lr": 0.01}
+    service.stop()
+    service.start()
+    assert service.client().get("/curricula/cur").json()["teacher"]["params"] == {"batch_size": 4, "lr": 0.01}
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -156,6 +166,8 @@ def test_bad_curricula_are_rejected_and_change_nothing(service):
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"lr": -1}}}, 422, "teacher.params: lr"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"typo": 1}}}, 422, "typo"),
         ({"name": "x", "task_space": TASKS, "reward_signal": "loss"}, 422, "unknown reward_signal 'loss'"),
+        # Proposals that expire before their student can report them.
+        ({"name": "x", "task_space": TASKS, "proposal_ttl_s": 1e-9}, 422, "greater than or equal to 1"),
         ({"name": "x", "task_space": TASKS, "teacher": {"algorithm": "learnability"}, "reward_signal": "grad_norm_mean"},
          422, "learns from success or extra.*, not reward_signal 'grad_norm_mean'"),
         ({"name": "x", "task_space": {"kind": "box", "low": [1], "high": [0]}}, 422, "every low must be below"),
@@ -231,6 +243,12 @@ def test_bad_proposals_and_tokens_are_rejected_and_change_nothing(service):
     assert_rejected(service, admin.post("/propose", json={"curriculum": "cur"}), 422, "student_id")
     body = {"curriculum": "cur", "student_id": "s", "context": {"last_task": [1.0, 2.0]}}
     assert_rejected(service, admin.post("/propose", json=body), 422, "last_task must have 1 values")
+    # Outside the tasks' range (0 to 5): the teacher would have taken the nearest task's features for it.
+    body = {"curriculum": "cur", "student_id": "s", "context": {"last_task": [7.5]}}
+    assert_rejected(service, admin.post("/propose", json=body), 422,
+                    "context.last_task: [7.5] is outside the task space's range [[0.0], [5.0]]")
+    body["context"]["last_task"] = [-1e-3]
+    assert_rejected(service, admin.post("/propose", json=body), 422, "is outside the task space's range")
     nobody = service.client()
     nobody.headers.pop("Authorization")
     assert_rejected(service, nobody.post("/propose", json={"curriculum": "cur", "student_id": "s"}), 401, "missing bearer token")
@@ -241,6 +259,48 @@ def test_bad_proposals_and_tokens_are_rejected_and_change_nothing(service):
     assert_rejected(service, student.post("/curricula", json={"name": "y", "task_space": TASKS}), 403, "admin token")
     assert_rejected(service, student.delete("/curricula/cur"), 403, "admin token")
     assert counts(service) == before
+    for edge in ([0.0], [5.0]):  # the range's own ends are tasks
+        assert admin.post("/propose", json={**body, "context": {"last_task": edge}}).status_code == 200
+
+
+def test_a_stalled_body_gets_408_and_its_connection_closed(tmp_path):
+    """A body shorter than its Content-Length (or a chunked one that stops): uvicorn would wait for the rest for ever,
+    holding the connection and the request; after TEACHER_BODY_IDLE_S without more of it, 408 and the connection
+    closed, and nothing is stored. A body that arrives slowly but keeps coming is read whole."""
+    import socket
+
+    from tests.servers import ServiceProcess
+
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_BODY_IDLE_S": "1"}).start()
+    try:
+        create(service.client())
+        before = counts(service)
+        proposal = json.dumps({"curriculum": "cur", "student_id": "s"}).encode()
+        head = (f"POST /propose HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {service.admin_token}\r\n"
+                "Content-Type: application/json\r\n").encode()
+        short = head + b"Content-Length: %d\r\n\r\n" % (len(proposal) + 10) + proposal
+        chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(proposal), proposal)
+        for request in (short, chunked):
+            with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+                started = time.monotonic()
+                sock.sendall(request)
+                answer = b""
+                while chunk := sock.recv(65536):  # to the end: the service closes the connection
+                    answer += chunk
+                waited = time.monotonic() - started
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert b"the request body stalled: nothing more came for 1 s" in answer and 0.9 < waited < 5, (answer, waited)
+        assert counts(service) == before
+        # Sent in three parts, 0.6 s apart: each within the limit, the whole beyond it.
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(proposal))
+            for part in (proposal[:10], proposal[10:20], proposal[20:]):
+                time.sleep(0.6)
+                sock.sendall(part)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert counts(service)["proposals"] == before["proposals"] + 1
+    finally:
+        service.stop()
 
 
 def test_expired_proposals_get_410_and_never_stall_batches(service):

@@ -166,6 +166,7 @@ def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_pat
     # "inf" for "never expire" was accepted, then every propose failed with 500 (an OverflowError).
     ({"TEACHER_PROPOSAL_TTL_S": "inf"}, [], "invalid settings: TEACHER_PROPOSAL_TTL_S: Input should be a finite number"),
     ({"TEACHER_PROPOSAL_TTL_S": "1e300"}, [], "TEACHER_PROPOSAL_TTL_S: Input should be less than or equal to 2592000"),
+    ({"TEACHER_PROPOSAL_TTL_S": "0.001"}, [], "TEACHER_PROPOSAL_TTL_S: Input should be greater than or equal to 1"),
     ({}, ["--port", "0"], "invalid settings: --port / TEACHER_PORT: Input should be greater than or equal to 1"),
     ({"TEACHER_DATABASE_URL": "foo://u:secret@h/x"}, [], "cannot use the database URL: Can't load plugin"),
     ({"TEACHER_DATABASE_URL": "postgresql+psycopg2://u:secret@h/x"}, [], "its driver is not installed"),

@@ -10,6 +10,14 @@ import numpy as np
 from teacher_service.wire import Task
 
 
+def check_within(values: Sequence[float], low: np.ndarray, high: np.ndarray) -> None:
+    """ValueError unless `values` lie within [low, high] (up to rounding: a proposed point may be an ulp past a bound)."""
+    point = np.asarray(values, dtype=np.float64)
+    slack = 1e-9 * np.maximum(high - low, 1.0)
+    if np.any(point < low - slack) or np.any(point > high + slack):
+        raise ValueError(f"{point.tolist()} is outside the task space's range [{low.tolist()}, {high.tolist()}]")
+
+
 class DiscreteSpace:
     """A finite list of tasks; the teacher picks an index."""
 
@@ -27,8 +35,8 @@ class DiscreteSpace:
         self.options = list(options)
         self._extra_summary = summary or {}
         # Features for the teacher's observation: each coordinate scaled to [-1, 1].
-        self._low, high = self.values.min(axis=0), self.values.max(axis=0)
-        self._span = np.where(high > self._low, high - self._low, 1.0)
+        self._low, self._high = self.values.min(axis=0), self.values.max(axis=0)
+        self._span = np.where(self._high > self._low, self._high - self._low, 1.0)
         self._features = self.features_of_values(self.values)
         self._tasks: dict[int, Task] = {}  # built once each: a proposal's pydantic Task cost ~5 us per proposal
 
@@ -55,6 +63,10 @@ class DiscreteSpace:
     def features_of_values(self, values: Sequence[float]) -> np.ndarray:
         """Features of a task given by its coordinates (a student's own `last_task`)."""
         return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - self._low) / self._span - 1.0, -1.0, 1.0)
+
+    def check_values(self, values: Sequence[float]) -> None:
+        """ValueError unless a task's coordinates (a student's `last_task`) lie within those of the tasks."""
+        check_within(values, self._low, self._high)
 
     def summary(self) -> dict[str, Any]:
         return {"kind": self.kind, "size": self.size, **self._extra_summary}
@@ -119,6 +131,10 @@ class BoxSpace:
     def features_of_values(self, values: Sequence[float]) -> np.ndarray:
         span = np.where(self.high > self.low, self.high - self.low, 1.0)
         return np.clip(2.0 * (np.asarray(values, dtype=np.float64) - self.low) / span - 1.0, -1.0, 1.0)
+
+    def check_values(self, values: Sequence[float]) -> None:
+        """ValueError unless a point (a student's `last_task`) lies within the box."""
+        check_within(values, self.low, self.high)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from teacher_service.learning.task_spaces import DiscreteSpace
 from teacher_service.learning.teachers.base import Context, Decision, Experience, Teacher, TeacherParams
@@ -44,12 +44,13 @@ class Exp3Params(TeacherParams):
     reward_window: int = Field(default=1_000, ge=2, le=100_000, description="Recent raw rewards for the quantiles.")
     quantiles: tuple[float, float] = Field(default=(0.2, 0.8), description="Low and high quantile of the rescaling.")
 
-    @model_validator(mode="after")
-    def _ordered_quantiles(self) -> "Exp3Params":
-        low, high = self.quantiles
+    @field_validator("quantiles")
+    @classmethod
+    def _ordered_quantiles(cls, quantiles: tuple[float, float]) -> tuple[float, float]:
+        low, high = quantiles
         if not 0 <= low < high <= 1:
-            raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1, got {list(self.quantiles)}")
-        return self
+            raise ValueError(f"must satisfy 0 <= low < high <= 1, got {list(quantiles)}")
+        return quantiles
 
 
 def log_softmax(w: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ ERRORS = {
     401: "Missing or wrong bearer token",
     403: "This needs the admin token",
     404: "No such curriculum or proposal",
+    408: "Nothing more of the request body came for TEACHER_BODY_IDLE_S: the connection is closed",
     409: "Conflicts with what is stored",
     410: "The proposal expired",
     413: "Request body too large",
@@ -136,6 +137,17 @@ class Overloaded(ApiError):
                          "(nothing was stored); resend it later, resending is safe")
         # A retry soon after meets the same queue; the students' clients back off exponentially anyway.
         self.headers = {"Retry-After": str(max(1, math.ceil(waited_s / 2)))}
+
+
+class DatabaseUnavailable(ApiError):
+    """The database could not be reached or did not answer in time (`database_unavailable`)."""
+
+    status_code = 503
+    headers = {"Retry-After": "1"}
+
+    def __init__(self) -> None:
+        super().__init__("the database is unavailable; the request may not have been stored, resend it shortly "
+                         "(resending is safe)")
 
 
 class ClientClosedRequest(ApiError):

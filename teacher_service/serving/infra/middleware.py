@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -9,13 +10,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 class BodySizeLimit:
     """Answers 413 to a body over `max_bytes` (`batch_max_bytes` for paths ending in /batch), whether it
-    announces its length or is chunked, and 415 to a compressed one (`Content-Encoding: gzip`), which the JSON
-    parser would otherwise call malformed (400)."""
+    announces its length or is chunked, 415 to a compressed one (`Content-Encoding: gzip`), which the JSON
+    parser would otherwise call malformed (400), and 408 to one of which nothing more comes for `idle_s`, closing
+    its connection: uvicorn has no such limit, so a client that announced a longer body than it sent held its
+    connection (and a request) open for ever."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, batch_max_bytes: int | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, batch_max_bytes: int | None = None, idle_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.batch_max_bytes = batch_max_bytes or max_bytes
+        self.idle_s = idle_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -38,7 +42,13 @@ class BodySizeLimit:
         # Read the body here (it is small by construction) so that a chunked one is limited too.
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.idle_s):
+                    message = await receive()
+            except TimeoutError:
+                await self._reject(send, 408, limit, f"the request body stalled: nothing more came for {self.idle_s:g} s "
+                                                     "(a Content-Length larger than the body sent?)", close=True)
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -61,14 +71,11 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _reject(self, send: Send, status: int, limit: int, reason: str | None = None) -> None:
+    async def _reject(self, send: Send, status: int, limit: int, reason: str | None = None, close: bool = False) -> None:
         detail = reason or f"request body larger than {limit} bytes"
         payload = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-            }
-        )
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if close:  # the rest of the body may still come: it must not be read as the next request
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
