@@ -61,7 +61,8 @@ def create_curricula(hub: TeacherHub, path: Path) -> list[wire.CurriculumInfo]:
             info = hub.create_curriculum(spec, exist_ok=True)
         except ApiError as exc:  # unknown teacher, bad parameters, unknown environment...
             raise CurriculaFileError(f"curricula file {path}: curriculum {spec.name!r}: {exc.detail}") from exc
-        if wire.CurriculumCreate.model_validate(info.model_dump(include=set(wire.CurriculumCreate.model_fields))) != spec:
+        stored_spec = wire.CurriculumCreate.model_validate(info.model_dump(include=set(wire.CurriculumCreate.model_fields)))
+        if stored_spec != hub.normalized(spec):
             log.warning("curriculum %r exists with another spec than in %s; it is left as it is", spec.name, path)
         stored.append(info)
     return stored

@@ -212,11 +212,19 @@ class TeacherHub:
             raise BadRequest(f"teacher {spec.teacher.algorithm!r}: {exc}") from exc
         return space, teacher
 
+    @staticmethod
+    def _as_read(spec: wire.CurriculumCreate, teacher: Teacher) -> wire.CurriculumCreate:
+        # The parameters given, as the teacher read them ("2" as 2): what is stored, and what the curriculum shows.
+        params = teacher.params.model_dump(mode="json", exclude_unset=True)
+        return spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"params": params})})
+
+    def normalized(self, spec: wire.CurriculumCreate) -> wire.CurriculumCreate:
+        """The spec as create_curriculum stores it; BadRequest if it is unusable."""
+        return self._as_read(spec, self.build(spec)[1])
+
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         space, teacher = self.build(spec)
-        # The parameters given, as the teacher read them ("2" as 2, a list as its tuple): what the curriculum shows.
-        params = teacher.params.model_dump(mode="json", exclude_unset=True)
-        spec = spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"params": params})})
+        spec = self._as_read(spec, teacher)
         if problem := ambiguity(space):
             raise BadRequest(f"task_space: {problem}", loc=("body", "task_space"))
         if spec.target is not None:

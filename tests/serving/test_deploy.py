@@ -106,6 +106,25 @@ def test_curricula_file_creates_missing_ones_and_leaves_existing_state_alone(tmp
     assert all(c.teacher_version == 7 for c in stored)
 
 
+def test_curricula_file_warns_of_a_changed_spec_only(tmp_path, caplog):
+    """A parameter written as a string ('20') is stored as the teacher reads it (20): the file's curriculum is then
+    the stored one, no warning at each start-up; one whose parameters changed since is left alone with a warning."""
+    path = tmp_path / "curricula.yaml"
+    entry = "curricula:\n  - {name: a, task_space: {kind: preset, env_id: PointMaze_UMaze-v3}, teacher: {params: %s}}\n"
+    path.write_text(entry % "{batch_size: '20'}")
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url(), settings.request_threads)
+    create_tables(engine)
+    hub = TeacherHub(settings, engine)
+    for _ in range(2):
+        (info,) = create_curricula(hub, path)
+        assert info.teacher.params == {"batch_size": 20}
+    assert "exists with another spec" not in caplog.text
+    path.write_text(entry % "{batch_size: 30}")
+    (info,) = create_curricula(hub, path)
+    assert info.teacher.params == {"batch_size": 20} and "curriculum 'a' exists with another spec" in caplog.text
+
+
 @pytest.mark.parametrize(
     "content, problem",
     [
