@@ -207,6 +207,9 @@ class Inspector:
                             state = {**state, "sample": box_sampler(samples, seed)}
                     else:
                         state = self._stored_stats(session, row, version)
+                        if ("mean" if isinstance(space, BoxSpace) else "probabilities") not in state:
+                            # an update stored by an earlier version of this teacher, which did not keep its distribution
+                            raise NotFound(f"teacher version {version} stored no distribution with its update")
             if source == "proposals":
                 version = None  # proposals span every version
             base = {"curriculum": name, "kind": space.kind, "source": source, "version": version}

@@ -61,6 +61,12 @@ def data(request, tmp_path_factory):
             "teacher": {"algorithm": "random"}}
     assert client.post("/curricula", json=body).status_code == 201
     send(client, "narrow", "s1", 1)
+    for algorithm in ("exp3", "learning-progress"):  # teachers that learn from every report
+        body = {"name": algorithm, "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]},
+                "teacher": {"algorithm": algorithm}, "reward_signal": "success"}
+        assert client.post("/curricula", json=body).status_code == 201
+        for i in range(3):
+            send(client, algorithm, "s1", i)
     create(client, "cut", MAZE)  # an episode, a stopped one (it ran) and an abandoned proposal (never trained on)
     send(client, "cut", "s1", 1)
     for outcome, signals in (("stopped", {"env_steps": 40, "episode_return": 7.0}), ("abandoned", {})):
@@ -126,6 +132,11 @@ def test_distribution_now_at_a_version_and_of_proposals(data):
     first = client.get("/curricula/maze/distribution", params={"version": 1}).json()
     assert first["version"] == 1 and first["probabilities"] != now["probabilities"]
     assert client.get("/curricula/maze/distribution", params={"version": 9}).status_code == 404
+    for algorithm in ("exp3", "learning-progress"):  # their update stats had no probabilities: a 500 (KeyError)
+        versions = [client.get(f"/curricula/{algorithm}/distribution", params={"version": v}) for v in (1, 2, 3)]
+        assert [r.status_code for r in versions] == [200] * 3, versions[0].text
+        assert versions[-1].json()["probabilities"] == pytest.approx(
+            client.get(f"/curricula/{algorithm}/distribution").json()["probabilities"], abs=1e-6)
 
     seen = history_all(client)
     counts = client.get("/curricula/maze/distribution", params={"source": "proposals", "buckets": 3}).json()
@@ -170,6 +181,9 @@ def test_an_abandoned_proposal_is_no_episode(data):
     assert client.get("/curricula/cut/signals").json()["episodes"] == 2
     informativeness = client.get("/curricula/cut/informativeness", params={"last": 10}).json()
     assert informativeness["episodes"] == 2
+    # The CSV tells them apart too (it once dropped `outcome`: a stopped episode read as a completed one).
+    rows = list(csv.DictReader(io.StringIO(client.get("/curricula/cut/history", params={"format": "csv"}).text)))
+    assert [r["outcome"] for r in rows] == ["completed", "stopped", "abandoned"]
 
 
 def test_teacher(data):

@@ -30,16 +30,18 @@ Until = Annotated[datetime | None, Query(description="Before this time (ISO 8601
 
 
 def history_csv(page: dict[str, Any]) -> str:
-    """One row per proposal; task values and `extra` signals as JSON text so columns never vary."""
+    """One row per proposal; task values and `extra` signals as JSON text so columns never vary. `outcome` is empty for
+    a proposal not reported, else completed, stopped or abandoned (which the signals of the JSON form say)."""
     columns = ["seq", "proposal_id", "student_id", "created_at", "teacher_version", "task_index", "task_values",
-               "reported_at", "reward", *wire.NAMED_SIGNALS, "extra"]
+               "reported_at", "outcome", "reward", *wire.NAMED_SIGNALS, "extra"]
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(columns)
     for item in page["items"]:
         signals = item["signals"] or {}
         row = {**item, **signals, "task_values": json.dumps(item["task_values"]),
-               "extra": json.dumps(signals.get("extra", {}))}
+               "extra": json.dumps(signals.get("extra", {})),
+               "outcome": signals.get("outcome", "completed") if item["reported_at"] else None}
         writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
     return out.getvalue()
 
