@@ -16,14 +16,19 @@ from teacher_service.wire import EvaluationRequest, ReportRequest
 
 log = logging.getLogger(__name__)
 
+# The answers that refuse the message itself (malformed, too large, an unknown or expired proposal, a conflicting
+# resend, invalid values): sending it again cannot help. Any other 4xx (a token rotated since: 401, 403; a proxy's
+# 405 or 429) says nothing about the message, which is kept for a later flush.
+REFUSALS = frozenset({400, 404, 409, 410, 413, 422})
+
 
 class Outbox:
     """Pending reports and evaluations, persisted to a JSON file on every change (atomic replace).
 
     Messages are delivered in order; delivery stops at the first unreachable-teacher error and
-    resumes on the next ``flush``. A message the service rejects with a 4xx (e.g. 410: the
+    resumes on the next ``flush``. A message the service refuses for what it is (`REFUSALS`; e.g. 410: the
     proposal expired during a long outage) can never be delivered; it is moved to ``rejected``,
-    kept in the file for the record, and logged.
+    kept in the file for the record, and logged. Another 4xx (a wrong token) is raised, the message kept.
 
     A file has one outbox at a time, across processes: two that shared one (say, the sub-environments of a vector
     env given the same ``outbox=``) overwrote each other's messages. The second raises ValueError; the claim ends
@@ -60,6 +65,8 @@ class Outbox:
             except TeacherUnavailableError:
                 break
             except TeacherError as exc:
+                if exc.status_code not in REFUSALS:
+                    raise  # kept, in order, for a flush that can deliver it
                 log.warning("teacher rejected a %s (%s): %s", message["kind"], exc.status_code, exc.detail)
                 self.rejected.append({**message, "status_code": exc.status_code, "detail": str(exc.detail)})
             self.pending.pop(0)
@@ -70,9 +77,9 @@ class Outbox:
     def flush_reports(self, client: TeacherClient, others: list[Outbox]) -> None:
         """Deliver the reports leading this outbox and ``others`` in one batch call (``report_many``).
 
-        Raises `TeacherUnavailableError` if the call fails; an item refused with a 5xx stays pending,
-        one refused with a 4xx is moved to ``rejected`` as in ``flush``. What follows the leading
-        reports (e.g. an evaluation) is left for ``flush``.
+        Raises the call's `TeacherError` if it fails as a whole; an item refused for what it is (`REFUSALS`) is moved
+        to ``rejected`` as in ``flush``, one that failed otherwise (a 5xx) stays pending with what follows it. What
+        follows the leading reports (e.g. an evaluation) is left for ``flush``.
         """
         boxes = [self, *others]
         heads = [list(takewhile(lambda m: m["kind"] == "report", box.pending)) for box in boxes]
@@ -86,7 +93,7 @@ class Outbox:
             answers = [next(results) for _ in head]
             for message, answer in zip(head, answers):
                 if isinstance(answer, TeacherError):
-                    if answer.status_code is None or answer.status_code >= 500:
+                    if answer.status_code not in REFUSALS:
                         break  # keep it and what follows it, in order
                     log.warning("teacher rejected a report (%s): %s", answer.status_code, answer.detail)
                     box.rejected.append({**message, "status_code": answer.status_code, "detail": str(answer.detail)})

@@ -333,6 +333,37 @@ def test_outboxes_deliver_their_leading_reports_in_one_batch(service, tmp_path):
     assert [(e["student_id"], e["success_rate"]) for e in evaluations] == [("b", 1.0)]
 
 
+def test_an_outbox_keeps_a_report_refused_for_its_token_and_rejects_one_refused_for_itself(service, tmp_path):
+    """A 401 (the student token was rotated) says nothing about the report: it is raised and the report kept, in the
+    file, and delivered by the next flush with the right token (it was moved to `rejected`, never sent again). A 404
+    (an unknown proposal) refuses the report itself: rejected, and the flush goes on."""
+    from student_client.outbox import Outbox
+    from teacher_service.wire import ReportRequest
+
+    create_curriculum(service, "cl")
+    with TeacherClient(service.url, service.student_token) as client:
+        p = client.propose("cl", "a")
+    outbox = Outbox(tmp_path / "outbox.json")
+    unknown = ReportRequest(proposal_id="f" * 32, student_id="a", signals=Signals(grad_norm_mean=1.0))
+    outbox.put_report(ReportRequest(proposal_id=p.proposal_id, student_id="a", signals=Signals(grad_norm_mean=1.0)))
+    outbox.put_report(unknown)
+    for flush in (outbox.flush, lambda c: outbox.flush_reports(c, [])):
+        with TeacherClient(service.url, "an-old-token") as stale, pytest.raises(TeacherError) as refused:
+            flush(stale)
+        assert refused.value.status_code == 401
+        assert [m["body"]["proposal_id"] for m in json.loads((tmp_path / "outbox.json").read_text())["pending"]] == [
+            p.proposal_id, unknown.proposal_id] and outbox.rejected == []
+    outbox.close()
+    with TeacherClient(service.url, service.student_token) as client:
+        assert Outbox(tmp_path / "outbox.json").flush(client) == 2  # as after a restart with the right token
+    saved = json.loads((tmp_path / "outbox.json").read_text())
+    assert saved["pending"] == [] and [(m["body"]["proposal_id"], m["status_code"]) for m in saved["rejected"]] == [
+        (unknown.proposal_id, 404)]
+    headers = {"Authorization": f"Bearer {service.student_token}"}
+    (item,) = httpx.get(f"{service.url}/curricula/cl/history", headers=headers).json()["items"]
+    assert item["proposal_id"] == p.proposal_id and item["reported_at"] is not None
+
+
 def test_a_frozen_teacher_holds_a_session_for_one_probe_after_the_first_failed_try(service):
     """A frozen teacher (SIGSTOP: it accepts connections and never answers) holds the first try for all the client's
     retries, once for sessions sharing the client (an ensemble's members asking their target tasks); after that, each
