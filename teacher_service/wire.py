@@ -57,12 +57,17 @@ def plain_json(value: Any) -> Any:
             raise ValueError("NaN and infinity are not allowed (JSON has no such numbers)")
         if isinstance(node, int) and not -(2**63) <= node < 2**64:
             raise ValueError("integers beyond 64 bits are not allowed")
+        if not isinstance(node, (str, int, float, dict, list, tuple)) and node is not None:
+            # What JSON cannot hold (bytes, a set, a date: YAML has them), refused here, not by the encoder later.
+            raise ValueError(f"a {type(node).__name__} is not a JSON value")
         if isinstance(node, str):
             unicode_text(node)
         if isinstance(node, dict):
             for key in node:
+                if not isinstance(key, str):
+                    raise ValueError(f"keys must be strings, not {key!r}")
                 unicode_text(key)
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (list, tuple)) else ()
         for child in children:
             walk(child, depth + 1)
 

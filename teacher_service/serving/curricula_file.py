@@ -45,6 +45,8 @@ def load_curricula(path: Path) -> list[wire.CurriculumCreate]:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise CurriculaFileError(f"curricula file {path}: cannot read it: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise CurriculaFileError(f"curricula file {path}: not UTF-8 text (byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise CurriculaFileError(f"curricula file {path}: not valid YAML: {exc}") from exc
     try:

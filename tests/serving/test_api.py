@@ -161,6 +161,10 @@ def test_bad_curricula_are_rejected_and_change_nothing(service):
         # Two tasks that reset the environment alike: a proposal of `a` would train the student on `b`.
         ({"name": "x", "task_space": {"kind": "discrete", "tasks": [{"name": "a", "reset_options": {"task": "b"}},
                                                                     {"name": "b"}]}}, 422, "same reset options"),
+        # 1 and 1.0 (or 0.0 and -0.0) are one value to a Python environment, as to the target lookup.
+        ({"name": "x", "task_space": {"kind": "discrete", "tasks": [{"name": "a", "reset_options": {"t": [1, -0.0]}},
+                                                                    {"name": "b", "reset_options": {"t": [1.0, 0]}}]}},
+         422, "tasks 'a' and 'b' have the same reset options"),
         ({"name": "x", "task_space": {"kind": "box", "low": [0, 0], "high": [1, 1], "names": ["x", "x"]}}, 422,
          "names must be distinct"),
         ({"name": "x", "task_space": TASKS, "teacher": {"params": {"lr": -1}}}, 422, "teacher.params: lr"),

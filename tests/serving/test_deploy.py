@@ -135,11 +135,17 @@ def test_curricula_file_warns_of_a_changed_spec_only(tmp_path, caplog):
         ("curricula:\n  - {name: a, task_space: {kind: preset, env_id: PointMaze_UMaze-v3}}\n"
          "  - {name: a, task_space: {kind: preset, env_id: PointMaze_UMaze-v3}}\n", "repeated: a"),
         ("curriculums: []\n", "curriculums"),
+        # What YAML holds and JSON does not: once a traceback at start-up (the encoder's TypeError, an AttributeError).
+        *((f"curricula:\n  - {{name: a, task_space: {{kind: discrete, tasks: [{{name: t, reset_options: {options}}}]}}}}\n",
+           problem) for options, problem in (
+            ("{opt: {1: x}}", "keys must be strings, not 1"), ('{blob: !!binary "/w=="}', "a bytes is not a JSON value"),
+            ("{s: !!set {p: null}}", "a set is not a JSON value"), ("{when: 2024-01-01}", "a date is not a JSON value"))),
+        ("curricula:\n  - name: caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 24)"),
     ],
 )
 def test_bad_curricula_file_names_the_file_and_the_problem(tmp_path, content, problem):
     path = tmp_path / "bad.yaml"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     settings = Settings(data_dir=tmp_path)
     engine = make_engine(settings.resolved_database_url(), settings.request_threads)
     create_tables(engine)

@@ -64,13 +64,25 @@ def ambiguity(space: TaskSpace) -> str | None:
     seen: dict[str, str] = {}
     if isinstance(space, DiscreteSpace):
         for name, options in zip(space.names, space.options):
-            first = seen.setdefault(json.dumps(options, sort_keys=True), name)
+            first = seen.setdefault(json.dumps(_equal_alike(options), sort_keys=True), name)
             if first != name:
                 return (f"tasks {first!r} and {name!r} have the same reset options: a proposal of one would reset the "
                         "environment to the other")
     elif len(set(space.names)) != len(space.names):
         return "names must be distinct, one per dimension"
     return None
+
+
+def _equal_alike(value: Any) -> Any:
+    """`value` with the numbers that Python (an environment's `==`, `options in space.options`) takes for equal
+    written alike: 1, 1.0, True; 0.0 and -0.0."""
+    if isinstance(value, dict):
+        return {key: _equal_alike(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_equal_alike(item) for item in value]
+    if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
+        return int(value)
+    return value
 
 
 # A box's point as reset options {option_key: [values]}: functions, not lambdas, so that a space pickles (the
