@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         default="info", description="How much the service logs (uvicorn's levels; any case).")
 
+    @field_validator("admin_token", "student_token")
+    @classmethod
+    def _presentable(cls, token: SecretStr | None) -> SecretStr | None:
+        # HTTP drops the whitespace around a header's value (and the students' client strips its token): a token with
+        # some, or with a control character (`$(cat file)` with a Windows line end), could never match.
+        text = token.get_secret_value() if token is not None else ""
+        if text != text.strip() or not text.isprintable():
+            raise ValueError("whitespace at its ends or a control character (a line end from a file?): no request "
+                             "could present it")
+        return token
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_case(cls, value: object) -> object:

@@ -192,6 +192,10 @@ def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_pat
     ({"TEACHER_PROPOSAL_TTL_S": "inf"}, [], "invalid settings: TEACHER_PROPOSAL_TTL_S: Input should be a finite number"),
     ({"TEACHER_PROPOSAL_TTL_S": "1e300"}, [], "TEACHER_PROPOSAL_TTL_S: Input should be less than or equal to 2592000"),
     ({"TEACHER_PROPOSAL_TTL_S": "0.001"}, [], "TEACHER_PROPOSAL_TTL_S: Input should be greater than or equal to 1"),
+    # Every request was a 401: no header can carry the whitespace around a token.
+    ({"TEACHER_ADMIN_TOKEN": "admin-token\r"}, [], "TEACHER_ADMIN_TOKEN: Value error, whitespace at its ends or a "
+                                                   "control character (a line end from a file?)"),
+    ({"TEACHER_STUDENT_TOKEN": " student"}, [], "TEACHER_STUDENT_TOKEN: Value error, whitespace at its ends"),
     ({}, ["--port", "0"], "invalid settings: --port / TEACHER_PORT: Input should be greater than or equal to 1"),
     ({"TEACHER_DATABASE_URL": "foo://u:secret@h/x"}, [], "cannot use the database URL: Can't load plugin"),
     ({"TEACHER_DATABASE_URL": "postgresql+psycopg2://u:secret@h/x"}, [], "its driver is not installed"),
