@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 # Anything larger than this is a unit error or a diverged student, not a gradient norm.
 MAX_MAGNITUDE = 1e12
@@ -24,8 +24,28 @@ CurriculumName = Annotated[str, Field(min_length=1, max_length=64, pattern=CURRI
 # Signal names become paths into the stored JSON in SQL (SQLite and PostgreSQL spell them differently):
 # characters such as quotes, braces, commas and NUL cannot be there.
 SignalName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
-Count = Annotated[int, Field(ge=0, le=10**12)]
+
+
+def json_number(value: Any) -> Any:
+    """A number as JSON writes one: pydantic would take "2.5" and true for numbers (a report's signals, stored and
+    rewarded as 2.5 and 1.0). numpy's numbers pass."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"should be a number, not {'a boolean' if isinstance(value, bool) else 'text'}")
+    return value
+
+
+def json_boolean(value: Any) -> Any:
+    """true or false (or 1 and 0), not text such as "yes", which pydantic would take for true."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError("should be true or false, not text")
+    return value
+
+
+# The constraints first: in the number's own schema, which checks for NaN and infinity before the bounds.
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE), BeforeValidator(json_number)]
+NonNegativeFloat = Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_MAGNITUDE), BeforeValidator(json_number)]
+Count = Annotated[int, Field(ge=0, le=10**12), BeforeValidator(json_number)]
+JsonBool = Annotated[bool, BeforeValidator(json_boolean)]
 # Free-form JSON from users (reset options, teacher parameters) is stored and sent back as JSON:
 # finite numbers only (JSON has no NaN), integers within 64 bits (orjson, which stores the hot path's JSON,
 # writes no wider ones), and nesting bounded well below what its encoders can write.
@@ -146,15 +166,15 @@ class Signals(WireModel):
     of max(TD error, 0). They are None for an episode that had no gradient update (before learning starts).
     """
 
-    grad_norm_mean: FiniteFloat | None = Field(default=None, ge=0)
-    grad_norm_episode: FiniteFloat | None = Field(default=None, ge=0)
-    critic_grad_norm_mean: FiniteFloat | None = Field(default=None, ge=0)
-    critic_grad_norm_episode: FiniteFloat | None = Field(default=None, ge=0)
-    grad_norm_local: FiniteFloat | None = Field(default=None, ge=0)
-    critic_grad_norm_local: FiniteFloat | None = Field(default=None, ge=0)
-    positive_value_loss: FiniteFloat | None = Field(default=None, ge=0)
+    grad_norm_mean: NonNegativeFloat | None = None
+    grad_norm_episode: NonNegativeFloat | None = None
+    critic_grad_norm_mean: NonNegativeFloat | None = None
+    critic_grad_norm_episode: NonNegativeFloat | None = None
+    grad_norm_local: NonNegativeFloat | None = None
+    critic_grad_norm_local: NonNegativeFloat | None = None
+    positive_value_loss: NonNegativeFloat | None = None
     episode_return: FiniteFloat | None = None
-    success: bool | None = None
+    success: JsonBool | None = None
     env_steps: Count | None = None
     grad_updates: Count | None = None
     extra: dict[SignalName, FiniteFloat] = Field(default_factory=dict, max_length=64)
@@ -198,10 +218,10 @@ class EvaluationRequest(WireModel):
     curriculum: CurriculumName
     student_id: StudentId
     env_steps: Count
-    episodes: Annotated[int, Field(ge=1, le=10**6)]
-    success_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    episodes: Annotated[int, Field(ge=1, le=10**6), BeforeValidator(json_number)]
+    success_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), BeforeValidator(json_number)]
     mean_return: FiniteFloat
-    on_target: bool = Field(
+    on_target: JsonBool = Field(
         default=False,
         description="True when the episodes ran on the curriculum's target tasks (GET /curricula/{name}/target); "
         "false for the environment's own start and goal distribution.",

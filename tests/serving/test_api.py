@@ -201,7 +201,13 @@ def test_bad_reports_are_rejected_and_change_nothing(service):
     assert_rejected(service, send({}, student="s2"), 409, "was made for student 's1', not 's2'")
     assert_rejected(service, send({"grad_norm_mean": 1e13}), 422, "less than or equal")
     assert_rejected(service, send({"grad_norm_mean": -1}), 422, "greater than or equal to 0")
-    assert_rejected(service, send({"grad_norm_mean": "big"}), 422, "valid number")
+    assert_rejected(service, send({"grad_norm_mean": "big"}), 422, "should be a number, not text")
+    # Numbers as text and booleans as numbers were read as numbers (stored, and rewarded, as 2.5 and 1.0).
+    assert_rejected(service, send({"grad_norm_mean": "2.5"}), 422, "should be a number, not text")
+    assert_rejected(service, send({"grad_norm_mean": True}), 422, "should be a number, not a boolean")
+    assert_rejected(service, send({"env_steps": "7"}), 422, "should be a number, not text")
+    assert_rejected(service, send({"success": "yes"}), 422, "should be true or false, not text")
+    assert_rejected(service, send({"extra": {"lp": "0.5"}}), 422, "should be a number, not text")
     assert_rejected(service, send({"env_steps": 1.5}), 422, "valid integer")
     assert_rejected(service, send({"surprise": 1}), 422, "extra_forbidden")
     for raw in (b"NaN", b"Infinity", b"-Infinity", b"1e999"):
@@ -247,6 +253,8 @@ def test_bad_proposals_and_tokens_are_rejected_and_change_nothing(service):
     assert_rejected(service, admin.post("/propose", json={"curriculum": "cur"}), 422, "student_id")
     body = {"curriculum": "cur", "student_id": "s", "context": {"last_task": [1.0, 2.0]}}
     assert_rejected(service, admin.post("/propose", json=body), 422, "last_task must have 1 values")
+    body = {"curriculum": "cur", "student_id": "s", "context": {"last_return": "1.5"}}
+    assert_rejected(service, admin.post("/propose", json=body), 422, "should be a number, not text")
     # Outside the tasks' range (0 to 5): the teacher would have taken the nearest task's features for it.
     body = {"curriculum": "cur", "student_id": "s", "context": {"last_task": [7.5]}}
     assert_rejected(service, admin.post("/propose", json=body), 422,
