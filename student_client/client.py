@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any, Self, TypeVar
 
@@ -80,6 +81,21 @@ def _retry_after_s(response: httpx.Response) -> float:
     except ValueError:
         return 0.0
     return seconds if 0 <= seconds < float("inf") else 0.0
+
+
+def _unavailable(exc: httpx.TransportError) -> TeacherError:
+    """The error of a request that got no answer: `TeacherUnavailableError` (retried; a session trains on env-default
+    tasks meanwhile), unless TLS says that the URL or the trust cannot work, which no retry mends: an https URL for a
+    service that speaks plain HTTP, a certificate not trusted here."""
+    cause = exc.__cause__
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return TeacherError(None, f"TLS: {cause.verify_message or cause}: the service's certificate is not trusted here "
+                                  "(SSL_CERT_FILE names the bundle httpx trusts)")
+    if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+        return TeacherError(None, "TLS: the service answered in plain HTTP: use an http:// URL, not https://")
+    return TeacherUnavailableError(None, repr(exc))
 
 
 def _retry_options(attempts: int, max_backoff_s: float) -> dict[str, Any]:
@@ -270,7 +286,7 @@ class TeacherClient(_Base):
                 try:
                     response = self._http.request(method, path, json=_body(body))
                 except httpx.TransportError as exc:
-                    raise TeacherUnavailableError(None, repr(exc)) from exc
+                    raise _unavailable(exc) from exc
                 _raise_for_status(response)
         return _parse(response, model)
 
@@ -385,7 +401,7 @@ class AsyncTeacherClient(_Base):
                 try:
                     response = await self._http.request(method, path, json=_body(body))
                 except httpx.TransportError as exc:
-                    raise TeacherUnavailableError(None, repr(exc)) from exc
+                    raise _unavailable(exc) from exc
                 _raise_for_status(response)
         return _parse(response, model)
 

@@ -106,10 +106,11 @@ class TeacherSession:
         answers ``/healthz`` (asked once per ``retry_every``)."""
         return which_reachable([self])[0]
 
-    def mark_down(self) -> None:
-        """The teacher did not answer: train on env-default tasks for ``retry_every`` seconds."""
+    def mark_down(self, cause: TeacherError | None = None) -> None:
+        """The teacher did not answer (`cause`, where known): train on env-default tasks for ``retry_every`` seconds."""
         if not self.recovering:  # once per outage, not at each failed try of it
-            log.warning("teacher unreachable; training on env-default tasks, reports kept in the outbox")
+            log.warning("teacher unreachable%s; training on env-default tasks, reports kept in the outbox",
+                        f" ({cause.detail})" if cause is not None else "")
         self.down_until = time.monotonic() + self.retry_every
         self.recovering = True
 
@@ -126,8 +127,8 @@ class TeacherSession:
             return None
         try:
             proposal = self.caller.propose(self.curriculum, self.student_id, self.context())
-        except TeacherUnavailableError:
-            self.mark_down()
+        except TeacherUnavailableError as exc:
+            self.mark_down(exc)
             return None
         self.recovering = False
         return proposal
@@ -212,9 +213,9 @@ def flush_many(sessions: Sequence[TeacherSession]) -> None:
         return
     try:
         live[0].outbox.flush_reports(caller_of(live), [s.outbox for s in live[1:]])
-    except TeacherUnavailableError:
+    except TeacherUnavailableError as exc:
         for session in live:
-            session.mark_down()
+            session.mark_down(exc)
         return
     for session in live:
         session.recovering = False  # a call succeeded (what follows may leave nothing for `flush` to send)
@@ -239,14 +240,14 @@ def propose_many(sessions: Sequence[TeacherSession]) -> list[Proposal | None]:
         try:
             results = caller_of(group).propose_many(curriculum, [s.student_id for s in group],
                                                     [s.context() for s in group])
-        except TeacherUnavailableError:
-            results = [TeacherUnavailableError(None, "unreachable")] * len(group)
+        except TeacherUnavailableError as exc:
+            results = [exc] * len(group)
         for i, result in zip(members, results):
             if not isinstance(result, TeacherError):
                 proposals[i] = result
                 sessions[i].recovering = False
             elif result.status_code is None or result.status_code >= 500:
-                sessions[i].mark_down()
+                sessions[i].mark_down(result)
             else:
                 raise result
     return proposals

@@ -83,6 +83,73 @@ def test_unreachable_teacher_raises_after_retries():
         assert err.value.status_code is None
 
 
+def self_signed_tls_server(tmp_path):
+    """A TLS server on a free port with a certificate that nothing trusts; returns its port and a list of the
+    connections it accepted."""
+    import datetime
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            try:
+                context.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):  # the client refuses the certificate
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], accepted
+
+
+@pytest.mark.parametrize("client_class", [TeacherClient, AsyncTeacherClient])
+def test_tls_that_cannot_work_is_an_error_at_once_not_an_outage(service, tmp_path, client_class):
+    """An https URL for the service, which speaks plain HTTP, or a certificate not trusted here: a `TeacherError` that
+    says so, at the first try. As an outage (`TeacherUnavailableError`, retried) a session would train its whole run
+    on env-default tasks, saying only that the teacher was unreachable."""
+    port, accepted = self_signed_tls_server(tmp_path)
+
+    def error_of(url: str) -> TeacherError:
+        async def call_async():
+            async with AsyncTeacherClient(url, "t", attempts=5, max_backoff_s=1.0) as client:
+                await client.propose("cl", "s")
+
+        with pytest.raises(TeacherError) as raised:
+            if client_class is AsyncTeacherClient:
+                asyncio.run(call_async())
+            else:
+                with TeacherClient(url, "t", attempts=5, max_backoff_s=1.0) as client:
+                    client.propose("cl", "s")
+        assert not isinstance(raised.value, TeacherUnavailableError)
+        return raised.value
+
+    started = time.monotonic()
+    assert "use an http:// URL, not https://" in str(error_of(service.url.replace("http://", "https://")))
+    assert "the service's certificate is not trusted here" in str(error_of(f"https://127.0.0.1:{port}"))
+    assert time.monotonic() - started < 1.0 and len(accepted) == 1  # no retries (their backoff: 0.1 s and more)
+
+
 @pytest.mark.parametrize("client_class", [TeacherClient, AsyncTeacherClient])
 @pytest.mark.parametrize("url, token, says", [
     ("127.0.0.1:8000", "t", "must start with http:// or https://"),  # no scheme: httpx's UnsupportedProtocol
@@ -440,7 +507,8 @@ def test_after_a_failed_try_a_session_tries_once_while_the_teacher_answers_healt
             blocker.execute("ROLLBACK")
             assert held.result().status_code == 200
             assert first >= 3 and 1 <= again < first / 2, (first, again)
-            assert sum("teacher unreachable" in r.getMessage() for r in caplog.records) == 1
+            (warning,) = [r.getMessage() for r in caplog.records if "teacher unreachable" in r.getMessage()]
+            assert "teacher unreachable (the service is overloaded: the request waited" in warning  # and why
             time.sleep(0.3)
             assert session.propose() is not None  # the teacher serves again: used at once, and the session recovers
             assert session.caller is client
