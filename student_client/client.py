@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
+import re
 import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any, Self, TypeVar
@@ -41,6 +43,7 @@ from teacher_service.wire import (
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+log = logging.getLogger(__name__)
 _CURRICULUM_NAME = TypeAdapter(CurriculumName)
 M = TypeVar("M")
 
@@ -156,21 +159,49 @@ def _propose_items(curriculum: str, student_ids: Sequence[str],
     return items
 
 
-def _propose_batches(items: list[dict | TeacherError], size: int, max_bytes: int) -> Iterator[ProposeBatchRequest]:
-    """The valid items' batches."""
-    for batch in _batches([item for item in items if not isinstance(item, TeacherError)], size, max_bytes):
-        yield ProposeBatchRequest(items=batch)
-
-
 def _in_place(items: list[dict | TeacherError], answers: list[Any]) -> list[Any]:
     """The answers to the valid items, in order, with the invalid items' errors in their places."""
     answered = iter(answers)
     return [item if isinstance(item, TeacherError) else next(answered) for item in items]
 
 
-def _report_batches(reports: Sequence[ReportRequest], size: int, max_bytes: int) -> Iterator[ReportBatchRequest]:
-    for batch in _batches([_body(report) for report in reports], size, max_bytes):
-        yield ReportBatchRequest(items=batch)
+class _BatchPlan:
+    """The batch calls of one `propose_many` or `report_many`: at most the client's `batch_items` items and
+    `batch_bytes` of JSON each. A service that takes fewer items a batch (TEACHER_MAX_BATCH_ITEMS) refuses the call
+    with a 422 that names its limit: the client lowers its `batch_items` to it and goes on from the first item not
+    sent (the call failed as a whole, so nothing of it was stored)."""
+
+    def __init__(self, client: _Base, items: list[dict], request: type[ProposeBatchRequest | ReportBatchRequest]) -> None:
+        self.client, self.items, self.request, self.sent = client, items, request, 0
+
+    def next(self) -> ProposeBatchRequest | ReportBatchRequest | None:
+        batch = next(_batches(self.items[self.sent:], self.client.batch_items, self.client.batch_bytes), None)
+        return None if batch is None else self.request(items=batch)
+
+    def sent_ok(self, batch: ProposeBatchRequest | ReportBatchRequest) -> None:
+        self.sent += len(batch.items)
+
+    def adapts_to(self, error: TeacherError) -> bool:
+        """Whether `error` is the service's limit on items, now the client's: the batch is to be split and sent again."""
+        limit = _batch_limit(error)
+        if limit is None or limit >= self.client.batch_items:
+            return False
+        log.warning("the teacher service takes at most %d items a batch: batch_items lowered from %d", limit,
+                    self.client.batch_items)
+        self.client.batch_items = limit
+        return True
+
+
+def _batch_limit(error: TeacherError) -> int | None:
+    """The most items a batch may hold, if `error` is the service's 422 for a batch with more (api/episodes.py)."""
+    if error.status_code != 422 or not isinstance(error.detail, list):
+        return None
+    for problem in error.detail:
+        if isinstance(problem, dict) and problem.get("loc") == ["body", "items"] and problem.get("type") == "too_long":
+            found = re.search(r"at most (\d+) items", str(problem.get("msg")))
+            if found and int(found.group(1)) >= 1:
+                return int(found.group(1))
+    return None
 
 
 def _created_before(info: CurriculumInfo, spec: CurriculumCreate) -> bool:
@@ -307,18 +338,28 @@ class TeacherClient(_Base):
         ``POST /propose/batch``; an item the service refused, or that is not valid (a `TeacherError` 422, as the
         service would answer it), is a `TeacherError` in its place."""
         items = _propose_items(curriculum, student_ids, contexts)
-        answers: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(items, self.batch_items, self.batch_bytes):
-            answers += _item_results(self._request("POST", "/propose/batch", batch, ProposeBatchResponse), "proposal")
-        return _in_place(items, answers)
+        valid = [item for item in items if not isinstance(item, TeacherError)]
+        return _in_place(items, self._send_batches("/propose/batch", _BatchPlan(self, valid, ProposeBatchRequest),
+                                                   ProposeBatchResponse, "proposal"))
 
     def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         """Many reports through ``POST /report/batch`` (idempotent per proposal, so retries are safe); an item
         the service refused is a `TeacherError` in its place."""
-        results: list[ReportAck | TeacherError] = []
-        for batch in _report_batches(reports, self.batch_items, self.batch_bytes):
-            results += _item_results(self._request("POST", "/report/batch", batch, ReportBatchResponse), "ack")
-        return results
+        plan = _BatchPlan(self, [_body(report) for report in reports], ReportBatchRequest)
+        return self._send_batches("/report/batch", plan, ReportBatchResponse, "ack")
+
+    def _send_batches(self, path: str, plan: _BatchPlan, response: type, key: str) -> list[Any]:
+        answers: list[Any] = []
+        while (batch := plan.next()) is not None:
+            try:
+                answered = self._request("POST", path, batch, response)
+            except TeacherError as exc:
+                if plan.adapts_to(exc):
+                    continue
+                raise
+            answers += _item_results(answered, key)
+            plan.sent_ok(batch)
+        return answers
 
     def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         """Post an evaluation on the environment's default task distribution."""
@@ -417,17 +458,26 @@ class AsyncTeacherClient(_Base):
     async def propose_many(self, curriculum: str, student_ids: Sequence[str],
                            contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
         items = _propose_items(curriculum, student_ids, contexts)
-        answers: list[Proposal | TeacherError] = []
-        for batch in _propose_batches(items, self.batch_items, self.batch_bytes):
-            response = await self._request("POST", "/propose/batch", batch, ProposeBatchResponse)
-            answers += _item_results(response, "proposal")
-        return _in_place(items, answers)
+        valid = [item for item in items if not isinstance(item, TeacherError)]
+        return _in_place(items, await self._send_batches("/propose/batch", _BatchPlan(self, valid, ProposeBatchRequest),
+                                                         ProposeBatchResponse, "proposal"))
 
     async def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
-        results: list[ReportAck | TeacherError] = []
-        for batch in _report_batches(reports, self.batch_items, self.batch_bytes):
-            results += _item_results(await self._request("POST", "/report/batch", batch, ReportBatchResponse), "ack")
-        return results
+        plan = _BatchPlan(self, [_body(report) for report in reports], ReportBatchRequest)
+        return await self._send_batches("/report/batch", plan, ReportBatchResponse, "ack")
+
+    async def _send_batches(self, path: str, plan: _BatchPlan, response: type, key: str) -> list[Any]:
+        answers: list[Any] = []
+        while (batch := plan.next()) is not None:
+            try:
+                answered = await self._request("POST", path, batch, response)
+            except TeacherError as exc:
+                if plan.adapts_to(exc):
+                    continue
+                raise
+            answers += _item_results(answered, key)
+            plan.sent_ok(batch)
+        return answers
 
     async def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         return await self._request("POST", "/evaluations", evaluation, EvaluationAck)

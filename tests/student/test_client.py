@@ -355,6 +355,43 @@ def test_batches_are_split_by_size_as_well_as_by_count(tmp_path):
         service.stop()
 
 
+def test_batches_follow_a_service_that_takes_fewer_items(tmp_path, caplog):
+    """A service started with TEACHER_MAX_BATCH_ITEMS=4 refused a client's batch of 10 with a 422, and the ensemble
+    worker's propose_many failed whole. The client now lowers its batch_items to the limit the 422 names (once, with
+    a warning) and sends the rest in batches of 4: every item answered, in order, by both clients."""
+    from teacher_service.wire import ReportRequest
+    from tests.servers import ServiceProcess
+
+    service = ServiceProcess(tmp_path, extra_env={"TEACHER_MAX_BATCH_ITEMS": "4"}).start()
+    try:
+        create_curriculum(service, "few")
+        students = [f"s-{k}" for k in range(10)]
+        with caplog.at_level("WARNING", logger="student_client.client"), \
+                TeacherClient(service.url, service.student_token) as client:
+            proposals = client.propose_many("few", students)
+            assert [p.student_id for p in proposals] == students and client.batch_items == 4
+            reports = [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                     signals=Signals(grad_norm_mean=1.0)) for p in proposals]
+            assert [a.proposal_id for a in client.report_many(reports)] == [p.proposal_id for p in proposals]
+        assert caplog.messages == ["the teacher service takes at most 4 items a batch: batch_items lowered from 1024"]
+
+        async def main():
+            async with AsyncTeacherClient(service.url, service.student_token, batch_items=6) as client:
+                proposed = await client.propose_many("few", students)
+                acks = await client.report_many([ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
+                                                               signals=Signals(grad_norm_mean=1.0)) for p in proposed])
+                return proposed, acks, client.batch_items
+
+        proposed, acks, size = asyncio.run(main())
+        assert [p.student_id for p in proposed] == students and size == 4
+        assert [a.proposal_id for a in acks] == [p.proposal_id for p in proposed]
+        headers = {"Authorization": f"Bearer {service.student_token}"}
+        history = httpx.get(f"{service.url}/curricula/few/history", headers=headers).json()["items"]
+        assert len(history) == 20 and all(item["reported_at"] for item in history)  # each stored once
+    finally:
+        service.stop()
+
+
 def test_async_client(service):
     create_curriculum(service, "acl")
 

@@ -42,7 +42,8 @@ def parse_items(hub: TeacherHub, items: list[Any], model: type[M]) -> list[M | w
     locates its body's problems."""
     limit = hub.settings.max_batch_items
     if len(items) > limit:
-        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("body", "items"))
+        # The students' clients read the limit from this entry (type too_long) and split their batches to it.
+        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("body", "items"), "too_long")
     parsed: list[M | wire.ItemError] = []
     for item in items:
         try:

@@ -98,12 +98,13 @@ class BadRequest(ApiError):
 
     status_code = 422
 
-    def __init__(self, detail: str, loc: tuple[str | int, ...] = ()) -> None:
+    def __init__(self, detail: str, loc: tuple[str | int, ...] = (), kind: str = "value_error") -> None:
         super().__init__(detail)
         self.loc = loc
+        self.kind = kind  # the entry's `type`, pydantic's names where one fits
 
     def body(self) -> dict[str, Any]:
-        return {"detail": [{"loc": list(self.loc), "msg": self.detail, "type": "value_error"}]}
+        return {"detail": [{"loc": list(self.loc), "msg": self.detail, "type": self.kind}]}
 
 
 class Unauthorized(ApiError):
