@@ -405,6 +405,9 @@ def test_hostile_input_gets_a_4xx_and_changes_nothing(service):
         (client.get("/curricula/a%00b/history"), "string_pattern_mismatch"),
         (client.get(history, params={"student": "s\x00"}), "string_pattern_mismatch"),
         (client.get("/compare", params={"curricula": "cur,a\x00b"}), "is not a curriculum name"),
+        # Where the fault is (they were located nowhere), and what it is (NaN was said to be too large).
+        (client.get("/compare", params={"curricula": ",,,"}), "'loc': ['query', 'curricula']"),
+        (client.get("/curricula/cur/students", params={"active_within_s": "nan"}), "finite number"),
         (client.post("/report", json={"proposal_id": "p\x00", "student_id": "s1", "signals": {}}), "string_pattern_mismatch"),
         # Free-form JSON: bounded nesting, finite numbers.
         (client.post("/curricula", content=with_options(deep(300)), headers=json_body), "nested deeper than 16"),

@@ -45,7 +45,7 @@ def compare(
     """Per curriculum and evaluation step: mean, std, min and max of `metric` over the students evaluated there."""
     names = list(dict.fromkeys(n.strip() for n in curricula.split(",") if n.strip()))
     if not names or len(names) > MAX_CURRICULA:
-        raise BadRequest(f"give 1 to {MAX_CURRICULA} curriculum names, comma-separated")
+        raise BadRequest(f"give 1 to {MAX_CURRICULA} curriculum names, comma-separated", ("query", "curricula"))
     result = inspector.compare(names, metric, on_target)
     if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
         return Response(compare_csv(result), media_type="text/csv")

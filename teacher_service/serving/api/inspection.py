@@ -108,7 +108,7 @@ def distribution(
 @router.get("/students")
 def students(
     name: CurriculumPath,
-    active_within_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600)] = ACTIVE_WITHIN_S,
+    active_within_s: Annotated[float, Query(gt=0, le=30 * 24 * 3600, allow_inf_nan=False)] = ACTIVE_WITHIN_S,
     inspector: Inspector = Depends(get_inspector),
 ) -> dict:
     """Per student: episodes, environment steps, last evaluation on the environment's own distribution
