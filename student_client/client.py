@@ -166,30 +166,32 @@ def _in_place(items: list[dict | TeacherError], answers: list[Any]) -> list[Any]
 
 
 class _BatchPlan:
-    """The batch calls of one `propose_many` or `report_many`: at most the client's `batch_items` items and
-    `batch_bytes` of JSON each. A service that takes fewer items a batch (TEACHER_MAX_BATCH_ITEMS) refuses the call
-    with a 422 that names its limit: the client lowers its `batch_items` to it and goes on from the first item not
-    sent (the call failed as a whole, so nothing of it was stored)."""
+    """The batch calls of one `propose_many` or `report_many`, and their answers: at most the client's `batch_items`
+    items and `batch_bytes` of JSON a call. A service that takes fewer items a batch (TEACHER_MAX_BATCH_ITEMS) refuses
+    the call with a 422 that names its limit: the client lowers its `batch_items` to it and goes on from the first item
+    not sent (the call failed as a whole, so nothing of it was stored)."""
 
-    def __init__(self, client: _Base, items: list[dict], request: type[ProposeBatchRequest | ReportBatchRequest]) -> None:
-        self.client, self.items, self.request, self.sent = client, items, request, 0
+    def __init__(self, client: _Base, items: list[dict], request: type[ProposeBatchRequest | ReportBatchRequest],
+                 key: str) -> None:
+        self.client, self.items, self.request, self.key = client, items, request, key
+        self.sent, self.answers = 0, []
 
     def next(self) -> ProposeBatchRequest | ReportBatchRequest | None:
         batch = next(_batches(self.items[self.sent:], self.client.batch_items, self.client.batch_bytes), None)
         return None if batch is None else self.request(items=batch)
 
-    def sent_ok(self, batch: ProposeBatchRequest | ReportBatchRequest) -> None:
+    def take(self, batch: ProposeBatchRequest | ReportBatchRequest, answered: Any) -> None:
+        self.answers += _item_results(answered, self.key)
         self.sent += len(batch.items)
 
-    def adapts_to(self, error: TeacherError) -> bool:
-        """Whether `error` is the service's limit on items, now the client's: the batch is to be split and sent again."""
+    def refused(self, error: TeacherError) -> None:
+        """Raises `error` unless it is the service's limit on items, which then becomes the client's."""
         limit = _batch_limit(error)
         if limit is None or limit >= self.client.batch_items:
-            return False
+            raise error
         log.warning("the teacher service takes at most %d items a batch: batch_items lowered from %d", limit,
                     self.client.batch_items)
         self.client.batch_items = limit
-        return True
 
 
 def _batch_limit(error: TeacherError) -> int | None:
@@ -339,27 +341,22 @@ class TeacherClient(_Base):
         service would answer it), is a `TeacherError` in its place."""
         items = _propose_items(curriculum, student_ids, contexts)
         valid = [item for item in items if not isinstance(item, TeacherError)]
-        return _in_place(items, self._send_batches("/propose/batch", _BatchPlan(self, valid, ProposeBatchRequest),
-                                                   ProposeBatchResponse, "proposal"))
+        plan = _BatchPlan(self, valid, ProposeBatchRequest, "proposal")
+        return _in_place(items, self._send_batches("/propose/batch", plan, ProposeBatchResponse))
 
     def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
         """Many reports through ``POST /report/batch`` (idempotent per proposal, so retries are safe); an item
         the service refused is a `TeacherError` in its place."""
-        plan = _BatchPlan(self, [_body(report) for report in reports], ReportBatchRequest)
-        return self._send_batches("/report/batch", plan, ReportBatchResponse, "ack")
+        plan = _BatchPlan(self, [_body(report) for report in reports], ReportBatchRequest, "ack")
+        return self._send_batches("/report/batch", plan, ReportBatchResponse)
 
-    def _send_batches(self, path: str, plan: _BatchPlan, response: type, key: str) -> list[Any]:
-        answers: list[Any] = []
+    def _send_batches(self, path: str, plan: _BatchPlan, response: type) -> list[Any]:
         while (batch := plan.next()) is not None:
             try:
-                answered = self._request("POST", path, batch, response)
+                plan.take(batch, self._request("POST", path, batch, response))
             except TeacherError as exc:
-                if plan.adapts_to(exc):
-                    continue
-                raise
-            answers += _item_results(answered, key)
-            plan.sent_ok(batch)
-        return answers
+                plan.refused(exc)
+        return plan.answers
 
     def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         """Post an evaluation on the environment's default task distribution."""
@@ -459,25 +456,20 @@ class AsyncTeacherClient(_Base):
                            contexts: Sequence[StudentContext | None] | None = None) -> list[Proposal | TeacherError]:
         items = _propose_items(curriculum, student_ids, contexts)
         valid = [item for item in items if not isinstance(item, TeacherError)]
-        return _in_place(items, await self._send_batches("/propose/batch", _BatchPlan(self, valid, ProposeBatchRequest),
-                                                         ProposeBatchResponse, "proposal"))
+        plan = _BatchPlan(self, valid, ProposeBatchRequest, "proposal")
+        return _in_place(items, await self._send_batches("/propose/batch", plan, ProposeBatchResponse))
 
     async def report_many(self, reports: Sequence[ReportRequest]) -> list[ReportAck | TeacherError]:
-        plan = _BatchPlan(self, [_body(report) for report in reports], ReportBatchRequest)
-        return await self._send_batches("/report/batch", plan, ReportBatchResponse, "ack")
+        plan = _BatchPlan(self, [_body(report) for report in reports], ReportBatchRequest, "ack")
+        return await self._send_batches("/report/batch", plan, ReportBatchResponse)
 
-    async def _send_batches(self, path: str, plan: _BatchPlan, response: type, key: str) -> list[Any]:
-        answers: list[Any] = []
+    async def _send_batches(self, path: str, plan: _BatchPlan, response: type) -> list[Any]:
         while (batch := plan.next()) is not None:
             try:
-                answered = await self._request("POST", path, batch, response)
+                plan.take(batch, await self._request("POST", path, batch, response))
             except TeacherError as exc:
-                if plan.adapts_to(exc):
-                    continue
-                raise
-            answers += _item_results(answered, key)
-            plan.sent_ok(batch)
-        return answers
+                plan.refused(exc)
+        return plan.answers
 
     async def evaluate(self, evaluation: EvaluationRequest) -> EvaluationAck:
         return await self._request("POST", "/evaluations", evaluation, EvaluationAck)
