@@ -31,14 +31,13 @@ from student_client.envs import make_env, step_all
 from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import make_buffer
-from student_client.sac.buffer import ReplayBuffer
+from student_client.sac.buffer import FIELDS, ReplayBuffer, fitted
 from student_client.sac.ensemble import EnsembleSAC
 from student_client.session import drain_many, flush_many, propose_many, targets_many
 from student_client.training import Episode, StudentFiles, StudentSpec, make_client, sac_config
 from teacher_service.wire import Proposal, Signals
 
 log = logging.getLogger("student_client.worker")
-BUFFER_FIELDS = ("obs", "next_obs", "actions", "rewards", "dones")
 
 
 class Member:
@@ -218,16 +217,15 @@ def member_buffer_state(buffer: ReplayBuffer, k: int) -> dict:
     """Member k's rows of an ensemble buffer as a single buffer's ``state_dict``."""
     n = buffer.size
     return {"capacity": buffer.capacity, "pos": buffer.pos, "size": n,
-            **{key: getattr(buffer, key)[:n, k].to("cpu", copy=True) for key in BUFFER_FIELDS},
+            **{key: getattr(buffer, key)[:n, k].to("cpu", copy=True) for key in FIELDS},
             "generator": buffer.generators[k].get_state()}
 
 
 def load_member_buffer(buffer: ReplayBuffer, k: int, state: dict) -> None:
     """Member k's rows from a single buffer's ``state_dict`` (all members at the same position)."""
-    if state["capacity"] != buffer.capacity:
-        raise ValueError(f"buffer capacity {buffer.capacity} != checkpoint's {state['capacity']}")
+    state = fitted(state, buffer.capacity)
     n = state["size"]
-    for key in BUFFER_FIELDS:
+    for key in FIELDS:
         getattr(buffer, key)[:n, k] = state[key]
     buffer.pos, buffer.size = state["pos"], n
     buffer.generators[k].set_state(state["generator"])

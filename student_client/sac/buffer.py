@@ -10,6 +10,21 @@ import torch
 from student_client.sac.device import resolve_device
 
 
+FIELDS = ("obs", "next_obs", "actions", "rewards", "dones")  # what a checkpoint of a buffer holds, row by row
+
+
+def fitted(state: dict, capacity: int) -> dict:
+    """A buffer's ``state_dict`` for a buffer of `capacity` rows. A buffer is sized to its run (``min(buffer_size,
+    steps)``), so a run resumed with a larger ``--steps`` has a larger one: the checkpoint's rows go to its start,
+    oldest first, the newest `capacity` of them if it is smaller. The same capacity: the state as it is (the rows
+    where they were, so that a resumed run samples what the uninterrupted one would)."""
+    if state["capacity"] == capacity:
+        return state
+    order = torch.cat([torch.arange(state["pos"], state["size"]), torch.arange(0, state["pos"])])[-capacity:]
+    return {**state, "capacity": capacity, "pos": len(order) % capacity, "size": len(order),
+            **{key: state[key][order] for key in FIELDS}}
+
+
 class Batch(NamedTuple):
     obs: torch.Tensor
     actions: torch.Tensor
@@ -87,10 +102,9 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["capacity"] != self.capacity:
-            raise ValueError(f"buffer capacity {self.capacity} != checkpoint's {state['capacity']}")
+        state = fitted(state, self.capacity)
         n = state["size"]
-        for key in ("obs", "next_obs", "actions", "rewards", "dones"):
+        for key in FIELDS:
             getattr(self, key)[:n] = state[key]
         self.pos, self.size = state["pos"], n
         for g, s in zip(self.generators, state.get("generators", [state["generator"]])):

@@ -368,14 +368,21 @@ class TeacherHub:
             if not batch:  # a numbered batch is stored with its number: none means the data is not what we think
                 raise RuntimeError(f"no stored batch for update {replayed} of curriculum {runtime.spec.name!r}")
             teacher.update(batch)
-        # Every replica loading this checkpoint would draw the same proposals until the next update;
-        # a seed from the replica's id keeps them apart and stays reproducible for one replica.
-        self.reseed(runtime, version)
+        # Every replica loading this checkpoint would draw the same proposals until the next update; a seed from the
+        # replica's id keeps them apart and stays reproducible for one replica. The last proposal stored keeps a
+        # restarted process from drawing again what it drew at this version before (a resumed run's proposals
+        # repeated its first ones): none for a new curriculum, whose first draws stay those of its seed.
+        (last_proposal,) = self.driver.one(cursor, "last_proposal", {"curriculum_id": runtime.curriculum_id})
+        self.reseed(runtime, version, last_proposal)
         runtime.version = version
 
-    def reseed(self, runtime: Runtime, version: int) -> None:
-        """Seed the teacher's generator from the curriculum's seed, the version and this replica."""
-        salt = hashlib.sha256(f"{runtime.spec.seed}:{version}:{self.settings.replica_id}".encode()).digest()
+    def reseed(self, runtime: Runtime, version: int, last_proposal: int | None = None) -> None:
+        """Seed the teacher's generator from the curriculum's seed, the version, this replica and, on loading a stored
+        version, the curriculum's last proposal (its seq)."""
+        key = f"{runtime.spec.seed}:{version}:{self.settings.replica_id}"
+        if last_proposal is not None:
+            key += f":{last_proposal}"
+        salt = hashlib.sha256(key.encode()).digest()
         runtime.teacher.generator.manual_seed(int.from_bytes(salt[:8], "little") >> 1)
 
     # ------------------------------------------------------------------ propose

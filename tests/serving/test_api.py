@@ -131,6 +131,26 @@ def test_restart_resumes_the_same_teacher(service):
     assert ack["teacher_updated"] is True and ack["teacher_version"] == 4
 
 
+def test_a_restarted_service_does_not_draw_its_proposals_again(service):
+    """The random teacher's draws after a restart, at the same teacher version, were the ones it made after the
+    start before (its generator was seeded from seed, version and replica only): a resumed experiment trained on
+    the same tasks again. A fresh curriculum's draws stay those of its seed."""
+    client = service.client()
+    body = {"name": "rnd", "task_space": MAZE, "teacher": {"algorithm": "random"}}
+    assert client.post("/curricula", json=body).status_code == 201
+
+    def draws(curriculum: str, student: str) -> list[int]:
+        return [propose(client, curriculum, student)["task"]["index"] for _ in range(6)]
+
+    first = draws("rnd", "a")
+    service.stop()
+    service.start()
+    client = service.client()
+    assert draws("rnd", "b") != first
+    assert client.post("/curricula", json={**body, "name": "rnd2"}).status_code == 201
+    assert draws("rnd2", "a") == first  # the same seed, nothing drawn before
+
+
 def test_teacher_params_are_stored_as_the_teacher_reads_them(service):
     """A parameter given as a numeric string is shown (and stored) as the number the teacher uses, not as given."""
     client = service.client()

@@ -256,3 +256,22 @@ def test_buffer_batches_keep_each_transition_whole(members):
     assert torch.all(batch.obs[..., 1] == stored_by)  # each member samples its own rows
     assert set(batch.obs[..., 0].flatten().tolist()) <= set(range(2, 12))  # steps 0 and 1 were overwritten
     assert set(batch.dones.flatten().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("capacity, kept", [(10, range(2, 12)), (16, range(2, 12)), (4, range(8, 12))])
+def test_a_buffer_checkpoint_loads_into_a_buffer_of_another_capacity(capacity, kept):
+    """A run resumed with a larger --steps has a larger buffer (sized to the run) than its checkpoint's, which once
+    failed the resume. The rows go to the new buffer oldest first (the newest that fit, if it is smaller); with the
+    same capacity they stay where they were, and the buffer goes on writing over the oldest."""
+    buffer = ReplayBuffer(10, OBS, ACT, seed=1)
+    for t in range(12):  # wraps around: steps 0 and 1 overwritten, the oldest row (step 2) at position 2
+        obs = np.full(OBS, t, dtype=np.float32)
+        buffer.add(obs, obs[:ACT], float(t), obs + 100, False)
+    resumed = ReplayBuffer(capacity, OBS, ACT, seed=1)
+    resumed.load_state_dict(buffer.state_dict())
+    rows = resumed.obs[:resumed.size, 0].tolist()
+    assert (rows if capacity != 10 else rows[2:] + rows[:2]) == list(kept)
+    assert resumed.next_obs[:resumed.size, 0].tolist() == [r + 100 for r in rows]  # each transition whole
+    resumed.add(np.full(OBS, 12, dtype=np.float32), np.zeros(ACT), 12.0, np.zeros(OBS), False)
+    steps = resumed.obs[:resumed.size, 0].tolist()
+    assert sorted(steps) == sorted([*kept, 12])[-capacity:]  # the oldest step is the one written over, if any

@@ -31,6 +31,7 @@ SQL = {
     # which the job holds, does that. Neither reports nor the updater's UPDATE of the row (no key column) wait for it.
     "curriculum_to_propose": f"{_CURRICULUM} WHERE name = :name" "{propose_lock}",
     "spec": "SELECT spec FROM curricula WHERE id = :curriculum_id",
+    "last_proposal": "SELECT max(seq) FROM proposals WHERE curriculum_id = :curriculum_id",
     # The version, and the checkpoint only if a cache at version :cached is older than it (a teacher that
     # checkpoints every :every updates stores it at the versions that are multiples of :every).
     "checkpoint_if_newer": "SELECT teacher_version, CASE WHEN :cached < teacher_version / :every * :every "
