@@ -278,6 +278,8 @@ def _answering(status: int | None) -> bool:
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
                  max_backoff_s: float, batch_items: int, batch_bytes: int) -> None:
+        if not timeout_s > 0:  # httpx fails every call with it, as a transport error: an outage for ever
+            raise ValueError(f"timeout_s must be above 0, not {timeout_s}")
         if batch_items < 1 or batch_bytes < 1024:
             raise ValueError(f"batch_items must be at least 1 and batch_bytes at least 1024, not {batch_items} and "
                              f"{batch_bytes}")

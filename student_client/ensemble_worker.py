@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from student_client.envs import make_env, step_all
+from student_client.envs import TaskMismatchError, make_env, step_all
 from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import make_buffer
@@ -110,9 +110,16 @@ class EnsembleWorker:
 
     def start(self, members: list[Member]) -> None:
         """Their next tasks (one batch call when several ask at once) and the envs reset on them."""
-        for m, proposal in zip(members, propose_many([m.session for m in members])):
+        proposals = propose_many([m.session for m in members])
+        for k, (m, proposal) in enumerate(zip(members, proposals)):
             first = m.files.episodes == 0 and self.step == 0
-            m.obs = m.env.reset(proposal.reset_options if proposal else {}, seed=m.seed if first else None)
+            try:
+                m.obs = m.env.reset(proposal.reset_options if proposal else {}, seed=m.seed if first else None)
+            except TaskMismatchError:  # of another environment (worker.check_environment): these never trained on
+                for later, unused in zip(members[k:], proposals[k:]):
+                    if unused is not None:
+                        later.session.release(unused)
+                raise
             m.proposal, m.episode = proposal, Episode()
 
     def env_step(self) -> None:

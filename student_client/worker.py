@@ -25,9 +25,9 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from tqdm import tqdm
 
-from student_client.client import TeacherError
+from student_client.client import TeacherError, TeacherUnavailableError
 from student_client.ensemble_worker import EnsembleWorker
-from student_client.envs import make_env
+from student_client.envs import EnvArgumentsError, TaskMismatchError, family, make_env
 from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import PRESETS, SAC, make_buffer
@@ -80,7 +80,12 @@ class Worker:
             self.session.target()
             while self.step < self.args.steps and not self.stop_requested:
                 proposal = self.session.propose()
-                episode = self.run_episode(proposal, bar)
+                try:
+                    episode = self.run_episode(proposal, bar)
+                except TaskMismatchError:  # before any step: the proposal was never trained on
+                    if proposal is not None:
+                        self.session.release(proposal)
+                    raise
                 self.finish_episode(proposal, episode)
                 rate = (self.step - start_step) / max(time.monotonic() - start_time, 1e-9)
                 bar.set_postfix(ret=f"{episode.ret:.2f}", success=int(episode.success), refresh=False)
@@ -248,6 +253,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.students, args.eval_episodes, args.steps, args.checkpoint_every) < 1 or args.eval_every < 0:
         p.error("--students, --eval-episodes, --steps and --checkpoint-every must be at least 1, --eval-every 0 "
                 "or more")
+    if min(args.timeout, args.retry_every) <= 0 or args.drain_timeout < 0:
+        p.error("--timeout and --retry-every must be above 0, --drain-timeout 0 or more")
+    try:
+        family(args.env)
+    except ValueError as exc:
+        p.error(f"--env: {exc}")
     try:
         resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:  # RuntimeError: a name torch does not know
@@ -258,6 +269,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     seeds = args.seeds or list(range(first, first + args.students))
     if len(set(seeds)) != len(seeds):
         p.error(f"--seeds must differ: {seeds}")
+    if not all(0 <= seed < 2**32 for seed in seeds):  # what numpy and the environments take
+        p.error(f"seeds must be 0 to {2**32 - 1}: {seeds}")
     k = len(seeds)
 
     def per_student(name: str, values: list[str] | None, subdirs: bool = False) -> list[Any]:
@@ -281,19 +294,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_environment(args: argparse.Namespace) -> None:
+    """Exit unless each curriculum that is a preset names ``--env``: a UMaze curriculum's cells, read in another maze,
+    trained the student on tasks no one proposed (and rewarded the teacher for them) until one fell on a wall. Not
+    checked while the teacher does not answer: the worker then trains on env-default tasks, as in any outage."""
+    with make_client(args) as client:
+        for curriculum in sorted({student.curriculum for student in args.students}):
+            try:
+                info = client.once().get_curriculum(curriculum)
+            except TeacherUnavailableError:
+                return
+            env_id = getattr(info.task_space, "env_id", None)
+            if env_id is not None and env_id != args.env:
+                raise SystemExit(f"student-worker: curriculum {curriculum!r} proposes tasks of {env_id}, not of --env "
+                                 f"{args.env}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console script ``student-worker``."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request in worker.log
     torch.set_num_threads(1)
-    worker = Worker(args, args.students[0]) if len(args.students) == 1 else EnsembleWorker(args, args.students)
+    try:
+        check_environment(args)
+        worker = Worker(args, args.students[0]) if len(args.students) == 1 else EnsembleWorker(args, args.students)
+    except TeacherError as exc:  # an unknown curriculum, a wrong token
+        raise SystemExit(f"student-worker: {exc}") from exc
+    except EnvArgumentsError as exc:
+        raise SystemExit(f"student-worker: --env-kwargs: {exc}") from exc
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     try:
         worker.run()
     except TeacherError as exc:  # 4xx on propose: wrong curriculum, token, ...; retrying cannot help
         raise SystemExit(f"student-worker: {exc}") from exc
+    except TaskMismatchError as exc:  # a curriculum of another environment, not checked at the start (teacher down)
+        raise SystemExit(f"student-worker: a proposal does not fit --env {args.env}: {exc}") from exc
     finally:
         # The run is over (finished and saved, stopped, or failed): a stop request has nothing left to stop.
         # Ignored, so that one arriving while the interpreter shuts down (where Python's handler no longer

@@ -3,6 +3,14 @@
 
 # base first: it silences gymnasium-robotics' import notice, which the adapter's own import of it would print.
 from student_client.envs.base import TaskMismatchError
-from student_client.envs.adapter import EnvAdapter, family, make_env, reset_options, step_all, verify_reset
+from student_client.envs.adapter import (
+    EnvAdapter,
+    EnvArgumentsError,
+    family,
+    make_env,
+    reset_options,
+    step_all,
+    verify_reset,
+)
 
-__all__ = ["EnvAdapter", "TaskMismatchError", "family", "make_env", "reset_options", "step_all", "verify_reset"]
+__all__ = ["EnvAdapter", "EnvArgumentsError", "TaskMismatchError", "family", "make_env", "reset_options", "step_all", "verify_reset"]

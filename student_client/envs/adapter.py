@@ -161,6 +161,15 @@ def step_all(envs: Sequence[EnvAdapter], actions: np.ndarray
             np.array(success))
 
 
+class EnvArgumentsError(ValueError):
+    """The environment refused keyword arguments given to `make_env` (gym.make's TypeError)."""
+
+
 def make_env(env_id: str, **make_kwargs: Any) -> EnvAdapter:
     """The adapter for a gymnasium-robotics environment id."""
-    return EnvAdapter(env_id, **make_kwargs)
+    try:
+        return EnvAdapter(env_id, **make_kwargs)
+    except TypeError as exc:
+        if not make_kwargs:
+            raise
+        raise EnvArgumentsError(f"{env_id} does not take {make_kwargs}: {exc}") from exc

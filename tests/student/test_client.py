@@ -173,6 +173,9 @@ def test_a_url_or_token_that_can_never_work_is_refused_at_once(client_class, url
     for url, token in (("http://localhost", "two words"), ("https://[::1]:8000/", "t"), (" http://h:1 ", "t")):
         assert client_class(url, token).url == url.strip().rstrip("/")
 
+    with pytest.raises(ValueError, match=re.escape("timeout_s must be above 0, not -1")):
+        client_class("http://localhost", "t", timeout_s=-1)  # every call failed, as an outage
+
 
 def test_whitespace_around_a_token_is_not_part_of_it(tmp_path, monkeypatch):
     """A token read from a file or a variable with its newline or a space after it was taken, then every call failed in

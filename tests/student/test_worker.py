@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 import torch
 
-from tests.student_helpers import (create_curriculum, episode_log, start_worker, stored_evaluations,
+from tests.student_helpers import (TINY, create_curriculum, episode_log, start_worker, stored_evaluations,
                                    stored_proposals, wait_exit, wait_inside_second_episode)
 from tests.servers import wait_until
 
@@ -145,3 +145,48 @@ def test_a_sigterm_after_the_run_finished_does_not_fail_it(service, tmp_path):
         time.sleep(0.01)
     wait_exit(proc, d)
     assert torch.load(d / "checkpoint.pt", weights_only=False)["step"] == 300
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seed", "-1"], "seeds must be 0 to 4294967295: [-1]"),  # numpy's ValueError, as a traceback
+    (["--seed", "5000000000"], "seeds must be 0 to 4294967295"),
+    (["--env", "CartPole-v1"], "--env: no adapter for 'CartPole-v1'"),
+    (["--timeout", "-1"], "--timeout and --retry-every must be above 0"),  # failed at the first request
+])
+def test_arguments_no_run_could_use_are_usage_errors(argv, says, capsys):
+    from student_client.worker import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--curriculum", "c", "--env", "PointMaze_UMaze-v3", "--steps", "300", *argv])
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_curriculum_of_another_environment_is_refused_at_the_start(service, tmp_path, monkeypatch):
+    """A UMaze curriculum's cells read in the Medium maze trained the student on tasks no one proposed (rewarding the
+    teacher for them) until one fell on a wall, and the worker died with a traceback, leaving that proposal open.
+    Now refused at the start; found later (the teacher was down at the start), the episode's proposal is given back
+    (abandoned) and the worker exits with the reason. Keyword arguments the environment does not take: the same."""
+    from student_client.envs import TaskMismatchError
+    from student_client.worker import Worker, main, parse_args
+
+    create_curriculum(service, "umaze")
+    monkeypatch.setenv("TEACHER_TOKEN", service.student_token)
+    argv = ["--teacher", service.url, "--curriculum", "umaze", "--env", "PointMaze_Medium-v3", "--steps", "300",
+            "--checkpoint-dir", str(tmp_path / "w"), "--eval-every", "0", *TINY]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert str(exited.value) == ("student-worker: curriculum 'umaze' proposes tasks of PointMaze_UMaze-v3, not of "
+                                 "--env PointMaze_Medium-v3")
+    assert stored_proposals(service, "umaze") == {}
+    with pytest.raises(SystemExit) as exited:
+        main([*argv[:5], "PointMaze_UMaze-v3", *argv[6:], "--env-kwargs", '{"foo": 1}'])
+    assert str(exited.value).startswith("student-worker: --env-kwargs: PointMaze_UMaze-v3 does not take {'foo': 1}")
+
+    args = parse_args(argv)
+    worker = Worker(args, args.students[0])  # as if the check had found the teacher down
+    with pytest.raises(TaskMismatchError):
+        for _ in range(20):  # a proposal of UMaze fits the Medium maze now and then: on until one does not
+            worker.run()
+            args.steps += 300
+    *trained, given_back = sorted(stored_proposals(service, "umaze").values(), key=lambda row: row["reported_at"])
+    assert given_back["signals"]["outcome"] == "abandoned" and all(row["reported_at"] for row in trained)
