@@ -28,10 +28,12 @@ def env_options(env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
         raise TaskMismatchError(f"initial_state_dict must have exactly the keys {sorted(SHAPES)}, got {keys}")
     arrays = {}
     for key, size in SHAPES.items():
-        try:
-            value = np.asarray(state[key], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TaskMismatchError(f"initial_state_dict[{key!r}] is not numeric") from exc
+        raw = state[key]
+        numbers = raw.dtype.kind in "iuf" if isinstance(raw, np.ndarray) else isinstance(raw, (list, tuple)) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in raw)
+        if not numbers:  # numpy would read "0.1" and True as numbers
+            raise TaskMismatchError(f"initial_state_dict[{key!r}] is not a list of numbers")
+        value = np.asarray(raw, dtype=np.float64)
         if value.shape != (size,):
             raise TaskMismatchError(f"initial_state_dict[{key!r}] must be {size} numbers, got shape {value.shape}")
         if not np.all(np.isfinite(value)):

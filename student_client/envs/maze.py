@@ -17,8 +17,13 @@ from student_client.envs.base import TaskMismatchError
 KEYS = ("reset_cell", "goal_cell")
 
 
-def _cell(maze: Any, options: dict[str, Any], key: str) -> tuple[int, int]:
+def _cell(maze: Any, options: dict[str, Any], key: str) -> np.ndarray | None:
+    """The cell as the env takes it (gymnasium-robotics documents an array; None: a cell it picks at random)."""
     value = options[key]
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):  # what this function returns: options checked once may be checked again
+        value = value.tolist() if value.dtype.kind in "iu" else value
     if not (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
         raise TaskMismatchError(f"{key} must be [row, col] integers, got {value!r}")
@@ -27,7 +32,7 @@ def _cell(maze: Any, options: dict[str, Any], key: str) -> tuple[int, int]:
         raise TaskMismatchError(f"{key} {value} is outside the {maze.map_length}x{maze.map_width} maze")
     if maze.maze_map[row][col] == 1:
         raise TaskMismatchError(f"{key} {value} is a wall cell")
-    return row, col
+    return np.array([row, col])
 
 
 def env_options(env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
@@ -35,7 +40,7 @@ def env_options(env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
     unknown = set(options) - set(KEYS)
     if unknown:
         raise TaskMismatchError(f"unknown maze reset options {sorted(unknown)}; expected {KEYS}")
-    return {key: np.array(_cell(env.maze, options, key)) for key in KEYS if key in options}
+    return {key: _cell(env.maze, options, key) for key in KEYS if key in options}
 
 
 def remove_model_file(env: gym.Env) -> None:
@@ -52,7 +57,7 @@ def verify(env: gym.Env, options: dict[str, Any]) -> None:
     """The agent's xy is inside the reset cell and the goal inside the goal cell (noise stays in the cell)."""
     positions = {"reset_cell": env.data.qpos[:2], "goal_cell": env.goal}
     for key in KEYS:
-        if key in options:
+        if options.get(key) is not None:  # None: the env's own pick
             cell = [int(v) for v in env.maze.cell_xy_to_rowcol(np.asarray(positions[key]))]
             if cell != list(options[key]):
                 raise TaskMismatchError(f"{key}: asked for {list(options[key])}, env is at cell {cell}")

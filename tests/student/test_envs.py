@@ -59,6 +59,21 @@ def test_maze_rejects_bad_options(point, options):
         point.reset(options)
 
 
+def test_maze_options_take_what_the_raw_env_takes(point):
+    """Cells as numpy arrays (gymnasium-robotics documents them so; `reset_options` of its own output failed) and
+    None (the env picks the cell), as the raw env takes them; a float or boolean cell is still refused."""
+    from student_client.envs import reset_options
+
+    raw = point.env.unwrapped
+    converted = reset_options(raw, {"reset_cell": [1, 1], "goal_cell": [3, 1]})
+    assert {k: v.tolist() for k, v in reset_options(raw, converted).items()} == {"reset_cell": [1, 1], "goal_cell": [3, 1]}
+    obs = point.reset({"reset_cell": None, "goal_cell": np.array([3, 1])}, seed=0)
+    assert cell_of(point, obs[-2:]) == [3, 1]
+    for cell in (np.array([1.0, 1.0]), np.array([True, True])):
+        with pytest.raises(TaskMismatchError, match="must be \\[row, col\\] integers"):
+            reset_options(raw, {"reset_cell": cell})
+
+
 def test_maze_empty_options_is_env_default(point):
     obs = point.reset({}, seed=0)
     assert obs.shape == (point.obs_dim,)
@@ -118,10 +133,13 @@ def test_adroit_rejects_bad_options(adroit):
         {"initial_state_dict": {**d, "obj_pos": [0.1, 0.2]}},  # wrong shape
         {"initial_state_dict": {**d, "qpos": d["qpos"][:30]}},  # wrong shape
         {"initial_state_dict": {**d, "target_pos": [0.0, float("nan"), 0.2]}},
+        {"initial_state_dict": {**d, "obj_pos": ["0.1", 0.2, 0.035]}},  # numpy read text and booleans as numbers
+        {"initial_state_dict": {**d, "obj_pos": [True, 0.2, 0.035]}},
     ]
     says = ["must be exactly ['initial_state_dict']", "exactly the keys", "exactly the keys",
             "must be 3 numbers, got shape (2,)", "must be 36 numbers, got shape (30,)",
-            "holds NaN or infinite values"]  # not "must be 3 finite numbers, got shape (3,)" for a NaN
+            "holds NaN or infinite values",  # not "must be 3 finite numbers, got shape (3,)" for a NaN
+            "initial_state_dict['obj_pos'] is not a list of numbers", "is not a list of numbers"]
     for options, message in zip(bad, says, strict=True):
         with pytest.raises(TaskMismatchError, match=re.escape(message)):
             adroit.reset(options)
