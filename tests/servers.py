@@ -31,6 +31,18 @@ def wait_until(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not come up within {timeout}s")
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """The ids of the running processes whose command line contains `text` (e.g. a test's own directory)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # exited meanwhile
+            pass
+    return pids
+
+
 class ServiceProcess:
     """`teacher-service serve` in a subprocess, restartable on the same database."""
 

@@ -31,6 +31,11 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def http_url(host: str, port: int) -> str:
+    """The service's base URL; an IPv6 address goes in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def start_service(serve_args: list[str], url: str, log_path: Path, who: str,
                   env: dict[str, str] | None = None) -> subprocess.Popen:
     """`teacher-service serve` with these arguments, in the background, once it answers on /healthz."""
@@ -40,18 +45,24 @@ def start_service(serve_args: list[str], url: str, log_path: Path, who: str,
         raise SystemExit(f"{who}: port {address.port} is in use on {address.host} (another teacher service?): "
                          "stop that process or choose another port with --port")
     service = spawn([sys.executable, "-m", "teacher_service.serving.cli", "serve", *serve_args], log_path, env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if service.poll() is not None:
-            raise SystemExit(f"{who}: the service exited; its log {log_path} ends:\n" + log_path.read_text()[-3000:])
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return service
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    service.kill()
-    raise SystemExit(f"{who}: the service did not answer on {url} within 120 s; see {log_path}")
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if service.poll() is not None:
+                raise SystemExit(f"{who}: the service exited; its log {log_path} ends:\n"
+                                 + log_path.read_text()[-3000:])
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    return service
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{who}: the service did not answer on {url} within 120 s; see {log_path}")
+    except BaseException:
+        # Also on Ctrl-C: the caller has no handle yet, and in a session of its own the service would outlive us.
+        service.kill()
+        service.wait()
+        raise
 
 
 def stop(procs: list[subprocess.Popen], timeout: float) -> None:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
-from teacher_service.launch.processes import last_episodes, start_service, stop
+from teacher_service.launch.processes import http_url, last_episodes, start_service, stop
 from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
 from teacher_service.serving.infra.auth import load_tokens
 from teacher_service.serving.settings import Settings
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     split = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:split])
     args.worker_args = argv[split + 1 :]
+    if args.students < 1:
+        p.error("--students must be at least 1")
     return args
 
 
@@ -68,7 +70,7 @@ class Run:
         self.settings = Settings(data_dir=self.data_dir, port=args.port, curricula_file=args.config.resolve(),
                                  **({"host": args.service_host} if args.service_host else {}))
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
-        self.url = f"http://{host}:{self.settings.port}"
+        self.url = http_url(host, self.settings.port)
         # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
         self.tokens = load_tokens(self.settings)
         self.student_ids = [f"{self.curriculum}-{i}" for i in range(args.students)]
@@ -153,11 +155,15 @@ class Run:
             )
         return table
 
+    def failed(self) -> list[str]:
+        """The students whose worker has exited with an error (not stopped by us)."""
+        return [sid for sid, proc in zip(self.student_ids, self.workers) if proc.poll() not in (None, 0, -signal.SIGINT)]
+
     def run(self) -> int:
         # Not a terminal (a pipe, a log): wide lines instead of rich's 80-column default.
         console = Console(width=None if sys.stdout.isatty() else 160)
-        self.start_service()
         try:
+            self.start_service()  # in the try: a Ctrl-C while it starts stops it too
             self.start_workers()
             self.announce(console)
             with Live(self.table(), console=console, auto_refresh=False) as live:
@@ -166,8 +172,13 @@ class Run:
                     live.update(self.table(), refresh=True)
             if not console.is_terminal:
                 console.line()  # Live ends its last line without a newline when it does not redraw
-            console.print(f"All students reached {self.args.steps} steps (or stopped); "
-                          "give a larger --steps to continue.")
+            failed = len(self.failed())
+            if failed:  # named below, each with its log
+                console.print(f"{failed} of {len(self.workers)} students failed; the others reached "
+                              f"{self.args.steps} steps (or stopped).")
+            else:
+                console.print(f"All students reached {self.args.steps} steps (or stopped); "
+                              "give a larger --steps to continue.")
         except KeyboardInterrupt:
             console.print("Stopping: students end their episode, report it and checkpoint...")
         finally:
@@ -176,13 +187,13 @@ class Run:
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
                 self.launcher.stop(self.workers, timeout=120)
-                stop([self.service], timeout=30)
+                stop([self.service] if self.service else [], timeout=30)
                 self.launcher.close()
             finally:
                 signal.signal(signal.SIGINT, previous[0])
                 signal.signal(signal.SIGTERM, previous[1])
         console.print(f"Stopped; all state is saved in {self.data_dir}")
-        failed = [sid for sid, proc in zip(self.student_ids, self.workers) if proc.returncode not in (0, -signal.SIGINT)]
+        failed = self.failed()
         for student_id in failed:
             console.print(f"{student_id} failed; see {self.student_dir(student_id) / 'worker.log'}")
         return 1 if failed else 0

@@ -7,10 +7,12 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
-from tests.servers import free_port, wait_until
+from teacher_service.launch import run
+from tests.servers import free_port, processes_mentioning, wait_until
 from tests.student_helpers import TINY, episode_log
 
 CURRICULUM = "local"
@@ -26,10 +28,15 @@ def reporting_students(data_dir) -> set[str]:
         return {s for (s,) in db.execute("SELECT DISTINCT student_id FROM proposals WHERE reported_at IS NOT NULL")}
 
 
-def start(tmp_path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "teacher_service.launch.run", "--students", "2", "--steps", "50000",
+def write_curricula(tmp_path) -> None:
+    spec = {"name": CURRICULUM, "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"}}
+    (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
+
+
+def start(tmp_path, port: int, *worker_args: str, students: int = 2) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "teacher_service.launch.run", "--students", str(students), "--steps", "50000",
            "--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "teacher-data"),
-           "--port", str(port), "--", *TINY, "--eval-every", "0"]
+           "--port", str(port), "--", *TINY, "--eval-every", "0", *worker_args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
     # Started with SIGINT ignored, as a shell script's background job is: Ctrl-C must still stop it cleanly
     # (Python alone would then ignore SIGINT, and this test once ran the whole run out that way).
@@ -88,8 +95,7 @@ def test_ctrl_c_saves_everything_and_a_rerun_continues(tmp_path):
 
 def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, service):
     """Another teacher service already answers on the port: acl-run must not take it for its own."""
-    spec = {"name": CURRICULUM, "task_space": {"kind": "preset", "env_id": "PointMaze_UMaze-v3"}}
-    (tmp_path / "curricula.yaml").write_text(yaml.safe_dump({"curricula": [spec]}))
+    write_curricula(tmp_path)
     proc = start(tmp_path, service.port)
     try:
         out, _ = proc.communicate(timeout=120)
@@ -100,3 +106,38 @@ def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, service):
     assert f"port {service.port} is in use" in out and "--port" in out
     assert not (tmp_path / "teacher-data" / "students").exists()  # no student was started
     assert not (tmp_path / "teacher-data" / "teacher.db").exists()  # nor a service of ours
+
+
+def test_ctrl_c_while_the_service_starts_stops_it(tmp_path):
+    """The service runs in a session of its own: a Ctrl-C before it answers must not leave it running."""
+    write_curricula(tmp_path)
+    proc = start(tmp_path, free_port())
+    try:
+        wait_until(lambda: processes_mentioning(f"serve --data-dir {tmp_path}") or proc.poll() is not None, 60,
+                   "the service's process")
+        out = interrupt(proc)  # a clean stop, as a Ctrl-C later
+        assert "Traceback" not in out and "Teacher service:" not in out, out  # stopped while the service started
+        assert not processes_mentioning(str(tmp_path)), out
+    finally:
+        for pid in processes_mentioning(str(tmp_path)):  # what the test left behind, should it fail
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_failed_students_are_counted_and_the_exit_status_says_so(tmp_path):
+    write_curricula(tmp_path)
+    proc = start(tmp_path, free_port(), "--no-such-option", students=1)  # the worker refuses its arguments
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out
+    assert "1 of 1 students failed" in out and "All students reached" not in out, out
+    assert f"{CURRICULUM}-0 failed; see {tmp_path / 'teacher-data' / 'students' / f'{CURRICULUM}-0' / 'worker.log'}" in out
+
+
+def test_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--students", "0"])
+    assert "--students must be at least 1" in capsys.readouterr().err
+    write_curricula(tmp_path)
+    # An IPv6 address goes in brackets in the URL the workers (and acl-run itself) reach the service at.
+    args = run.parse_args(["--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "data"),
+                           "--service-host", "::1", "--port", "8123"])
+    assert run.Run(args).url == "http://[::1]:8123"

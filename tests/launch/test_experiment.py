@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +17,7 @@ import torch
 from rich.console import Console
 
 from teacher_service.launch.experiment import plots, runner, stats
+from tests.servers import processes_mentioning, wait_until
 
 
 def write_csv(path, rows):
@@ -271,6 +276,7 @@ def test_miniature_grid_end_to_end(tmp_path, capsys):
     assert {tuple(json.loads(r["task_values"])[2:]) for r in proposals} == {(3, 1)}  # the teacher chose starts only
     summary = (out / "summary.md").read_text()
     assert "| gradnorm-mean | 2 | " in summary and "goal fixed at (3, 1)" in summary
+    assert json.loads((out / "experiment.json").read_text())["threshold"] == 0.8  # for --analyze-only
     assert "the 2 start cells farthest from the goal" in summary
     assert [r["condition"] for r in json.loads((out / "summary.json").read_text())] == ["env-default", "gradnorm-mean"]
     with open(out / "informativeness.csv") as f:
@@ -349,3 +355,71 @@ def test_informativeness_table_averages_over_runs(tmp_path):
         writer.writerows([["a", 0, "success", 50, 4, 0.3, 0.25, 0.01], ["a", 1, "success", 50, 4, 0.1, 0.05, 0.2],
                           ["env-default", 0, "success", 0, 0, "", "", ""]])
     assert "| success | 2 | 0.200 | 0.150 | 1/2 |" in stats.informativeness_table(path)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (["--params", "gradnorm-mean=notjson"], "argument --params: not JSON: notjson"),
+    (["--params", "gradnorm-mean=[1,2]"], "argument --params: not a JSON object: [1,2]"),
+    (["--params", "nope={}"], "argument --params: unknown condition 'nope'"),
+    (["--steps", "0"], "must be at least 1"),
+    (["--eval-every", "0"], "must be at least 1"),
+    (["--checkpoint-every", "-5"], "must be at least 1"),
+    (["--seeds", "0", "-1"], "--seeds cannot be negative"),
+    (["--parallel", "0"], "--parallel must be at least 1"),
+    (["--parallel", "-1"], "--parallel must be at least 1"),
+])
+def test_bad_arguments_are_usage_errors_before_anything_is_written(tmp_path, capsys, bad, reason):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main([*bad, "--out", str(tmp_path / "exp")])
+    assert exit_info.value.code == 2 and reason in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_analyze_only_summarizes_at_the_experiments_threshold(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=f"acl-experiment: {tmp_path / 'none'} holds no experiment"):
+        runner.main(["--analyze-only", "--out", str(tmp_path / "none")])
+    config = {"env": "PointMaze_UMaze-v3", "steps": 200, "eval_every": 100, "eval_episodes": 2, "preset": "small"}
+    (tmp_path / "experiment.json").write_text(json.dumps(config))
+
+    def threshold(*flags):
+        return runner.parse_args(["--analyze-only", *flags, "--out", str(tmp_path)]).threshold
+
+    assert threshold() == 0.8 and threshold("--benchmark", "far-goal") == 0.5  # older files: the default, as before
+    (tmp_path / "experiment.json").write_text(json.dumps({**config, "threshold": 0.3}))
+    assert threshold() == threshold("--benchmark", "far-goal") == 0.3 and threshold("--threshold", "0.6") == 0.6
+    write_csv(tmp_path / "evaluations.csv", [["env-default", 0, 100, 0.0, 0.0], ["env-default", 0, 200, 0.4, 1.0]])
+    (tmp_path / "proposals.csv").write_text(",".join(plots.PROPOSAL_COLUMNS) + "\n")
+    runner.main(["--analyze-only", "--out", str(tmp_path)])
+    assert "| env-default | 1 | 1/1 | 200 " in (tmp_path / "summary.md").read_text()  # 40% counts at 30%
+
+
+def test_ctrl_c_while_the_service_starts_stops_it(tmp_path):
+    out = tmp_path / "exp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    proc = subprocess.Popen([sys.executable, "-m", "teacher_service.launch.experiment.runner", "--conditions",
+                             "env-default", "--seeds", "0", "--steps", "200", "--out", str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: processes_mentioning(f"serve --data-dir {out}") or proc.poll() is not None, 60,
+                   "the service's process")
+        proc.send_signal(signal.SIGINT)
+        printed, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Traceback" not in printed, printed
+        assert not processes_mentioning(str(tmp_path)), printed
+        assert not (out / "experiment.json").exists()  # stopped before any curriculum was created
+    finally:
+        for pid in processes_mentioning(str(tmp_path)):  # what the test left behind, should it fail
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_help_says_each_default_once(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and ") (default:" not in text
+    for described in ("--env ENV environment id", "--conditions CONDITION [CONDITION ...] teachers to compare",
+                      "--seeds SEED [SEED ...] one student per condition and seed"):
+        assert described in text
+    # The URL of a service on an IPv6 address has it in brackets.
+    args = runner.parse_args(["--service-host", "::1", "--out", str(tmp_path)])
+    assert runner.Experiment(args).url.startswith("http://[::1]:")

@@ -39,7 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from teacher_service.launch.experiment import plots, stats
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
-from teacher_service.launch.processes import last_episodes, start_service, stop
+from teacher_service.launch.processes import http_url, last_episodes, start_service, stop
 from teacher_service.learning.task_spaces.maze import layout_with_goal
 from teacher_service.serving.infra.auth import load_tokens
 from teacher_service.serving.settings import Settings
@@ -109,17 +109,17 @@ LOWER_THRESHOLDS = (0.1, 0.2, 0.3)
 # The result CSVs, one row per evaluation, proposal or (run, signal); each row starts with condition, seed.
 RESULT_FILES = {"evaluations.csv": stats.CSV_COLUMNS, "proposals.csv": plots.PROPOSAL_COLUMNS,
                 "informativeness.csv": stats.INFORMATIVENESS_COLUMNS}
+DEFAULT_THRESHOLD = 0.8
 # Changing these would mix incomparable runs in one output directory.
 FIXED = ("env", "steps", "eval_every", "eval_episodes", "preset", "learning_starts", "random_steps", "params",
          "env_kwargs", "target_farthest", "goal_cell")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="acl-experiment", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="acl-experiment", description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", choices=sorted(BENCHMARKS), default=None,
-                   help="a named setup: its env, target, budget, seeds and conditions become the defaults")
-    p.add_argument("--env", default="PointMaze_UMazeDense-v3")
+                   help="a named setup: its env, target, budget, threshold, seeds and conditions become the defaults")
+    p.add_argument("--env", default="PointMaze_UMazeDense-v3", help="environment id (default: %(default)s)")
     p.add_argument("--env-kwargs", type=_json_object, default={}, metavar="JSON",
                    help='gym.make keyword arguments, e.g. \'{"continuing_task": false}\'')
     p.add_argument("--target-farthest", type=int, default=None, metavar="N",
@@ -127,32 +127,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--goal-cell", type=int, nargs=2, default=None, metavar=("ROW", "COL"),
                    help="one fixed goal (maze envs): the teachers choose the start cell, env-default students "
                         "get the goal as the env's own (a maze_map with 'g' there, added to --env-kwargs)")
-    p.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS, choices=sorted(CONDITIONS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--steps", type=int, default=20_000, help="env steps per run")
-    p.add_argument("--eval-every", type=int, default=2_000, help="env steps between evaluations")
-    p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--preset", default="small", help="student-worker SAC preset")
+    p.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS, choices=sorted(CONDITIONS),
+                   metavar="CONDITION", help=f"teachers to compare, one curriculum per seed each: "
+                   f"{', '.join(sorted(CONDITIONS))} (default: {' '.join(DEFAULT_CONDITIONS)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], metavar="SEED",
+                   help="one student per condition and seed, seeded with it (default: 0 1 2 3 4)")
+    p.add_argument("--steps", type=int, default=20_000, help="env steps per run (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=2_000, help="env steps between evaluations (default: %(default)s)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation (default: %(default)s)")
+    p.add_argument("--preset", default="small", help="student-worker SAC preset (default: %(default)s)")
     p.add_argument("--learning-starts", type=int, default=None, help="override the preset's first update step")
     p.add_argument("--random-steps", type=int, default=None, help="override the preset's random-action steps")
-    p.add_argument("--checkpoint-every", type=int, default=5_000, help="env steps between worker checkpoints")
-    p.add_argument("--params", action="append", default=[], metavar="CONDITION=JSON",
+    p.add_argument("--checkpoint-every", type=int, default=5_000,
+                   help="env steps between worker checkpoints (default: %(default)s)")
+    p.add_argument("--params", action="append", type=_condition_params, default=[], metavar="CONDITION=JSON",
                    help='teacher parameters over the condition\'s, e.g. gradnorm-mean=\'{"batch_size": 10}\'')
-    p.add_argument("--threshold", type=float, default=0.8, help="evaluation success rate that counts as proficient")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="evaluation success rate that counts as proficient (default: the one --out's experiment "
+                   f"was run with, else the benchmark's, else {DEFAULT_THRESHOLD})")
     p.add_argument("--students-per-process", type=int, default=0, metavar="K",
-                   help="students of one condition trained in one process (0: all its seeds; 1: a process each)")
+                   help="students of one condition trained in one process (0: all its seeds; 1: a process each; "
+                   "default: %(default)s)")
     p.add_argument("--parallel", type=int, default=None,
                    help="processes at a time (default: the CPUs here, or with Ray the cluster's CPUs / --worker-cpus)")
     p.add_argument("--out", type=Path, required=True, help="output directory; a rerun resumes in it")
     p.add_argument("--analyze-only", action="store_true", help="only redo the summary and plots from the CSVs")
     add_launcher_args(p)
     chosen, _ = p.parse_known_args(argv)
-    if chosen.benchmark:
-        p.set_defaults(**BENCHMARKS[chosen.benchmark])
+    benchmark = dict(BENCHMARKS.get(chosen.benchmark, {}))
+    # Not a default like the others: the experiment's own threshold comes first (below).
+    threshold = benchmark.pop("threshold", DEFAULT_THRESHOLD)
+    p.set_defaults(**benchmark)
     args = p.parse_args(argv)
+    # Checked here, before anything is written: a worker would refuse them only once the grid has started.
+    if min(args.steps, args.eval_every, args.eval_episodes, args.checkpoint_every) < 1:
+        p.error("--steps, --eval-every, --eval-episodes and --checkpoint-every must be at least 1")
+    if min(args.seeds) < 0:
+        p.error("--seeds cannot be negative")
+    if args.parallel is not None and args.parallel < 1:
+        p.error("--parallel must be at least 1")
     if args.students_per_process < 0:
         p.error("--students-per-process must be >= 0")
-    args.params = dict(_parse_params(item) for item in args.params)
+    args.params = dict(args.params)
     if args.goal_cell is not None:
         if "maze_map" in args.env_kwargs:
             p.error("--goal-cell sets the env's maze_map: leave maze_map out of --env-kwargs")
@@ -162,21 +178,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--goal-cell: {exc}")
     # One run per (condition, seed): a repeated one would run twice on one checkpoint directory.
     args.conditions, args.seeds = list(dict.fromkeys(args.conditions)), list(dict.fromkeys(args.seeds))
+    if args.threshold is None:  # a rerun or --analyze-only summarizes as the experiment was run
+        args.threshold = stored_config(args.out).get("threshold", threshold)
     return args
 
 
 def _json_object(text: str) -> dict:
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {text} ({exc})") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"not a JSON object: {text}")
     return value
 
 
-def _parse_params(item: str) -> tuple[str, dict]:
+def _condition_params(item: str) -> tuple[str, dict]:
     name, _, text = item.partition("=")
     if name not in CONDITIONS:
-        raise SystemExit(f"acl-experiment: --params for unknown condition {name!r}")
-    return name, json.loads(text)
+        raise argparse.ArgumentTypeError(f"unknown condition {name!r}")
+    return name, _json_object(text)
 
 
 def error_detail(response: httpx.Response) -> str:
@@ -218,7 +239,7 @@ class Experiment:
         self.out = args.out.resolve()
         self.service_dir = self.out / "service"
         self.settings = Settings(data_dir=self.service_dir, port=free_port(), host=args.service_host or "127.0.0.1")
-        self.url = f"http://{self.settings.host}:{self.settings.port}"
+        self.url = http_url(self.settings.host, self.settings.port)
         self.runs_dir = (args.shared_dir or args.out).resolve() / "runs"
         self.launcher = make_launcher(args, "acl-experiment", self.url)
         self.parallel = args.parallel or self.launcher.capacity()
@@ -433,25 +454,26 @@ class Experiment:
 
     def check_config(self) -> None:
         """Refuse an output directory that holds an experiment with other settings."""
-        path = self.out / "experiment.json"
-        if path.exists():
+        stored = stored_config(self.out)
+        if stored:
             # Files written before a key existed hold its default.
-            stored = {"env_kwargs": {}, "target_farthest": None, "goal_cell": None, **json.loads(path.read_text())}
+            stored = {"env_kwargs": {}, "target_farthest": None, "goal_cell": None, **stored}
             changed = [k for k in FIXED if stored.get(k) != self.config()[k]]
             if changed:
                 raise SystemExit(f"acl-experiment: {self.out} holds an experiment with other {', '.join(changed)}; "
                                  "use another --out")
 
     def config(self) -> dict:
-        return {k: v for k, v in vars(self.args).items() if k in FIXED}
+        # The threshold too (not fixed: any can be asked for), for a rerun and --analyze-only to summarize at it.
+        return {k: v for k, v in vars(self.args).items() if k in FIXED or k == "threshold"}
 
     def run(self) -> int:
         console = Console()
         self.out.mkdir(parents=True, exist_ok=True)
         self.check_config()
-        self.start_service()
         failed = []
         try:
+            self.start_service()  # in the try: a Ctrl-C while it starts stops it too
             self.create_curricula()
             # Written once the service has accepted every curriculum: a refused setting can be fixed and rerun.
             (self.out / "experiment.json").write_text(json.dumps(self.config(), indent=2) + "\n")
@@ -472,12 +494,18 @@ class Experiment:
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 self.launcher.stop(self.workers, timeout=120)
-                stop([self.service], timeout=30)
+                stop([self.service] if self.service else [], timeout=30)
                 self.launcher.close()
             finally:
                 signal.signal(signal.SIGINT, previous)
         analyze(self.out, self.args.threshold, console)
         return 1 if failed else 0
+
+
+def stored_config(out: Path) -> dict:
+    """The settings in out/experiment.json, {} without one."""
+    path = out / "experiment.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def collected_rows(out: Path) -> dict[tuple[str, int], dict[str, list[list[str]]]]:
@@ -543,6 +571,8 @@ def analyze(out: Path, threshold: float, console: Console) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.analyze_only:
+        if not (args.out / "experiment.json").exists():
+            raise SystemExit(f"acl-experiment: {args.out} holds no experiment (no experiment.json) to analyze")
         analyze(args.out, args.threshold, Console())
         return
     experiment = Experiment(args)
