@@ -72,7 +72,7 @@ def _raise_for_status(response: httpx.Response) -> None:
         detail = response.json().get("detail", response.text)
     except (ValueError, AttributeError):
         detail = response.text
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code in (408, 429):  # an outage, a stalled body, a proxy's limit
         raise TeacherUnavailableError(response.status_code, detail, _retry_after_s(response))
     raise TeacherError(response.status_code, detail)
 

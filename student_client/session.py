@@ -14,7 +14,6 @@ call (its database stalled, or shedding load with 503s) would otherwise hold eve
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -294,10 +293,15 @@ def drain_many(sessions: Sequence[TeacherSession], timeout: float, stop: Callabl
         for group in clients.values():
             client = group[0].one_try  # each round is a try: one call each, not the client's retries
             if client.answers(timeout_s=PROBE_TIMEOUT_S):
-                with contextlib.suppress(TeacherUnavailableError):  # left pending, for the next round
+                try:
                     group[0].outbox.flush_reports(client, [session.outbox for session in group[1:]])
                     for session in group:
                         session.outbox.flush(client)
+                except TeacherUnavailableError:
+                    pass  # left pending, for the next round
+                except TeacherError as exc:  # a wrong token: no round can deliver them; kept for the next start
+                    log.warning("the teacher refused the outbox's messages (%s %s)", exc.status_code, exc.detail)
+                    deadline = time.monotonic()
         if any(session.outbox.pending for session in sessions):
             wait = min(session.retry_every for session in sessions)
             time.sleep(min(wait, max(deadline - time.monotonic(), 0)))

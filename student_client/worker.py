@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from student_client.client import TeacherError, TeacherUnavailableError
 from student_client.ensemble_worker import EnsembleWorker
-from student_client.envs import EnvArgumentsError, TaskMismatchError, family, make_env
+from student_client.envs import EnvArgumentsError, TaskMismatchError, family, make_env, same_tasks
 from student_client.episode_signals import LocalSignals, agent_signals
 from student_client.evaluation import run_episodes, target_options
 from student_client.sac.agent import PRESETS, SAC, make_buffer
@@ -295,7 +295,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_environment(args: argparse.Namespace) -> None:
-    """Exit unless each curriculum that is a preset names ``--env``: a UMaze curriculum's cells, read in another maze,
+    """Exit unless each curriculum that is a preset has tasks of ``--env`` (envs.same_tasks: the README's
+    PointMaze_UMazeDense-v3 student of a PointMaze_UMaze-v3 curriculum is one): a UMaze curriculum's cells, read in another maze,
     trained the student on tasks no one proposed (and rewarded the teacher for them) until one fell on a wall. Not
     checked while the teacher does not answer: the worker then trains on env-default tasks, as in any outage."""
     with make_client(args) as client:
@@ -305,7 +306,7 @@ def check_environment(args: argparse.Namespace) -> None:
             except TeacherUnavailableError:
                 return
             env_id = getattr(info.task_space, "env_id", None)
-            if env_id is not None and env_id != args.env:
+            if env_id is not None and not same_tasks(env_id, args.env):
                 raise SystemExit(f"student-worker: curriculum {curriculum!r} proposes tasks of {env_id}, not of --env "
                                  f"{args.env}")
 

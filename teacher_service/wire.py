@@ -41,9 +41,11 @@ def json_boolean(value: Any) -> Any:
     return value
 
 
-# The constraints first: in the number's own schema, which checks for NaN and infinity before the bounds.
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE), BeforeValidator(json_number)]
-NonNegativeFloat = Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_MAGNITUDE), BeforeValidator(json_number)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE)]
+# What students measure and send: JSON numbers only. Not the specs of curricula, whose YAML (1.1) files read 1e3 as
+# text. The constraints first: in the number's own schema, which checks for NaN and infinity before the bounds.
+Measured = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE), BeforeValidator(json_number)]
+NonNegative = Annotated[float, Field(allow_inf_nan=False, ge=0, le=MAX_MAGNITUDE), BeforeValidator(json_number)]
 Count = Annotated[int, Field(ge=0, le=10**12), BeforeValidator(json_number)]
 JsonBool = Annotated[bool, BeforeValidator(json_boolean)]
 # Free-form JSON from users (reset options, teacher parameters) is stored and sent back as JSON:
@@ -123,8 +125,8 @@ class WireModel(BaseModel):
 class StudentContext(WireModel):
     """What the student knows about its last episode; the teacher may condition on it."""
 
-    last_return: FiniteFloat | None = None
-    last_task: list[FiniteFloat] | None = Field(default=None, max_length=64)
+    last_return: Measured | None = None
+    last_task: list[Measured] | None = Field(default=None, max_length=64)
 
 
 class ProposeRequest(WireModel):
@@ -166,18 +168,18 @@ class Signals(WireModel):
     of max(TD error, 0). They are None for an episode that had no gradient update (before learning starts).
     """
 
-    grad_norm_mean: NonNegativeFloat | None = None
-    grad_norm_episode: NonNegativeFloat | None = None
-    critic_grad_norm_mean: NonNegativeFloat | None = None
-    critic_grad_norm_episode: NonNegativeFloat | None = None
-    grad_norm_local: NonNegativeFloat | None = None
-    critic_grad_norm_local: NonNegativeFloat | None = None
-    positive_value_loss: NonNegativeFloat | None = None
-    episode_return: FiniteFloat | None = None
+    grad_norm_mean: NonNegative | None = None
+    grad_norm_episode: NonNegative | None = None
+    critic_grad_norm_mean: NonNegative | None = None
+    critic_grad_norm_episode: NonNegative | None = None
+    grad_norm_local: NonNegative | None = None
+    critic_grad_norm_local: NonNegative | None = None
+    positive_value_loss: NonNegative | None = None
+    episode_return: Measured | None = None
     success: JsonBool | None = None
     env_steps: Count | None = None
     grad_updates: Count | None = None
-    extra: dict[SignalName, FiniteFloat] = Field(default_factory=dict, max_length=64)
+    extra: dict[SignalName, Measured] = Field(default_factory=dict, max_length=64)
 
     def value(self, signal: str) -> float | None:
         """The number a teacher is rewarded with: a named signal or `extra.<name>`."""
@@ -220,7 +222,7 @@ class EvaluationRequest(WireModel):
     env_steps: Count
     episodes: Annotated[int, Field(ge=1, le=10**6), BeforeValidator(json_number)]
     success_rate: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False), BeforeValidator(json_number)]
-    mean_return: FiniteFloat
+    mean_return: Measured
     on_target: JsonBool = Field(
         default=False,
         description="True when the episodes ran on the curriculum's target tasks (GET /curricula/{name}/target); "
@@ -330,7 +332,7 @@ class CurriculumCreate(WireModel):
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     reward_signal: SignalName = Field(default="grad_norm_mean", description="A named signal or `extra.<name>`.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    proposal_ttl_s: Annotated[float, Field(ge=1, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
+    proposal_ttl_s: Annotated[float, Field(gt=0, le=30 * 24 * 3600, allow_inf_nan=False)] | None = Field(
         default=None, description="Seconds before an unreported proposal expires, 1 s to 30 days (shorter, it would "
         "expire before its student could act on it); the service default if None."
     )

@@ -9,8 +9,9 @@ from student_client.envs.adapter import (
     family,
     make_env,
     reset_options,
+    same_tasks,
     step_all,
     verify_reset,
 )
 
-__all__ = ["EnvAdapter", "EnvArgumentsError", "TaskMismatchError", "family", "make_env", "reset_options", "step_all", "verify_reset"]
+__all__ = ["EnvAdapter", "EnvArgumentsError", "TaskMismatchError", "family", "make_env", "reset_options", "same_tasks", "step_all", "verify_reset"]

@@ -25,6 +25,21 @@ def family(env_id: str) -> ModuleType:
     raise ValueError(f"no adapter for {env_id!r}: supported are PointMaze_*, AntMaze_*, AdroitHandRelocate*")
 
 
+def same_tasks(env_id: str, other: str) -> bool:
+    """Whether the tasks of a preset for `env_id` are tasks of `other` too: the same family, and for mazes the same
+    walls (a dense or sparse variant, PointMaze or AntMaze of one layout)."""
+    try:
+        own = family(env_id)
+    except ValueError:
+        return env_id == other
+    if env_id == other:
+        return True
+    try:
+        return family(other) is own and (own is not maze or maze.walls(env_id) == maze.walls(other))
+    except (ValueError, gym.error.Error):  # no family, or not registered
+        return False
+
+
 def family_of(env: gym.Env) -> ModuleType | None:
     """The family of a made environment, None for an environment of your own."""
     try:

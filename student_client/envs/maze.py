@@ -35,6 +35,11 @@ def _cell(maze: Any, options: dict[str, Any], key: str) -> np.ndarray | None:
     return np.array([row, col])
 
 
+def walls(env_id: str) -> list[list[bool]]:
+    """The wall cells of a registered maze, from its registration (nothing is made)."""
+    return [[cell == 1 for cell in row] for row in gym.spec(env_id).kwargs["maze_map"]]
+
+
 def env_options(env: gym.Env, options: dict[str, Any]) -> dict[str, Any]:
     """Check the cells (known keys, integers, inside the maze, not a wall) and pass them on."""
     unknown = set(options) - set(KEYS)

@@ -228,8 +228,10 @@ class TeacherCurriculumWrapper(gym.Wrapper):
     def close(self) -> None:
         """Report the ended episode, stop the running one, deliver the outbox (and give up its file), then close the
         env."""
-        self.flush()
-        self._stop()
-        self.session.drain(self.drain_timeout)
-        self.session.outbox.close()
-        super().close()
+        try:
+            self.flush()
+            self._stop()
+            self.session.drain(self.drain_timeout)
+        finally:  # also when the teacher refuses them (a wrong token): what is left stays in the outbox's file
+            self.session.outbox.close()
+            super().close()

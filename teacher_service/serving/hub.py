@@ -116,7 +116,7 @@ def validation_message(exc: pydantic.ValidationError) -> str:
     """Each error as `field: message`; a check across fields (no location) says which fields in its message."""
     parts = []
     for err in exc.errors():
-        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]  # not "Value error, ..."
+        message = str(err.get("ctx", {}).get("error") or err["msg"])  # a check's own words, not "Value error, ..."
         where = ".".join(map(str, err["loc"]))
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
@@ -223,6 +223,10 @@ class TeacherHub:
         return self._as_read(spec, self.build(spec)[1])
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
+        if spec.proposal_ttl_s is not None and spec.proposal_ttl_s < 1:
+            # Here, not in the schema: curricula stored before with a shorter one still load.
+            raise BadRequest("Input should be greater than or equal to 1 s: a proposal must outlive the answer that "
+                             "carries it", loc=("body", "proposal_ttl_s"))
         space, teacher = self.build(spec)
         spec = self._as_read(spec, teacher)
         if problem := ambiguity(space):
@@ -351,6 +355,7 @@ class TeacherHub:
             raise
 
     def _catch_up(self, cursor: Any, runtime: Runtime) -> None:
+        cold = runtime.version == -1  # nothing loaded yet (or in doubt)
         # Version and state in one statement: under READ COMMITTED (PostgreSQL; a propose job's key-share lock does
         # not hold off another replica's update) a second statement could see a newer commit than the caller's row did.
         teacher = runtime.teacher
@@ -369,10 +374,13 @@ class TeacherHub:
                 raise RuntimeError(f"no stored batch for update {replayed} of curriculum {runtime.spec.name!r}")
             teacher.update(batch)
         # Every replica loading this checkpoint would draw the same proposals until the next update; a seed from the
-        # replica's id keeps them apart and stays reproducible for one replica. The last proposal stored keeps a
-        # restarted process from drawing again what it drew at this version before (a resumed run's proposals
-        # repeated its first ones): none for a new curriculum, whose first draws stay those of its seed.
-        (last_proposal,) = self.driver.one(cursor, "last_proposal", {"curriculum_id": runtime.curriculum_id})
+        # replica's id keeps them apart and stays reproducible for one replica. On a cold load (a start), the last
+        # proposal stored too: a restarted process drew again what it had drawn at this version before (a resumed
+        # run's proposals repeated its first ones); none for a new curriculum, whose first draws stay its seed's.
+        # Not on catching up, which can race the updater's swap to the same version (updater.py): the same seed.
+        last_proposal = None
+        if cold:
+            (last_proposal,) = self.driver.one(cursor, "last_proposal", {"curriculum_id": runtime.curriculum_id})
         self.reseed(runtime, version, last_proposal)
         runtime.version = version
 

@@ -208,8 +208,10 @@ class Inspector:
                     else:
                         state = self._stored_stats(session, row, version)
                         if ("mean" if isinstance(space, BoxSpace) else "probabilities") not in state:
-                            # an update stored by an earlier version of this teacher, which did not keep its distribution
-                            raise NotFound(f"teacher version {version} stored no distribution with its update")
+                            # exp3 and learning-progress learn from every report: a distribution stored with each
+                            # would cost a report one number per task (up to 10,000)
+                            raise NotFound(f"the {teacher.name} teacher does not store its distribution with each "
+                                           "update: ask for the current one (no version)")
             if source == "proposals":
                 version = None  # proposals span every version
             base = {"curriculum": name, "kind": space.kind, "source": source, "version": version}

@@ -151,6 +151,20 @@ def test_a_restarted_service_does_not_draw_its_proposals_again(service):
     assert draws("rnd2", "a") == first  # the same seed, nothing drawn before
 
 
+def test_a_curriculum_stored_with_a_shorter_ttl_than_now_allowed_still_loads(service):
+    """proposal_ttl_s under 1 s is refused at creation; one stored before that rule (0.5 s) still loads and serves
+    (the rule in the schema made every request of it, and the list of curricula, a 500)."""
+    client = service.client()
+    create(client)
+    with sqlite3.connect(service.database_url.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE curricula SET spec = json_set(spec, '$.proposal_ttl_s', 0.5)")
+    service.stop()
+    service.start()
+    client = service.client()
+    assert [c["proposal_ttl_s"] for c in client.get("/curricula").json()] == [0.5]
+    assert propose(client)["expires_at"]
+
+
 def test_teacher_params_are_stored_as_the_teacher_reads_them(service):
     """A parameter given as a numeric string is shown (and stored) as the number the teacher uses, not as given."""
     client = service.client()

@@ -460,6 +460,15 @@ def test_an_outbox_keeps_a_report_refused_for_its_token_and_rejects_one_refused_
         assert [m["body"]["proposal_id"] for m in json.loads((tmp_path / "outbox.json").read_text())["pending"]] == [
             p.proposal_id, unknown.proposal_id] and outbox.rejected == []
     outbox.close()
+    # At exit (a worker's, the Gym wrapper's close): the drain logs the refusal and ends, the messages kept.
+    from student_client.session import TeacherSession
+
+    with TeacherClient(service.url, "an-old-token") as stale:
+        session = TeacherSession(stale, "cl", "a", outbox=tmp_path / "outbox.json")
+        started = time.monotonic()
+        session.drain(30)
+        assert time.monotonic() - started < 5 and len(session.outbox.pending) == 2
+        session.outbox.close()
     with TeacherClient(service.url, service.student_token) as client:
         assert Outbox(tmp_path / "outbox.json").flush(client) == 2  # as after a restart with the right token
     saved = json.loads((tmp_path / "outbox.json").read_text())

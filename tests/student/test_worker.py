@@ -178,6 +178,10 @@ def test_a_curriculum_of_another_environment_is_refused_at_the_start(service, tm
     assert str(exited.value) == ("student-worker: curriculum 'umaze' proposes tasks of PointMaze_UMaze-v3, not of "
                                  "--env PointMaze_Medium-v3")
     assert stored_proposals(service, "umaze") == {}
+    from student_client.worker import check_environment
+
+    for same in ("PointMaze_UMazeDense-v3", "AntMaze_UMaze-v5"):  # the README's example: the same maze, dense
+        check_environment(parse_args([*argv[:5], same, *argv[6:]]))
     with pytest.raises(SystemExit) as exited:
         main([*argv[:5], "PointMaze_UMaze-v3", *argv[6:], "--env-kwargs", '{"foo": 1}'])
     assert str(exited.value).startswith("student-worker: --env-kwargs: PointMaze_UMaze-v3 does not take {'foo': 1}")

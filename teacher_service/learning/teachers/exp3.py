@@ -117,7 +117,6 @@ class Exp3Teacher(Teacher):
             "best_task": int(probs.argmax()),
             "best_probability": float(probs.max()),
             "entropy": float(-(probs * np.log(probs)).sum()),
-            "probabilities": [round(float(p), 6) for p in probs],  # GET /distribution?version= reads them back
         }
 
     def describe(self) -> dict[str, Any]:

@@ -85,7 +85,6 @@ class LearningProgressTeacher(Teacher):
             "episodes": len(batch),
             "reward_mean": float(np.mean([exp.reward for exp in batch])),
             "progress_max": float(np.nanmax(lp)) if not np.isnan(lp).all() else None,
-            "probabilities": [round(float(p), 6) for p in self.probabilities()],  # for GET /distribution?version=
         }
 
     def describe(self) -> dict[str, Any]:
