@@ -106,6 +106,15 @@ def test_curricula_file_creates_missing_ones_and_leaves_existing_state_alone(tmp
     assert all(c.teacher_version == 7 for c in stored)
 
 
+def test_curricula_file_numbers_as_yaml_writes_them(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e3 as text: a box's bounds written so load as the numbers they are (the refusal of
+    numbers as text is for what students send, not for specs)."""
+    path = tmp_path / "curricula.yaml"
+    path.write_text("curricula:\n  - {name: b, task_space: {kind: box, low: [0], high: [1e3]}, teacher: {algorithm: random}}\n")
+    (spec,) = load_curricula(path)
+    assert spec.task_space.high == [1000.0]
+
+
 def test_curricula_file_warns_of_a_changed_spec_only(tmp_path, caplog):
     """A parameter written as a string ('20') is stored as the teacher reads it (20): the file's curriculum is then
     the stored one, no warning at each start-up; one whose parameters changed since is left alone with a warning."""
