@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import os
-import re
 import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any, Self, TypeVar
@@ -200,9 +199,9 @@ def _batch_limit(error: TeacherError) -> int | None:
         return None
     for problem in error.detail:
         if isinstance(problem, dict) and problem.get("loc") == ["body", "items"] and problem.get("type") == "too_long":
-            found = re.search(r"at most (\d+) items", str(problem.get("msg")))
-            if found and int(found.group(1)) >= 1:
-                return int(found.group(1))
+            limit = (problem.get("ctx") or {}).get("max_length")
+            if isinstance(limit, int) and limit >= 1:
+                return limit
     return None
 
 
@@ -283,7 +282,9 @@ class _Base:
         if batch_items < 1 or batch_bytes < 1024:
             raise ValueError(f"batch_items must be at least 1 and batch_bytes at least 1024, not {batch_items} and "
                              f"{batch_bytes}")
-        self.batch_items = batch_items  # items per batch call; at most the service's TEACHER_MAX_BATCH_ITEMS
+        # Items per batch call, at most the service's TEACHER_MAX_BATCH_ITEMS; in a list that `once()`'s copies share,
+        # so that a limit one of them learns from the service holds for all.
+        self._batch_items = [batch_items]
         self.batch_bytes = batch_bytes  # JSON bytes per batch call; at most its TEACHER_MAX_BATCH_BODY_BYTES
         self.url = _checked_url(url or os.environ.get("TEACHER_URL") or DEFAULT_URL)
         token = token if token is not None else os.environ.get("TEACHER_TOKEN")
@@ -291,6 +292,14 @@ class _Base:
         self.timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._retry = _retry_options(attempts, max_backoff_s)
+
+    @property
+    def batch_items(self) -> int:
+        return self._batch_items[0]
+
+    @batch_items.setter
+    def batch_items(self, items: int) -> None:
+        self._batch_items[0] = items
 
     def once(self) -> Self:
         """This client with one attempt per call, no retries, on the same connections: for callers that have an outage

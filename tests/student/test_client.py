@@ -371,11 +371,17 @@ def test_batches_follow_a_service_that_takes_fewer_items(tmp_path, caplog):
         students = [f"s-{k}" for k in range(10)]
         with caplog.at_level("WARNING", logger="student_client.client"), \
                 TeacherClient(service.url, service.student_token) as client:
-            proposals = client.propose_many("few", students)
-            assert [p.student_id for p in proposals] == students and client.batch_items == 4
+            one_try = client.once()  # the session's copy for calls after a failed try: it learns the limit for both
+            proposals = one_try.propose_many("few", students)
+            assert [p.student_id for p in proposals] == students and client.batch_items == one_try.batch_items == 4
+            assert [p.student_id for p in client.propose_many("few", students)] == students  # no second 422
             reports = [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                      signals=Signals(grad_norm_mean=1.0)) for p in proposals]
             assert [a.proposal_id for a in client.report_many(reports)] == [p.proposal_id for p in proposals]
+            refused = httpx.post(f"{service.url}/propose/batch", headers={"Authorization": f"Bearer {service.student_token}"},
+                                 json={"items": [{"curriculum": "few", "student_id": s} for s in students]})
+            assert refused.status_code == 422 and refused.json()["detail"][0]["ctx"] == {"max_length": 4,
+                                                                                       "actual_length": 10}
         assert caplog.messages == ["the teacher service takes at most 4 items a batch: batch_items lowered from 1024"]
 
         async def main():
@@ -389,7 +395,7 @@ def test_batches_follow_a_service_that_takes_fewer_items(tmp_path, caplog):
         assert [p.student_id for p in proposed] == students and size == 4
         assert [a.proposal_id for a in acks] == [p.proposal_id for p in proposed]
         stored = stored_proposals(service, "few")  # the database (the API's history waits for the teacher's updates)
-        assert len(stored) == 20 and all(row["reported_at"] for row in stored.values())  # each stored once
+        assert len(stored) == 30 and sum(1 for row in stored.values() if row["reported_at"]) == 20  # each stored once
     finally:
         service.stop()
 

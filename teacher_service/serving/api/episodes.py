@@ -42,8 +42,10 @@ def parse_items(hub: TeacherHub, items: list[Any], model: type[M]) -> list[M | w
     locates its body's problems."""
     limit = hub.settings.max_batch_items
     if len(items) > limit:
-        # The students' clients read the limit from this entry (type too_long) and split their batches to it.
-        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("body", "items"), "too_long")
+        # The students' clients read the limit from this entry (type too_long, ctx as pydantic's) and split their
+        # batches to it.
+        raise BadRequest(f"a batch holds at most {limit} items, not {len(items)}: split it", ("body", "items"), "too_long",
+                         {"max_length": limit, "actual_length": len(items)})
     parsed: list[M | wire.ItemError] = []
     for item in items:
         try:

@@ -98,13 +98,16 @@ class BadRequest(ApiError):
 
     status_code = 422
 
-    def __init__(self, detail: str, loc: tuple[str | int, ...] = (), kind: str = "value_error") -> None:
+    def __init__(self, detail: str, loc: tuple[str | int, ...] = (), kind: str = "value_error",
+                 ctx: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.loc = loc
         self.kind = kind  # the entry's `type`, pydantic's names where one fits
+        self.ctx = ctx  # the limit at fault, for programs, as in pydantic's entry of that type
 
     def body(self) -> dict[str, Any]:
-        return {"detail": [{"loc": list(self.loc), "msg": self.detail, "type": self.kind}]}
+        return {"detail": [{"loc": list(self.loc), "msg": self.detail, "type": self.kind}
+                           | ({"ctx": self.ctx} if self.ctx else {})]}
 
 
 class Unauthorized(ApiError):
