@@ -378,7 +378,8 @@ def test_batches_follow_a_service_that_takes_fewer_items(tmp_path, caplog):
             reports = [ReportRequest(proposal_id=p.proposal_id, student_id=p.student_id,
                                      signals=Signals(grad_norm_mean=1.0)) for p in proposals]
             assert [a.proposal_id for a in client.report_many(reports)] == [p.proposal_id for p in proposals]
-            refused = httpx.post(f"{service.url}/propose/batch", headers={"Authorization": f"Bearer {service.student_token}"},
+            headers = {"Authorization": f"Bearer {service.student_token}"}
+            refused = httpx.post(f"{service.url}/propose/batch", headers=headers,
                                  json={"items": [{"curriculum": "few", "student_id": s} for s in students]})
             assert refused.status_code == 422 and refused.json()["detail"][0]["ctx"] == {"max_length": 4,
                                                                                        "actual_length": 10}
