@@ -115,10 +115,11 @@ class EnsembleWorker:
             first = m.files.episodes == 0 and self.step == 0
             try:
                 m.obs = m.env.reset(proposal.reset_options if proposal else {}, seed=m.seed if first else None)
-            except TaskMismatchError:  # of another environment (worker.check_environment): these never trained on
-                for later, unused in zip(members[k:], proposals[k:]):
+            except TaskMismatchError:  # of another environment (worker.check_environment): none of the batch trained
+                for member, unused in zip(members, proposals):  # those before k too: reset on theirs, not stepped
+                    member.proposal = None
                     if unused is not None:
-                        later.session.release(unused)
+                        member.session.release(unused)
                 raise
             m.proposal, m.episode = proposal, Episode()
 

@@ -314,3 +314,28 @@ def test_a_member_trains_as_the_single_student_with_its_seed(service, tmp_path):
     (a,), (m,) = stored_evaluations(service, "eq-single"), stored_evaluations(service, "eq-3")
     assert evaluations_on_target(service, "eq-single") == [("student-3", 2, 1)]
     assert a[1:4] == m[1:4] and m[4] == pytest.approx(a[4], rel=1e-3)
+
+
+def test_a_mismatch_gives_back_every_proposal_of_the_batch(service, tmp_path, monkeypatch):
+    """An ensemble whose later member's proposal did not fit --env (its curriculum is of another maze, not checked
+    because the teacher was down at the start) gave back that member's proposal and the ones after it, but not those
+    of the members before it, which had reset on theirs without a step: open until they expired. Member 0 here is
+    of the right maze, so every mismatch is a later member's: now every proposal of the batch is given back."""
+    from student_client.ensemble_worker import EnsembleWorker
+    from student_client.envs import TaskMismatchError
+
+    create_curriculum(service, "medium", env_id="PointMaze_Medium-v3")
+    create_curriculum(service, "umaze")
+    monkeypatch.setenv("TEACHER_TOKEN", service.student_token)
+    args = parse_args(["--teacher", service.url, "--curriculum", "medium", "umaze", "umaze", "--env",
+                       "PointMaze_Medium-v3", "--steps", "300", "--seeds", *map(str, SEEDS), "--student-id",
+                       *(f"student-{s}" for s in SEEDS), "--checkpoint-dir", str(tmp_path), "--eval-every", "0",
+                       *TINY])
+    worker = EnsembleWorker(args, args.students)  # as if the start's check had found the teacher down
+    with pytest.raises(TaskMismatchError):
+        for _ in range(20):  # a proposal of UMaze fits the Medium maze now and then: on until one does not
+            worker.run()
+            args.steps += 300
+    stored = {name: list(stored_proposals(service, name).values()) for name in ("medium", "umaze")}
+    assert all(row["reported_at"] for rows in stored.values() for row in rows)  # none left open
+    assert sum(1 for row in stored["medium"] if (row["signals"] or {}).get("outcome") == "abandoned") == 1
