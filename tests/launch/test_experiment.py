@@ -367,6 +367,9 @@ def test_informativeness_table_averages_over_runs(tmp_path):
     (["--seeds", "0", "-1"], "--seeds cannot be negative"),
     (["--parallel", "0"], "--parallel must be at least 1"),
     (["--parallel", "-1"], "--parallel must be at least 1"),
+    (["--threshold", "80"], "--threshold is a success rate above 0 and at most 1, not 80.0"),
+    (["--threshold", "0"], "--threshold is a success rate above 0 and at most 1"),
+    (["--threshold", "nan"], "--threshold is a success rate above 0 and at most 1"),
 ])
 def test_bad_arguments_are_usage_errors_before_anything_is_written(tmp_path, capsys, bad, reason):
     with pytest.raises(SystemExit) as exit_info:

@@ -168,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--parallel must be at least 1")
     if args.students_per_process < 0:
         p.error("--students-per-process must be >= 0")
+    if args.threshold is not None and not 0 < args.threshold <= 1:  # a success rate; NaN too
+        p.error(f"--threshold is a success rate above 0 and at most 1, not {args.threshold}")
     args.params = dict(args.params)
     if args.goal_cell is not None:
         if "maze_map" in args.env_kwargs:
