@@ -18,6 +18,7 @@ from rich.console import Console
 
 from teacher_service.launch.experiment import plots, runner, stats
 from tests.servers import processes_mentioning, wait_until
+from tests.student_helpers import REPO
 
 
 def write_csv(path, rows):
@@ -426,3 +427,13 @@ def test_help_says_each_default_once(tmp_path, capsys):
     # The URL of a service on an IPv6 address has it in brackets.
     args = runner.parse_args(["--service-host", "::1", "--out", str(tmp_path)])
     assert runner.Experiment(args).url.startswith("http://[::1]:")
+
+
+@pytest.mark.parametrize("experiment", sorted(path.parent.name for path in (REPO / "results").glob("*/experiment.json")))
+def test_the_committed_summaries_are_what_the_analysis_makes_of_the_committed_csvs(tmp_path, capsys, experiment):
+    """The committed summaries had drifted from the analysis (an older legend sentence; PointMaze's an older table,
+    whose unadjusted p-values the README quoted): `--analyze-only` on each committed experiment writes its
+    summary.md again, word for word."""
+    out = shutil.copytree(REPO / "results" / experiment, tmp_path / experiment)
+    runner.main(["--analyze-only", "--out", str(out)])
+    assert (out / "summary.md").read_text() == (REPO / "results" / experiment / "summary.md").read_text()
