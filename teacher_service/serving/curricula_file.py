@@ -64,7 +64,16 @@ def create_curricula(hub: TeacherHub, path: Path) -> list[wire.CurriculumInfo]:
         except ApiError as exc:  # unknown teacher, bad parameters, unknown environment...
             raise CurriculaFileError(f"curricula file {path}: curriculum {spec.name!r}: {exc.detail}") from exc
         stored_spec = wire.CurriculumCreate.model_validate(info.model_dump(include=set(wire.CurriculumCreate.model_fields)))
-        if stored_spec != hub.normalized(spec):
+        if not _same(stored_spec, spec):
             log.warning("curriculum %r exists with another spec than in %s; it is left as it is", spec.name, path)
         stored.append(info)
     return stored
+
+
+def _same(stored: wire.CurriculumCreate, given: wire.CurriculumCreate) -> bool:
+    """Whether the file's spec is the stored one, parameters compared as the teacher reads them (a curriculum stored
+    before they were stored that way has "4" where the file has 4)."""
+    try:
+        return TeacherHub.as_read(stored) == TeacherHub.as_read(given)
+    except (KeyError, pydantic.ValidationError):  # stored by a version whose teacher took other parameters
+        return False

@@ -213,14 +213,12 @@ class TeacherHub:
         return space, teacher
 
     @staticmethod
-    def _as_read(spec: wire.CurriculumCreate, teacher: Teacher) -> wire.CurriculumCreate:
-        # The parameters given, as the teacher read them ("2" as 2): what is stored, and what the curriculum shows.
-        params = teacher.params.model_dump(mode="json", exclude_unset=True)
-        return spec.model_copy(update={"teacher": spec.teacher.model_copy(update={"params": params})})
-
-    def normalized(self, spec: wire.CurriculumCreate) -> wire.CurriculumCreate:
-        """The spec as create_curriculum stores it; BadRequest if it is unusable."""
-        return self._as_read(spec, self.build(spec)[1])
+    def as_read(spec: wire.CurriculumCreate) -> wire.CurriculumCreate:
+        """The spec with the parameters given as its teacher reads them ("2" as 2): what is stored, and what the
+        curriculum shows. KeyError for an unknown algorithm, pydantic.ValidationError for parameters it refuses."""
+        params = REGISTRY[spec.teacher.algorithm].Params.model_validate(spec.teacher.params)
+        update = {"params": params.model_dump(mode="json", exclude_unset=True)}
+        return spec.model_copy(update={"teacher": spec.teacher.model_copy(update=update)})
 
     def create_curriculum(self, spec: wire.CurriculumCreate, exist_ok: bool = False) -> wire.CurriculumInfo:
         if spec.proposal_ttl_s is not None and spec.proposal_ttl_s < 1:
@@ -228,7 +226,7 @@ class TeacherHub:
             raise BadRequest("Input should be greater than or equal to 1 s: a proposal must outlive the answer that "
                              "carries it", loc=("body", "proposal_ttl_s"))
         space, teacher = self.build(spec)
-        spec = self._as_read(spec, teacher)
+        spec = self.as_read(spec)
         if problem := ambiguity(space):
             raise BadRequest(f"task_space: {problem}", loc=("body", "task_space"))
         if spec.target is not None:

@@ -129,9 +129,13 @@ def test_curricula_file_warns_of_a_changed_spec_only(tmp_path, caplog):
         (info,) = create_curricula(hub, path)
         assert info.teacher.params == {"batch_size": 20}
     assert "exists with another spec" not in caplog.text
+    with engine.begin() as conn:  # as a version that stored the parameters as given did
+        conn.exec_driver_sql("""UPDATE curricula SET spec = json_set(spec, '$.teacher.params.batch_size', '20')""")
+    (info,) = create_curricula(hub, path)
+    assert info.teacher.params == {"batch_size": "20"} and "exists with another spec" not in caplog.text
     path.write_text(entry % "{batch_size: 30}")
     (info,) = create_curricula(hub, path)
-    assert info.teacher.params == {"batch_size": 20} and "curriculum 'a' exists with another spec" in caplog.text
+    assert info.teacher.params == {"batch_size": "20"} and "curriculum 'a' exists with another spec" in caplog.text
 
 
 @pytest.mark.parametrize(
