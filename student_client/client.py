@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 import httpx
@@ -85,16 +86,19 @@ def _retry_after_s(response: httpx.Response) -> float:
     return seconds if 0 <= seconds < float("inf") else 0.0
 
 
-def _unavailable(exc: httpx.TransportError) -> TeacherError:
+def _unavailable(exc: httpx.TransportError, answered_before: bool) -> TeacherError:
     """The error of a request that got no answer: `TeacherUnavailableError` (retried; a session trains on env-default
     tasks meanwhile), unless TLS says that the URL or the trust cannot work, which no retry mends: an https URL for a
-    service that speaks plain HTTP, a certificate not trusted here."""
+    service that speaks plain HTTP, a certificate not trusted here. A certificate refused after the service has
+    answered (`answered_before`) was trusted then: it expired or was replaced, an outage until it is renewed, not the
+    end of a long run."""
     cause = exc.__cause__
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, ssl.SSLCertVerificationError):
-        return TeacherError(None, f"TLS: {cause.verify_message or cause}: the service's certificate is not trusted here "
-                                  "(SSL_CERT_FILE names the bundle httpx trusts)")
+        error = TeacherUnavailableError if answered_before else TeacherError
+        return error(None, f"TLS: {cause.verify_message or cause}: the service's certificate is not trusted here "
+                           "(SSL_CERT_FILE names the bundle httpx trusts)")
     if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
         return TeacherError(None, "TLS: the service answered in plain HTTP: use an http:// URL, not https://")
     return TeacherUnavailableError(None, repr(exc))
@@ -274,6 +278,14 @@ def _answering(status: int | None) -> bool:
     return status is not None and status not in (502, 503, 504)
 
 
+@dataclass
+class _Learnt:
+    """What a client learns of its service, shared with its `once()` copies: a limit one of them meets holds for all."""
+
+    batch_items: int
+    answered: bool = False  # the service has answered a call (through TLS: its certificate was trusted then)
+
+
 class _Base:
     def __init__(self, url: str | None, token: str | None, timeout_s: float, attempts: int,
                  max_backoff_s: float, batch_items: int, batch_bytes: int) -> None:
@@ -282,9 +294,7 @@ class _Base:
         if batch_items < 1 or batch_bytes < 1024:
             raise ValueError(f"batch_items must be at least 1 and batch_bytes at least 1024, not {batch_items} and "
                              f"{batch_bytes}")
-        # Items per batch call, at most the service's TEACHER_MAX_BATCH_ITEMS; in a list that `once()`'s copies share,
-        # so that a limit one of them learns from the service holds for all.
-        self._batch_items = [batch_items]
+        self._learnt = _Learnt(batch_items)  # shared with `once()`'s copies
         self.batch_bytes = batch_bytes  # JSON bytes per batch call; at most its TEACHER_MAX_BATCH_BODY_BYTES
         self.url = _checked_url(url or os.environ.get("TEACHER_URL") or DEFAULT_URL)
         token = token if token is not None else os.environ.get("TEACHER_TOKEN")
@@ -295,11 +305,12 @@ class _Base:
 
     @property
     def batch_items(self) -> int:
-        return self._batch_items[0]
+        """Items per batch call; at most the service's TEACHER_MAX_BATCH_ITEMS, which the client learns from it."""
+        return self._learnt.batch_items
 
     @batch_items.setter
     def batch_items(self, items: int) -> None:
-        self._batch_items[0] = items
+        self._learnt.batch_items = items
 
     def once(self) -> Self:
         """This client with one attempt per call, no retries, on the same connections: for callers that have an outage
@@ -330,7 +341,8 @@ class TeacherClient(_Base):
                 try:
                     response = self._http.request(method, path, json=_body(body))
                 except httpx.TransportError as exc:
-                    raise _unavailable(exc) from exc
+                    raise _unavailable(exc, self._learnt.answered) from exc
+                self._learnt.answered = True
                 _raise_for_status(response)
         return _parse(response, model)
 
@@ -450,7 +462,8 @@ class AsyncTeacherClient(_Base):
                 try:
                     response = await self._http.request(method, path, json=_body(body))
                 except httpx.TransportError as exc:
-                    raise _unavailable(exc) from exc
+                    raise _unavailable(exc, self._learnt.answered) from exc
+                self._learnt.answered = True
                 _raise_for_status(response)
         return _parse(response, model)
 

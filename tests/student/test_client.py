@@ -1,10 +1,15 @@
 """TeacherClient and AsyncTeacherClient against a real service process."""
 
 import asyncio
+import contextlib
+import ipaddress
 import json
 import os
 import re
+import socket
 import sqlite3
+import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -83,13 +88,10 @@ def test_unreachable_teacher_raises_after_retries():
         assert err.value.status_code is None
 
 
-def self_signed_tls_server(tmp_path):
-    """A TLS server on a free port with a certificate that nothing trusts; returns its port and a list of the
-    connections it accepted."""
+def self_signed_certificate(directory, name: str = "cert") -> tuple:
+    """A key and a self-signed certificate for 127.0.0.1 (as IP address too, which verification checks), valid a
+    day, written to directory/<name>.pem and directory/<name>-key.pem; returns their paths."""
     import datetime
-    import socket
-    import ssl
-    import threading
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -97,16 +99,25 @@ def self_signed_tls_server(tmp_path):
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
             .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
+    paths = directory / f"{name}.pem", directory / f"{name}-key.pem"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def self_signed_tls_server(tmp_path):
+    """A TLS server on a free port with a certificate that nothing trusts; returns its port and a list of the
+    connections it accepted."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.load_cert_chain(*self_signed_certificate(tmp_path))
     listener = socket.create_server(("127.0.0.1", 0))
     accepted = []
 
@@ -121,6 +132,37 @@ def self_signed_tls_server(tmp_path):
 
     threading.Thread(target=serve, daemon=True).start()
     return listener.getsockname()[1], accepted
+
+
+def tls_proxy(context: ssl.SSLContext, target_port: int) -> tuple[int, list]:
+    """TLS in front of a plain HTTP service on `target_port`, with `context`'s certificate at each handshake; returns
+    its port and its open client connections."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections = []
+
+    def pump(source, sink):
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def serve():
+        while True:
+            conn, _ = listener.accept()
+            try:
+                client = context.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):  # the client refuses the certificate
+                conn.close()
+                continue
+            connections.append(client)
+            upstream = socket.create_connection(("127.0.0.1", target_port))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], connections
 
 
 @pytest.mark.parametrize("client_class", [TeacherClient, AsyncTeacherClient])
@@ -148,6 +190,63 @@ def test_tls_that_cannot_work_is_an_error_at_once_not_an_outage(service, tmp_pat
     assert "use an http:// URL, not https://" in str(error_of(service.url.replace("http://", "https://")))
     assert "the service's certificate is not trusted here" in str(error_of(f"https://127.0.0.1:{port}"))
     assert time.monotonic() - started < 1.0 and len(accepted) == 1  # no retries (their backoff: 0.1 s and more)
+
+
+@pytest.mark.parametrize("client_class", [TeacherClient, AsyncTeacherClient])
+def test_a_certificate_refused_after_the_service_answered_is_an_outage(service, tmp_path, monkeypatch, client_class):
+    """A certificate refused in mid-run (expired, or replaced by one not trusted here) stopped the students as one
+    refused at the start does, though it was trusted until then: now an outage (`TeacherUnavailableError`, the
+    session trains on env-default tasks meanwhile) once the service has answered, and the calls go through again
+    once the certificate is."""
+    create_curriculum(service, "cl")
+    trusted, untrusted = self_signed_certificate(tmp_path, "trusted"), self_signed_certificate(tmp_path, "other")
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted[0]))  # the bundle httpx trusts
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*trusted)
+    port, connections = tls_proxy(context, service.port)
+
+    def replace_certificate(paths) -> None:  # new handshakes get it; the open connections are closed
+        context.load_cert_chain(*paths)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    async def calls_async(client: AsyncTeacherClient, fresh: AsyncTeacherClient) -> list:
+        outcomes = [await client.propose("cl", "s")]
+        replace_certificate(untrusted)
+        for call in (client.propose("cl", "s"), client.once().propose("cl", "s"), fresh.propose("cl", "s")):
+            try:
+                await call
+            except TeacherError as exc:
+                outcomes.append(exc)
+        replace_certificate(trusted)
+        return [*outcomes, await client.propose("cl", "s")]
+
+    def calls(client: TeacherClient, fresh: TeacherClient) -> list:
+        outcomes = [client.propose("cl", "s")]
+        replace_certificate(untrusted)
+        for call in (client.propose, client.once().propose, fresh.propose):
+            with pytest.raises(TeacherError) as raised:
+                call("cl", "s")
+            outcomes.append(raised.value)
+        replace_certificate(trusted)
+        return [*outcomes, client.propose("cl", "s")]
+
+    url, options = f"https://127.0.0.1:{port}", {"token": service.student_token, "attempts": 2, "max_backoff_s": 0.1}
+    if client_class is AsyncTeacherClient:
+        async def main():
+            async with AsyncTeacherClient(url, **options) as client, AsyncTeacherClient(url, **options) as fresh:
+                return await calls_async(client, fresh)
+
+        first, later, later_once, fresh_error, after = asyncio.run(main())
+    else:
+        with TeacherClient(url, **options) as client, TeacherClient(url, **options) as fresh:
+            first, later, later_once, fresh_error, after = calls(client, fresh)
+    assert first.student_id == after.student_id == "s"
+    assert isinstance(later, TeacherUnavailableError) and isinstance(later_once, TeacherUnavailableError)
+    assert "the service's certificate is not trusted here" in str(later)
+    # A client that the service never answered: refused at once, as before (the URL or the trust is wrong).
+    assert type(fresh_error) is TeacherError and "the service's certificate is not trusted here" in str(fresh_error)
 
 
 @pytest.mark.parametrize("client_class", [TeacherClient, AsyncTeacherClient])
