@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     # The cyclic garbage collector ran a full collection about once a second under batch load, each ~170 ms with
     # the GIL held: it scans every object (torch, sklearn and the rest: ~470,000), and its young collections, every
     # 700 allocations, promoted the objects of the requests in flight until the old ones had grown by a quarter.
-    # Young collections now wait for 50,000 allocations, and start-up's objects are out of the scans (README "Scale").
+    # Young collections now wait for 50,000 allocations, and start-up's objects are out of the scans
+    # (docs/scale-history.md).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 10, 10)

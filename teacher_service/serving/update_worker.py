@@ -2,7 +2,7 @@
 
 The service's threads (event loop, writer, updater) share one GIL. Under saturation the event loop and the
 writer held it, and a REINFORCE update (5 to 8 ms of CPU) took 80 to 100 ms: the updater applied 5 to 8 updates/s
-while the students numbered 60 (README "Scale"). Here the worker keeps its own copy of each curriculum's teacher
+while the students numbered 60 (docs/scale-history.md). Here the worker keeps its own copy of each curriculum's teacher
 (the learner), updates it with a round of batches and sends the new checkpoint back; the updater (updater.py)
 loads that into a spare teacher (0.7 to 1.4 ms of CPU for REINFORCE) and swaps it in. The worker is a spawned
 process that imports torch and the teachers itself (3 s of CPU here, 8 to 14 s of wall time on a busy machine),

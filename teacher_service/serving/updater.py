@@ -284,7 +284,7 @@ class Updater:
 
     def _next_round(self, cursor: Any, runtime: Any, stored: int) -> UpdateJob | None:
         """The batches numbered after version `stored`, up to MAX_ROUND of them: a saturated service numbers them
-        faster than it could store them one transaction each (README "Scale"). None if there are none."""
+        faster than it could store them one transaction each (docs/scale-history.md). None if there are none."""
         driver = self.hub.driver
         (numbered,) = driver.one(cursor, "last_scheduled", {"curriculum_id": runtime.curriculum_id})
         batches = []

@@ -35,7 +35,7 @@ class RequestThreads:
     work (`run_in_writer`, Gatherer), so that the writer's queue stays as short as when threads did that work.
 
     asyncio's own executor and semaphore: anyio's `to_thread` and capacity limiter, which FastAPI's sync routes
-    use, cost the event loop about 30 us more per request (README "Scale").
+    use, cost the event loop about 30 us more per request (docs/scale-history.md).
 
     Load shedding: a request that has waited `max_wait_s` for its turn (TEACHER_MAX_QUEUE_WAIT_S) is answered 503
     (`Overloaded`) without being run: where the service's queue grows (a stalled database, more students than it
@@ -165,7 +165,7 @@ class Gatherer:
     """Runs the single requests of one verb through the hub's batch work: those that arrive while a group runs
     wait, and go together as the next group (in arrival order, up to TEACHER_MAX_BATCH_ITEMS), each answered with
     its own item's result or error. Under load a single propose or report then costs the hub about what an item
-    of a batch does, a fraction of a call of its own (README "Scale"); one alone is a group of one.
+    of a batch does, a fraction of a call of its own (docs/scale-history.md); one alone is a group of one.
 
     One chain of groups per verb: a request that arrives while none runs starts it. Each group takes a request
     thread's slot in turn with the other routes (so none of them waits for the chain to end), hands its items to the

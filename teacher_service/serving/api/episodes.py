@@ -72,7 +72,7 @@ async def run_batch(request: Request, items: list[Any], model: type[M],
     """A batch verb: its items validated one by one, the valid ones through the hub's batch work (`start`), which the
     writer thread does whole, deciding proposals included, so the event loop hands it over and awaits it
     (api/deps.py `run_in_writer`). A request thread that waited for the writer cost more: in alternating runs of
-    batches of 64, 3 to 14% fewer episodes/s for the reports, 0 to 23% for the proposals (README "Scale")."""
+    batches of 64, 3 to 14% fewer episodes/s for the reports, 0 to 23% for the proposals (docs/scale-history.md)."""
     hub: TeacherHub = request.app.state.hub
     parsed = parse_items(hub, items, model)
     todo = [p for p in parsed if not isinstance(p, wire.ItemError)]

@@ -1,5 +1,5 @@
 """The students' routes parse request bodies with orjson: under batch load the json module's parsing was a
-visible share of the service's time (README "Scale"). What orjson refuses goes to the json module, as it did
+visible share of the service's time (docs/scale-history.md). What orjson refuses goes to the json module, as it did
 before: NaN, Infinity and 1e999 (which the schemas then refuse field by field), lone surrogates (which pydantic
 refuses in a string field) and invalid JSON. Those routes take no free-form JSON, so orjson's one other difference,
 an integer beyond 64 bits read as a float, meets the same bounds as the integer would."""
