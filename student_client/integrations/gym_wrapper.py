@@ -142,7 +142,9 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self._reset_episode()
 
     def _reset_episode(self) -> None:
-        self._return, self._steps, self._success = 0.0, 0, False
+        # success stays None (not measured) unless the env's infos carry it: reported False, an env without the notion
+        # would fail every task for a teacher rewarded with success.
+        self._return, self._steps, self._success = 0.0, 0, None
 
     def _updates(self) -> int:
         return sum(acc.updates for acc in self.tracker.groups.values())
@@ -183,7 +185,8 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._return += float(reward)
         self._steps += 1
-        self._success |= bool(info.get("success", False))
+        if "success" in info:
+            self._success = bool(self._success) or bool(info["success"])
         if terminated or truncated:
             self.session.ended(self._proposal, self._return)  # the next proposal's context, report or not
             self._ended = (self._proposal, self._measures())

@@ -156,6 +156,27 @@ def test_stopped_and_abandoned_episodes_reward_no_teacher(shared):
     assert all((it["reward"] is None) == ("outcome" in it["signals"]) for it in items)
 
 
+def test_success_is_reported_only_by_an_env_that_measures_it(shared):
+    """CartPole's infos have no "success": its episodes report none, not a failure that a teacher rewarded with
+    success (learnability) would learn from; a maze's episodes report theirs."""
+    with shared.client() as http:
+        spec = {"name": "no-success", "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]},
+                "teacher": {"algorithm": "learnability"}, "reward_signal": "success"}
+        assert http.post("/curricula", json=spec).status_code == 201
+    client = TeacherClient(shared.url, shared.student_token, timeout_s=5, attempts=2, max_backoff_s=0.2)
+    cartpole = TeacherCurriculumWrapper(gym.make("CartPole-v1"), client, "no-success", "cp-0")
+    run_episodes(cartpole, 2)
+    cartpole.close()
+    items = [item for item in history(shared, "no-success") if "outcome" not in item["signals"]]
+    assert len(items) == 2
+    assert all(item["signals"]["success"] is None and item["reward"] is None for item in items)
+    create_curriculum(shared, "with-success")
+    maze = wrapper(shared, "with-success", "m-0", 5)
+    run_episodes(maze, 1)
+    maze.close()
+    assert history(shared, "with-success")[0]["signals"]["success"] is False
+
+
 def test_the_next_proposal_carries_the_finished_episodes_return_and_task(shared):
     create_curriculum(shared, "context")
     env = wrapper(shared, "context", "c-0", 10)
