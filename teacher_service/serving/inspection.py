@@ -368,21 +368,25 @@ class Inspector:
                 .order_by(TeacherUpdate.version.desc())
                 .limit(1)
             ).first()
-            count, mean, mean_sq, low, high = session.execute(
+            mine = Proposal.curriculum_id == row.id
+            # The variance about the mean, two passes: avg(x * x) - avg(x)^2 cancels for large, nearly equal rewards.
+            mean_reward = select(func.avg(Proposal.reward)).where(mine).scalar_subquery()
+            deviation = Proposal.reward - mean_reward
+            count, mean, variance, low, high = session.execute(
                 select(
                     func.count(Proposal.reward),
                     func.avg(Proposal.reward),
-                    func.avg(Proposal.reward * Proposal.reward),
+                    func.avg(deviation * deviation),
                     func.min(Proposal.reward),
                     func.max(Proposal.reward),
-                ).where(Proposal.curriculum_id == row.id)
+                ).where(mine)
             ).one()
             last_update = None
             if last is not None:
                 # The distribution itself is in `state` and under /distribution; here only the numbers.
                 numbers = {k: v for k, v in last.stats.items() if k not in ("probabilities", "mean", "std")}
                 last_update = {"version": last.version, "at": iso(last.created_at), **numbers}
-            std = math.sqrt(max(number(mean_sq) - number(mean) ** 2, 0.0)) if count else None
+            std = math.sqrt(number(variance)) if count else None
             return {
                 "curriculum": name,
                 "algorithm": row.spec["teacher"]["algorithm"],
