@@ -218,6 +218,26 @@ def test_sb3_dummy_vec_env_credits_each_update_to_its_episodes(shared):
         assert stopped["outcome"] == "stopped" and stopped["grad_updates"] == stopped["env_steps"]
 
 
+def test_sb3_training_in_several_learn_calls_credits_every_update(shared):
+    """learn() again with reset_num_timesteps=False goes on with the running episode; the callback attaches its
+    probes at each start, which dropped the updates the episode had before (20 updates reported as 10)."""
+    from stable_baselines3 import SAC
+
+    from student_client.integrations.sb3 import GradNormCallback
+
+    create_curriculum(shared, "sb3-chunks")
+    env = wrapper(shared, "sb3-chunks", "chunks-0", 20)
+    model = SAC("MultiInputPolicy", env, learning_starts=5, batch_size=16, policy_kwargs={"net_arch": [16]}, seed=0)
+    callback = GradNormCallback(env.tracker, local_signals=False)
+    model.learn(30, callback=callback)  # the second episode is halfway through
+    model.learn(30, callback=callback, reset_num_timesteps=False)
+    env.close()
+    first, *completed, abandoned = reports(shared, "sb3-chunks")["chunks-0"]
+    assert (first["env_steps"], first["grad_updates"]) == (20, 15)  # updates follow steps 6 to 20
+    assert [(s["env_steps"], s["grad_updates"]) for s in completed] == [(20, 20), (20, 20)]
+    assert abandoned["outcome"] == "abandoned"  # the proposal of the reset after the last step
+
+
 def make_wrapper(url: str, token: str, curriculum: str, student_id: str, steps: int) -> TeacherCurriculumWrapper:
     """For envs built in another process: only plain values cross the process boundary."""
     client = TeacherClient(url, token, timeout_s=5, attempts=2, max_backoff_s=0.2)
