@@ -272,6 +272,27 @@ def test_async_vector_env_credits_updates_made_in_the_learners_process(shared):
     assert_exact_credit(reports(shared, "async"), "a", lengths)
 
 
+def test_async_vector_env_without_autoreset_credits_updates_across_partial_resets(shared):
+    """Autoreset disabled, the trainer resets the ended sub-environments itself (`reset_mask`): the others' episodes
+    go on, and keep their updates (the reset delivered their statistics so far, which their end then replaced:
+    a 30-step episode reported 10 updates)."""
+    create_curriculum(shared, "async-masked")
+    lengths = (30, 20)
+    envs = RemoteGradCreditVectorEnv(gym.vector.AsyncVectorEnv([
+        lambda i=i, url=shared.url, token=shared.student_token: make_wrapper(url, token, "async-masked", f"m-{i}",
+                                                                              lengths[i])
+        for i in range(2)], autoreset_mode=AutoresetMode.DISABLED))
+    learner = Learner(envs.credit.trackers)
+    envs.reset(seed=0)
+    for _ in range(95):
+        _, _, terminated, truncated, _ = envs.step(envs.action_space.sample())
+        learner.update()
+        if (ended := terminated | truncated).any():
+            envs.reset(options={"reset_mask": ended})
+    envs.close()
+    assert_exact_credit(reports(shared, "async-masked"), "m", lengths)
+
+
 def test_sb3_subproc_vec_env_credits_updates_made_in_the_learners_process(shared):
     pytest.importorskip("stable_baselines3")
     from stable_baselines3 import SAC
