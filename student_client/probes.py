@@ -86,14 +86,19 @@ class GradNormTracker:
 
     def __init__(self) -> None:
         self.groups: dict[str, GradNormAccumulator] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: dict[str, torch.utils.hooks.RemovableHandle] = {}
 
     def attach(self, optimizer: torch.optim.Optimizer, name: str) -> None:
-        """Record every step of ``optimizer`` under ``name`` (e.g. "actor", "critic")."""
+        """Record every step of ``optimizer`` under ``name`` (e.g. "actor", "critic"). Attached again to the same
+        parameters (the SB3 callback does at each ``learn()``), the running episode keeps the updates recorded so
+        far."""
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        acc = GradNormAccumulator(params)
-        self.groups[name] = acc
-        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: acc.record()))
+        acc = self.groups.get(name)
+        if acc is None or [id(p) for p in acc.params] != [id(p) for p in params if p.requires_grad]:
+            acc = self.groups[name] = GradNormAccumulator(params)
+        if name in self._handles:  # one hook per name: a learn() that raised left its hook
+            self._handles.pop(name).remove()
+        self._handles[name] = optimizer.register_step_pre_hook(lambda opt, args, kwargs: acc.record())
 
     def attach_module(self, module: torch.nn.Module, name: str) -> GradNormAccumulator:
         """Track ``module``'s parameters; the caller marks each update with ``record()`` on the result."""
@@ -107,6 +112,6 @@ class GradNormTracker:
 
     def detach(self) -> None:
         """Remove the optimizer hooks."""
-        for handle in self._handles:
+        for handle in self._handles.values():
             handle.remove()
         self._handles.clear()

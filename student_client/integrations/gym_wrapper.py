@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from student_client.client import TeacherClient
 from student_client.envs import reset_options, verify_reset
@@ -51,7 +52,8 @@ class RemoteGradCredit:
     ``deliver(list of stats or None, one per sub-environment)``.
 
     Call ``before_step()`` before each vector step, ``after_step(dones)`` after it and ``flush()`` before a
-    reset or close of the vector env (`RemoteGradCreditVectorEnv` and SB3's `RemoteGradCreditVecEnv` do).
+    reset (``flush(envs)`` before a partial one) or close of the vector env (`RemoteGradCreditVectorEnv` and
+    SB3's `RemoteGradCreditVecEnv` do).
     A sub-environment whose episode ended gets its statistics before its next step, after the update that
     followed the last step; with next-step autoreset it also gets, one step later, the update that followed
     the autoreset step, which its wrapper drops. Exact when the learner updates after every vector step.
@@ -79,9 +81,12 @@ class RemoteGradCredit:
         self._due = ended | self._autoresetting
         self._autoresetting = ended if self.next_step_autoreset else set()
 
-    def flush(self) -> None:
-        self._send(set(range(len(self.trackers))))
-        self._due, self._autoresetting = set(), set()
+    def flush(self, envs: set[int] | None = None) -> None:
+        """Send the statistics of the sub-environments about to be reset (all by default): their episodes end here."""
+        envs = set(range(len(self.trackers))) if envs is None else envs
+        self._send(envs)
+        self._due -= envs
+        self._autoresetting -= envs
 
     def _send(self, envs: set[int]) -> None:
         stats = [self.trackers[i].pop() if i in envs else None for i in range(len(self.trackers))]
@@ -105,7 +110,10 @@ class RemoteGradCreditVectorEnv(gym.vector.VectorWrapper):
         return result
 
     def reset(self, **kwargs: Any) -> tuple:
-        self.credit.flush()
+        # A partial reset (`reset_mask`, autoreset disabled) ends only the masked envs' episodes: the others' statistics
+        # sent now would be overwritten by those their wrappers get at their episodes' end.
+        mask = (kwargs.get("options") or {}).get("reset_mask")
+        self.credit.flush(None if mask is None else {int(i) for i in np.flatnonzero(mask)})
         return self.env.reset(**kwargs)
 
     def close(self, **kwargs: Any) -> None:
@@ -142,7 +150,9 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         self._reset_episode()
 
     def _reset_episode(self) -> None:
-        self._return, self._steps, self._success = 0.0, 0, False
+        # success stays None (not measured) unless the env's infos carry it: reported False, an env without the notion
+        # would fail every task for a teacher rewarded with success.
+        self._return, self._steps, self._success = 0.0, 0, None
 
     def _updates(self) -> int:
         return sum(acc.updates for acc in self.tracker.groups.values())
@@ -183,7 +193,8 @@ class TeacherCurriculumWrapper(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._return += float(reward)
         self._steps += 1
-        self._success |= bool(info.get("success", False))
+        if "success" in info:
+            self._success = bool(self._success) or bool(info["success"])
         if terminated or truncated:
             self.session.ended(self._proposal, self._return)  # the next proposal's context, report or not
             self._ended = (self._proposal, self._measures())

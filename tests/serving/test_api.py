@@ -572,3 +572,21 @@ def test_a_return_alone_is_the_context_the_teacher_sees(service):
     assert observation[given.json()["proposal_id"]] == pytest.approx([math.log1p(5.0), 1.0, 0.0])
     last_task = first["task"]["index"] / 5 * 2 - 1  # the reported task's value (0..5) scaled to [-1, 1]
     assert observation[looked_up["proposal_id"]] == pytest.approx([math.log1p(100.0), 1.0, last_task])
+
+
+def test_a_curriculum_of_the_largest_discrete_space_can_be_created(service):
+    """The schema takes 10,000 discrete tasks, each with its reset options; such a spec is far above the students'
+    64 KiB body limit, which refused every discrete space of a few thousand tasks with 413."""
+    client = service.client()
+    tasks = [{"name": f"task-{i:05d}", "reset_options": {"reset_cell": [i // 100, i % 100], "goal_cell": [0, 0]}}
+             for i in range(10_000)]
+    body = {"name": "big", "task_space": {"kind": "discrete", "tasks": tasks}, "teacher": {"algorithm": "exp3"},
+            "reward_signal": "episode_return"}
+    assert len(json.dumps(body)) > 10 * 64 * 1024
+    response = client.post("/curricula", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["task_space_summary"]["size"] == 10_000
+    proposal = propose(client, "big")
+    assert proposal["reset_options"] == tasks[proposal["task"]["index"]]["reset_options"]
+    # The students' verbs keep their small limit.
+    assert client.post("/report", json={"pad": "x" * 70_000}).status_code == 413

@@ -115,3 +115,16 @@ def test_updates_maze_shortest_paths_and_finished_students(client, tmp_path):
     assert students["s3"]["active"] and not students["s3"]["finished"]
     # The window is a query parameter: with a tiny one nobody is active.
     assert client.get("/curricula/a/students", params={"active_within_s": 1e-6}).json()["active"] == 0
+
+
+def test_compare_band_of_equal_evaluations_has_no_spread(client):
+    """Three students evaluated alike: a std of 0, not what avg(x * x) - avg(x)^2 leaves of large returns (16.0 for
+    returns of 1e9) or of success rates (1e-8)."""
+    body = {"curriculum": "b", "env_steps": 7_000, "episodes": 5, "success_rate": 0.7, "mean_return": 1e9 + 0.3}
+    for student in ("s1", "s2", "s3"):
+        assert client.post("/evaluations", json={**body, "student_id": student}).status_code == 201
+    for metric, value in (("mean_return", 1e9 + 0.3), ("success_rate", 0.7)):
+        curve = client.get("/compare", params={"curricula": "b", "metric": metric}).json()["curves"][0]
+        at = curve["env_steps"].index(7_000)
+        assert curve["students"][at] == 3 and curve["mean"][at] == pytest.approx(value)
+        assert curve["std"][at] == pytest.approx(0.0, abs=1e-6)

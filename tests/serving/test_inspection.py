@@ -196,6 +196,20 @@ def test_teacher(data):
     assert math.isclose(rewards["std"], math.sqrt(8.25))
 
 
+def test_teacher_reward_std_of_equal_rewards_is_zero(data):
+    """Equal large rewards have no spread; avg(x * x) - avg(x)^2 left one of several units."""
+    service, client = data
+    admin = service.client()
+    create(admin, "equal-rewards", MAZE)
+    for _ in range(3):
+        proposal = propose(admin, "equal-rewards")
+        body = {"proposal_id": proposal["proposal_id"], "student_id": "s1", "signals": {"grad_norm_mean": 1e9 + 0.3}}
+        assert admin.post("/report", json=body).status_code == 200
+    rewards = client.get("/curricula/equal-rewards/teacher").json()["rewards"]
+    assert rewards["count"] == 3 and rewards["mean"] == pytest.approx(1e9 + 0.3)
+    assert rewards["std"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_signals_in_windows(data):
     _, client = data
     body = client.get("/curricula/maze/signals", params={"every": 4}).json()

@@ -156,6 +156,27 @@ def test_stopped_and_abandoned_episodes_reward_no_teacher(shared):
     assert all((it["reward"] is None) == ("outcome" in it["signals"]) for it in items)
 
 
+def test_success_is_reported_only_by_an_env_that_measures_it(shared):
+    """CartPole's infos have no "success": its episodes report none, not a failure that a teacher rewarded with
+    success (learnability) would learn from; a maze's episodes report theirs."""
+    with shared.client() as http:
+        spec = {"name": "no-success", "task_space": {"kind": "discrete", "tasks": [{"name": "a"}, {"name": "b"}]},
+                "teacher": {"algorithm": "learnability"}, "reward_signal": "success"}
+        assert http.post("/curricula", json=spec).status_code == 201
+    client = TeacherClient(shared.url, shared.student_token, timeout_s=5, attempts=2, max_backoff_s=0.2)
+    cartpole = TeacherCurriculumWrapper(gym.make("CartPole-v1"), client, "no-success", "cp-0")
+    run_episodes(cartpole, 2)
+    cartpole.close()
+    items = [item for item in history(shared, "no-success") if "outcome" not in item["signals"]]
+    assert len(items) == 2
+    assert all(item["signals"]["success"] is None and item["reward"] is None for item in items)
+    create_curriculum(shared, "with-success")
+    maze = wrapper(shared, "with-success", "m-0", 5)
+    run_episodes(maze, 1)
+    maze.close()
+    assert history(shared, "with-success")[0]["signals"]["success"] is False
+
+
 def test_the_next_proposal_carries_the_finished_episodes_return_and_task(shared):
     create_curriculum(shared, "context")
     env = wrapper(shared, "context", "c-0", 10)
@@ -197,6 +218,26 @@ def test_sb3_dummy_vec_env_credits_each_update_to_its_episodes(shared):
         assert stopped["outcome"] == "stopped" and stopped["grad_updates"] == stopped["env_steps"]
 
 
+def test_sb3_training_in_several_learn_calls_credits_every_update(shared):
+    """learn() again with reset_num_timesteps=False goes on with the running episode; the callback attaches its
+    probes at each start, which dropped the updates the episode had before (20 updates reported as 10)."""
+    from stable_baselines3 import SAC
+
+    from student_client.integrations.sb3 import GradNormCallback
+
+    create_curriculum(shared, "sb3-chunks")
+    env = wrapper(shared, "sb3-chunks", "chunks-0", 20)
+    model = SAC("MultiInputPolicy", env, learning_starts=5, batch_size=16, policy_kwargs={"net_arch": [16]}, seed=0)
+    callback = GradNormCallback(env.tracker, local_signals=False)
+    model.learn(30, callback=callback)  # the second episode is halfway through
+    model.learn(30, callback=callback, reset_num_timesteps=False)
+    env.close()
+    first, *completed, abandoned = reports(shared, "sb3-chunks")["chunks-0"]
+    assert (first["env_steps"], first["grad_updates"]) == (20, 15)  # updates follow steps 6 to 20
+    assert [(s["env_steps"], s["grad_updates"]) for s in completed] == [(20, 20), (20, 20)]
+    assert abandoned["outcome"] == "abandoned"  # the proposal of the reset after the last step
+
+
 def make_wrapper(url: str, token: str, curriculum: str, student_id: str, steps: int) -> TeacherCurriculumWrapper:
     """For envs built in another process: only plain values cross the process boundary."""
     client = TeacherClient(url, token, timeout_s=5, attempts=2, max_backoff_s=0.2)
@@ -229,6 +270,27 @@ def test_async_vector_env_credits_updates_made_in_the_learners_process(shared):
         learner.update()
     envs.close()
     assert_exact_credit(reports(shared, "async"), "a", lengths)
+
+
+def test_async_vector_env_without_autoreset_credits_updates_across_partial_resets(shared):
+    """Autoreset disabled, the trainer resets the ended sub-environments itself (`reset_mask`): the others' episodes
+    go on, and keep their updates (the reset delivered their statistics so far, which their end then replaced:
+    a 30-step episode reported 10 updates)."""
+    create_curriculum(shared, "async-masked")
+    lengths = (30, 20)
+    envs = RemoteGradCreditVectorEnv(gym.vector.AsyncVectorEnv([
+        lambda i=i, url=shared.url, token=shared.student_token: make_wrapper(url, token, "async-masked", f"m-{i}",
+                                                                              lengths[i])
+        for i in range(2)], autoreset_mode=AutoresetMode.DISABLED))
+    learner = Learner(envs.credit.trackers)
+    envs.reset(seed=0)
+    for _ in range(95):
+        _, _, terminated, truncated, _ = envs.step(envs.action_space.sample())
+        learner.update()
+        if (ended := terminated | truncated).any():
+            envs.reset(options={"reset_mask": ended})
+    envs.close()
+    assert_exact_credit(reports(shared, "async-masked"), "m", lengths)
 
 
 def test_sb3_subproc_vec_env_credits_updates_made_in_the_learners_process(shared):

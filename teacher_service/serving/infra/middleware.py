@@ -9,8 +9,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimit:
-    """Answers 413 to a body over `max_bytes` (`batch_max_bytes` for paths ending in /batch), whether it
-    announces its length or is chunked, 415 to a compressed one (`Content-Encoding: gzip`), which the JSON
+    """Answers 413 to a body over `max_bytes` (`batch_max_bytes` for paths ending in /batch and for /curricula),
+    whether it announces its length or is chunked, 415 to a compressed one (`Content-Encoding: gzip`), which the JSON
     parser would otherwise call malformed (400), and 408 to one of which nothing more comes for `idle_s`, closing
     its connection: uvicorn has no such limit, so a client that announced a longer body than it sent held its
     connection (and a request) open for ever."""
@@ -25,7 +25,10 @@ class BodySizeLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        limit = self.batch_max_bytes if scope["path"].endswith("/batch") else self.max_bytes
+        # A curriculum's spec may hold up to 10,000 discrete tasks and 1,000 target tasks (wire.py): far more than the
+        # students' small bodies, which is what `max_bytes` is sized for.
+        large = scope["path"].endswith(("/batch", "/curricula"))
+        limit = self.batch_max_bytes if large else self.max_bytes
         codings = [value.strip().lower() for name, value in scope["headers"] if name == b"content-encoding"]
         coding = next((c for c in codings if c not in (b"identity", b"")), None)  # every header, not the last one
         if coding is not None:
