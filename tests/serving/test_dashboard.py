@@ -311,3 +311,19 @@ def test_refreshes_are_spaced_by_what_they_cost(service, open_page):
     took = min(float(first["refreshMs"]), float(last["refreshMs"]))
     assert int(last["refreshes"]) - int(first["refreshes"]) <= 2000 / (5 * took) + 1, (first, last)
     assert ", next in" in page.text_content("#status") and errors == []
+
+
+def test_a_service_without_tokens_needs_none_on_the_page(tmp_path, open_page):
+    """A service run with --insecure prints a link without a token, and has none to give: the page asked for one
+    all the same (saying it was in tokens.json, which such a service never writes). It now shows the service."""
+    proc = ServiceProcess(tmp_path, extra_env={"TEACHER_INSECURE": "true"}).start()
+    try:
+        create(proc.client(), "open", MAZE)
+        link = re.search(r"Dashboard: (\S+)", proc.log_path.read_text()).group(1)
+        assert link == f"{proc.url}/"
+        page, errors = open_page(link)
+        refreshed(page)
+        assert page.is_hidden("#token-form") and page.text_content("#status").startswith("updated")
+        assert page.evaluate("document.body.dataset.curriculum") == "open" and errors == []
+    finally:
+        proc.stop()
