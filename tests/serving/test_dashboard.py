@@ -19,7 +19,7 @@ from PIL import Image, ImageStat
 
 from teacher_service import wire
 from tests.servers import ServiceProcess, wait_until
-from tests.serving.test_api import MAZE, create, propose
+from tests.serving.test_api import MAZE, TASKS, create, propose
 from tests.serving.test_inspection import ADROIT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -325,5 +325,34 @@ def test_a_service_without_tokens_needs_none_on_the_page(tmp_path, open_page):
         refreshed(page)
         assert page.is_hidden("#token-form") and page.text_content("#status").startswith("updated")
         assert page.evaluate("document.body.dataset.curriculum") == "open" and errors == []
+    finally:
+        proc.stop()
+
+
+def test_more_curricula_than_one_compare_takes(tmp_path, open_page):
+    """/compare takes 16 curricula; the page ticks all of them by default and asked for all in one call: with 17 the
+    422 stopped every refresh, and nothing of any curriculum was shown. The page now asks 16 at a time."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        names = [f"c{i:02d}" for i in range(17)]
+        for name in names:
+            body = {"name": name, "task_space": TASKS, "teacher": {"algorithm": "random"}}
+            assert client.post("/curricula", json=body).status_code == 201
+        for name, steps in (("c00", 1000), ("c16", 2000)):  # one in each call
+            body = {"curriculum": name, "student_id": "s1", "env_steps": steps, "episodes": 4, "success_rate": 0.5,
+                    "mean_return": 1.0}
+            assert client.post("/evaluations", json=body).status_code == 201
+        page, errors = open_page(f"{proc.url}/?curriculum=c16#token={proc.student_token}")
+        refreshed(page)
+        assert page.text_content("#status").startswith("updated") and page.get_attribute("#chart-success", "data-points") == "1"
+        series = page.get_attribute("#chart-compare", "data-series").split("\n")
+        assert [s.split(" ")[0] for s in series] == names and page.get_attribute("#chart-compare", "data-points") == "2"
+        with page.expect_download() as download:
+            page.click("#compare-csv")
+        rows = Path(download.value.path()).read_text().splitlines()
+        assert rows[0].startswith("curriculum,") and [r.split(",")[:3] for r in rows[1:]] == [
+            ["c00", "random", "1000"], ["c16", "random", "2000"]]
+        assert errors == []
     finally:
         proc.stop()
