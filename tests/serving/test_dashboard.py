@@ -356,3 +356,23 @@ def test_more_curricula_than_one_compare_takes(tmp_path, open_page):
         assert errors == []
     finally:
         proc.stop()
+
+
+def test_a_curriculum_created_again_under_its_name_is_shown_afresh(service, open_page):
+    """The page kept a curriculum's teacher updates (and Adroit proposals) by name, reading only versions after the last
+    it had: deleted and created again while the page was open, the new curriculum showed the old one's updates and
+    none of its own. They are now kept by name and creation time."""
+    client = service.client()
+    create(client, "again", MAZE)
+    train(client, "again", "s1", 16, 0.5)
+    applied(client, "again", 4)
+    page, errors = open_page(f"{service.url}/?refresh=1&curriculum=again#token={service.student_token}")
+    refreshed(page)
+    assert page.locator("#internal-policy_loss").get_attribute("data-points") == "4"
+    assert client.delete("/curricula/again").status_code == 204
+    create(client, "again", MAZE)
+    train(client, "again", "s1", 8, 0.5)
+    applied(client, "again", 2)
+    refreshed_again(page)
+    assert page.text_content("#teacher-version") == "2"
+    assert page.locator("#internal-policy_loss").get_attribute("data-points") == "2" and errors == []

@@ -361,8 +361,8 @@ let adroit = { curriculum: null, after: null, items: [], space: null };
 
 const adroitSlider = slider("adroit-slider", "adroit-cumulative", drawAdroit);
 
-async function loadAdroit(base, name) {
-  if (adroit.curriculum !== name) adroit = { curriculum: name, after: null, items: [], space: null };
+async function loadAdroit(base, key) {
+  if (adroit.curriculum !== key) adroit = { curriculum: key, after: null, items: [], space: null };
   adroit.space = adroit.space || await api(`${base}/distribution?source=proposals&samples=1`);
   for (;;) {
     const page = await api(`${base}/history?limit=10000${adroit.after === null ? "" : "&after=" + adroit.after}`);
@@ -430,9 +430,9 @@ function drawAdroit() {
 
 let updates = { curriculum: null, after: null, items: [] };
 
-async function loadUpdates(base, name) {
-  if (updates.curriculum !== name) {
-    updates = { curriculum: name, after: null, items: [] };
+async function loadUpdates(base, key) {
+  if (updates.curriculum !== key) {
+    updates = { curriculum: key, after: null, items: [] };
     $("internals").replaceChildren(Object.assign(document.createElement("p"), { className: "muted", textContent: "no teacher update yet" }));
   }
   for (;;) {
@@ -455,9 +455,9 @@ async function loadUpdates(base, name) {
 // Permutation tests cost the service's request threads: recomputed at most every 30 s, or on a new curriculum.
 let informative = { curriculum: null, at: 0, value: null };
 
-async function loadInformativeness(base, name) {
-  if (informative.curriculum !== name || Date.now() - informative.at > 30_000) {
-    informative = { curriculum: name, at: Date.now(), value: await api(`${base}/informativeness?last=2000&permutations=100`) };
+async function loadInformativeness(base, key) {
+  if (informative.curriculum !== key || Date.now() - informative.at > 30_000) {
+    informative = { curriculum: key, at: Date.now(), value: await api(`${base}/informativeness?last=2000&permutations=100`) };
   }
   return informative.value;
 }
@@ -586,6 +586,9 @@ async function refresh() {
     return;
   }
   base = `/curricula/${encodeURIComponent(info.name)}`;
+  // What the page keeps of a curriculum (its updates, proposals) is keyed by its creation too: one deleted and created
+  // again under its name is another, whose versions and cursors start again.
+  const key = `${info.name} ${info.created_at}`;
   const summary = info.task_space_summary;
   const adroitSpace = summary.env_id === "AdroitHandRelocate-v1";
   const window_s = Number($("active-window").value) || 300;
@@ -595,7 +598,7 @@ async function refresh() {
     api(`${base}/students?active_within_s=${window_s}`),
     api(`${base}/evaluations?limit=10000`),
     summary.maze_map ? api(`${base}/distribution?source=proposals&buckets=${BUCKETS}`) : null,
-    loadInformativeness(base, info.name),
+    loadInformativeness(base, key),
     info.target ? api(`${base}/target`) : null,
     info.target ? api(`/compare?curricula=${encodeURIComponent(info.name)}&on_target=true`) : null,
     refreshCompare(),
@@ -648,8 +651,8 @@ async function refresh() {
     drawMaze();
   }
   $("adroit").hidden = !adroitSpace;
-  if (adroitSpace) await loadAdroit(base, info.name);
-  await loadUpdates(base, info.name);
+  if (adroitSpace) await loadAdroit(base, key);
+  await loadUpdates(base, key);
   renderInformativeness(informativeness);
   renderStudents(students);
   await refreshStudent();
