@@ -376,3 +376,27 @@ def test_a_curriculum_created_again_under_its_name_is_shown_afresh(service, open
     refreshed_again(page)
     assert page.text_content("#teacher-version") == "2"
     assert page.locator("#internal-policy_loss").get_attribute("data-points") == "2" and errors == []
+
+
+def test_the_last_curriculum_deleted_while_the_page_is_open(tmp_path, open_page):
+    """The page said "no curricula yet" and went on showing the deleted curriculum's charts and compare curves as if it
+    were there. Those are hidden now, and come back with a new curriculum."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        assert client.post("/curricula", json={"name": "only", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        evaluate(client, "only", "s1", 0.5, points=2)
+        page, errors = open_page(f"{proc.url}/?refresh=1#token={proc.student_token}")
+        refreshed(page)
+        assert page.is_visible("#main") and page.get_attribute("#chart-compare", "data-points") == "2"
+        assert client.delete("/curricula/only").status_code == 204
+        refreshed_again(page)
+        assert page.text_content("#status") == "no curricula yet" and page.is_hidden("#main")
+        assert client.post("/curricula", json={"name": "next", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        refreshed_again(page)
+        assert page.is_visible("#main") and page.text_content("#algorithm") == "random"
+        assert page.get_attribute("#chart-compare", "data-points") == "0" and errors == []
+    finally:
+        proc.stop()

@@ -572,7 +572,8 @@ async function refreshStudent() {
 
 async function refresh() {
   const curricula = await api("/curricula");
-  $("main").hidden = false;
+  // Without curricula there is nothing to show: the last one deleted while the page was open takes its charts along.
+  $("main").hidden = !curricula.length;
   compareSelection(curricula);
   const select = $("curriculum");
   const wanted = select.value || params.get("curriculum");
