@@ -24,7 +24,7 @@ from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
 from teacher_service.launch.processes import http_url, last_episodes, start_service, stop
 from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
-from teacher_service.serving.infra.auth import load_tokens
+from teacher_service.serving.infra.auth import TokensFileError, load_tokens
 from teacher_service.serving.settings import Settings
 
 
@@ -72,7 +72,10 @@ class Run:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         self.url = http_url(host, self.settings.port)
         # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
-        self.tokens = load_tokens(self.settings)
+        try:
+            self.tokens = load_tokens(self.settings)
+        except TokensFileError as exc:
+            raise SystemExit(f"acl-run: {exc}") from None
         self.student_ids = [f"{self.curriculum}-{i}" for i in range(args.students)]
         self.service: subprocess.Popen | None = None
         self.students_dir = (args.shared_dir or args.data_dir).resolve() / "students"

@@ -68,10 +68,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from teacher_service.serving.app import create_app  # after logging is set up, so start-up messages show
     from teacher_service.serving.curricula_file import CurriculaFileError
+    from teacher_service.serving.infra.auth import TokensFileError
 
     try:
         app = create_app(settings)
-    except CurriculaFileError as exc:
+    except (CurriculaFileError, TokensFileError) as exc:
         raise SystemExit(f"teacher-service: {exc}") from None
     except OSError as exc:  # the data dir or the SQLite file cannot be created or opened for writing
         if exc.filename is None:

@@ -200,6 +200,21 @@ def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_pat
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
 
 
+@pytest.mark.parametrize("content", ["", "[]", '{"admin_token": "a"}', '{"admin_token": "a", "student_token": 1}'])
+def test_a_damaged_tokens_file_is_one_clear_line(tmp_path, content):
+    """tokens.json empty (a crash while the first start wrote it) or edited was a traceback at every start (a
+    JSONDecodeError, a KeyError), or, with a token that is not text, a 500 for every request with another token."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "tokens.json").write_text(content)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean)
+    assert result.returncode == 1
+    assert f"teacher-service: {data / 'tokens.json'} does not hold the two tokens" in result.stderr, result.stderr
+    assert "delete it to generate new ones" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("env, args, says", [
     # "inf" for "never expire" was accepted, then every propose failed with 500 (an OverflowError).
     ({"TEACHER_PROPOSAL_TTL_S": "inf"}, [], "invalid settings: TEACHER_PROPOSAL_TTL_S: Input should be a finite number"),

@@ -41,7 +41,7 @@ from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
 from teacher_service.launch.processes import http_url, last_episodes, start_service, stop
 from teacher_service.learning.task_spaces.maze import layout_with_goal
-from teacher_service.serving.infra.auth import load_tokens
+from teacher_service.serving.infra.auth import TokensFileError, load_tokens
 from teacher_service.serving.settings import Settings
 
 
@@ -245,7 +245,10 @@ class Experiment:
         self.runs_dir = (args.shared_dir or args.out).resolve() / "runs"
         self.launcher = make_launcher(args, "acl-experiment", self.url)
         self.parallel = args.parallel or self.launcher.capacity()
-        self.tokens = load_tokens(self.settings)
+        try:
+            self.tokens = load_tokens(self.settings)
+        except TokensFileError as exc:
+            raise SystemExit(f"acl-experiment: {exc}") from None
         self.service: subprocess.Popen | None = None
         self.workers: list[WorkerHandle] = []
         self.runs = [(c, s) for c in args.conditions for s in args.seeds]  # grid order, for the outputs
