@@ -22,10 +22,10 @@ from rich.table import Table
 
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
-from teacher_service.launch.processes import http_url, last_episodes, start_service, stop
+from teacher_service.launch.processes import last_episodes, start_service, stop
 from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
 from teacher_service.serving.infra.auth import TokensFileError, load_tokens
-from teacher_service.serving.settings import Settings
+from teacher_service.serving.settings import Settings, http_url
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,7 +10,7 @@ import sys
 import pydantic
 import uvicorn
 
-from teacher_service.serving.settings import Settings
+from teacher_service.serving.settings import Settings, http_url
 
 
 def settings_help() -> str:
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         print("WARNING: running with --insecure: anyone who reaches this port can change curricula.", flush=True)
     elif tokens.path is not None:
         print(f"API tokens are in {tokens.path} (owner-only).", flush=True)
-    print(f"Teacher service on http://{settings.host}:{settings.port}  (API docs at /docs)", flush=True)
+    print(f"Teacher service on {http_url(settings.host, settings.port)}  (API docs at /docs)", flush=True)
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"Dashboard: {tokens.dashboard_url(f'http://{local}:{settings.port}')}", flush=True)
+    print(f"Dashboard: {tokens.dashboard_url(http_url(local, settings.port))}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import compose
+import httpx
 import psycopg
 from psycopg import sql
 import pytest
@@ -28,7 +29,7 @@ from teacher_service.serving.settings import Settings
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import build_teacher
 from teacher_service.wire import DiscreteTaskSpace
-from tests.servers import REPO, ServiceProcess, free_port
+from tests.servers import REPO, ServiceProcess, free_port, wait_until
 from tests.student_helpers import TINY, episode_log, wait_exit
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -213,6 +214,33 @@ def test_a_damaged_tokens_file_is_one_clear_line(tmp_path, content):
     assert result.returncode == 1
     assert f"teacher-service: {data / 'tokens.json'} does not hold the two tokens" in result.stderr, result.stderr
     assert "delete it to generate new ones" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_links_printed_for_an_ipv6_address_open(tmp_path):
+    """On an IPv6 address (--host ::1) the service printed http://::1:PORT, which no browser or client can open."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teacher_service.serving.cli", "serve", "--host", "::1", "--port", str(port),
+         "--insecure", "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=clean,
+    )
+    try:
+        printed = ""
+        while "Dashboard:" not in printed and process.poll() is None:
+            printed += process.stdout.readline()
+        assert f"Teacher service on http://[::1]:{port}  " in printed and f"Dashboard: http://[::1]:{port}/" in printed
+
+        def up() -> bool:  # at the printed address
+            try:
+                return httpx.get(f"http://[::1]:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "the service on ::1")
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
 
 
 @pytest.mark.parametrize("env, args, says", [

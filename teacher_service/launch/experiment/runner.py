@@ -39,10 +39,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from teacher_service.launch.experiment import plots, stats
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
-from teacher_service.launch.processes import http_url, last_episodes, start_service, stop
+from teacher_service.launch.processes import last_episodes, start_service, stop
 from teacher_service.learning.task_spaces.maze import layout_with_goal
 from teacher_service.serving.infra.auth import TokensFileError, load_tokens
-from teacher_service.serving.settings import Settings
+from teacher_service.serving.settings import Settings, http_url
 
 
 @dataclass(frozen=True)
