@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -398,5 +399,26 @@ def test_the_last_curriculum_deleted_while_the_page_is_open(tmp_path, open_page)
         refreshed_again(page)
         assert page.is_visible("#main") and page.text_content("#algorithm") == "random"
         assert page.get_attribute("#chart-compare", "data-points") == "0" and errors == []
+    finally:
+        proc.stop()
+
+
+def test_every_evaluation_is_drawn_past_one_page(tmp_path, open_page):
+    """The page read one page of evaluations, the oldest 10,000: past that, every new evaluation was left out of the
+    students' curves. 10,000 more rows go straight into the service's SQLite file (10,000 POSTs take half a minute)."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        assert client.post("/curricula", json={"name": "long", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        evaluate(client, "long", "s1", 0.5, points=1)
+        with sqlite3.connect(tmp_path / "teacher.db") as db:
+            columns = "curriculum_id, student_id, episodes, success_rate, mean_return, created_at, on_target"
+            first = db.execute(f"SELECT {columns} FROM evaluations").fetchone()
+            db.executemany(f"INSERT INTO evaluations ({columns}, env_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(*first, 5000 * k) for k in range(2, 10_002)])
+        page, errors = open_page(f"{proc.url}/?curriculum=long#token={proc.student_token}")
+        refreshed(page)
+        assert page.get_attribute("#chart-success", "data-points") == "10001" and errors == []
     finally:
         proc.stop()

@@ -558,6 +558,18 @@ function renderStudents(students) {
 
 let base = null;
 
+// Every evaluation of the curriculum, page by page: one page held only the oldest 10,000.
+async function allEvaluations(base) {
+  const items = [];
+  let after = null;
+  do {
+    const page = await api(`${base}/evaluations?limit=10000${after === null ? "" : "&after=" + after}`);
+    items.push(...page.items);
+    after = page.next_after;
+  } while (after !== null);
+  return items;
+}
+
 async function refreshStudent() {
   const student = $("student").value;
   if (!base || !student) return;
@@ -597,7 +609,7 @@ async function refresh() {
     api(`${base}/teacher`),
     api(`${base}/signals?signal=reward${adroitSpace ? "&signal=ball_target_distance" : ""}`),
     api(`${base}/students?active_within_s=${window_s}`),
-    api(`${base}/evaluations?limit=10000`),
+    allEvaluations(base),
     summary.maze_map ? api(`${base}/distribution?source=proposals&buckets=${BUCKETS}`) : null,
     loadInformativeness(base, key),
     info.target ? api(`${base}/target`) : null,
@@ -618,7 +630,7 @@ async function refresh() {
   } else if (distribution) {
     drawChart("chart-distance", [mazeDistanceLine(distribution)], { xLabel: "proposals" });
   }
-  const onDefault = evaluations.items.filter((e) => !e.on_target);
+  const onDefault = evaluations.filter((e) => !e.on_target);
   drawChart("chart-success", evaluationLines(onDefault, "success_rate"), { xLabel: "environment steps", yLabel: "success rate" });
   drawChart("chart-return", evaluationLines(onDefault, "mean_return"), { xLabel: "environment steps", yLabel: "mean return" });
   $("chart-target-success").hidden = !target;
@@ -628,7 +640,7 @@ async function refresh() {
     $("chart-target-success").dataset.mean = JSON.stringify(meanPoints);
     drawChart("chart-target-success", [
       { label: "mean over students", color: "#222", dash: [6, 4], points: meanPoints },
-      ...evaluationLines(evaluations.items.filter((e) => e.on_target), "success_rate"),
+      ...evaluationLines(evaluations.filter((e) => e.on_target), "success_rate"),
     ], { xLabel: "environment steps", yLabel: `success on ${target.reset_options.length} target tasks` });
   }
 
