@@ -7,10 +7,9 @@ import gc
 import logging
 import sys
 
-import pydantic
 import uvicorn
 
-from teacher_service.serving.settings import Settings, http_url
+from teacher_service.serving.settings import Settings, SettingsError, http_url, load_settings
 
 
 def settings_help() -> str:
@@ -46,14 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
-        settings = Settings(**overrides)
-    except pydantic.ValidationError as exc:  # an operator's mistake: one line per setting, not a traceback
-        def named(name: str) -> str:  # as an operator may have given it
-            variable = f"TEACHER_{name.upper()}"
-            return f"--{name.replace('_', '-')} / {variable}" if name in vars(args) else variable
-
-        problems = "; ".join(f"{named('_'.join(map(str, err['loc'])))}: {err['msg']}" for err in exc.errors())
-        raise SystemExit(f"teacher-service: invalid settings: {problems}") from None
+        settings = load_settings(vars(args), **overrides)
+    except SettingsError as exc:
+        raise SystemExit(f"teacher-service: {exc}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch

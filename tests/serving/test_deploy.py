@@ -243,6 +243,18 @@ def test_the_links_printed_for_an_ipv6_address_open(tmp_path):
         process.communicate(timeout=20)
 
 
+@pytest.mark.parametrize("dotenv", ["TEACHER_PORT=8001\n".encode("utf-16"), b"TEACHER_PORT=8001\nPOSTGRES_PASSWORD=caf\xe9\n"])
+def test_a_dotenv_file_not_in_utf8_is_one_clear_line(tmp_path, dotenv):
+    """./.env saved as UTF-16 (Windows Notepad) or with a Latin-1 letter, in any variable, was a traceback."""
+    (tmp_path / ".env").write_bytes(dotenv)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir",
+                             str(tmp_path / "data")], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean)
+    assert result.returncode == 1
+    assert f"teacher-service: cannot read {tmp_path / '.env'}: not UTF-8 text (byte " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("env, args, says", [
     # "inf" for "never expire" was accepted, then every propose failed with 500 (an OverflowError).
     ({"TEACHER_PROPOSAL_TTL_S": "inf"}, [], "invalid settings: TEACHER_PROPOSAL_TTL_S: Input should be a finite number"),
