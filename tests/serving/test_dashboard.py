@@ -422,3 +422,25 @@ def test_every_evaluation_is_drawn_past_one_page(tmp_path, open_page):
         assert page.get_attribute("#chart-success", "data-points") == "10001" and errors == []
     finally:
         proc.stop()
+
+
+def test_the_curricula_unticked_for_comparison_stay_unticked(tmp_path, open_page):
+    """The compare boxes were built again, all ticked, whenever a curriculum was created or deleted: what the user had
+    unticked came back on the chart at the next refresh."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        for name in ("a", "b", "c"):
+            assert client.post("/curricula", json={"name": name, "task_space": TASKS,
+                                                   "teacher": {"algorithm": "random"}}).status_code == 201
+        page, errors = open_page(f"{proc.url}/?refresh=1#token={proc.student_token}")
+        refreshed(page)
+        page.uncheck('#compare-curricula input[value="b"]')
+        ticked = "[...document.querySelectorAll('#compare-curricula input:checked')].map((i) => i.value).join()"
+        assert client.delete("/curricula/c").status_code == 204
+        assert client.post("/curricula", json={"name": "d", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        refreshed_again(page)
+        assert page.evaluate(ticked) == "a,d" and errors == []
+    finally:
+        proc.stop()

@@ -482,10 +482,13 @@ function compareSelection(curricula) {
   const box = $("compare-curricula");
   const names = curricula.map((c) => c.name);
   if ([...box.querySelectorAll("input")].map((i) => i.value).join() !== names.join()) {
+    // The boxes already there keep what the user ticked; a new curriculum is ticked as the address says (all by default).
+    const ticked = new Map([...box.querySelectorAll("input")].map((i) => [i.value, i.checked]));
     const wanted = params.get("compare") ? params.get("compare").split(",") : names;
     box.replaceChildren(...names.map((name) => {
       const label = document.createElement("label");
-      const input = Object.assign(document.createElement("input"), { type: "checkbox", value: name, checked: wanted.includes(name) });
+      const checked = ticked.has(name) ? ticked.get(name) : wanted.includes(name);
+      const input = Object.assign(document.createElement("input"), { type: "checkbox", value: name, checked });
       input.addEventListener("change", () => refreshCompare().catch(showError));
       label.append(input, name);
       return label;
