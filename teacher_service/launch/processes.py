@@ -31,11 +31,6 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def http_url(host: str, port: int) -> str:
-    """The service's base URL; an IPv6 address goes in brackets."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def start_service(serve_args: list[str], url: str, log_path: Path, who: str,
                   env: dict[str, str] | None = None) -> subprocess.Popen:
     """`teacher-service serve` with these arguments, in the background, once it answers on /healthz."""

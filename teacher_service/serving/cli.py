@@ -7,10 +7,9 @@ import gc
 import logging
 import sys
 
-import pydantic
 import uvicorn
 
-from teacher_service.serving.settings import Settings
+from teacher_service.serving.settings import Settings, SettingsError, http_url, load_settings
 
 
 def settings_help() -> str:
@@ -46,14 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
-        settings = Settings(**overrides)
-    except pydantic.ValidationError as exc:  # an operator's mistake: one line per setting, not a traceback
-        def named(name: str) -> str:  # as an operator may have given it
-            variable = f"TEACHER_{name.upper()}"
-            return f"--{name.replace('_', '-')} / {variable}" if name in vars(args) else variable
-
-        problems = "; ".join(f"{named('_'.join(map(str, err['loc'])))}: {err['msg']}" for err in exc.errors())
-        raise SystemExit(f"teacher-service: invalid settings: {problems}") from None
+        settings = load_settings(vars(args), **overrides)
+    except SettingsError as exc:
+        raise SystemExit(f"teacher-service: {exc}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import torch
@@ -68,10 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from teacher_service.serving.app import create_app  # after logging is set up, so start-up messages show
     from teacher_service.serving.curricula_file import CurriculaFileError
+    from teacher_service.serving.infra.auth import TokensFileError
 
     try:
         app = create_app(settings)
-    except CurriculaFileError as exc:
+    except (CurriculaFileError, TokensFileError) as exc:
         raise SystemExit(f"teacher-service: {exc}") from None
     except OSError as exc:  # the data dir or the SQLite file cannot be created or opened for writing
         if exc.filename is None:
@@ -101,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         print("WARNING: running with --insecure: anyone who reaches this port can change curricula.", flush=True)
     elif tokens.path is not None:
         print(f"API tokens are in {tokens.path} (owner-only).", flush=True)
-    print(f"Teacher service on http://{settings.host}:{settings.port}  (API docs at /docs)", flush=True)
+    print(f"Teacher service on {http_url(settings.host, settings.port)}  (API docs at /docs)", flush=True)
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"Dashboard: {tokens.dashboard_url(f'http://{local}:{settings.port}')}", flush=True)
+    print(f"Dashboard: {tokens.dashboard_url(http_url(local, settings.port))}", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
 
 

@@ -198,6 +198,11 @@ class Inspector:
                 box_sampler = getattr(teacher, "sample_values", None)
                 own = "probabilities" in state or "mean" in state
                 source = source or ("teacher" if own else "proposals")
+                if source == "proposals" and version is not None:
+                    # Proposals span every version: counted for all of them, they would pass for that version's.
+                    raise BadRequest(f"version is for the teacher's own distribution (source=teacher); the "
+                                     f"{teacher.name} teacher's proposals span every version: leave version out",
+                                     loc=("query", "version"))
                 if source == "teacher":
                     if not own:
                         raise BadRequest(f"the {teacher.name} teacher has no distribution of its own: use source=proposals",
@@ -213,8 +218,6 @@ class Inspector:
                             # would cost a report one number per task (up to 10,000)
                             raise NotFound(f"the {teacher.name} teacher does not store its distribution with each "
                                            "update: ask for the current one (no version)")
-            if source == "proposals":
-                version = None  # proposals span every version
             base = {"curriculum": name, "kind": space.kind, "source": source, "version": version}
             if isinstance(space, BoxSpace):
                 base.update(names=space.names, low=space.low.tolist(), high=space.high.tolist())

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Literal
+from collections.abc import Collection
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def http_url(host: str, port: int) -> str:
+    """The service's base URL; an IPv6 address goes in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class Settings(BaseSettings):
@@ -76,3 +82,24 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'teacher.db').resolve()}"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: one line naming each problem as the operator gave it."""
+
+
+def load_settings(flags: Collection[str] = (), **values: Any) -> Settings:
+    """Settings from `values`, the TEACHER_* environment and ./.env; SettingsError for an operator's mistake, not a
+    traceback. `flags`: the settings the command takes as options (named `--port / TEACHER_PORT`)."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        def named(name: str) -> str:  # as an operator may have given it
+            variable = f"TEACHER_{name.upper()}"
+            return f"--{name.replace('_', '-')} / {variable}" if name in flags else variable
+
+        problems = "; ".join(f"{named('_'.join(map(str, err['loc'])))}: {err['msg']}" for err in exc.errors())
+        raise SettingsError(f"invalid settings: {problems}") from None
+    except UnicodeDecodeError as exc:  # ./.env in another encoding: UTF-16 from Windows Notepad, Latin-1
+        raise SettingsError(f"cannot read {Path('.env').resolve()}: not UTF-8 text (byte {exc.start}); save it as "
+                            "UTF-8") from None

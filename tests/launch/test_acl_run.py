@@ -141,3 +141,20 @@ def test_arguments(tmp_path, capsys):
     args = run.parse_args(["--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "data"),
                            "--service-host", "::1", "--port", "8123"])
     assert run.Run(args).url == "http://[::1]:8123"
+
+
+def test_settings_it_cannot_use_are_one_clear_line(tmp_path, monkeypatch):
+    """acl-run reads the service's settings itself (for its tokens and URL): a bad TEACHER_* variable, a --port out of
+    range or a .env not in UTF-8 was a traceback there, where `teacher-service serve` said what was wrong."""
+    write_curricula(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config", str(tmp_path / "curricula.yaml"), "--data-dir", str(tmp_path / "data")]
+    monkeypatch.setenv("TEACHER_PROPOSAL_TTL_S", "abc")
+    with pytest.raises(SystemExit, match="^acl-run: invalid settings: TEACHER_PROPOSAL_TTL_S: Input should be a valid"):
+        run.Run(run.parse_args(argv))
+    monkeypatch.delenv("TEACHER_PROPOSAL_TTL_S")
+    with pytest.raises(SystemExit, match="^acl-run: invalid settings: --port / TEACHER_PORT: Input should be less"):
+        run.Run(run.parse_args([*argv, "--port", "70000"]))
+    (tmp_path / ".env").write_bytes("TEACHER_LOG_LEVEL=info\n".encode("utf-16"))
+    with pytest.raises(SystemExit, match="^acl-run: cannot read .*: not UTF-8 text"):
+        run.Run(run.parse_args(argv))

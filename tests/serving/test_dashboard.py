@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image, ImageStat
 
 from teacher_service import wire
 from tests.servers import ServiceProcess, wait_until
-from tests.serving.test_api import MAZE, create, propose
+from tests.serving.test_api import MAZE, TASKS, create, propose
 from tests.serving.test_inspection import ADROIT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -311,3 +312,135 @@ def test_refreshes_are_spaced_by_what_they_cost(service, open_page):
     took = min(float(first["refreshMs"]), float(last["refreshMs"]))
     assert int(last["refreshes"]) - int(first["refreshes"]) <= 2000 / (5 * took) + 1, (first, last)
     assert ", next in" in page.text_content("#status") and errors == []
+
+
+def test_a_service_without_tokens_needs_none_on_the_page(tmp_path, open_page):
+    """A service run with --insecure prints a link without a token, and has none to give: the page asked for one
+    all the same (saying it was in tokens.json, which such a service never writes). It now shows the service."""
+    proc = ServiceProcess(tmp_path, extra_env={"TEACHER_INSECURE": "true"}).start()
+    try:
+        create(proc.client(), "open", MAZE)
+        link = re.search(r"Dashboard: (\S+)", proc.log_path.read_text()).group(1)
+        assert link == f"{proc.url}/"
+        page, errors = open_page(link)
+        refreshed(page)
+        assert page.is_hidden("#token-form") and page.text_content("#status").startswith("updated")
+        assert page.evaluate("document.body.dataset.curriculum") == "open" and errors == []
+    finally:
+        proc.stop()
+
+
+def test_more_curricula_than_one_compare_takes(tmp_path, open_page):
+    """/compare takes 16 curricula; the page ticks all of them by default and asked for all in one call: with 17 the
+    422 stopped every refresh, and nothing of any curriculum was shown. The page now asks 16 at a time."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        names = [f"c{i:02d}" for i in range(17)]
+        for name in names:
+            body = {"name": name, "task_space": TASKS, "teacher": {"algorithm": "random"}}
+            assert client.post("/curricula", json=body).status_code == 201
+        for name, steps in (("c00", 1000), ("c16", 2000)):  # one in each call
+            body = {"curriculum": name, "student_id": "s1", "env_steps": steps, "episodes": 4, "success_rate": 0.5,
+                    "mean_return": 1.0}
+            assert client.post("/evaluations", json=body).status_code == 201
+        page, errors = open_page(f"{proc.url}/?curriculum=c16#token={proc.student_token}")
+        refreshed(page)
+        assert page.text_content("#status").startswith("updated") and page.get_attribute("#chart-success", "data-points") == "1"
+        series = page.get_attribute("#chart-compare", "data-series").split("\n")
+        assert [s.split(" ")[0] for s in series] == names and page.get_attribute("#chart-compare", "data-points") == "2"
+        with page.expect_download() as download:
+            page.click("#compare-csv")
+        rows = Path(download.value.path()).read_text().splitlines()
+        assert rows[0].startswith("curriculum,") and [r.split(",")[:3] for r in rows[1:]] == [
+            ["c00", "random", "1000"], ["c16", "random", "2000"]]
+        assert errors == []
+    finally:
+        proc.stop()
+
+
+def test_a_curriculum_created_again_under_its_name_is_shown_afresh(service, open_page):
+    """The page kept a curriculum's teacher updates (and Adroit proposals) by name, reading only versions after the last
+    it had: deleted and created again while the page was open, the new curriculum showed the old one's updates and
+    none of its own. They are now kept by name and creation time."""
+    client = service.client()
+    create(client, "again", MAZE)
+    train(client, "again", "s1", 16, 0.5)
+    applied(client, "again", 4)
+    page, errors = open_page(f"{service.url}/?refresh=1&curriculum=again#token={service.student_token}")
+    refreshed(page)
+    assert page.locator("#internal-policy_loss").get_attribute("data-points") == "4"
+    assert client.delete("/curricula/again").status_code == 204
+    create(client, "again", MAZE)
+    train(client, "again", "s1", 8, 0.5)
+    applied(client, "again", 2)
+    refreshed_again(page)
+    assert page.text_content("#teacher-version") == "2"
+    assert page.locator("#internal-policy_loss").get_attribute("data-points") == "2" and errors == []
+
+
+def test_the_last_curriculum_deleted_while_the_page_is_open(tmp_path, open_page):
+    """The page said "no curricula yet" and went on showing the deleted curriculum's charts and compare curves as if it
+    were there. Those are hidden now, and come back with a new curriculum."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        assert client.post("/curricula", json={"name": "only", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        evaluate(client, "only", "s1", 0.5, points=2)
+        page, errors = open_page(f"{proc.url}/?refresh=1#token={proc.student_token}")
+        refreshed(page)
+        assert page.is_visible("#main") and page.get_attribute("#chart-compare", "data-points") == "2"
+        assert client.delete("/curricula/only").status_code == 204
+        refreshed_again(page)
+        assert page.text_content("#status") == "no curricula yet" and page.is_hidden("#main")
+        assert client.post("/curricula", json={"name": "next", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        refreshed_again(page)
+        assert page.is_visible("#main") and page.text_content("#algorithm") == "random"
+        assert page.get_attribute("#chart-compare", "data-points") == "0" and errors == []
+    finally:
+        proc.stop()
+
+
+def test_every_evaluation_is_drawn_past_one_page(tmp_path, open_page):
+    """The page read one page of evaluations, the oldest 10,000: past that, every new evaluation was left out of the
+    students' curves. 10,000 more rows go straight into the service's SQLite file (10,000 POSTs take half a minute)."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        assert client.post("/curricula", json={"name": "long", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        evaluate(client, "long", "s1", 0.5, points=1)
+        with sqlite3.connect(tmp_path / "teacher.db") as db:
+            columns = "curriculum_id, student_id, episodes, success_rate, mean_return, created_at, on_target"
+            first = db.execute(f"SELECT {columns} FROM evaluations").fetchone()
+            db.executemany(f"INSERT INTO evaluations ({columns}, env_steps) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(*first, 5000 * k) for k in range(2, 10_002)])
+        page, errors = open_page(f"{proc.url}/?curriculum=long#token={proc.student_token}")
+        refreshed(page)
+        assert page.get_attribute("#chart-success", "data-points") == "10001" and errors == []
+    finally:
+        proc.stop()
+
+
+def test_the_curricula_unticked_for_comparison_stay_unticked(tmp_path, open_page):
+    """The compare boxes were built again, all ticked, whenever a curriculum was created or deleted: what the user had
+    unticked came back on the chart at the next refresh."""
+    proc = ServiceProcess(tmp_path).start()
+    try:
+        client = proc.client()
+        for name in ("a", "b", "c"):
+            assert client.post("/curricula", json={"name": name, "task_space": TASKS,
+                                                   "teacher": {"algorithm": "random"}}).status_code == 201
+        page, errors = open_page(f"{proc.url}/?refresh=1#token={proc.student_token}")
+        refreshed(page)
+        page.uncheck('#compare-curricula input[value="b"]')
+        ticked = "[...document.querySelectorAll('#compare-curricula input:checked')].map((i) => i.value).join()"
+        assert client.delete("/curricula/c").status_code == 204
+        assert client.post("/curricula", json={"name": "d", "task_space": TASKS,
+                                               "teacher": {"algorithm": "random"}}).status_code == 201
+        refreshed_again(page)
+        assert page.evaluate(ticked) == "a,d" and errors == []
+    finally:
+        proc.stop()

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import compose
+import httpx
 import psycopg
 from psycopg import sql
 import pytest
@@ -28,7 +29,7 @@ from teacher_service.serving.settings import Settings
 from teacher_service.learning.task_spaces import build_task_space
 from teacher_service.learning.teachers import build_teacher
 from teacher_service.wire import DiscreteTaskSpace
-from tests.servers import REPO, ServiceProcess, free_port
+from tests.servers import REPO, ServiceProcess, free_port, wait_until
 from tests.student_helpers import TINY, episode_log, wait_exit
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -198,6 +199,60 @@ def test_a_data_dir_or_database_the_service_cannot_use_is_one_clear_line(tmp_pat
     assert result.returncode == 1
     assert says.format(data=data, port=port) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "[]", '{"admin_token": "a"}', '{"admin_token": "a", "student_token": 1}'])
+def test_a_damaged_tokens_file_is_one_clear_line(tmp_path, content):
+    """tokens.json empty (a crash while the first start wrote it) or edited was a traceback at every start (a
+    JSONDecodeError, a KeyError), or, with a token that is not text, a 500 for every request with another token."""
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "tokens.json").write_text(content)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir", str(data)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean)
+    assert result.returncode == 1
+    assert f"teacher-service: {data / 'tokens.json'} does not hold the two tokens" in result.stderr, result.stderr
+    assert "delete it to generate new ones" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_links_printed_for_an_ipv6_address_open(tmp_path):
+    """On an IPv6 address (--host ::1) the service printed http://::1:PORT, which no browser or client can open."""
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "teacher_service.serving.cli", "serve", "--host", "::1", "--port", str(port),
+         "--insecure", "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=clean,
+    )
+    try:
+        printed = ""
+        while "Dashboard:" not in printed and process.poll() is None:
+            printed += process.stdout.readline()
+        assert f"Teacher service on http://[::1]:{port}  " in printed and f"Dashboard: http://[::1]:{port}/" in printed
+
+        def up() -> bool:  # at the printed address
+            try:
+                return httpx.get(f"http://[::1]:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "the service on ::1")
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("dotenv", ["TEACHER_PORT=8001\n".encode("utf-16"), b"TEACHER_PORT=8001\nPOSTGRES_PASSWORD=caf\xe9\n"])
+def test_a_dotenv_file_not_in_utf8_is_one_clear_line(tmp_path, dotenv):
+    """./.env saved as UTF-16 (Windows Notepad) or with a Latin-1 letter, in any variable, was a traceback."""
+    (tmp_path / ".env").write_bytes(dotenv)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TEACHER_")}
+    result = subprocess.run([sys.executable, "-m", "teacher_service.serving.cli", "serve", "--data-dir",
+                             str(tmp_path / "data")], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean)
+    assert result.returncode == 1
+    assert f"teacher-service: cannot read {tmp_path / '.env'}: not UTF-8 text (byte " in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("env, args, says", [

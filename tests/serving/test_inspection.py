@@ -161,6 +161,18 @@ def test_distribution_now_at_a_version_and_of_proposals(data):
     assert narrow["histograms"][0]["counts"] == [1]
 
 
+
+def test_a_version_of_the_proposals_is_refused(data):
+    """Proposals span every version: asked for at one (`version` with source=proposals, or of a teacher without a
+    distribution of its own), the answer counted all of them, as if they were that version's. It is a 422 now."""
+    _, client = data
+    for name, params in (("maze", {"source": "proposals", "version": 1}), ("hand-random", {"version": 1})):
+        response = client.get(f"/curricula/{name}/distribution", params=params)
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["query", "version"] and "proposals span every version" in error["msg"]
+
+
 def test_students(data):
     _, client = data
     body = client.get("/curricula/maze/students").json()

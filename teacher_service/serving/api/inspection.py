@@ -91,7 +91,7 @@ def evaluations(
 @router.get("/distribution")
 def distribution(
     name: CurriculumPath,
-    version: Annotated[int | None, Query(ge=0, le=MAX_INT32, description="The teacher after update N (default: now).")] = None,
+    version: Annotated[int | None, Query(ge=0, le=MAX_INT32, description="The teacher after update N (default: now); its own distribution only, not its proposals.")] = None,
     source: Annotated[Literal["teacher", "proposals"] | None, Query(
         description="The teacher's policy, or the frequencies of its proposals (default for teachers without one)."
     )] = None,

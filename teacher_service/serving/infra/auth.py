@@ -49,6 +49,24 @@ class Tokens:
         return f"{base_url}/" if self.insecure or not self.student else f"{base_url}/#token={self.student}"
 
 
+class TokensFileError(ValueError):
+    """The generated tokens file cannot be read; the message names the file and what to do."""
+
+
+def _stored_tokens(path: Path) -> dict[str, str]:
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError:  # not JSON, or not UTF-8
+        stored = None
+    tokens = [stored.get(key) for key in ("admin_token", "student_token")] if isinstance(stored, dict) else []
+    if len(tokens) != 2 or not all(isinstance(token, str) and token for token in tokens):
+        # Empty after a crash in the first start's write, or edited: a traceback told the operator neither.
+        raise TokensFileError(f"{path} does not hold the two tokens this service generated (admin_token and "
+                              "student_token, non-empty strings): delete it to generate new ones, or set "
+                              "TEACHER_ADMIN_TOKEN and TEACHER_STUDENT_TOKEN")
+    return stored
+
+
 def load_tokens(settings: Settings) -> Tokens:
     if settings.insecure:
         return Tokens(None, None, insecure=True)
@@ -58,7 +76,7 @@ def load_tokens(settings: Settings) -> Tokens:
         return Tokens(admin, student)
     path = settings.data_dir / "tokens.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = _stored_tokens(path)
     else:
         private_dir(path.parent)
         stored = {"admin_token": secrets.token_urlsafe(32), "student_token": secrets.token_urlsafe(32)}
@@ -66,6 +84,8 @@ def load_tokens(settings: Settings) -> Tokens:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(stored, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the tokens are printed and handed out
         log.warning("generated API tokens in %s (owner-only); use them as 'Authorization: Bearer <token>'", path)
     return Tokens(admin or stored["admin_token"], student or stored["student_token"], path=path)
 

@@ -33,9 +33,10 @@ if (given) {
 class Unauthorized extends Error {}
 
 async function request(path, accept = "application/json") {
+  // Without a token the request goes without one: a service run with --insecure answers it, any other says 401.
   const token = localStorage.getItem("teacherToken");
-  if (!token) throw new Unauthorized();
-  const response = await fetch(path, { headers: { Authorization: "Bearer " + token, Accept: accept } });
+  const headers = token ? { Authorization: "Bearer " + token, Accept: accept } : { Accept: accept };
+  const response = await fetch(path, { headers });
   if (response.status === 401) throw new Unauthorized();
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response;
@@ -360,8 +361,8 @@ let adroit = { curriculum: null, after: null, items: [], space: null };
 
 const adroitSlider = slider("adroit-slider", "adroit-cumulative", drawAdroit);
 
-async function loadAdroit(base, name) {
-  if (adroit.curriculum !== name) adroit = { curriculum: name, after: null, items: [], space: null };
+async function loadAdroit(base, key) {
+  if (adroit.curriculum !== key) adroit = { curriculum: key, after: null, items: [], space: null };
   adroit.space = adroit.space || await api(`${base}/distribution?source=proposals&samples=1`);
   for (;;) {
     const page = await api(`${base}/history?limit=10000${adroit.after === null ? "" : "&after=" + adroit.after}`);
@@ -429,9 +430,9 @@ function drawAdroit() {
 
 let updates = { curriculum: null, after: null, items: [] };
 
-async function loadUpdates(base, name) {
-  if (updates.curriculum !== name) {
-    updates = { curriculum: name, after: null, items: [] };
+async function loadUpdates(base, key) {
+  if (updates.curriculum !== key) {
+    updates = { curriculum: key, after: null, items: [] };
     $("internals").replaceChildren(Object.assign(document.createElement("p"), { className: "muted", textContent: "no teacher update yet" }));
   }
   for (;;) {
@@ -454,9 +455,9 @@ async function loadUpdates(base, name) {
 // Permutation tests cost the service's request threads: recomputed at most every 30 s, or on a new curriculum.
 let informative = { curriculum: null, at: 0, value: null };
 
-async function loadInformativeness(base, name) {
-  if (informative.curriculum !== name || Date.now() - informative.at > 30_000) {
-    informative = { curriculum: name, at: Date.now(), value: await api(`${base}/informativeness?last=2000&permutations=100`) };
+async function loadInformativeness(base, key) {
+  if (informative.curriculum !== key || Date.now() - informative.at > 30_000) {
+    informative = { curriculum: key, at: Date.now(), value: await api(`${base}/informativeness?last=2000&permutations=100`) };
   }
   return informative.value;
 }
@@ -481,10 +482,13 @@ function compareSelection(curricula) {
   const box = $("compare-curricula");
   const names = curricula.map((c) => c.name);
   if ([...box.querySelectorAll("input")].map((i) => i.value).join() !== names.join()) {
+    // The boxes already there keep what the user ticked; a new curriculum is ticked as the address says (all by default).
+    const ticked = new Map([...box.querySelectorAll("input")].map((i) => [i.value, i.checked]));
     const wanted = params.get("compare") ? params.get("compare").split(",") : names;
     box.replaceChildren(...names.map((name) => {
       const label = document.createElement("label");
-      const input = Object.assign(document.createElement("input"), { type: "checkbox", value: name, checked: wanted.includes(name) });
+      const checked = ticked.has(name) ? ticked.get(name) : wanted.includes(name);
+      const input = Object.assign(document.createElement("input"), { type: "checkbox", value: name, checked });
       input.addEventListener("change", () => refreshCompare().catch(showError));
       label.append(input, name);
       return label;
@@ -493,17 +497,22 @@ function compareSelection(curricula) {
   return [...box.querySelectorAll("input:checked")].map((i) => i.value);
 }
 
-function compareQuery() {
+// /compare takes at most 16 curricula (api/compare.py): more ticked are asked for in several calls, 16 at a time.
+const COMPARE_MAX = 16;
+
+function compareQueries() {
   const names = [...$("compare-curricula").querySelectorAll("input:checked")].map((i) => i.value);
   const onTarget = $("compare-on").value === "target";
-  return names.length
-    ? `/compare?curricula=${names.map(encodeURIComponent).join(",")}&metric=${$("compare-metric").value}&on_target=${onTarget}`
-    : null;
+  const queries = [];
+  for (let i = 0; i < names.length; i += COMPARE_MAX) {
+    const some = names.slice(i, i + COMPARE_MAX).map(encodeURIComponent).join(",");
+    queries.push(`/compare?curricula=${some}&metric=${$("compare-metric").value}&on_target=${onTarget}`);
+  }
+  return queries;
 }
 
 async function refreshCompare() {
-  const query = compareQuery();
-  const result = query ? await api(query) : { curves: [] };
+  const result = { curves: (await Promise.all(compareQueries().map(api))).flatMap((r) => r.curves) };
   const metric = $("compare-metric").selectedOptions[0].textContent;
   const on = $("compare-on").value === "target" ? "target tasks" : "default tasks";
   $("compare-distribution").textContent = $("compare-on").selectedOptions[0].textContent;
@@ -552,6 +561,18 @@ function renderStudents(students) {
 
 let base = null;
 
+// Every evaluation of the curriculum, page by page: one page held only the oldest 10,000.
+async function allEvaluations(base) {
+  const items = [];
+  let after = null;
+  do {
+    const page = await api(`${base}/evaluations?limit=10000${after === null ? "" : "&after=" + after}`);
+    items.push(...page.items);
+    after = page.next_after;
+  } while (after !== null);
+  return items;
+}
+
 async function refreshStudent() {
   const student = $("student").value;
   if (!base || !student) return;
@@ -566,7 +587,8 @@ async function refreshStudent() {
 
 async function refresh() {
   const curricula = await api("/curricula");
-  $("main").hidden = false;
+  // Without curricula there is nothing to show: the last one deleted while the page was open takes its charts along.
+  $("main").hidden = !curricula.length;
   compareSelection(curricula);
   const select = $("curriculum");
   const wanted = select.value || params.get("curriculum");
@@ -580,6 +602,9 @@ async function refresh() {
     return;
   }
   base = `/curricula/${encodeURIComponent(info.name)}`;
+  // What the page keeps of a curriculum (its updates, proposals) is keyed by its creation too: one deleted and created
+  // again under its name is another, whose versions and cursors start again.
+  const key = `${info.name} ${info.created_at}`;
   const summary = info.task_space_summary;
   const adroitSpace = summary.env_id === "AdroitHandRelocate-v1";
   const window_s = Number($("active-window").value) || 300;
@@ -587,9 +612,9 @@ async function refresh() {
     api(`${base}/teacher`),
     api(`${base}/signals?signal=reward${adroitSpace ? "&signal=ball_target_distance" : ""}`),
     api(`${base}/students?active_within_s=${window_s}`),
-    api(`${base}/evaluations?limit=10000`),
+    allEvaluations(base),
     summary.maze_map ? api(`${base}/distribution?source=proposals&buckets=${BUCKETS}`) : null,
-    loadInformativeness(base, info.name),
+    loadInformativeness(base, key),
     info.target ? api(`${base}/target`) : null,
     info.target ? api(`/compare?curricula=${encodeURIComponent(info.name)}&on_target=true`) : null,
     refreshCompare(),
@@ -608,7 +633,7 @@ async function refresh() {
   } else if (distribution) {
     drawChart("chart-distance", [mazeDistanceLine(distribution)], { xLabel: "proposals" });
   }
-  const onDefault = evaluations.items.filter((e) => !e.on_target);
+  const onDefault = evaluations.filter((e) => !e.on_target);
   drawChart("chart-success", evaluationLines(onDefault, "success_rate"), { xLabel: "environment steps", yLabel: "success rate" });
   drawChart("chart-return", evaluationLines(onDefault, "mean_return"), { xLabel: "environment steps", yLabel: "mean return" });
   $("chart-target-success").hidden = !target;
@@ -618,7 +643,7 @@ async function refresh() {
     $("chart-target-success").dataset.mean = JSON.stringify(meanPoints);
     drawChart("chart-target-success", [
       { label: "mean over students", color: "#222", dash: [6, 4], points: meanPoints },
-      ...evaluationLines(evaluations.items.filter((e) => e.on_target), "success_rate"),
+      ...evaluationLines(evaluations.filter((e) => e.on_target), "success_rate"),
     ], { xLabel: "environment steps", yLabel: `success on ${target.reset_options.length} target tasks` });
   }
 
@@ -642,8 +667,8 @@ async function refresh() {
     drawMaze();
   }
   $("adroit").hidden = !adroitSpace;
-  if (adroitSpace) await loadAdroit(base, info.name);
-  await loadUpdates(base, info.name);
+  if (adroitSpace) await loadAdroit(base, key);
+  await loadUpdates(base, key);
   renderInformativeness(informativeness);
   renderStudents(students);
   await refreshStudent();
@@ -700,8 +725,13 @@ $("active-window").addEventListener("change", () => {
   refresh().catch(showError);
 });
 $("compare-csv").addEventListener("click", async () => {
-  const query = compareQuery();
-  if (query) download("compare.csv", await (await request(query + "&format=csv", "text/csv")).text());
+  // One file: the header once, then each call's rows.
+  let text = "";
+  for (const query of compareQueries()) {
+    const part = await (await request(query + "&format=csv", "text/csv")).text();
+    text += text ? part.slice(part.indexOf("\n") + 1) : part;
+  }
+  if (text) download("compare.csv", text);
 });
 $("history-csv").addEventListener("click", async () => {
   // Every page of the curriculum's history in one file: the header once, then the pages' rows.
