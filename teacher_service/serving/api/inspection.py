@@ -62,7 +62,8 @@ def history(
     format: Annotated[Literal["json", "csv"] | None, Query(description="Or send Accept: text/csv.")] = None,
     inspector: Inspector = Depends(get_inspector),
 ):
-    """Proposals with their reports, oldest first, one page at a time (`next_after` is null on the last page)."""
+    """Proposals with their reports, oldest first, one page at a time (`next_after` is null on a page that is not
+    full; after a full last page, the next page is empty)."""
     page = inspector.history(name, limit, after, student, since, until)
     if format == "csv" or (format is None and "text/csv" in request.headers.get("accept", "")):
         headers = {} if page["next_after"] is None else {"X-Next-After": str(page["next_after"])}
