@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The dashboard: public static files (everything local, no CDN); its API calls carry the token.
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)  # HEAD: as uptime checkers probe
     def dashboard() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 

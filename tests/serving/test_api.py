@@ -370,6 +370,8 @@ def test_curricula_listing_deletion_and_docs(service):
     assert [c["name"] for c in client.get("/curricula").json()] == ["b"]
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.head("/healthz").status_code == 200  # as uptime checkers and load balancers probe
+    page = client.head("/")  # the dashboard: was 405
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html") and page.content == b""
     spec = client.get("/openapi.json").json()
     assert {"/propose", "/report", "/curricula"} <= set(spec["paths"])
     operation_ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
