@@ -296,9 +296,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_environment(args: argparse.Namespace) -> None:
     """Exit unless each curriculum that is a preset has tasks of ``--env`` (envs.same_tasks: the README's
-    PointMaze_UMazeDense-v3 student of a PointMaze_UMaze-v3 curriculum is one): a UMaze curriculum's cells, read in another maze,
-    trained the student on tasks no one proposed (and rewarded the teacher for them) until one fell on a wall. Not
-    checked while the teacher does not answer: the worker then trains on env-default tasks, as in any outage."""
+    PointMaze_UMazeDense-v3 student of a PointMaze_UMaze-v3 curriculum is one): a UMaze curriculum's cells, read in
+    another maze, trained the student on tasks no one proposed (and rewarded the teacher for them) until one fell on a
+    wall. Not checked while the teacher does not answer: the worker then trains on env-default tasks, as in any
+    outage."""
     with make_client(args) as client:
         for curriculum in sorted({student.curriculum for student in args.students}):
             try:

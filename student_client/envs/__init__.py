@@ -14,4 +14,5 @@ from student_client.envs.adapter import (
     verify_reset,
 )
 
-__all__ = ["EnvAdapter", "EnvArgumentsError", "TaskMismatchError", "family", "make_env", "reset_options", "same_tasks", "step_all", "verify_reset"]
+__all__ = ["EnvAdapter", "EnvArgumentsError", "TaskMismatchError", "family", "make_env", "reset_options", "same_tasks",
+           "step_all", "verify_reset"]

@@ -28,13 +28,10 @@ def family(env_id: str) -> ModuleType:
 def same_tasks(env_id: str, other: str) -> bool:
     """Whether the tasks of a preset for `env_id` are tasks of `other` too: the same family, and for mazes the same
     walls (a dense or sparse variant, PointMaze or AntMaze of one layout)."""
-    try:
-        own = family(env_id)
-    except ValueError:
-        return env_id == other
     if env_id == other:
         return True
     try:
+        own = family(env_id)
         return family(other) is own and (own is not maze or maze.walls(env_id) == maze.walls(other))
     except (ValueError, gym.error.Error):  # no family, or not registered
         return False

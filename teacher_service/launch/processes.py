@@ -12,6 +12,20 @@ from pathlib import Path
 
 import httpx
 
+from teacher_service.serving.infra.auth import Tokens, TokensFileError, load_tokens
+from teacher_service.serving.settings import Settings, SettingsError, load_settings
+
+
+def service_settings(who: str, flags: tuple[str, ...] = (), **values: object) -> tuple[Settings, Tokens]:
+    """The settings of the service a launcher starts (`values`, TEACHER_*, ./.env) and the tokens it will use; an
+    operator's mistake in them (a bad value, a .env not in UTF-8, a damaged tokens.json) is one line, not a
+    traceback. `flags`: the settings the launcher takes as options."""
+    try:
+        settings = load_settings(flags, **values)
+        return settings, load_tokens(settings)
+    except (SettingsError, TokensFileError) as exc:
+        raise SystemExit(f"{who}: {exc}") from None
+
 
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     # A session of its own: the terminal's Ctrl-C reaches only us, and we stop the children in order

@@ -22,10 +22,9 @@ from rich.table import Table
 
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
-from teacher_service.launch.processes import last_episodes, start_service, stop
+from teacher_service.launch.processes import last_episodes, service_settings, start_service, stop
 from teacher_service.serving.curricula_file import CurriculaFileError, load_curricula
-from teacher_service.serving.infra.auth import TokensFileError, load_tokens
-from teacher_service.serving.settings import SettingsError, http_url, load_settings
+from teacher_service.serving.settings import http_url
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,19 +66,12 @@ class Run:
             raise SystemExit(f"acl-run: curriculum {self.curriculum!r} has no preset environment; give --env")
         self.args = args
         self.data_dir = args.data_dir.resolve()
-        try:
-            self.settings = load_settings(("data_dir", "port"), data_dir=self.data_dir, port=args.port,
-                                          curricula_file=args.config.resolve(),
-                                          **({"host": args.service_host} if args.service_host else {}))
-        except SettingsError as exc:
-            raise SystemExit(f"acl-run: {exc}") from None
+        # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
+        self.settings, self.tokens = service_settings(
+            "acl-run", ("data_dir", "port"), data_dir=self.data_dir, port=args.port,
+            curricula_file=args.config.resolve(), **({"host": args.service_host} if args.service_host else {}))
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
         self.url = http_url(host, self.settings.port)
-        # The same tokens the service will use: from settings (.env, TEACHER_*) or generated into the data dir.
-        try:
-            self.tokens = load_tokens(self.settings)
-        except TokensFileError as exc:
-            raise SystemExit(f"acl-run: {exc}") from None
         self.student_ids = [f"{self.curriculum}-{i}" for i in range(args.students)]
         self.service: subprocess.Popen | None = None
         self.students_dir = (args.shared_dir or args.data_dir).resolve() / "students"

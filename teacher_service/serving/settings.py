@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -52,8 +52,8 @@ class Settings(BaseSettings):
         description="A request body of which nothing more comes for this many seconds gets 408 and its connection closed.")
     max_batch_items: int = Field(default=1024, ge=1, le=10_000, description="Most items in one batch call.")
     max_batch_body_bytes: int = Field(
-        default=4 * 1024 * 1024, ge=1024, description="Larger bodies of /propose/batch, /report/batch and /curricula get 413."
-    )
+        default=4 * 1024 * 1024, ge=1024,
+        description="Larger bodies of /propose/batch, /report/batch and /curricula get 413.")
     curricula_file: Path | None = Field(default=None, description="YAML file of curricula to create at start-up.")
     replica_id: str = Field(
         default_factory=socket.gethostname,

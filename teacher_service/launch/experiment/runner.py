@@ -39,10 +39,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from teacher_service.launch.experiment import plots, stats
 from teacher_service.launch.launcher_cli import add_launcher_args, make_launcher
 from teacher_service.launch.launchers import WorkerHandle
-from teacher_service.launch.processes import last_episodes, start_service, stop
+from teacher_service.launch.processes import last_episodes, service_settings, start_service, stop
 from teacher_service.learning.task_spaces.maze import layout_with_goal
-from teacher_service.serving.infra.auth import TokensFileError, load_tokens
-from teacher_service.serving.settings import SettingsError, http_url, load_settings
+from teacher_service.serving.settings import http_url
 
 
 @dataclass(frozen=True)
@@ -240,19 +239,12 @@ class Experiment:
         self.args = args
         self.out = args.out.resolve()
         self.service_dir = self.out / "service"
-        try:
-            self.settings = load_settings(data_dir=self.service_dir, port=free_port(),
-                                          host=args.service_host or "127.0.0.1")
-        except SettingsError as exc:
-            raise SystemExit(f"acl-experiment: {exc}") from None
+        self.settings, self.tokens = service_settings("acl-experiment", data_dir=self.service_dir, port=free_port(),
+                                                      host=args.service_host or "127.0.0.1")
         self.url = http_url(self.settings.host, self.settings.port)
         self.runs_dir = (args.shared_dir or args.out).resolve() / "runs"
         self.launcher = make_launcher(args, "acl-experiment", self.url)
         self.parallel = args.parallel or self.launcher.capacity()
-        try:
-            self.tokens = load_tokens(self.settings)
-        except TokensFileError as exc:
-            raise SystemExit(f"acl-experiment: {exc}") from None
         self.service: subprocess.Popen | None = None
         self.workers: list[WorkerHandle] = []
         self.runs = [(c, s) for c in args.conditions for s in args.seeds]  # grid order, for the outputs
